@@ -1,0 +1,40 @@
+//! # medify-quant
+//!
+//! bitsandbytes-exact 4-bit quantization (NF4 / FP4, blockwise, with double quantization) for
+//! QLoRA, on the host and on any burn device.
+//!
+//! * [`Packed4Bit`]: the host codec. Quantize an f32 tensor into packed codes plus a
+//!   [`QuantState`], bit for bit what `bitsandbytes.functional.quantize_4bit` produces.
+//! * [`Nf4Tensor`]: the same tensor resident on a burn device (packed codes as `u32` words),
+//!   with dequantize, a fused 4-bit matmul and a differentiable frozen-weight `linear`.
+//! * [`bnb`]: read and write the safetensors layout transformers uses for `load_in_4bit`.
+//!
+//! ```
+//! use medify_quant::{Packed4Bit, QuantConfig};
+//! let weights: Vec<f32> = (0..256).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let q = Packed4Bit::quantize(&weights, &[4, 64], &QuantConfig::default()).unwrap();
+//! let back = q.dequantize();
+//! let err = weights.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+//! assert!(err < 0.16); // half the widest NF4 gap (-1 .. -0.696)
+//! ```
+
+mod codebook;
+mod error;
+mod packed;
+mod host_kernels;
+mod quant_state;
+
+pub mod bench;
+pub mod bnb;
+pub mod device;
+
+pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map};
+pub use device::{Nf4Tensor, Quant4Ops, linear_4bit};
+pub use host_kernels::{PackedView, matmul_4bit};
+pub use error::QuantError;
+pub use packed::{
+    Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks,
+};
+pub use quant_state::{
+    Absmax, NESTED_BLOCKSIZE, NestedAbsmax, QuantState, QuantStateJson, check_blocksize,
+};

@@ -1,0 +1,17 @@
+//! # medify-qlora
+//!
+//! QLoRA fine-tuning of Llama-family models into medical question-answering assistants, on
+//! CUDA, WGPU (Vulkan / Metal / WebGPU) and the CPU through burn.
+//!
+//! This facade re-exports the project's crates:
+//!
+//! * [`quant`]: bitsandbytes-exact NF4/FP4 4-bit quantization with double quantization, the
+//!   device-resident [`quant::Nf4Tensor`], its fused 4-bit matmul and frozen 4-bit linear.
+//!
+//! ```
+//! use medify_qlora::quant::{Packed4Bit, QuantConfig};
+//! let q = Packed4Bit::quantize(&[0.1f32; 64], &[1, 64], &QuantConfig::default()).unwrap();
+//! assert_eq!(q.data.len(), 32);
+//! ```
+
+pub use medify_quant as quant;
