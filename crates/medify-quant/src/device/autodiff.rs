@@ -1,0 +1,132 @@
+//! `Quant4Ops` under autodiff: the 4-bit weight is frozen, so only `x` gets a gradient.
+//!
+//! The backward of `y = x @ W^T` is `dx = dy @ W`. The saved state is the packed weight and its
+//! scales, never a dense copy: backward dequantizes again and drops the dense weight when done,
+//! which is what bitsandbytes' `MatMul4Bit` does.
+
+use burn::backend::{AutodiffBackend, Backend, TensorMetadata};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::Autodiff;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+
+use super::ops::Quant4Ops;
+
+/// What backward needs: packed codes, scales, code table and the weight's shape.
+#[derive(Debug, Clone)]
+struct PackedState<B: Backend> {
+    packed: IntTensor<B>,
+    absmax: FloatTensor<B>,
+    code: FloatTensor<B>,
+    out_features: usize,
+    in_features: usize,
+    blocksize: usize,
+}
+
+#[derive(Debug)]
+struct Q4MatmulBackward;
+
+impl<B: Backend + Quant4Ops> Backward<B, 1> for Q4MatmulBackward {
+    type State = PackedState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let Some(node) = node_x else { return };
+        let s = ops.state;
+        let dense = B::q4_dequantize(s.packed, s.absmax, s.code, s.out_features, s.in_features, s.blocksize);
+        let dense = B::float_cast(dense, grad.dtype().into());
+        let dims = grad.shape().to_vec();
+        let rank = dims.len();
+        let m: usize = dims[..rank - 1].iter().product();
+        let grad2 = B::float_reshape(grad, [m, s.out_features].into());
+        let dx = B::float_matmul(grad2, dense);
+        let mut out_dims = dims;
+        out_dims[rank - 1] = s.in_features;
+        grads.register::<B>(node.id, B::float_reshape(dx, out_dims.into()));
+    }
+}
+
+impl<B: Backend + Quant4Ops, C: CheckpointStrategy> Quant4Ops for Autodiff<B, C> {
+    fn q4_decode_absmax(
+        codes: IntTensor<Self>,
+        nested_absmax: FloatTensor<Self>,
+        nested_code: FloatTensor<Self>,
+        offset: f32,
+        num_blocks: usize,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q4_decode_absmax(
+            codes,
+            nested_absmax.into_primitive(),
+            nested_code.into_primitive(),
+            offset,
+            num_blocks,
+        ))
+    }
+
+    fn q4_dequantize(
+        packed: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        rows: usize,
+        cols: usize,
+        blocksize: usize,
+    ) -> FloatTensor<Self> {
+        <Self as AutodiffBackend>::from_inner(B::q4_dequantize(
+            packed,
+            absmax.into_primitive(),
+            code.into_primitive(),
+            rows,
+            cols,
+            blocksize,
+        ))
+    }
+
+    fn q4_matmul(
+        x: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        out_features: usize,
+        blocksize: usize,
+    ) -> FloatTensor<Self> {
+        let absmax = absmax.into_primitive();
+        let code = code.into_primitive();
+        match Q4MatmulBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let in_features = *x.primitive().shape().to_vec().last().expect("feature dim");
+                let out = B::q4_matmul(
+                    x.primitive().clone(),
+                    packed.clone(),
+                    absmax.clone(),
+                    code.clone(),
+                    out_features,
+                    blocksize,
+                );
+                let state = PackedState {
+                    packed,
+                    absmax,
+                    code,
+                    out_features,
+                    in_features,
+                    blocksize,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q4_matmul(
+                x.into_primitive(),
+                packed,
+                absmax,
+                code,
+                out_features,
+                blocksize,
+            )),
+        }
+    }
+}

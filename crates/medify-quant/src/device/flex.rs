@@ -1,0 +1,120 @@
+//! `Quant4Ops` for the Flex CPU backend: the host kernels, over Flex's own buffers.
+
+use std::borrow::Cow;
+
+use burn::tensor::{DType, TensorData};
+use burn_flex::{Flex, FlexTensor};
+
+use super::ops::Quant4Ops;
+use crate::host_kernels::{PackedView, matmul_4bit};
+use crate::quant_state::NESTED_BLOCKSIZE;
+
+fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
+    match t.as_slice::<f32>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(
+            t.clone()
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("converted to f32"),
+        ),
+    }
+}
+
+fn u32s(t: &FlexTensor) -> Cow<'_, [u32]> {
+    match t.as_slice::<u32>() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(
+            t.clone()
+                .into_data()
+                .convert::<u32>()
+                .try_into_vec::<u32>()
+                .expect("converted to u32"),
+        ),
+    }
+}
+
+fn code16(t: &FlexTensor) -> [f32; 16] {
+    let v = f32s(t);
+    std::array::from_fn(|i| v[i])
+}
+
+impl Quant4Ops for Flex {
+    fn q4_decode_absmax(
+        codes: FlexTensor,
+        nested_absmax: FlexTensor,
+        nested_code: FlexTensor,
+        offset: f32,
+        num_blocks: usize,
+    ) -> FlexTensor {
+        let words = u32s(&codes);
+        let nabs = f32s(&nested_absmax);
+        let ncode = f32s(&nested_code);
+        let out: Vec<f32> = (0..num_blocks)
+            .map(|i| {
+                let q = (words[i / 4] >> (8 * (i % 4))) & 255;
+                let scaled = ncode[q as usize] * nabs[i / NESTED_BLOCKSIZE];
+                scaled + offset
+            })
+            .collect();
+        FlexTensor::from_data(TensorData::new(out, [num_blocks]))
+    }
+
+    fn q4_dequantize(
+        packed: FlexTensor,
+        absmax: FlexTensor,
+        code: FlexTensor,
+        rows: usize,
+        cols: usize,
+        blocksize: usize,
+    ) -> FlexTensor {
+        let words = u32s(&packed);
+        let absmax = f32s(&absmax);
+        let code = code16(&code);
+        let view = PackedView {
+            words: &words,
+            absmax: &absmax,
+            code: &code,
+            out_features: rows,
+            in_features: cols,
+            blocksize,
+        };
+        let mut out = vec![0f32; rows * cols];
+        view.decode_rows(0, rows, &mut out);
+        FlexTensor::from_data(TensorData::new(out, [rows, cols]))
+    }
+
+    fn q4_matmul(
+        x: FlexTensor,
+        packed: FlexTensor,
+        absmax: FlexTensor,
+        code: FlexTensor,
+        out_features: usize,
+        blocksize: usize,
+    ) -> FlexTensor {
+        let dims = x.layout().shape().to_vec();
+        let k = *dims.last().expect("x has a feature dim");
+        let m = dims.iter().product::<usize>() / k.max(1);
+        let dtype = x.dtype();
+        let xs = f32s(&x);
+        let words = u32s(&packed);
+        let absmax = f32s(&absmax);
+        let code = code16(&code);
+        let view = PackedView {
+            words: &words,
+            absmax: &absmax,
+            code: &code,
+            out_features,
+            in_features: k,
+            blocksize,
+        };
+        let mut out = vec![0f32; m * out_features];
+        matmul_4bit(&xs, m, &view, &mut out);
+        let mut shape = dims;
+        *shape.last_mut().expect("non-empty") = out_features;
+        let data = TensorData::new(out, shape);
+        let data = if dtype == DType::F32 { data } else { data.convert_dtype(dtype) };
+        FlexTensor::from_data(data)
+    }
+}
