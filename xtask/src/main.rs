@@ -1,0 +1,29 @@
+//! `cargo xtask`: a thin command line over the medify-qlora libraries.
+
+mod bench_quant;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "medify-qlora project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmark the 4-bit codec and the fused 4-bit matmul against dense f32.
+    BenchQuant(bench_quant::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::BenchQuant(args) => bench_quant::run(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
