@@ -57,6 +57,11 @@ pub fn matmul_4bit(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     if m == 0 || n == 0 {
         return;
     }
+    #[cfg(target_arch = "x86_64")]
+    if m == 1 && k % 64 == 0 && w.blocksize % 64 == 0 && avx2_available() {
+        gemv_chunked(x, w, out);
+        return;
+    }
     if m <= STREAMING_MAX_ROWS && k % 8 == 0 {
         streaming(x, m, w, out);
     } else {
@@ -83,6 +88,33 @@ fn streaming(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
             out[mi * n + r] = by_feature[r * m + mi];
         }
     }
+}
+
+/// One-token kernel over 64-element chunks (32 packed bytes). Codes are decoded with in-lane
+/// byte shuffles (no lane-crossing permutes), which leaves the values in a fixed scrambled
+/// order; `x` is permuted once per call to match.
+#[cfg(target_arch = "x86_64")]
+fn gemv_chunked(x: &[f32], w: &PackedView<'_>, out: &mut [f32]) {
+    let mut xp = vec![0f32; x.len()];
+    for (src, dst) in x.chunks_exact(64).zip(xp.chunks_exact_mut(64)) {
+        for (v, lanes) in dst.chunks_exact_mut(8).enumerate() {
+            let (odd, f) = (v / 4, v % 4);
+            for (t, slot) in lanes.iter_mut().enumerate() {
+                // Byte position of lane t after the in-lane unpacks (see row_dot_chunked).
+                let p = if t < 4 { 4 * f + t } else { 16 + 4 * f + t - 4 };
+                *slot = src[2 * p + odd];
+            }
+        }
+    }
+    out.par_chunks_mut(STREAM_ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(t, out)| {
+            for (i, o) in out.iter_mut().enumerate() {
+                // SAFETY: AVX2/FMA checked by the caller; k % 64 == 0 and blocksize % 64 == 0
+                // keep every 8-word load inside the row and inside one block.
+                *o = unsafe { avx2::row_dot_chunked(&xp, w, t * STREAM_ROWS_PER_TASK + i) };
+            }
+        });
 }
 
 /// Dot products of weight row `row` with each of the `m` rows of `x`.
@@ -195,6 +227,72 @@ mod avx2 {
     use super::{PackedView, STREAMING_MAX_ROWS, segments};
     use std::arch::x86_64::*;
 
+    /// One row against the chunk-permuted `xp` (see `gemv_chunked`).
+    ///
+    /// Each f32 code is split into four byte planes; `pshufb` looks all four up for 32 nibbles
+    /// at once, and two rounds of unpacks reassemble the floats. Lane `t` of output vector
+    /// `v = 4 * odd + f` holds byte position `p = 4f + t` (t < 4) or `16 + 4f + t - 4`, i.e.
+    /// element `2p + odd` of the chunk.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row_dot_chunked(xp: &[f32], w: &PackedView<'_>, row: usize) -> f32 {
+        // SAFETY: see the caller.
+        unsafe {
+            let k = w.in_features;
+            let mut planes = [[0u8; 16]; 4];
+            for (c, v) in w.code.iter().enumerate() {
+                for (b, plane) in planes.iter_mut().enumerate() {
+                    plane[c] = v.to_bits().to_le_bytes()[b];
+                }
+            }
+            let plane = |b: usize| _mm256_broadcastsi128_si256(_mm_loadu_si128(planes[b].as_ptr() as *const __m128i));
+            let (p0, p1, p2, p3) = (plane(0), plane(1), plane(2), plane(3));
+            let low4 = _mm256_set1_epi8(0x0F);
+            let bytes = w.words.as_ptr() as *const u8;
+            let row_byte0 = row * k / 2;
+            let chunks = k / 64;
+            let mut total = _mm256_setzero_ps();
+            let mut c = 0;
+            while c < chunks {
+                // Rows need not start on a block boundary: end the run where the block ends.
+                let block = (row * k + c * 64) / w.blocksize;
+                let end = (((block + 1) * w.blocksize - row * k) / 64).min(chunks);
+                let mut a = [_mm256_setzero_ps(); 4];
+                for ci in c..end {
+                    let raw = _mm256_loadu_si256(bytes.add(row_byte0 + ci * 32) as *const __m256i);
+                    let even = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+                    let odd = _mm256_and_si256(raw, low4);
+                    let xc = xp.as_ptr().add(ci * 64);
+                    for (half, nib) in [even, odd].into_iter().enumerate() {
+                        let b0 = _mm256_shuffle_epi8(p0, nib);
+                        let b1 = _mm256_shuffle_epi8(p1, nib);
+                        let b2 = _mm256_shuffle_epi8(p2, nib);
+                        let b3 = _mm256_shuffle_epi8(p3, nib);
+                        let u01lo = _mm256_unpacklo_epi8(b0, b1);
+                        let u01hi = _mm256_unpackhi_epi8(b0, b1);
+                        let u23lo = _mm256_unpacklo_epi8(b2, b3);
+                        let u23hi = _mm256_unpackhi_epi8(b2, b3);
+                        let f = [
+                            _mm256_unpacklo_epi16(u01lo, u23lo),
+                            _mm256_unpackhi_epi16(u01lo, u23lo),
+                            _mm256_unpacklo_epi16(u01hi, u23hi),
+                            _mm256_unpackhi_epi16(u01hi, u23hi),
+                        ];
+                        for (j, fv) in f.into_iter().enumerate() {
+                            let xv = _mm256_loadu_ps(xc.add((half * 4 + j) * 8));
+                            a[j] = _mm256_fmadd_ps(_mm256_castsi256_ps(fv), xv, a[j]);
+                        }
+                    }
+                }
+                let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                total = _mm256_fmadd_ps(sum, _mm256_set1_ps(*w.absmax.get_unchecked(block)), total);
+                c = end;
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), total);
+            lanes.iter().sum()
+        }
+    }
+
     /// AVX2 decode: broadcast a word, shift each lane to its nibble, look the 16-entry code
     /// table up with two 8-lane permutes and a blend on bit 3, FMA with x.
     #[target_feature(enable = "avx2,fma")]
@@ -214,16 +312,44 @@ mod avx2 {
             // Lane j holds element j of the word, stored at bits 4 * (j ^ 1).
             let shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
             let fifteen = _mm256_set1_epi32(15);
+            let decode = |wi: usize| {
+                let word = *w.words.get_unchecked(wi) as i32;
+                let idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(word), shifts), fifteen);
+                let lo = _mm256_permutevar8x32_ps(code_lo, idx);
+                let hi = _mm256_permutevar8x32_ps(code_hi, idx);
+                _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)))
+            };
+            if m == 1 {
+                // One token: four independent FMA chains, or the FMA latency is the limit.
+                let mut total = _mm256_setzero_ps();
+                for (word0, nwords, scale) in segments(w, row) {
+                    let mut a = [_mm256_setzero_ps(); 4];
+                    let xw = x.as_ptr().add((word0 - row_word0) * 8);
+                    let quads = nwords / 4;
+                    for q in 0..quads {
+                        for (u, acc) in a.iter_mut().enumerate() {
+                            let wi = word0 + 4 * q + u;
+                            let xv = _mm256_loadu_ps(xw.add((4 * q + u) * 8));
+                            *acc = _mm256_fmadd_ps(decode(wi), xv, *acc);
+                        }
+                    }
+                    for u in 4 * quads..nwords {
+                        let xv = _mm256_loadu_ps(xw.add(u * 8));
+                        a[0] = _mm256_fmadd_ps(decode(word0 + u), xv, a[0]);
+                    }
+                    let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+                    total = _mm256_fmadd_ps(sum, _mm256_set1_ps(scale), total);
+                }
+                let mut lanes = [0f32; 8];
+                _mm256_storeu_ps(lanes.as_mut_ptr(), total);
+                acc[0] = lanes.iter().sum();
+                return;
+            }
             let mut total = [_mm256_setzero_ps(); STREAMING_MAX_ROWS];
             for (word0, nwords, scale) in segments(w, row) {
                 let mut blk = [_mm256_setzero_ps(); STREAMING_MAX_ROWS];
                 for wi in word0..word0 + nwords {
-                    let word = *w.words.get_unchecked(wi) as i32;
-                    let idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(word), shifts), fifteen);
-                    let lo = _mm256_permutevar8x32_ps(code_lo, idx);
-                    let hi = _mm256_permutevar8x32_ps(code_hi, idx);
-                    let sel = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
-                    let vals = _mm256_blendv_ps(lo, hi, sel);
+                    let vals = decode(wi);
                     let col = (wi - row_word0) * 8;
                     for (mi, b) in blk[..m].iter_mut().enumerate() {
                         let xv = _mm256_loadu_ps(x.as_ptr().add(mi * k + col));
@@ -290,6 +416,10 @@ mod tests {
     #[test]
     fn fused_matches_dense_reference() {
         check(1, 70, 128, 64);
+        check(1, 37, 200, 64); // odd number of words per block segment
+        check(1, 9, 256, 128);
+        check(1, 7, 192, 128); // rows straddle blocks in the chunked kernel
+        check(1, 12, 64, 32);
         check(3, 33, 96, 32);
         check(8, 16, 200, 128);
         check(17, 130, 64, 64);

@@ -78,15 +78,34 @@ impl NestedAbsmax {
 
     /// Decodes to one f32 per block: `code[q] * nested_absmax[i / 256] + offset`, unfused.
     pub fn dequantize(&self) -> Vec<f32> {
-        self.codes
-            .iter()
-            .enumerate()
-            .map(|(i, &q)| {
-                let scaled = self.code[q as usize] * self.nested_absmax[i / NESTED_BLOCKSIZE];
-                scaled + self.offset
-            })
-            .collect()
+        let mut out = vec![0f32; self.codes.len()];
+        decode_nested(&self.codes, &self.nested_absmax, &self.code, self.offset, &mut out);
+        out
     }
+}
+
+/// Decodes double-quantized absmax codes into `out` (one f32 per code), in parallel.
+///
+/// Multiply, then add: bitsandbytes does not fuse the two, and neither may we.
+pub fn decode_nested(codes: &[u8], nested_absmax: &[f32], code: &[f32], offset: f32, out: &mut [f32]) {
+    use rayon::prelude::*;
+    const CHUNKS_PER_TASK: usize = 64;
+    out.par_chunks_mut(NESTED_BLOCKSIZE * CHUNKS_PER_TASK)
+        .zip(codes.par_chunks(NESTED_BLOCKSIZE * CHUNKS_PER_TASK))
+        .enumerate()
+        .for_each(|(t, (out, codes))| {
+            for (c, (out, codes)) in out
+                .chunks_mut(NESTED_BLOCKSIZE)
+                .zip(codes.chunks(NESTED_BLOCKSIZE))
+                .enumerate()
+            {
+                let scale = nested_absmax[t * CHUNKS_PER_TASK + c];
+                for (o, &q) in out.iter_mut().zip(codes) {
+                    let scaled = code[q as usize] * scale;
+                    *o = scaled + offset;
+                }
+            }
+        });
 }
 
 impl Absmax {

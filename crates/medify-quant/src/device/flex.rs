@@ -7,7 +7,7 @@ use burn_flex::{Flex, FlexTensor};
 
 use super::ops::Quant4Ops;
 use crate::host_kernels::{PackedView, matmul_4bit};
-use crate::quant_state::NESTED_BLOCKSIZE;
+use crate::quant_state::decode_nested;
 
 fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
     match t.as_slice::<f32>() {
@@ -49,15 +49,15 @@ impl Quant4Ops for Flex {
         num_blocks: usize,
     ) -> FlexTensor {
         let words = u32s(&codes);
-        let nabs = f32s(&nested_absmax);
-        let ncode = f32s(&nested_code);
-        let out: Vec<f32> = (0..num_blocks)
-            .map(|i| {
-                let q = (words[i / 4] >> (8 * (i % 4))) & 255;
-                let scaled = ncode[q as usize] * nabs[i / NESTED_BLOCKSIZE];
-                scaled + offset
-            })
-            .collect();
+        let bytes: &[u8] = bytemuck::cast_slice(&words);
+        let mut out = vec![0f32; num_blocks];
+        decode_nested(
+            &bytes[..num_blocks],
+            &f32s(&nested_absmax),
+            &f32s(&nested_code),
+            offset,
+            &mut out,
+        );
         FlexTensor::from_data(TensorData::new(out, [num_blocks]))
     }
 
