@@ -3,7 +3,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::{Nf4Tensor, QuantConfig};
+use crate::{Nf4Tensor, Packed4Bit, QuantConfig};
 
 /// Llama-family projection shapes as `(label, out_features, in_features)`: Llama-7B attention
 /// (4096x4096), Llama-7B MLP up/gate (4096 -> 11008), TinyLlama MLP up/gate (2048 -> 5632).
@@ -47,8 +47,9 @@ impl MatmulFixture {
     /// Builds the fixture (quantizes with the QLoRA default config).
     pub fn new(device: &Device, out_features: usize, in_features: usize, tokens: usize) -> Self {
         let values = weight_values(out_features * in_features, 7);
-        let dense = Tensor::<2>::from_data(TensorData::new(values, [out_features, in_features]), device);
-        let weight = Nf4Tensor::quantize(dense, &QuantConfig::default()).expect("valid weights");
+        let packed = Packed4Bit::quantize(&values, &[out_features, in_features], &QuantConfig::default())
+            .expect("valid weights");
+        let weight = Nf4Tensor::from_packed(&packed, device).expect("2-D weight");
         let dense_t = weight.dequantize().transpose();
         // Materialise the transposed layout once, outside the timed region.
         let dense_t = Tensor::<2>::from_data(dense_t.into_data(), device);
@@ -68,6 +69,15 @@ impl MatmulFixture {
     pub fn dense(&self) -> Tensor<2> {
         self.x.clone().matmul(self.dense_t.clone())
     }
+}
+
+/// Largest dense f32 weight the wgpu baseline is run for: wgpu's default limit on one storage
+/// binding is 128 MiB, which a dense 4096x11008 f32 weight (172 MiB) exceeds.
+pub const WGPU_MAX_DENSE_BYTES: usize = 128 << 20;
+
+/// Whether the dense baseline of `out x in` fits one wgpu storage binding.
+pub fn fits_wgpu_binding(out_features: usize, in_features: usize) -> bool {
+    out_features * in_features * 4 <= WGPU_MAX_DENSE_BYTES
 }
 
 /// Waits for queued work on `device` (a no-op on synchronous backends).
