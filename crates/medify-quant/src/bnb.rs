@@ -265,15 +265,21 @@ pub fn read_weight(st: &SafeTensors<'_>, weight_key: &str) -> Result<Packed4Bit,
 /// assert_eq!(q["bnb_4bit_use_double_quant"], true);
 /// ```
 pub fn quantization_config(config: &QuantConfig, compute_dtype: &str) -> serde_json::Value {
+    // The same fields transformers 5 writes for a 4-bit model.
     serde_json::json!({
-        "quant_method": "bitsandbytes",
-        "load_in_4bit": true,
-        "load_in_8bit": false,
-        "bnb_4bit_quant_type": config.quant_type.as_str(),
-        "bnb_4bit_use_double_quant": config.double_quant,
+        "_load_in_4bit": true,
+        "_load_in_8bit": false,
         "bnb_4bit_compute_dtype": compute_dtype,
         "bnb_4bit_quant_storage": "uint8",
-        "llm_int8_skip_modules": ["lm_head"],
+        "bnb_4bit_quant_type": config.quant_type.as_str(),
+        "bnb_4bit_use_double_quant": config.double_quant,
+        "llm_int8_enable_fp32_cpu_offload": false,
+        "llm_int8_has_fp16_weight": false,
+        "llm_int8_skip_modules": null,
+        "llm_int8_threshold": 6.0,
+        "load_in_4bit": true,
+        "load_in_8bit": false,
+        "quant_method": "bitsandbytes",
     })
 }
 

@@ -47,11 +47,10 @@ pub struct NestedAbsmax {
 impl NestedAbsmax {
     /// Double-quantizes absmax values the way bitsandbytes does (`compress_statistics=True`).
     pub fn quantize(absmax: &[f32]) -> NestedAbsmax {
-        // torch's mean over f32 matches an f64 accumulation in every vector we have.
         let offset = if absmax.is_empty() {
             0.0
         } else {
-            (absmax.iter().map(|&a| a as f64).sum::<f64>() / absmax.len() as f64) as f32
+            torch_sum_f32(absmax) / absmax.len() as f32
         };
         let grid = Grid8::dynamic_signed();
         let mut codes = vec![0u8; absmax.len()];
@@ -82,6 +81,77 @@ impl NestedAbsmax {
         decode_nested(&self.codes, &self.nested_absmax, &self.code, self.offset, &mut out);
         out
     }
+}
+
+/// Sums f32 values in the order PyTorch's CPU kernel does (`absmax.mean()` is `sum / n`).
+///
+/// The offset of double quantization is a mean, and its last bit decides codes near midpoints,
+/// so the summation order matters. PyTorch's AVX2 kernel (`SumKernel.cpp`, `cascade_sum`) reads
+/// 8-lane vectors four at a time into four accumulators, folds them through up to four cascade
+/// levels of 16 steps, adds leftover vectors, then the scalar tail and the 8 lanes in order.
+/// This reproduces it for the single-threaded case (PyTorch splits tensors above 32768 elements
+/// across threads, which makes its own result depend on the thread count).
+pub fn torch_sum_f32(xs: &[f32]) -> f32 {
+    const W: usize = 8;
+    const ILP: usize = 4;
+    const LEVELS: usize = 4;
+    type V = [f32; W];
+    let add = |a: &mut V, b: &V| a.iter_mut().zip(b).for_each(|(x, y)| *x += *y);
+    let vec_at = |i: usize| -> V { std::array::from_fn(|l| xs[i * W + l]) };
+    let vec_size = xs.len() / W;
+    let size_ilp = vec_size / ILP;
+    let ceil_log2 = if size_ilp <= 1 { 0 } else { usize::BITS - (size_ilp - 1).leading_zeros() } as usize;
+    let level_power = 4.max(ceil_log2 / LEVELS);
+    let level_step = 1usize << level_power;
+    let level_mask = level_step - 1;
+    let mut acc = [[[0f32; W]; ILP]; LEVELS];
+    let mut i = 0;
+    while i + level_step <= size_ilp {
+        for _ in 0..level_step {
+            for k in 0..ILP {
+                add(&mut acc[0][k], &vec_at(i * ILP + k));
+            }
+            i += 1;
+        }
+        for j in 1..LEVELS {
+            for k in 0..ILP {
+                let lower = acc[j - 1][k];
+                add(&mut acc[j][k], &lower);
+                acc[j - 1][k] = [0.0; W];
+            }
+            if i & (level_mask << (j * level_power)) != 0 {
+                break;
+            }
+        }
+    }
+    while i < size_ilp {
+        for k in 0..ILP {
+            add(&mut acc[0][k], &vec_at(i * ILP + k));
+        }
+        i += 1;
+    }
+    for j in 1..LEVELS {
+        for k in 0..ILP {
+            let upper = acc[j][k];
+            add(&mut acc[0][k], &upper);
+        }
+    }
+    let mut partial = acc[0];
+    for v in size_ilp * ILP..vec_size {
+        add(&mut partial[0], &vec_at(v));
+    }
+    for k in 1..ILP {
+        let p = partial[k];
+        add(&mut partial[0], &p);
+    }
+    let mut total = 0f32;
+    for &x in &xs[vec_size * W..] {
+        total += x;
+    }
+    for lane in partial[0] {
+        total += lane;
+    }
+    total
 }
 
 /// Decodes double-quantized absmax codes into `out` (one f32 per code), in parallel.
@@ -300,6 +370,17 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("blocksize 63"), "{err}");
+    }
+
+    #[test]
+    fn torch_sum_order_differs_from_naive_where_it_matters() {
+        let xs: Vec<f32> = (0..1000).map(|i| 0.1 + (i as f32) * 1e-4).collect();
+        let naive = xs.iter().fold(0f32, |a, &b| a + b);
+        let exact: f64 = xs.iter().map(|&x| x as f64).sum();
+        let t = torch_sum_f32(&xs);
+        assert!((t as f64 - exact).abs() <= (naive as f64 - exact).abs());
+        assert_eq!(torch_sum_f32(&[1.0, 2.0, 3.0]), 6.0);
+        assert_eq!(torch_sum_f32(&[]), 0.0);
     }
 
     #[test]
