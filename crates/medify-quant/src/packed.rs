@@ -94,13 +94,17 @@ impl Packed4Bit {
                 actual: values.len(),
             });
         }
-        if let Some(index) = values.iter().position(|v| !v.is_finite()) {
+        let (data, absmax) = quantize_blocks(values, config.blocksize, config.quant_type);
+        // A NaN or infinity makes its block's absmax non-finite (see `abs_max`); only then pay
+        // for a scan to report where it is.
+        if absmax.iter().any(|a| !a.is_finite())
+            && let Some(index) = values.iter().position(|v| !v.is_finite())
+        {
             return Err(QuantError::NonFinite {
                 index,
                 value: values[index],
             });
         }
-        let (data, absmax) = quantize_blocks(values, config.blocksize, config.quant_type);
         let absmax = if config.double_quant {
             Absmax::Double(NestedAbsmax::quantize(&absmax))
         } else {
@@ -199,12 +203,13 @@ pub fn quantize_blocks(values: &[f32], blocksize: usize, quant_type: QuantType) 
         .zip(data.par_chunks_mut(blocksize * per_task / 2))
         .zip(absmax.par_chunks_mut(per_task))
         .for_each(|((vals, out), scales)| {
+            let mut scratch = vec![0u8; blocksize];
             for ((block, bytes), scale) in vals
                 .chunks(blocksize)
                 .zip(out.chunks_mut(blocksize / 2))
                 .zip(scales.iter_mut())
             {
-                *scale = quantize_block(block, blocksize, buckets, quant_type, pad, bytes);
+                *scale = quantize_block(block, blocksize, buckets, quant_type, pad, &mut scratch, bytes);
             }
         });
     (data, absmax)
@@ -216,17 +221,17 @@ fn quantize_block(
     buckets: &Buckets,
     quant_type: QuantType,
     pad: u8,
+    scratch: &mut [u8],
     out: &mut [u8],
 ) -> f32 {
-    let amax = block.iter().fold(0f32, |m, &v| m.max(v.abs()));
-    let mut codes = [0u8; 4096];
-    let codes = &mut codes[..block.len()];
+    let amax = abs_max(block);
+    let codes = &mut scratch[..block.len()];
     if block.len() == blocksize {
         let inv = 1.0 / amax.max(1e-38);
-        slots(block.iter().map(|&v| v * inv), &buckets.midpoints, codes);
+        slots(block, |v| v * inv, &buckets.midpoints, codes);
     } else {
         let am = amax.max(1e-38);
-        slots(block.iter().map(|&v| v / am), &buckets.midpoints, codes);
+        slots(block, |v| v / am, &buckets.midpoints, codes);
     }
     if quant_type != QuantType::Nf4 {
         for c in codes.iter_mut() {
@@ -237,17 +242,51 @@ fn quantize_block(
         let lo = if pair.len() == 2 { pair[1] } else { pad };
         *byte = (pair[0] << 4) | lo;
     }
-    if block.len() == blocksize { amax } else { amax.max(1e-38) }
+    if block.len() == blocksize || amax.is_nan() { amax } else { amax.max(1e-38) }
 }
 
+/// `max |x|` with eight independent lanes (a single running max is a serial dependency
+/// chain). Returns NaN if the block holds a NaN, so callers can tell bad input cheaply.
 #[inline(always)]
-fn slots(scaled: impl Iterator<Item = f32>, midpoints: &[f32; 15], out: &mut [u8]) {
-    for (slot, s) in out.iter_mut().zip(scaled) {
-        let mut k = 0u8;
-        for &m in midpoints {
-            k += (s > m) as u8;
+fn abs_max(block: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let mut nan = [false; 8];
+    let mut chunks = block.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            lanes[l] = lanes[l].max(c[l].abs());
+            nan[l] |= c[l].is_nan();
         }
-        *slot = k;
+    }
+    let tail = chunks.remainder();
+    if nan.iter().any(|&n| n) || tail.iter().any(|v| v.is_nan()) {
+        return f32::NAN;
+    }
+    let tail = tail.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// Sorted-slot index of each scaled value: the number of midpoints below it. Written over
+/// fixed 8-lane chunks so the compiler turns the 15 compares into vector compares.
+#[inline(always)]
+fn slots(block: &[f32], scale: impl Fn(f32) -> f32, midpoints: &[f32; 15], out: &mut [u8]) {
+    let mut chunks = block.chunks_exact(8);
+    let mut outs = out.chunks_exact_mut(8);
+    for (v8, o8) in (&mut chunks).zip(&mut outs) {
+        let s: [f32; 8] = std::array::from_fn(|l| scale(v8[l]));
+        let mut k = [0u32; 8];
+        for &m in midpoints {
+            for l in 0..8 {
+                k[l] += (s[l] > m) as u32;
+            }
+        }
+        for l in 0..8 {
+            o8[l] = k[l] as u8;
+        }
+    }
+    for (&v, o) in chunks.remainder().iter().zip(outs.into_remainder()) {
+        let s = scale(v);
+        *o = midpoints.iter().map(|&m| (s > m) as u8).sum();
     }
 }
 
@@ -301,6 +340,14 @@ mod tests {
         assert!(matches!(e, QuantError::ShapeMismatch { expected: 6, actual: 5, .. }));
         let e = Packed4Bit::quantize(&[1.0, f32::NAN], &[2], &cfg).unwrap_err();
         assert!(matches!(e, QuantError::NonFinite { index: 1, .. }));
+        let mut big = vec![0.5f32; 200];
+        big[130] = f32::NEG_INFINITY;
+        let e = Packed4Bit::quantize(&big, &[200], &cfg).unwrap_err();
+        assert!(matches!(e, QuantError::NonFinite { index: 130, .. }), "{e}");
+        big[130] = 0.5;
+        big[7] = f32::NAN;
+        let e = Packed4Bit::quantize(&big, &[200], &cfg).unwrap_err();
+        assert!(matches!(e, QuantError::NonFinite { index: 7, .. }), "{e}");
         let e = Packed4Bit::quantize(&[1.0; 4], &[4], &cfg.with_blocksize(100)).unwrap_err();
         assert!(matches!(e, QuantError::InvalidBlocksize(100)));
     }
