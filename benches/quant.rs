@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use burn::tensor::{Device, DeviceKind};
+#[cfg(feature = "wgpu")]
+use burn::tensor::DeviceKind;
+use burn::tensor::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use medify_qlora::quant::bench::{
     LLAMA_SHAPES, MatmulFixture, TOKEN_COUNTS, fits_wgpu_binding, sync, weight_values,
@@ -63,7 +65,9 @@ fn matmul_on(c: &mut Criterion, name: &str, device: Device) {
 }
 
 fn matmul(c: &mut Criterion) {
+    #[cfg(feature = "flex")]
     matmul_on(c, "flex", Device::flex());
+    #[cfg(feature = "wgpu")]
     matmul_on(c, "wgpu", Device::wgpu(DeviceKind::DefaultDevice));
 }
 

@@ -243,15 +243,25 @@ impl Nf4Tensor {
     /// Fused: small batches stream the packed codes; larger ones decode tiles (Flex) or
     /// dequantize transiently before the backend's matmul (Cube). On an autodiff device the
     /// result is differentiable in `x`; backward re-dequantizes instead of keeping `W`.
+    ///
+    /// # Panics
+    /// If the last dim of `x` is not `in_features`; [`Nf4Tensor::try_matmul`] returns an error.
     pub fn matmul<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.try_matmul(x) {
+            Ok(y) => y,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Nf4Tensor::matmul`], with a shape mismatch reported as an error.
+    pub fn try_matmul<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>, QuantError> {
         let dims = x.dims();
-        assert_eq!(
-            dims[D - 1],
-            self.shape[1],
-            "x has {} features, the 4-bit weight expects {}",
-            dims[D - 1],
-            self.shape[1]
-        );
+        if D == 0 || dims[D - 1] != self.shape[1] {
+            return Err(QuantError::Unsupported(format!(
+                "input of shape {dims:?} cannot multiply a 4-bit weight of shape {:?}: its last dim must be {}",
+                self.shape, self.shape[1]
+            )));
+        }
         let m: usize = dims[..D - 1].iter().product();
         let x2: Tensor<2> = x.reshape([m, self.shape[1]]);
         let y = Tensor::<2>::from_dispatch(<Dispatch as Quant4Ops>::q4_matmul(
@@ -264,7 +274,7 @@ impl Nf4Tensor {
         ));
         let mut out = dims;
         out[D - 1] = self.shape[0];
-        y.reshape(out)
+        Ok(y.reshape(out))
     }
 }
 
