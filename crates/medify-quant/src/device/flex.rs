@@ -81,7 +81,7 @@ impl Quant4Ops for Flex {
             blocksize,
         };
         let mut out = vec![0f32; rows * cols];
-        view.decode_rows(0, rows, &mut out);
+        view.decode_all(&mut out);
         FlexTensor::from_data(TensorData::new(out, [rows, cols]))
     }
 
