@@ -5,13 +5,11 @@
 
 use std::time::Duration;
 
+use burn::tensor::Device;
 #[cfg(feature = "wgpu")]
 use burn::tensor::DeviceKind;
-use burn::tensor::Device;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use medify_qlora::quant::bench::{
-    LLAMA_SHAPES, MatmulFixture, TOKEN_COUNTS, fits_wgpu_binding, sync, weight_values,
-};
+use medify_qlora::quant::bench::{MatmulFixture, TOKEN_COUNTS, shapes_for, sync, weight_values};
 use medify_qlora::quant::{Packed4Bit, QuantConfig};
 
 fn host_codec(c: &mut Criterion) {
@@ -26,9 +24,13 @@ fn host_codec(c: &mut Criterion) {
     });
     let packed = Packed4Bit::quantize(&values, &[rows, cols], &cfg).unwrap();
     let mut out = vec![0f32; values.len()];
-    g.bench_function("dequantize_nf4_dq", |b| b.iter(|| packed.dequantize_into(&mut out)));
+    g.bench_function("dequantize_nf4_dq", |b| {
+        b.iter(|| packed.dequantize_into(&mut out))
+    });
     let mut copy = vec![0f32; values.len()];
-    g.bench_function("baseline_f32_copy", |b| b.iter(|| copy.copy_from_slice(&values)));
+    g.bench_function("baseline_f32_copy", |b| {
+        b.iter(|| copy.copy_from_slice(&values))
+    });
     g.finish();
 }
 
@@ -37,11 +39,7 @@ fn matmul_on(c: &mut Criterion, name: &str, device: Device) {
     g.sample_size(10);
     g.warm_up_time(Duration::from_millis(500));
     g.measurement_time(Duration::from_secs(3));
-    for (label, out_f, in_f) in LLAMA_SHAPES {
-        if name == "wgpu" && !fits_wgpu_binding(out_f, in_f) {
-            eprintln!("matmul_wgpu/{label}: skipped, its dense f32 baseline exceeds wgpu's 128 MiB storage binding");
-            continue;
-        }
+    for (label, out_f, in_f) in shapes_for(name) {
         for tokens in TOKEN_COUNTS {
             let fx = MatmulFixture::new(&device, out_f, in_f, tokens);
             let id = format!("{label}/tokens{tokens}");

@@ -21,7 +21,14 @@ fn assert_close(got: Tensor<2>, want: Tensor<2>, what: &str) {
 fn forward_matches_dense(device: &Device) {
     for (m, out, inp, cfg) in [
         (1, 96, 128, QuantConfig::default()),
-        (4, 40, 64, QuantConfig::default().with_quant_type(QuantType::Fp4).with_double_quant(false)),
+        (
+            4,
+            40,
+            64,
+            QuantConfig::default()
+                .with_quant_type(QuantType::Fp4)
+                .with_double_quant(false),
+        ),
         (33, 72, 256, QuantConfig::default().with_blocksize(128)),
         (2, 8, 20, QuantConfig::default().with_blocksize(32)),
     ] {
@@ -97,7 +104,10 @@ fn weight_errors_are_reported_not_panicked() {
     let w = Tensor::<2>::ones([2, 64], &device);
     let err = Nf4Tensor::quantize(w, &QuantConfig::default().with_blocksize(96)).unwrap_err();
     assert!(err.to_string().contains("blocksize 96"), "{err}");
-    let q = Nf4Tensor::quantize(Tensor::<2>::ones([4, 64], &device), &QuantConfig::default()).unwrap();
-    let err = q.try_matmul(Tensor::<2>::ones([2, 32], &device)).unwrap_err();
+    let q =
+        Nf4Tensor::quantize(Tensor::<2>::ones([4, 64], &device), &QuantConfig::default()).unwrap();
+    let err = q
+        .try_matmul(Tensor::<2>::ones([2, 32], &device))
+        .unwrap_err();
     assert!(err.to_string().contains("last dim must be 64"), "{err}");
 }

@@ -7,7 +7,10 @@ use std::collections::BTreeMap;
 use medify_qlora::quant::{Packed4Bit, QuantConfig, QuantStateJson, bnb};
 use safetensors::SafeTensors;
 
-const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/transformers_llama_4bit");
+const DIR: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/transformers_llama_4bit"
+);
 
 fn read(name: &str) -> Vec<u8> {
     std::fs::read(format!("{DIR}/{name}")).expect("fixture present")
@@ -31,7 +34,11 @@ fn transformers_checkpoint_loads_and_matches_our_quantizer() {
         assert_eq!(ours.data, theirs.data, "{name}: packed codes");
         assert_eq!(ours.state.absmax, theirs.state.absmax, "{name}: statistics");
         assert_eq!(ours.state.shape, theirs.state.shape, "{name}: shape");
-        assert_eq!(ours.dequantize(), theirs.dequantize(), "{name}: dequantized");
+        assert_eq!(
+            ours.dequantize(),
+            theirs.dequantize(),
+            "{name}: dequantized"
+        );
     }
 }
 
@@ -45,13 +52,23 @@ fn our_serialisation_matches_transformers_tensor_for_tensor() {
         written.extend(bnb::to_tensors(name, w));
     }
     for (key, ours) in &written {
-        let theirs = st.tensor(key).unwrap_or_else(|_| panic!("transformers has no {key}"));
+        let theirs = st
+            .tensor(key)
+            .unwrap_or_else(|_| panic!("transformers has no {key}"));
         if key.contains(".quant_state.") {
             let a = QuantStateJson::parse(&ours.data, key).unwrap();
             let b = QuantStateJson::parse(theirs.data(), key).unwrap();
             assert_eq!(a.dtype_name(), b.dtype_name(), "{key}");
-            assert_eq!((a.quant_type, a.blocksize, a.shape), (b.quant_type, b.blocksize, b.shape), "{key}");
-            assert_eq!((a.nested_blocksize, a.nested_offset), (b.nested_blocksize, b.nested_offset), "{key}");
+            assert_eq!(
+                (a.quant_type, a.blocksize, a.shape),
+                (b.quant_type, b.blocksize, b.shape),
+                "{key}"
+            );
+            assert_eq!(
+                (a.nested_blocksize, a.nested_offset),
+                (b.nested_blocksize, b.nested_offset),
+                "{key}"
+            );
             continue;
         }
         assert_eq!(ours.dtype, theirs.dtype(), "{key}: dtype");
@@ -59,7 +76,11 @@ fn our_serialisation_matches_transformers_tensor_for_tensor() {
         assert_eq!(ours.data.as_slice(), theirs.data(), "{key}: bytes");
     }
     // Every quantization tensor transformers wrote is one we write too.
-    let theirs: Vec<&str> = st.names().into_iter().filter(|k| k.contains("proj.weight")).collect();
+    let theirs: Vec<&str> = st
+        .names()
+        .into_iter()
+        .filter(|k| k.contains("proj.weight"))
+        .collect();
     for k in theirs {
         assert!(written.contains_key(k), "we do not write {k}");
     }

@@ -7,9 +7,7 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, DeviceKind};
-use medify_qlora::quant::bench::{
-    LLAMA_SHAPES, MatmulFixture, TOKEN_COUNTS, fits_wgpu_binding, sync, weight_values,
-};
+use medify_qlora::quant::bench::{MatmulFixture, TOKEN_COUNTS, shapes_for, sync, weight_values};
 use medify_qlora::quant::{Packed4Bit, QuantConfig};
 use serde_json::{Value, json};
 
@@ -61,7 +59,9 @@ fn host_codec(iters: usize) -> Value {
     let mut out = vec![0f32; values.len()];
     let dequantize = median_time(iters, || packed.dequantize_into(&mut out));
     let mut copy = vec![0f32; values.len()];
-    let memcpy = median_time(iters, || copy.copy_from_slice(std::hint::black_box(&values)));
+    let memcpy = median_time(iters, || {
+        copy.copy_from_slice(std::hint::black_box(&values))
+    });
     json!({
         "shape": [rows, cols],
         "config": "nf4, blocksize 64, double quant",
@@ -75,17 +75,15 @@ fn host_codec(iters: usize) -> Value {
 }
 
 fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 fn matmuls(device_name: &str, quick: bool) -> Result<Vec<Value>, String> {
     let device = device_named(device_name)?;
     let mut rows = Vec::new();
-    for (label, out_f, in_f) in LLAMA_SHAPES {
-        if device_name == "wgpu" && !fits_wgpu_binding(out_f, in_f) {
-            eprintln!("wgpu {label}: skipped, its dense f32 baseline exceeds wgpu's 128 MiB storage binding");
-            continue;
-        }
+    for (label, out_f, in_f) in shapes_for(device_name) {
         for tokens in TOKEN_COUNTS {
             let fx = MatmulFixture::new(&device, out_f, in_f, tokens);
             let iters = match (quick, tokens) {
@@ -130,7 +128,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         .filter(|r| r["device"] == "flex" && r["tokens"] == 1)
         .map(|r| r["speedup_vs_dense"].as_f64().unwrap_or(0.0))
         .collect();
-    let min_decode = decode_speedups.iter().cloned().fold(f64::INFINITY, f64::min);
+    let min_decode = decode_speedups
+        .iter()
+        .cloned()
+        .fold(f64::INFINITY, f64::min);
     let host_gbps = host["quantize_dq_gb_per_s"].as_f64().unwrap_or(0.0);
     let report = json!({
         "host_codec": host,
@@ -145,7 +146,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         },
     });
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
     } else {
         print_table(&report);
     }
@@ -156,12 +160,16 @@ fn print_table(report: &Value) {
     let h = &report["host_codec"];
     println!(
         "host codec (4096x4096, nf4+DQ, {} threads): quantize {:.2} GB/s, dequantize {:.2} GB/s, f32 copy {:.2} GB/s, {:.3} bits/weight",
-        h["threads"], h["quantize_dq_gb_per_s"].as_f64().unwrap_or(0.0),
+        h["threads"],
+        h["quantize_dq_gb_per_s"].as_f64().unwrap_or(0.0),
         h["dequantize_gb_per_s"].as_f64().unwrap_or(0.0),
         h["baseline_f32_copy_gb_per_s"].as_f64().unwrap_or(0.0),
         h["bits_per_weight"].as_f64().unwrap_or(0.0),
     );
-    println!("{:<6} {:<11} {:>6} {:>12} {:>12} {:>9}", "device", "shape", "tokens", "4-bit ms", "f32 ms", "speedup");
+    println!(
+        "{:<6} {:<11} {:>6} {:>12} {:>12} {:>9}",
+        "device", "shape", "tokens", "4-bit ms", "f32 ms", "speedup"
+    );
     for r in report["matmul"].as_array().into_iter().flatten() {
         println!(
             "{:<6} {:<11} {:>6} {:>12.3} {:>12.3} {:>8.2}x",

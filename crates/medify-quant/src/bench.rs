@@ -18,13 +18,17 @@ pub const TOKEN_COUNTS: [usize; 2] = [1, 256];
 
 /// Deterministic weight-like values (roughly N(0, 0.02)), cheap to make on the host.
 pub fn weight_values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             // Sum of four uniforms: close enough to a bell curve for a benchmark.
             let mut acc = 0f32;
             for _ in 0..4 {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 acc += ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
             }
             acc * 0.035
@@ -47,14 +51,21 @@ impl MatmulFixture {
     /// Builds the fixture (quantizes with the QLoRA default config).
     pub fn new(device: &Device, out_features: usize, in_features: usize, tokens: usize) -> Self {
         let values = weight_values(out_features * in_features, 7);
-        let packed = Packed4Bit::quantize(&values, &[out_features, in_features], &QuantConfig::default())
-            .expect("valid weights");
+        let packed = Packed4Bit::quantize(
+            &values,
+            &[out_features, in_features],
+            &QuantConfig::default(),
+        )
+        .expect("valid weights");
         let weight = Nf4Tensor::from_packed(&packed, device).expect("2-D weight");
         let dense_t = weight.dequantize().transpose();
         // Materialise the transposed layout once, outside the timed region.
         let dense_t = Tensor::<2>::from_data(dense_t.into_data(), device);
         let x = Tensor::<2>::from_data(
-            TensorData::new(weight_values(tokens * in_features, 11), [tokens, in_features]),
+            TensorData::new(
+                weight_values(tokens * in_features, 11),
+                [tokens, in_features],
+            ),
             device,
         );
         MatmulFixture { weight, dense_t, x }
@@ -78,6 +89,21 @@ pub const WGPU_MAX_DENSE_BYTES: usize = 128 << 20;
 /// Whether the dense baseline of `out x in` fits one wgpu storage binding.
 pub fn fits_wgpu_binding(out_features: usize, in_features: usize) -> bool {
     out_features * in_features * 4 <= WGPU_MAX_DENSE_BYTES
+}
+
+/// The shapes to benchmark on a device: all of [`LLAMA_SHAPES`], less (on wgpu) those whose
+/// dense baseline does not fit one storage binding, each skip reported on stderr.
+pub fn shapes_for(device_name: &str) -> Vec<(&'static str, usize, usize)> {
+    LLAMA_SHAPES
+        .into_iter()
+        .filter(|&(label, out_f, in_f)| {
+            let fits = device_name != "wgpu" || fits_wgpu_binding(out_f, in_f);
+            if !fits {
+                eprintln!("{device_name} {label}: skipped, its dense f32 baseline exceeds wgpu's 128 MiB storage binding");
+            }
+            fits
+        })
+        .collect()
 }
 
 /// Waits for queued work on `device` (a no-op on synchronous backends).

@@ -83,7 +83,10 @@ pub fn to_tensors(weight_key: &str, w: &Packed4Bit) -> BTreeMap<String, OwnedTen
     );
     match &st.absmax {
         Absmax::Plain(a) => {
-            out.insert(format!("{weight_key}.absmax"), OwnedTensor::f32(vec![a.len()], a));
+            out.insert(
+                format!("{weight_key}.absmax"),
+                OwnedTensor::f32(vec![a.len()], a),
+            );
         }
         Absmax::Double(n) => {
             out.insert(
@@ -237,7 +240,9 @@ pub fn read_weight(st: &SafeTensors<'_>, weight_key: &str) -> Result<Packed4Bit,
     if let Ok(view) = st.tensor(&map_name) {
         let map = f32s(&view, &map_name)?;
         if map.as_slice() != quant_type.code() {
-            return Err(bad(format!("quant_map differs from the standard {quant_type} table")));
+            return Err(bad(format!(
+                "quant_map differs from the standard {quant_type} table"
+            )));
         }
     }
 
@@ -317,7 +322,17 @@ mod tests {
         let mut t = to_tensors("x.weight", &w);
         t.insert("x.weight".into(), OwnedTensor::u8(vec![5, 1], vec![0; 5]));
         let e = read_all(&serialize(&t).unwrap(), "m").unwrap_err();
-        assert!(matches!(e, QuantError::LengthMismatch { expected: 64, actual: 5, .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                QuantError::LengthMismatch {
+                    expected: 64,
+                    actual: 5,
+                    ..
+                }
+            ),
+            "{e}"
+        );
 
         let e = read_all(b"garbage", "bad.safetensors").unwrap_err();
         assert!(e.to_string().starts_with("bad.safetensors"), "{e}");

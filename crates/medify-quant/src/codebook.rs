@@ -132,7 +132,11 @@ impl Buckets {
     fn new(code: &[f32; 16]) -> Self {
         let mut order: [u8; 16] = std::array::from_fn(|i| i as u8);
         // A stable sort keeps equal codes in index order, like torch.argsort did in the vectors.
-        order.sort_by(|&a, &b| code[a as usize].total_cmp(&code[b as usize]).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| {
+            code[a as usize]
+                .total_cmp(&code[b as usize])
+                .then(a.cmp(&b))
+        });
         // total_cmp orders -0.0 before 0.0; bitsandbytes stores +0.0 twice, so this is moot.
         let midpoints =
             std::array::from_fn(|i| (code[order[i] as usize] + code[order[i + 1] as usize]) / 2.0);

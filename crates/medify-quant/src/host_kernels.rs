@@ -165,7 +165,10 @@ fn row_dots(x: &[f32], m: usize, w: &PackedView<'_>, row: usize, acc: &mut [f32]
 
 /// Block segments of one weight row: `(first word, words, scale)`.
 #[inline(always)]
-fn segments<'a>(w: &'a PackedView<'a>, row: usize) -> impl Iterator<Item = (usize, usize, f32)> + 'a {
+fn segments<'a>(
+    w: &'a PackedView<'a>,
+    row: usize,
+) -> impl Iterator<Item = (usize, usize, f32)> + 'a {
     let k = w.in_features;
     let start = row * k;
     let end = start + k;
@@ -276,7 +279,9 @@ mod avx2 {
                     plane[c] = v.to_bits().to_le_bytes()[b];
                 }
             }
-            let plane = |b: usize| _mm256_broadcastsi128_si256(_mm_loadu_si128(planes[b].as_ptr() as *const __m128i));
+            let plane = |b: usize| {
+                _mm256_broadcastsi128_si256(_mm_loadu_si128(planes[b].as_ptr() as *const __m128i))
+            };
             let (p0, p1, p2, p3) = (plane(0), plane(1), plane(2), plane(3));
             let low4 = _mm256_set1_epi8(0x0F);
             let bytes = w.words.as_ptr() as *const u8;
@@ -346,7 +351,8 @@ mod avx2 {
             let fifteen = _mm256_set1_epi32(15);
             let decode = |wi: usize| {
                 let word = *w.words.get_unchecked(wi) as i32;
-                let idx = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(word), shifts), fifteen);
+                let idx =
+                    _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(word), shifts), fifteen);
                 let lo = _mm256_permutevar8x32_ps(code_lo, idx);
                 let hi = _mm256_permutevar8x32_ps(code_hi, idx);
                 _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)))
@@ -411,35 +417,57 @@ mod tests {
         let mut out = vec![0f32; m * n];
         for mi in 0..m {
             for r in 0..n {
-                out[mi * n + r] = (0..k).map(|c| x[mi * k + c] as f64 * dense[r * k + c] as f64).sum::<f64>() as f32;
+                out[mi * n + r] = (0..k)
+                    .map(|c| x[mi * k + c] as f64 * dense[r * k + c] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         out
     }
 
     fn check(m: usize, n: usize, k: usize, blocksize: usize) {
-        let vals: Vec<f32> = (0..n * k).map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0).collect();
+        let vals: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 2654435761usize) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
         let cfg = QuantConfig::default().with_blocksize(blocksize);
         let p = Packed4Bit::quantize(&vals, &[n, k], &cfg).unwrap();
         let dense = p.dequantize();
         let mut bytes = p.data.clone();
         bytes.resize(bytes.len().next_multiple_of(4), 0);
-        let words: Vec<u32> = bytes.chunks(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let words: Vec<u32> = bytes
+            .chunks(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         let absmax = p.state.absmax.to_f32();
-        let view = PackedView { words: &words, absmax: &absmax, code: p.state.quant_type.code(), out_features: n, in_features: k, blocksize };
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 40503) % 97) as f32 / 48.0 - 1.0).collect();
+        let view = PackedView {
+            words: &words,
+            absmax: &absmax,
+            code: p.state.quant_type.code(),
+            out_features: n,
+            in_features: k,
+            blocksize,
+        };
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 40503) % 97) as f32 / 48.0 - 1.0)
+            .collect();
         let mut out = vec![0f32; m * n];
         matmul_4bit(&x, m, &view, &mut out);
         let want = reference(&x, m, &dense, n, k);
         for (a, b) in out.iter().zip(&want) {
-            assert!((a - b).abs() <= 1e-3 * (1.0 + b.abs()), "m={m} n={n} k={k}: {a} vs {b}");
+            assert!(
+                (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                "m={m} n={n} k={k}: {a} vs {b}"
+            );
         }
         if m <= STREAMING_MAX_ROWS && k % 8 == 0 {
             let mut scalar = vec![0f32; m];
             for r in 0..n {
                 row_dots_scalar(&x, m, &view, r, &mut scalar);
                 for mi in 0..m {
-                    assert!((scalar[mi] - want[mi * n + r]).abs() <= 1e-3 * (1.0 + want[mi * n + r].abs()));
+                    assert!(
+                        (scalar[mi] - want[mi * n + r]).abs()
+                            <= 1e-3 * (1.0 + want[mi * n + r].abs())
+                    );
                 }
             }
         }
@@ -448,18 +476,35 @@ mod tests {
     #[test]
     fn decode_matches_host_codec_bit_for_bit() {
         for (n, k, bs) in [(5, 64, 64), (3, 100, 32), (4, 13, 64), (7, 192, 128)] {
-            let vals: Vec<f32> = (0..n * k).map(|i| ((i * 7919) % 211) as f32 - 105.0).collect();
+            let vals: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 7919) % 211) as f32 - 105.0)
+                .collect();
             let cfg = QuantConfig::default().with_blocksize(bs);
             let p = Packed4Bit::quantize(&vals, &[n, k], &cfg).unwrap();
             let mut bytes = p.data.clone();
             bytes.resize(bytes.len().next_multiple_of(4), 0);
-            let words: Vec<u32> = bytes.chunks(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let words: Vec<u32> = bytes
+                .chunks(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
             let absmax = p.state.absmax.to_f32();
-            let view = PackedView { words: &words, absmax: &absmax, code: p.state.quant_type.code(), out_features: n, in_features: k, blocksize: bs };
+            let view = PackedView {
+                words: &words,
+                absmax: &absmax,
+                code: p.state.quant_type.code(),
+                out_features: n,
+                in_features: k,
+                blocksize: bs,
+            };
             let mut out = vec![0f32; n * k];
             view.decode_all(&mut out);
             let want = p.dequantize();
-            assert!(out.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "n={n} k={k} bs={bs}");
+            assert!(
+                out.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "n={n} k={k} bs={bs}"
+            );
         }
     }
 

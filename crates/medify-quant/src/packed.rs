@@ -123,7 +123,11 @@ impl Packed4Bit {
     }
 
     /// Builds a tensor from parts read elsewhere, checking that they fit together.
-    pub fn from_parts(data: Vec<u8>, state: QuantState, name: &str) -> Result<Packed4Bit, QuantError> {
+    pub fn from_parts(
+        data: Vec<u8>,
+        state: QuantState,
+        name: &str,
+    ) -> Result<Packed4Bit, QuantError> {
         state.validate(name)?;
         let expected = state.numel().div_ceil(2);
         if data.len() != expected {
@@ -191,7 +195,11 @@ pub fn bits_per_weight(config: &QuantConfig) -> f64 {
 ///
 /// Full blocks scale by `x * (1 / absmax)` and store the raw absmax; the partial last block
 /// divides by `max(absmax, 1e-38)` and stores that, as bitsandbytes' default kernel does.
-pub fn quantize_blocks(values: &[f32], blocksize: usize, quant_type: QuantType) -> (Vec<u8>, Vec<f32>) {
+pub fn quantize_blocks(
+    values: &[f32],
+    blocksize: usize,
+    quant_type: QuantType,
+) -> (Vec<u8>, Vec<f32>) {
     let n = values.len();
     let mut data = vec![0u8; n.div_ceil(2)];
     let mut absmax = vec![0f32; n.div_ceil(blocksize)];
@@ -209,7 +217,15 @@ pub fn quantize_blocks(values: &[f32], blocksize: usize, quant_type: QuantType) 
                 .zip(out.chunks_mut(blocksize / 2))
                 .zip(scales.iter_mut())
             {
-                *scale = quantize_block(block, blocksize, buckets, quant_type, pad, &mut scratch, bytes);
+                *scale = quantize_block(
+                    block,
+                    blocksize,
+                    buckets,
+                    quant_type,
+                    pad,
+                    &mut scratch,
+                    bytes,
+                );
             }
         });
     (data, absmax)
@@ -242,7 +258,11 @@ fn quantize_block(
         let lo = if pair.len() == 2 { pair[1] } else { pad };
         *byte = (pair[0] << 4) | lo;
     }
-    if block.len() == blocksize || amax.is_nan() { amax } else { amax.max(1e-38) }
+    if block.len() == blocksize || amax.is_nan() {
+        amax
+    } else {
+        amax.max(1e-38)
+    }
 }
 
 /// `max |x|` with eight independent lanes (a single running max is a serial dependency
@@ -337,7 +357,14 @@ mod tests {
     fn errors_name_the_problem() {
         let cfg = QuantConfig::default();
         let e = Packed4Bit::quantize(&[1.0; 5], &[2, 3], &cfg).unwrap_err();
-        assert!(matches!(e, QuantError::ShapeMismatch { expected: 6, actual: 5, .. }));
+        assert!(matches!(
+            e,
+            QuantError::ShapeMismatch {
+                expected: 6,
+                actual: 5,
+                ..
+            }
+        ));
         let e = Packed4Bit::quantize(&[1.0, f32::NAN], &[2], &cfg).unwrap_err();
         assert!(matches!(e, QuantError::NonFinite { index: 1, .. }));
         let mut big = vec![0.5f32; 200];

@@ -63,7 +63,11 @@ impl NestedAbsmax {
             nested_absmax.push(scale);
             for (&a, q) in chunk.iter().zip(out.iter_mut()) {
                 // The C library divides; an all-equal chunk (scale 0) maps to the zero code.
-                let x = if scale > 0.0 { (a - offset) / scale } else { 0.0 };
+                let x = if scale > 0.0 {
+                    (a - offset) / scale
+                } else {
+                    0.0
+                };
                 *q = grid.code_of(x);
             }
         }
@@ -78,7 +82,13 @@ impl NestedAbsmax {
     /// Decodes to one f32 per block: `code[q] * nested_absmax[i / 256] + offset`, unfused.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.codes.len()];
-        decode_nested(&self.codes, &self.nested_absmax, &self.code, self.offset, &mut out);
+        decode_nested(
+            &self.codes,
+            &self.nested_absmax,
+            &self.code,
+            self.offset,
+            &mut out,
+        );
         out
     }
 }
@@ -100,7 +110,11 @@ pub fn torch_sum_f32(xs: &[f32]) -> f32 {
     let vec_at = |i: usize| -> V { std::array::from_fn(|l| xs[i * W + l]) };
     let vec_size = xs.len() / W;
     let size_ilp = vec_size / ILP;
-    let ceil_log2 = if size_ilp <= 1 { 0 } else { usize::BITS - (size_ilp - 1).leading_zeros() } as usize;
+    let ceil_log2 = if size_ilp <= 1 {
+        0
+    } else {
+        usize::BITS - (size_ilp - 1).leading_zeros()
+    } as usize;
     let level_power = 4.max(ceil_log2 / LEVELS);
     let level_step = 1usize << level_power;
     let level_mask = level_step - 1;
@@ -157,7 +171,13 @@ pub fn torch_sum_f32(xs: &[f32]) -> f32 {
 /// Decodes double-quantized absmax codes into `out` (one f32 per code), in parallel.
 ///
 /// Multiply, then add: bitsandbytes does not fuse the two, and neither may we.
-pub fn decode_nested(codes: &[u8], nested_absmax: &[f32], code: &[f32], offset: f32, out: &mut [f32]) {
+pub fn decode_nested(
+    codes: &[u8],
+    nested_absmax: &[f32],
+    code: &[f32],
+    offset: f32,
+    out: &mut [f32],
+) {
     use rayon::prelude::*;
     const CHUNKS_PER_TASK: usize = 64;
     out.par_chunks_mut(NESTED_BLOCKSIZE * CHUNKS_PER_TASK)
@@ -261,7 +281,10 @@ impl QuantState {
                 )));
             }
             if n.code.len() != 256 {
-                return Err(bad(format!("nested_quant_map has {} entries, expected 256", n.code.len())));
+                return Err(bad(format!(
+                    "nested_quant_map has {} entries, expected 256",
+                    n.code.len()
+                )));
             }
         }
         match self.dtype.as_str() {
@@ -320,15 +343,21 @@ impl QuantStateJson {
         };
         let json: QuantStateJson =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("corrupt JSON: {e}")))?;
-        json.quant_type.parse::<QuantType>().map_err(|e| bad(e.to_string()))?;
+        json.quant_type
+            .parse::<QuantType>()
+            .map_err(|e| bad(e.to_string()))?;
         check_blocksize(json.blocksize).map_err(|e| bad(e.to_string()))?;
         if let Some(nb) = json.nested_blocksize
             && nb != NESTED_BLOCKSIZE
         {
-            return Err(bad(format!("nested_blocksize {nb} is not supported (expected 256)")));
+            return Err(bad(format!(
+                "nested_blocksize {nb} is not supported (expected 256)"
+            )));
         }
         if json.nested_blocksize.is_some() != json.nested_offset.is_some() {
-            return Err(bad("nested_blocksize and nested_offset must come together".into()));
+            return Err(bad(
+                "nested_blocksize and nested_offset must come together".into()
+            ));
         }
         Ok(json)
     }

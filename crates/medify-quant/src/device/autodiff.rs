@@ -4,13 +4,13 @@
 //! scales, never a dense copy: backward dequantizes again and drops the dense weight when done,
 //! which is what bitsandbytes' `MatMul4Bit` does.
 
-use burn::backend::{AutodiffBackend, Backend, TensorMetadata};
+use burn::backend::autodiff::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{AutodiffBackend, Backend, TensorMetadata};
 
 use super::ops::Quant4Ops;
 
@@ -36,7 +36,14 @@ impl<B: Backend + Quant4Ops> Backward<B, 1> for Q4MatmulBackward {
         let grad = grads.consume::<B>(&ops.node);
         let Some(node) = node_x else { return };
         let s = ops.state;
-        let dense = B::q4_dequantize(s.packed, s.absmax, s.code, s.out_features, s.in_features, s.blocksize);
+        let dense = B::q4_dequantize(
+            s.packed,
+            s.absmax,
+            s.code,
+            s.out_features,
+            s.in_features,
+            s.blocksize,
+        );
         let dense = B::float_cast(dense, grad.dtype().into());
         let dims = grad.shape().to_vec();
         let rank = dims.len();

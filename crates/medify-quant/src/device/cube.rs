@@ -2,16 +2,16 @@
 //!
 //! WGSL has no 8-bit arithmetic, so codes are read as `u32` words (8 codes per word).
 
+use burn::backend::cubecl::dtype_to_storage_type;
 use burn::backend::ops::FloatTensorOps;
 use burn::tensor::{DType, Shape};
+use burn_cubecl::CubeBackend;
 use burn_cubecl::cubecl;
-use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::cubecl::calculate_cube_count_elemwise;
+use burn_cubecl::cubecl::prelude::*;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::CubeBackend;
-use burn::backend::cubecl::dtype_to_storage_type;
 
 use super::ops::Quant4Ops;
 

@@ -2,37 +2,33 @@
 
 use std::borrow::Cow;
 
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{DType, Element, TensorData};
 use burn_flex::{Flex, FlexTensor};
 
 use super::ops::Quant4Ops;
 use crate::host_kernels::{PackedView, matmul_4bit};
 use crate::quant_state::decode_nested;
 
-fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
-    match t.as_slice::<f32>() {
+/// A typed view of a Flex tensor: borrowed when it is contiguous and of type `E`, else converted.
+fn values<E: Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [E]> {
+    match t.as_slice::<E>() {
         Some(s) => Cow::Borrowed(s),
         None => Cow::Owned(
             t.clone()
                 .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .expect("converted to f32"),
+                .convert::<E>()
+                .try_into_vec::<E>()
+                .expect("converted to the requested element type"),
         ),
     }
 }
 
+fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
+    values::<f32>(t)
+}
+
 fn u32s(t: &FlexTensor) -> Cow<'_, [u32]> {
-    match t.as_slice::<u32>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(
-            t.clone()
-                .into_data()
-                .convert::<u32>()
-                .try_into_vec::<u32>()
-                .expect("converted to u32"),
-        ),
-    }
+    values::<u32>(t)
 }
 
 fn code16(t: &FlexTensor) -> [f32; 16] {
@@ -114,7 +110,11 @@ impl Quant4Ops for Flex {
         let mut shape = dims;
         *shape.last_mut().expect("non-empty") = out_features;
         let data = TensorData::new(out, shape);
-        let data = if dtype == DType::F32 { data } else { data.convert_dtype(dtype) };
+        let data = if dtype == DType::F32 {
+            data
+        } else {
+            data.convert_dtype(dtype)
+        };
         FlexTensor::from_data(data)
     }
 }

@@ -75,18 +75,28 @@ fn words_tensor(bytes: &[u8], device: &Device) -> Tensor<1, Int> {
 }
 
 fn f32_tensor(values: &[f32], device: &Device) -> Tensor<1> {
-    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), (device, DType::F32))
+    Tensor::from_data(
+        TensorData::new(values.to_vec(), [values.len()]),
+        (device, DType::F32),
+    )
 }
 
 fn download_bytes(t: &Tensor<1, Int>, len: usize) -> Vec<u8> {
-    let words = t.to_data().convert::<u32>().try_into_vec::<u32>().expect("u32 words");
+    let words = t
+        .to_data()
+        .convert::<u32>()
+        .try_into_vec::<u32>()
+        .expect("u32 words");
     let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     bytes.truncate(len);
     bytes
 }
 
 fn download_f32(t: &Tensor<1>) -> Vec<f32> {
-    t.to_data().convert::<f32>().try_into_vec::<f32>().expect("f32 values")
+    t.to_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("f32 values")
 }
 
 impl Nf4Tensor {
@@ -290,7 +300,11 @@ impl Nf4Tensor {
 /// let grads = y.sum().backward();
 /// assert_eq!(x.grad(&grads).unwrap().dims(), [2, 64]);
 /// ```
-pub fn linear_4bit<const D: usize>(x: Tensor<D>, weight: &Nf4Tensor, bias: Option<&Tensor<1>>) -> Tensor<D> {
+pub fn linear_4bit<const D: usize>(
+    x: Tensor<D>,
+    weight: &Nf4Tensor,
+    bias: Option<&Tensor<1>>,
+) -> Tensor<D> {
     let y = weight.matmul(x);
     match bias {
         Some(b) => y + b.clone().unsqueeze(),
