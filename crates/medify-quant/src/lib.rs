@@ -35,4 +35,5 @@ pub use host_kernels::{PackedView, matmul_4bit};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};
 pub use quant_state::{
     Absmax, NESTED_BLOCKSIZE, NestedAbsmax, QuantState, QuantStateJson, check_blocksize,
+    decode_nested, torch_sum_f32,
 };

@@ -180,6 +180,9 @@ pub fn decode_nested(
 ) {
     use rayon::prelude::*;
     const CHUNKS_PER_TASK: usize = 64;
+    // A fixed-size table: indexing by a u8 needs no bounds check.
+    let mut table = [0f32; 256];
+    table[..code.len().min(256)].copy_from_slice(&code[..code.len().min(256)]);
     out.par_chunks_mut(NESTED_BLOCKSIZE * CHUNKS_PER_TASK)
         .zip(codes.par_chunks(NESTED_BLOCKSIZE * CHUNKS_PER_TASK))
         .enumerate()
@@ -191,7 +194,7 @@ pub fn decode_nested(
             {
                 let scale = nested_absmax[t * CHUNKS_PER_TASK + c];
                 for (o, &q) in out.iter_mut().zip(codes) {
-                    let scaled = code[q as usize] * scale;
+                    let scaled = table[q as usize] * scale;
                     *o = scaled + offset;
                 }
             }
