@@ -20,7 +20,7 @@ pub struct PackedView<'a> {
     /// bitsandbytes bytes as little-endian `u32` words.
     pub words: &'a [u32],
     /// One scale per block.
-    pub absmax: &'a [f32],
+    pub absmax: Scales<'a>,
     /// The 16 code values.
     pub code: &'a [f32; 16],
     /// Rows of the weight.
@@ -29,6 +29,44 @@ pub struct PackedView<'a> {
     pub in_features: usize,
     /// Elements per block.
     pub blocksize: usize,
+}
+
+/// Per-block scales as the kernels read them: plain f32, or double-quantized and decoded on
+/// the fly (one lookup, multiply and add per block of 64+ weights, so no decoded copy exists).
+#[derive(Debug, Clone, Copy)]
+pub enum Scales<'a> {
+    /// One f32 per block.
+    F32(&'a [f32]),
+    /// `code[codes[b]] * nested_absmax[b / 256] + offset`, multiply then add.
+    Nested {
+        /// One 8-bit code per block.
+        codes: &'a [u8],
+        /// One scale per 256 codes.
+        nested_absmax: &'a [f32],
+        /// The 256-entry nested code table.
+        code: &'a [f32; 256],
+        /// The mean subtracted before quantizing.
+        offset: f32,
+    },
+}
+
+impl Scales<'_> {
+    /// Scale of block `b`.
+    #[inline(always)]
+    pub fn get(&self, b: usize) -> f32 {
+        match *self {
+            Scales::F32(a) => a[b],
+            Scales::Nested {
+                codes,
+                nested_absmax,
+                code,
+                offset,
+            } => {
+                let scaled = code[codes[b] as usize] * nested_absmax[b / crate::NESTED_BLOCKSIZE];
+                scaled + offset
+            }
+        }
+    }
 }
 
 /// Code of flat element `e`.
@@ -47,7 +85,7 @@ impl PackedView<'_> {
             // Rows start mid-byte: decode element by element.
             for (i, v) in out.iter_mut().enumerate() {
                 let e = start + i;
-                *v = self.code[nibble(self.words, e)] * self.absmax[e / self.blocksize];
+                *v = self.code[nibble(self.words, e)] * self.absmax.get(e / self.blocksize);
             }
             return;
         }
@@ -59,7 +97,7 @@ impl PackedView<'_> {
         while e < end {
             let block = e / self.blocksize;
             let seg_end = ((block + 1) * self.blocksize).min(end);
-            let scale = self.absmax[block];
+            let scale = self.absmax.get(block);
             let lut = self.code.map(|c| c * scale);
             for (pair, &b) in out[e - start..seg_end - start]
                 .chunks_exact_mut(2)
@@ -179,7 +217,7 @@ fn segments<'a>(
         }
         let block = pos / w.blocksize;
         let seg_end = ((block + 1) * w.blocksize).min(end);
-        let item = (pos / 8, (seg_end - pos) / 8, w.absmax[block]);
+        let item = (pos / 8, (seg_end - pos) / 8, w.absmax.get(block));
         pos = seg_end;
         Some(item)
     })
@@ -321,7 +359,7 @@ mod avx2 {
                     }
                 }
                 let sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
-                total = _mm256_fmadd_ps(sum, _mm256_set1_ps(*w.absmax.get_unchecked(block)), total);
+                total = _mm256_fmadd_ps(sum, _mm256_set1_ps(w.absmax.get(block)), total);
                 c = end;
             }
             let mut lanes = [0f32; 8];
@@ -441,7 +479,7 @@ mod tests {
         let absmax = p.state.absmax.to_f32();
         let view = PackedView {
             words: &words,
-            absmax: &absmax,
+            absmax: Scales::F32(&absmax),
             code: p.state.quant_type.code(),
             out_features: n,
             in_features: k,
@@ -452,6 +490,21 @@ mod tests {
             .collect();
         let mut out = vec![0f32; m * n];
         matmul_4bit(&x, m, &view, &mut out);
+        if let crate::Absmax::Double(nq) = &p.state.absmax {
+            let table: [f32; 256] = std::array::from_fn(|i| nq.code[i]);
+            let nested = PackedView {
+                absmax: Scales::Nested {
+                    codes: &nq.codes,
+                    nested_absmax: &nq.nested_absmax,
+                    code: &table,
+                    offset: nq.offset,
+                },
+                ..view
+            };
+            let mut out2 = vec![0f32; m * n];
+            matmul_4bit(&x, m, &nested, &mut out2);
+            assert_eq!(out, out2, "nested scales decode to the same values");
+        }
         let want = reference(&x, m, &dense, n, k);
         for (a, b) in out.iter().zip(&want) {
             assert!(
@@ -490,7 +543,7 @@ mod tests {
             let absmax = p.state.absmax.to_f32();
             let view = PackedView {
                 words: &words,
-                absmax: &absmax,
+                absmax: Scales::F32(&absmax),
                 code: p.state.quant_type.code(),
                 out_features: n,
                 in_features: k,

@@ -31,7 +31,7 @@ pub mod device;
 pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map};
 pub use device::{Nf4Tensor, Quant4Ops, linear_4bit};
 pub use error::QuantError;
-pub use host_kernels::{PackedView, matmul_4bit};
+pub use host_kernels::{PackedView, Scales, matmul_4bit};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};
 pub use quant_state::{
     Absmax, NESTED_BLOCKSIZE, NestedAbsmax, QuantState, QuantStateJson, check_blocksize,

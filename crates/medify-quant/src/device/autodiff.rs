@@ -14,11 +14,23 @@ use burn::backend::{AutodiffBackend, Backend, TensorMetadata};
 
 use super::ops::Quant4Ops;
 
+/// Scales as saved for backward: still compressed when they were double-quantized.
+#[derive(Debug, Clone)]
+enum SavedScales<B: Backend> {
+    Plain(FloatTensor<B>),
+    Nested {
+        codes: IntTensor<B>,
+        nested_absmax: FloatTensor<B>,
+        nested_code: FloatTensor<B>,
+        offset: f32,
+    },
+}
+
 /// What backward needs: packed codes, scales, code table and the weight's shape.
 #[derive(Debug, Clone)]
 struct PackedState<B: Backend> {
     packed: IntTensor<B>,
-    absmax: FloatTensor<B>,
+    scales: SavedScales<B>,
     code: FloatTensor<B>,
     out_features: usize,
     in_features: usize,
@@ -36,9 +48,21 @@ impl<B: Backend + Quant4Ops> Backward<B, 1> for Q4MatmulBackward {
         let grad = grads.consume::<B>(&ops.node);
         let Some(node) = node_x else { return };
         let s = ops.state;
+        let absmax = match s.scales {
+            SavedScales::Plain(a) => a,
+            SavedScales::Nested {
+                codes,
+                nested_absmax,
+                nested_code,
+                offset,
+            } => {
+                let blocks = (s.out_features * s.in_features).div_ceil(s.blocksize);
+                B::q4_decode_absmax(codes, nested_absmax, nested_code, offset, blocks)
+            }
+        };
         let dense = B::q4_dequantize(
             s.packed,
-            s.absmax,
+            absmax,
             s.code,
             s.out_features,
             s.in_features,
@@ -118,7 +142,7 @@ impl<B: Backend + Quant4Ops, C: CheckpointStrategy> Quant4Ops for Autodiff<B, C>
                 );
                 let state = PackedState {
                     packed,
-                    absmax,
+                    scales: SavedScales::Plain(absmax),
                     code,
                     out_features,
                     in_features,
@@ -131,6 +155,67 @@ impl<B: Backend + Quant4Ops, C: CheckpointStrategy> Quant4Ops for Autodiff<B, C>
                 packed,
                 absmax,
                 code,
+                out_features,
+                blocksize,
+            )),
+        }
+    }
+
+    fn q4_matmul_dq(
+        x: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        codes: IntTensor<Self>,
+        nested_absmax: FloatTensor<Self>,
+        nested_code: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        offset: f32,
+        out_features: usize,
+        blocksize: usize,
+    ) -> FloatTensor<Self> {
+        let nested_absmax = nested_absmax.into_primitive();
+        let nested_code = nested_code.into_primitive();
+        let code = code.into_primitive();
+        match Q4MatmulBackward
+            .prepare::<C>([x.node()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let in_features = *x.primitive().shape().to_vec().last().expect("feature dim");
+                let out = B::q4_matmul_dq(
+                    x.primitive().clone(),
+                    packed.clone(),
+                    codes.clone(),
+                    nested_absmax.clone(),
+                    nested_code.clone(),
+                    code.clone(),
+                    offset,
+                    out_features,
+                    blocksize,
+                );
+                let state = PackedState {
+                    packed,
+                    scales: SavedScales::Nested {
+                        codes,
+                        nested_absmax,
+                        nested_code,
+                        offset,
+                    },
+                    code,
+                    out_features,
+                    in_features,
+                    blocksize,
+                };
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::q4_matmul_dq(
+                x.into_primitive(),
+                packed,
+                codes,
+                nested_absmax,
+                nested_code,
+                code,
+                offset,
                 out_features,
                 blocksize,
             )),

@@ -212,4 +212,21 @@ impl Quant4Ops for CubeBackend {
         );
         out
     }
+
+    fn q4_matmul_dq(
+        x: CubeTensor,
+        packed: CubeTensor,
+        codes: CubeTensor,
+        nested_absmax: CubeTensor,
+        nested_code: CubeTensor,
+        code: CubeTensor,
+        offset: f32,
+        out_features: usize,
+        blocksize: usize,
+    ) -> CubeTensor {
+        let dims = x.meta.shape().to_vec();
+        let num_blocks = (out_features * dims[dims.len() - 1]).div_ceil(blocksize);
+        let absmax = Self::q4_decode_absmax(codes, nested_absmax, nested_code, offset, num_blocks);
+        Self::q4_matmul(x, packed, absmax, code, out_features, blocksize)
+    }
 }

@@ -6,7 +6,7 @@ use burn::tensor::{DType, Element, TensorData};
 use burn_flex::{Flex, FlexTensor};
 
 use super::ops::Quant4Ops;
-use crate::host_kernels::{PackedView, matmul_4bit};
+use crate::host_kernels::{PackedView, Scales, matmul_4bit};
 use crate::quant_state::decode_nested;
 
 /// A typed view of a Flex tensor: borrowed when it is contiguous and of type `E`, else converted.
@@ -70,7 +70,7 @@ impl Quant4Ops for Flex {
         let code = code16(&code);
         let view = PackedView {
             words: &words,
-            absmax: &absmax,
+            absmax: Scales::F32(&absmax),
             code: &code,
             out_features: rows,
             in_features: cols,
@@ -89,32 +89,74 @@ impl Quant4Ops for Flex {
         out_features: usize,
         blocksize: usize,
     ) -> FlexTensor {
-        let dims = x.layout().shape().to_vec();
-        let k = *dims.last().expect("x has a feature dim");
-        let m = dims.iter().product::<usize>() / k.max(1);
-        let dtype = x.dtype();
-        let xs = f32s(&x);
-        let words = u32s(&packed);
         let absmax = f32s(&absmax);
-        let code = code16(&code);
-        let view = PackedView {
-            words: &words,
-            absmax: &absmax,
-            code: &code,
+        matmul(
+            x,
+            &packed,
+            Scales::F32(&absmax),
+            &code,
             out_features,
-            in_features: k,
             blocksize,
-        };
-        let mut out = vec![0f32; m * out_features];
-        matmul_4bit(&xs, m, &view, &mut out);
-        let mut shape = dims;
-        *shape.last_mut().expect("non-empty") = out_features;
-        let data = TensorData::new(out, shape);
-        let data = if dtype == DType::F32 {
-            data
-        } else {
-            data.convert_dtype(dtype)
-        };
-        FlexTensor::from_data(data)
+        )
     }
+
+    fn q4_matmul_dq(
+        x: FlexTensor,
+        packed: FlexTensor,
+        codes: FlexTensor,
+        nested_absmax: FlexTensor,
+        nested_code: FlexTensor,
+        code: FlexTensor,
+        offset: f32,
+        out_features: usize,
+        blocksize: usize,
+    ) -> FlexTensor {
+        let words = u32s(&codes);
+        let nabs = f32s(&nested_absmax);
+        let ncode = f32s(&nested_code);
+        let table: [f32; 256] = std::array::from_fn(|i| ncode[i]);
+        let scales = Scales::Nested {
+            codes: bytemuck::cast_slice(&words),
+            nested_absmax: &nabs,
+            code: &table,
+            offset,
+        };
+        matmul(x, &packed, scales, &code, out_features, blocksize)
+    }
+}
+
+fn matmul(
+    x: FlexTensor,
+    packed: &FlexTensor,
+    absmax: Scales<'_>,
+    code: &FlexTensor,
+    out_features: usize,
+    blocksize: usize,
+) -> FlexTensor {
+    let dims = x.layout().shape().to_vec();
+    let k = *dims.last().expect("x has a feature dim");
+    let m = dims.iter().product::<usize>() / k.max(1);
+    let dtype = x.dtype();
+    let xs = f32s(&x);
+    let words = u32s(packed);
+    let code = code16(code);
+    let view = PackedView {
+        words: &words,
+        absmax,
+        code: &code,
+        out_features,
+        in_features: k,
+        blocksize,
+    };
+    let mut out = vec![0f32; m * out_features];
+    matmul_4bit(&xs, m, &view, &mut out);
+    let mut shape = dims;
+    *shape.last_mut().expect("non-empty") = out_features;
+    let data = TensorData::new(out, shape);
+    let data = if dtype == DType::F32 {
+        data
+    } else {
+        data.convert_dtype(dtype)
+    };
+    FlexTensor::from_data(data)
 }

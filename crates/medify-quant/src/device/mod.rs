@@ -274,14 +274,33 @@ impl Nf4Tensor {
         }
         let m: usize = dims[..D - 1].iter().product();
         let x2: Tensor<2> = x.reshape([m, self.shape[1]]);
-        let y = Tensor::<2>::from_dispatch(<Dispatch as Quant4Ops>::q4_matmul(
-            x2.into_dispatch(),
-            self.packed.clone().into_dispatch(),
-            self.absmax().into_dispatch(),
-            self.code.clone().into_dispatch(),
-            self.shape[0],
-            self.blocksize,
-        ));
+        let y = match &self.scales {
+            DeviceScales::Plain(absmax) => <Dispatch as Quant4Ops>::q4_matmul(
+                x2.into_dispatch(),
+                self.packed.clone().into_dispatch(),
+                absmax.clone().into_dispatch(),
+                self.code.clone().into_dispatch(),
+                self.shape[0],
+                self.blocksize,
+            ),
+            DeviceScales::Double {
+                codes,
+                nested_absmax,
+                nested_code,
+                offset,
+            } => <Dispatch as Quant4Ops>::q4_matmul_dq(
+                x2.into_dispatch(),
+                self.packed.clone().into_dispatch(),
+                codes.clone().into_dispatch(),
+                nested_absmax.clone().into_dispatch(),
+                nested_code.clone().into_dispatch(),
+                self.code.clone().into_dispatch(),
+                *offset,
+                self.shape[0],
+                self.blocksize,
+            ),
+        };
+        let y = Tensor::<2>::from_dispatch(y);
         let mut out = dims;
         out[D - 1] = self.shape[0];
         Ok(y.reshape(out))

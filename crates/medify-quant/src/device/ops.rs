@@ -56,4 +56,20 @@ pub trait Quant4Ops: Backend {
         out_features: usize,
         blocksize: usize,
     ) -> FloatTensor<Self>;
+
+    /// [`Quant4Ops::q4_matmul`] with double-quantized scales, decoded inside the kernel where
+    /// the backend can (Flex), so no decoded absmax is allocated per call.
+    #[fusion(dtype = x, shape = matmul_shape(x, out_features))]
+    #[allow(clippy::too_many_arguments)]
+    fn q4_matmul_dq(
+        x: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        codes: IntTensor<Self>,
+        nested_absmax: FloatTensor<Self>,
+        nested_code: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        offset: f32,
+        out_features: usize,
+        blocksize: usize,
+    ) -> FloatTensor<Self>;
 }
