@@ -470,13 +470,7 @@ mod tests {
         let cfg = QuantConfig::default().with_blocksize(blocksize);
         let p = Packed4Bit::quantize(&vals, &[n, k], &cfg).unwrap();
         let dense = p.dequantize();
-        let mut bytes = p.data.clone();
-        bytes.resize(bytes.len().next_multiple_of(4), 0);
-        let words: Vec<u32> = bytes
-            .chunks(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let absmax = p.state.absmax.to_f32();
+        let (words, absmax) = kernel_inputs(&p);
         let view = PackedView {
             words: &words,
             absmax: Scales::F32(&absmax),
@@ -526,6 +520,17 @@ mod tests {
         }
     }
 
+    /// The packed bytes as `u32` words (as a device holds them) and the decoded scales.
+    fn kernel_inputs(p: &Packed4Bit) -> (Vec<u32>, Vec<f32>) {
+        let mut bytes = p.data.clone();
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        let words = bytes
+            .chunks(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        (words, p.state.absmax.to_f32())
+    }
+
     #[test]
     fn decode_matches_host_codec_bit_for_bit() {
         for (n, k, bs) in [(5, 64, 64), (3, 100, 32), (4, 13, 64), (7, 192, 128)] {
@@ -534,13 +539,7 @@ mod tests {
                 .collect();
             let cfg = QuantConfig::default().with_blocksize(bs);
             let p = Packed4Bit::quantize(&vals, &[n, k], &cfg).unwrap();
-            let mut bytes = p.data.clone();
-            bytes.resize(bytes.len().next_multiple_of(4), 0);
-            let words: Vec<u32> = bytes
-                .chunks(4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let absmax = p.state.absmax.to_f32();
+            let (words, absmax) = kernel_inputs(&p);
             let view = PackedView {
                 words: &words,
                 absmax: Scales::F32(&absmax),

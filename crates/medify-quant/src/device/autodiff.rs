@@ -125,40 +125,27 @@ impl<B: Backend + Quant4Ops, C: CheckpointStrategy> Quant4Ops for Autodiff<B, C>
     ) -> FloatTensor<Self> {
         let absmax = absmax.into_primitive();
         let code = code.into_primitive();
-        match Q4MatmulBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let in_features = *x.primitive().shape().to_vec().last().expect("feature dim");
-                let out = B::q4_matmul(
-                    x.primitive().clone(),
+        tracked_matmul::<B, C>(
+            x,
+            |x| {
+                B::q4_matmul(
+                    x,
                     packed.clone(),
                     absmax.clone(),
                     code.clone(),
                     out_features,
                     blocksize,
-                );
-                let state = PackedState {
-                    packed,
-                    scales: SavedScales::Plain(absmax),
-                    code,
-                    out_features,
-                    in_features,
-                    blocksize,
-                };
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q4_matmul(
-                x.into_primitive(),
-                packed,
-                absmax,
-                code,
+                )
+            },
+            |in_features| PackedState {
+                packed: packed.clone(),
+                scales: SavedScales::Plain(absmax.clone()),
+                code: code.clone(),
                 out_features,
+                in_features,
                 blocksize,
-            )),
-        }
+            },
+        )
     }
 
     fn q4_matmul_dq(
@@ -175,15 +162,11 @@ impl<B: Backend + Quant4Ops, C: CheckpointStrategy> Quant4Ops for Autodiff<B, C>
         let nested_absmax = nested_absmax.into_primitive();
         let nested_code = nested_code.into_primitive();
         let code = code.into_primitive();
-        match Q4MatmulBackward
-            .prepare::<C>([x.node()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => {
-                let in_features = *x.primitive().shape().to_vec().last().expect("feature dim");
-                let out = B::q4_matmul_dq(
-                    x.primitive().clone(),
+        tracked_matmul::<B, C>(
+            x,
+            |x| {
+                B::q4_matmul_dq(
+                    x,
                     packed.clone(),
                     codes.clone(),
                     nested_absmax.clone(),
@@ -192,33 +175,42 @@ impl<B: Backend + Quant4Ops, C: CheckpointStrategy> Quant4Ops for Autodiff<B, C>
                     offset,
                     out_features,
                     blocksize,
-                );
-                let state = PackedState {
-                    packed,
-                    scales: SavedScales::Nested {
-                        codes,
-                        nested_absmax,
-                        nested_code,
-                        offset,
-                    },
-                    code,
-                    out_features,
-                    in_features,
-                    blocksize,
-                };
-                prep.finish(state, out)
-            }
-            OpsKind::UnTracked(prep) => prep.finish(B::q4_matmul_dq(
-                x.into_primitive(),
-                packed,
-                codes,
-                nested_absmax,
-                nested_code,
-                code,
-                offset,
+                )
+            },
+            |in_features| PackedState {
+                packed: packed.clone(),
+                scales: SavedScales::Nested {
+                    codes: codes.clone(),
+                    nested_absmax: nested_absmax.clone(),
+                    nested_code: nested_code.clone(),
+                    offset,
+                },
+                code: code.clone(),
                 out_features,
+                in_features,
                 blocksize,
-            )),
+            },
+        )
+    }
+}
+
+/// Runs a 4-bit matmul forward and, when `x` is tracked, registers the backward with the
+/// packed state `saved` builds (given `in_features`).
+fn tracked_matmul<B: Backend + Quant4Ops, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    forward: impl Fn(FloatTensor<B>) -> FloatTensor<B>,
+    saved: impl FnOnce(usize) -> PackedState<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    match Q4MatmulBackward
+        .prepare::<C>([x.node()])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let in_features = *x.primitive().shape().to_vec().last().expect("feature dim");
+            let out = forward(x.primitive().clone());
+            prep.finish(saved(in_features), out)
         }
+        OpsKind::UnTracked(prep) => prep.finish(forward(x.into_primitive())),
     }
 }
