@@ -69,6 +69,18 @@ impl Scales<'_> {
     }
 }
 
+/// Packed bytes as the little-endian `u32` words kernels read (the last word zero-padded).
+pub(crate) fn words_from_bytes(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks(4)
+        .map(|c| {
+            let mut w = [0u8; 4];
+            w[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(w)
+        })
+        .collect()
+}
+
 /// Code of flat element `e`.
 #[inline(always)]
 fn nibble(words: &[u32], e: usize) -> usize {
@@ -522,13 +534,7 @@ mod tests {
 
     /// The packed bytes as `u32` words (as a device holds them) and the decoded scales.
     fn kernel_inputs(p: &Packed4Bit) -> (Vec<u32>, Vec<f32>) {
-        let mut bytes = p.data.clone();
-        bytes.resize(bytes.len().next_multiple_of(4), 0);
-        let words = bytes
-            .chunks(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        (words, p.state.absmax.to_f32())
+        (words_from_bytes(&p.data), p.state.absmax.to_f32())
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub use ops::Quant4Ops;
 use burn::backend::Dispatch;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use crate::host_kernels::words_from_bytes;
 use crate::quant_state::{Absmax, NestedAbsmax, QuantState};
 use crate::{Packed4Bit, QuantConfig, QuantError, QuantType};
 
@@ -57,19 +58,8 @@ pub struct Nf4Tensor {
     dtype: String,
 }
 
-fn u32_words(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks(4)
-        .map(|c| {
-            let mut w = [0u8; 4];
-            w[..c.len()].copy_from_slice(c);
-            u32::from_le_bytes(w)
-        })
-        .collect()
-}
-
 fn words_tensor(bytes: &[u8], device: &Device) -> Tensor<1, Int> {
-    let words = u32_words(bytes);
+    let words = words_from_bytes(bytes);
     let len = words.len();
     Tensor::from_data(TensorData::new(words, [len]), (device, DType::U32))
 }
