@@ -7,6 +7,9 @@
 //!
 //! * [`quant`]: bitsandbytes-exact NF4/FP4 4-bit quantization with double quantization, the
 //!   device-resident [`quant::Nf4Tensor`], its fused 4-bit matmul and frozen 4-bit linear.
+//! * [`lora`]: the projection every model layer is built from (frozen dense or 4-bit base).
+//! * [`models`]: Llama, Mistral and Gemma from safetensors, bitsandbytes 4-bit and GGUF
+//!   checkpoints, with tokenizers, a KV cache and sampling.
 //!
 //! ```
 //! use medify_qlora::quant::{Packed4Bit, QuantConfig};
@@ -14,4 +17,6 @@
 //! assert_eq!(q.data.len(), 32);
 //! ```
 
+pub use medify_lora as lora;
+pub use medify_models as models;
 pub use medify_quant as quant;

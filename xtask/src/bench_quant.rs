@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Device, DeviceKind};
+use crate::device::device_named;
 use medify_qlora::quant::bench::{MatmulFixture, TOKEN_COUNTS, shapes_for, sync, weight_values};
 use medify_qlora::quant::{Packed4Bit, QuantConfig};
 use serde_json::{Value, json};
@@ -37,14 +37,6 @@ fn median_time(iters: usize, mut f: impl FnMut()) -> Duration {
         .collect();
     times.sort();
     times[times.len() / 2]
-}
-
-fn device_named(name: &str) -> Result<Device, String> {
-    match name {
-        "flex" => Ok(Device::flex()),
-        "wgpu" => Ok(Device::wgpu(DeviceKind::DefaultDevice)),
-        other => Err(format!("unknown device {other:?} (expected flex or wgpu)")),
-    }
 }
 
 fn host_codec(iters: usize) -> Value {

@@ -1,6 +1,8 @@
 //! `cargo xtask`: a thin command line over the medify-qlora libraries.
 
 mod bench_quant;
+mod device;
+mod models;
 
 use clap::{Parser, Subcommand};
 
@@ -15,12 +17,18 @@ struct Cli {
 enum Command {
     /// Benchmark the 4-bit codec and the fused 4-bit matmul against dense f32.
     BenchQuant(bench_quant::Args),
+    /// Continue a prompt with a model (raw completion, no chat template).
+    Generate(models::GenerateArgs),
+    /// Loss and perplexity of a model on {"text"} JSONL records.
+    Eval(models::EvalArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::BenchQuant(args) => bench_quant::run(&args),
+        Command::Generate(args) => models::generate(&args),
+        Command::Eval(args) => models::eval(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

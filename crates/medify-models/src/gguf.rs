@@ -1,0 +1,643 @@
+//! GGUF files (llama.cpp): header, metadata, tensor decoding and the Hugging Face name mapping.
+//!
+//! Tensors are decoded to f32 on load (F32, F16, BF16, Q8_0, Q4_0, Q4_1); q/k rows are put back
+//! from llama.cpp's interleaved RoPE order into Hugging Face's rotate-half order.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+
+use crate::config::{Activation, Family, LlamaConfig, RopeScaling};
+use crate::error::{ModelError, Result};
+use crate::weights::{HostWeight, WeightSource};
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    /// Any unsigned integer type.
+    U64(u64),
+    /// Any signed integer type.
+    I64(i64),
+    /// f32 or f64.
+    F64(f64),
+    /// bool.
+    Bool(bool),
+    /// UTF-8 string.
+    Str(String),
+    /// Array of values.
+    Array(Vec<GgufValue>),
+}
+
+impl GgufValue {
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            GgufValue::U64(v) => Some(*v),
+            GgufValue::I64(v) if *v >= 0 => Some(*v as u64),
+            _ => None,
+        }
+    }
+
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            GgufValue::F64(v) => Some(*v),
+            GgufValue::U64(v) => Some(*v as f64),
+            GgufValue::I64(v) => Some(*v as f64),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            GgufValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// ggml tensor types this reader decodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GgmlType {
+    /// 32-bit float.
+    F32,
+    /// 16-bit float.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// 32 values: f16 scale + 32 signed bytes.
+    Q8_0,
+    /// 32 values: f16 scale + 16 bytes of 4-bit codes, value = (q - 8)·d.
+    Q4_0,
+    /// 32 values: f16 scale, f16 min + 16 bytes of 4-bit codes, value = q·d + m.
+    Q4_1,
+}
+
+impl GgmlType {
+    fn from_id(id: u32) -> std::result::Result<GgmlType, String> {
+        Ok(match id {
+            0 => GgmlType::F32,
+            1 => GgmlType::F16,
+            2 => GgmlType::Q4_0,
+            3 => GgmlType::Q4_1,
+            8 => GgmlType::Q8_0,
+            30 => GgmlType::Bf16,
+            other => {
+                let name = match other {
+                    6 => "Q5_0",
+                    7 => "Q5_1",
+                    9 => "Q8_1",
+                    10 => "Q2_K",
+                    11 => "Q3_K",
+                    12 => "Q4_K",
+                    13 => "Q5_K",
+                    14 => "Q6_K",
+                    15 => "Q8_K",
+                    _ => "an unknown type",
+                };
+                return Err(format!(
+                    "ggml type {other} ({name}) is not supported; supported are F32, F16, BF16, Q8_0, Q4_0, Q4_1"
+                ));
+            }
+        })
+    }
+
+    /// (values per block, bytes per block)
+    fn block(self) -> (usize, usize) {
+        match self {
+            GgmlType::F32 => (1, 4),
+            GgmlType::F16 | GgmlType::Bf16 => (1, 2),
+            GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q4_0 => (32, 18),
+            GgmlType::Q4_1 => (32, 20),
+        }
+    }
+}
+
+/// Where one tensor lives in the file.
+#[derive(Debug, Clone)]
+pub struct GgufTensorInfo {
+    /// PyTorch-order shape (GGUF stores the innermost dimension first).
+    pub shape: Vec<usize>,
+    /// Storage type id (decoded lazily so that an unsupported type only fails if it is used).
+    pub type_id: u32,
+    /// Byte offset of the data from the start of the file.
+    pub offset: usize,
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+    origin: &'a str,
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, what: impl std::fmt::Display) -> ModelError {
+        ModelError::weights(
+            self.origin,
+            format!("GGUF header at byte {}: {what}", self.pos),
+        )
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| self.err("file ends early"))?;
+        let s = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(s)
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    fn len(&mut self) -> Result<usize> {
+        let n = self.u64()?;
+        if n > self.bytes.len() as u64 {
+            return Err(self.err(format!("length {n} exceeds the file size")));
+        }
+        Ok(n as usize)
+    }
+
+    fn string(&mut self) -> Result<String> {
+        let n = self.len()?;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| self.err("string is not UTF-8"))
+    }
+
+    fn value(&mut self, ty: u32, depth: usize) -> Result<GgufValue> {
+        let le = |b: &[u8]| -> [u8; 8] {
+            let mut a = [0u8; 8];
+            a[..b.len()].copy_from_slice(b);
+            a
+        };
+        Ok(match ty {
+            0 => GgufValue::U64(self.take(1)?[0] as u64),
+            1 => GgufValue::I64(self.take(1)?[0] as i8 as i64),
+            2 => GgufValue::U64(u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as u64),
+            3 => GgufValue::I64(i16::from_le_bytes(self.take(2)?.try_into().expect("2")) as i64),
+            4 => GgufValue::U64(self.u32()? as u64),
+            5 => GgufValue::I64(self.u32()? as i32 as i64),
+            6 => GgufValue::F64(f32::from_le_bytes(self.take(4)?.try_into().expect("4")) as f64),
+            7 => GgufValue::Bool(self.take(1)?[0] != 0),
+            8 => GgufValue::Str(self.string()?),
+            9 => {
+                if depth > 2 {
+                    return Err(self.err("arrays nested too deeply"));
+                }
+                let elem = self.u32()?;
+                let n = self.len()?;
+                let mut items = Vec::with_capacity(n.min(1 << 20));
+                for _ in 0..n {
+                    items.push(self.value(elem, depth + 1)?);
+                }
+                GgufValue::Array(items)
+            }
+            10 => GgufValue::U64(self.u64()?),
+            11 => GgufValue::I64(i64::from_le_bytes(le(self.take(8)?))),
+            12 => GgufValue::F64(f64::from_le_bytes(le(self.take(8)?))),
+            other => return Err(self.err(format!("unknown metadata value type {other}"))),
+        })
+    }
+}
+
+/// A memory-mapped GGUF file with its metadata, tensor table and derived [`LlamaConfig`].
+pub struct GgufSource {
+    path: PathBuf,
+    mmap: Mmap,
+    metadata: BTreeMap<String, GgufValue>,
+    /// GGUF tensor name → info
+    tensors: BTreeMap<String, GgufTensorInfo>,
+    /// Hugging Face name → GGUF name
+    names: BTreeMap<String, String>,
+    config: LlamaConfig,
+}
+
+impl GgufSource {
+    /// Opens and indexes a GGUF file (version 2 or 3, architecture `llama`).
+    pub fn open(path: &Path) -> Result<GgufSource> {
+        let origin = path.display().to_string();
+        let file = File::open(path).map_err(|e| ModelError::io(path, e))?;
+        // SAFETY: read-only map; every access below is bounds-checked against its length.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+        let mut r = Reader {
+            bytes: &mmap,
+            pos: 0,
+            origin: &origin,
+        };
+        if r.take(4).ok() != Some(b"GGUF".as_slice()) {
+            return Err(ModelError::weights(
+                &origin,
+                "not a GGUF file (magic bytes differ)",
+            ));
+        }
+        let version = r.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::weights(
+                &origin,
+                format!("GGUF version {version} is not supported (2 or 3)"),
+            ));
+        }
+        let n_tensors = r.len()?;
+        let n_kv = r.len()?;
+        let mut metadata = BTreeMap::new();
+        for _ in 0..n_kv {
+            let key = r.string()?;
+            let ty = r.u32()?;
+            let value = r.value(ty, 0)?;
+            metadata.insert(key, value);
+        }
+        let mut infos = Vec::with_capacity(n_tensors.min(1 << 16));
+        for _ in 0..n_tensors {
+            let name = r.string()?;
+            let n_dims = r.u32()? as usize;
+            if n_dims > 4 {
+                return Err(r.err(format!("tensor {name} has {n_dims} dimensions")));
+            }
+            let mut dims = Vec::with_capacity(n_dims);
+            for _ in 0..n_dims {
+                dims.push(r.len()?);
+            }
+            dims.reverse();
+            let type_id = r.u32()?;
+            let offset = r.u64()?;
+            infos.push((name, dims, type_id, offset));
+        }
+        let alignment = metadata
+            .get("general.alignment")
+            .and_then(GgufValue::as_u64)
+            .unwrap_or(32)
+            .max(1) as usize;
+        let data_start = r.pos.div_ceil(alignment) * alignment;
+        let mut tensors = BTreeMap::new();
+        for (name, shape, type_id, offset) in infos {
+            let offset = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(data_start))
+                .ok_or_else(|| {
+                    ModelError::weights(&origin, format!("tensor {name}: offset out of range"))
+                })?;
+            tensors.insert(
+                name,
+                GgufTensorInfo {
+                    shape,
+                    type_id,
+                    offset,
+                },
+            );
+        }
+        let config = config_from_metadata(&metadata, &tensors, &origin)?;
+        let names = hf_names(&tensors);
+        Ok(GgufSource {
+            path: path.to_path_buf(),
+            mmap,
+            metadata,
+            tensors,
+            names,
+            config,
+        })
+    }
+
+    /// The model configuration read from the metadata.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// All metadata key/value pairs.
+    pub fn metadata(&self) -> &BTreeMap<String, GgufValue> {
+        &self.metadata
+    }
+
+    /// The GGUF tensor table.
+    pub fn tensor_infos(&self) -> &BTreeMap<String, GgufTensorInfo> {
+        &self.tensors
+    }
+
+    /// The chat template stored in the file, if any.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.metadata
+            .get("tokenizer.chat_template")
+            .and_then(GgufValue::as_str)
+    }
+
+    /// The file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Decodes a tensor by its GGUF name to f32, in the file's row order.
+    pub fn decode(&self, gguf_name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let origin = self.path.display().to_string();
+        let info = self
+            .tensors
+            .get(gguf_name)
+            .ok_or_else(|| ModelError::weights(&origin, format!("no tensor {gguf_name}")))?;
+        let ty = GgmlType::from_id(info.type_id)
+            .map_err(|m| ModelError::weights(&origin, format!("{gguf_name}: {m}")))?;
+        let numel: usize = info.shape.iter().product();
+        let (per_block, block_bytes) = ty.block();
+        let row = info.shape.last().copied().unwrap_or(1);
+        if row % per_block != 0 {
+            return Err(ModelError::weights(
+                &origin,
+                format!("{gguf_name}: rows of {row} do not split into blocks of {per_block}"),
+            ));
+        }
+        let len = numel / per_block * block_bytes;
+        let bytes = info
+            .offset
+            .checked_add(len)
+            .and_then(|end| self.mmap.get(info.offset..end))
+            .ok_or_else(|| {
+                ModelError::weights(
+                    &origin,
+                    format!("{gguf_name}: data runs past the end of the file"),
+                )
+            })?;
+        Ok((info.shape.clone(), decode_blocks(ty, bytes, numel)))
+    }
+}
+
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Decodes `numel` values of type `ty` (ggml's reference dequantization).
+pub fn decode_blocks(ty: GgmlType, bytes: &[u8], numel: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(numel);
+    match ty {
+        GgmlType::F32 => out.extend(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        ),
+        GgmlType::F16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::Bf16 => out.extend(
+            bytes
+                .chunks_exact(2)
+                .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+        ),
+        GgmlType::Q8_0 => {
+            for blk in bytes.chunks_exact(34) {
+                let d = f16_at(blk, 0);
+                out.extend(blk[2..].iter().map(|&q| q as i8 as f32 * d));
+            }
+        }
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            let q41 = ty == GgmlType::Q4_1;
+            let step = if q41 { 20 } else { 18 };
+            for blk in bytes.chunks_exact(step) {
+                let d = f16_at(blk, 0);
+                let (m, qs) = if q41 {
+                    (f16_at(blk, 2), &blk[4..])
+                } else {
+                    (0.0, &blk[2..])
+                };
+                let value = |q: u8| {
+                    if q41 {
+                        q as f32 * d + m
+                    } else {
+                        (q as f32 - 8.0) * d
+                    }
+                };
+                out.extend(qs.iter().map(|&b| value(b & 0x0F)));
+                out.extend(qs.iter().map(|&b| value(b >> 4)));
+            }
+        }
+    }
+    out
+}
+
+/// Puts rows of a q or k weight back from llama.cpp's interleaved pairs into rotate-half order.
+pub fn unpermute_qk(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    let dh = rows / heads;
+    let half = dh / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for i in 0..half {
+            for j in 0..2 {
+                let src = (h * dh + 2 * i + j) * cols;
+                let dst = (h * dh + j * half + i) * cols;
+                out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
+            }
+        }
+    }
+    out
+}
+
+fn hf_names(tensors: &BTreeMap<String, GgufTensorInfo>) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for g in tensors.keys() {
+        let hf = match g.as_str() {
+            "token_embd.weight" => Some("model.embed_tokens.weight".to_string()),
+            "output_norm.weight" => Some("model.norm.weight".to_string()),
+            "output.weight" => Some("lm_head.weight".to_string()),
+            other => other.strip_prefix("blk.").and_then(|rest| {
+                let (i, part) = rest.split_once('.')?;
+                let (part, kind) = part.rsplit_once('.')?;
+                let hf = match part {
+                    "attn_q" => "self_attn.q_proj",
+                    "attn_k" => "self_attn.k_proj",
+                    "attn_v" => "self_attn.v_proj",
+                    "attn_output" => "self_attn.o_proj",
+                    "ffn_gate" => "mlp.gate_proj",
+                    "ffn_up" => "mlp.up_proj",
+                    "ffn_down" => "mlp.down_proj",
+                    "attn_norm" => "input_layernorm",
+                    "ffn_norm" => "post_attention_layernorm",
+                    _ => return None,
+                };
+                Some(format!("model.layers.{i}.{hf}.{kind}"))
+            }),
+        };
+        map.insert(hf.unwrap_or_else(|| format!("gguf:{g}")), g.clone());
+    }
+    map
+}
+
+fn config_from_metadata(
+    meta: &BTreeMap<String, GgufValue>,
+    tensors: &BTreeMap<String, GgufTensorInfo>,
+    origin: &str,
+) -> Result<LlamaConfig> {
+    let arch = meta
+        .get("general.architecture")
+        .and_then(GgufValue::as_str)
+        .ok_or_else(|| ModelError::config(origin, "GGUF metadata lacks general.architecture"))?;
+    if arch != "llama" {
+        return Err(ModelError::UnsupportedArchitecture(format!(
+            "GGUF architecture {arch}"
+        )));
+    }
+    if tensors.contains_key("rope_freqs.weight") {
+        return Err(ModelError::config(
+            origin,
+            "GGUF tensor rope_freqs.weight (Llama 3.1 rope scaling) is not supported yet; load the Hugging Face checkpoint instead",
+        ));
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let get_u = |k: &str| {
+        meta.get(&key(k))
+            .and_then(GgufValue::as_u64)
+            .map(|v| v as usize)
+    };
+    let need = |k: &str| {
+        get_u(k).filter(|&v| v > 0).ok_or_else(|| {
+            ModelError::config(origin, format!("GGUF metadata lacks a positive {}", key(k)))
+        })
+    };
+    let hidden = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    let kv_heads = get_u("attention.head_count_kv").unwrap_or(heads);
+    if kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(ModelError::config(
+            origin,
+            format!("{heads} attention heads are not a multiple of {kv_heads} kv heads"),
+        ));
+    }
+    let head_dim = get_u("attention.key_length")
+        .or_else(|| get_u("rope.dimension_count"))
+        .unwrap_or(hidden / heads);
+    let tokens_len = match meta.get("tokenizer.ggml.tokens") {
+        Some(GgufValue::Array(a)) => Some(a.len()),
+        _ => None,
+    };
+    let vocab = get_u("vocab_size")
+        .or(tokens_len)
+        .or_else(|| tensors.get("token_embd.weight").map(|t| t.shape[0]))
+        .ok_or_else(|| ModelError::config(origin, "GGUF metadata gives no vocabulary size"))?;
+    let rope_scaling = match meta
+        .get(&key("rope.scaling.type"))
+        .and_then(GgufValue::as_str)
+    {
+        None | Some("none") => RopeScaling::Default,
+        Some("linear") => RopeScaling::Linear {
+            factor: meta
+                .get(&key("rope.scaling.factor"))
+                .and_then(GgufValue::as_f64)
+                .unwrap_or(1.0),
+        },
+        Some(other) => {
+            return Err(ModelError::config(
+                origin,
+                format!("GGUF rope scaling {other:?} is not supported"),
+            ));
+        }
+    };
+    let id = |k: &str| meta.get(k).and_then(GgufValue::as_u64).map(|v| v as u32);
+    Ok(LlamaConfig {
+        family: Family::Llama,
+        vocab_size: vocab,
+        hidden_size: hidden,
+        intermediate_size: need("feed_forward_length")?,
+        num_hidden_layers: need("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: kv_heads,
+        head_dim,
+        rms_norm_eps: meta
+            .get(&key("attention.layer_norm_rms_epsilon"))
+            .and_then(GgufValue::as_f64)
+            .unwrap_or(1e-5),
+        rope_theta: meta
+            .get(&key("rope.freq_base"))
+            .and_then(GgufValue::as_f64)
+            .unwrap_or(10_000.0),
+        rope_scaling,
+        max_position_embeddings: get_u("context_length").unwrap_or(2048),
+        tie_word_embeddings: !tensors.contains_key("output.weight"),
+        sliding_window: None,
+        hidden_act: Activation::Silu,
+        attention_bias: tensors.contains_key("blk.0.attn_q.bias"),
+        mlp_bias: tensors.contains_key("blk.0.ffn_up.bias"),
+        bos_token_id: id("tokenizer.ggml.bos_token_id"),
+        eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
+        pad_token_id: id("tokenizer.ggml.padding_token_id"),
+        quantization: None,
+    })
+}
+
+impl WeightSource for GgufSource {
+    fn origin(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.names.keys().cloned().collect()
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    fn load(&self, name: &str) -> Result<HostWeight> {
+        let gguf_name = self
+            .names
+            .get(name)
+            .ok_or_else(|| ModelError::weights(self.origin(), format!("no tensor {name}")))?;
+        let (shape, mut values) = self.decode(gguf_name)?;
+        let heads = if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
+            Some(self.config.num_attention_heads)
+        } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
+            Some(self.config.num_key_value_heads)
+        } else {
+            None
+        };
+        if let Some(heads) = heads {
+            let rows = shape[0];
+            let cols = values.len() / rows.max(1);
+            if rows % (2 * heads) != 0 {
+                return Err(ModelError::weights(
+                    self.origin(),
+                    format!("{gguf_name}: {rows} rows do not split into {heads} heads"),
+                ));
+            }
+            values = unpermute_qk(&values, rows, cols, heads);
+        }
+        Ok(HostWeight::Dense { shape, values })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpermute_inverts_llama_cpp_interleave() {
+        // two heads of four rows, one column: HF rows 0..8
+        let hf: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        // llama.cpp: per head, rows (0, 2, 1, 3) of the head
+        let gguf = vec![0., 2., 1., 3., 4., 6., 5., 7.];
+        assert_eq!(unpermute_qk(&gguf, 8, 1, 2), hf);
+    }
+
+    #[test]
+    fn q4_blocks_decode_low_nibbles_first() {
+        let mut blk = vec![0u8; 20];
+        blk[..2].copy_from_slice(&f16::from_f32(0.5).to_le_bytes());
+        blk[2..4].copy_from_slice(&f16::from_f32(-1.0).to_le_bytes());
+        blk[4] = 0x31; // value 0: code 1, value 16: code 3
+        let v = decode_blocks(GgmlType::Q4_1, &blk, 32);
+        assert_eq!((v[0], v[16], v[1]), (-0.5, 0.5, -1.0));
+        let mut blk0 = blk.clone();
+        blk0.drain(2..4);
+        let v = decode_blocks(GgmlType::Q4_0, &blk0, 32);
+        assert_eq!((v[0], v[16]), (-3.5, -2.5));
+    }
+}

@@ -1,0 +1,241 @@
+//! The blocks of a Llama-family decoder: RMSNorm, gated MLP, grouped-query attention.
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use burn::tensor::activation::{silu, softmax, tanh};
+use medify_lora::Projection;
+
+use crate::config::Activation;
+use crate::rope::apply_rope;
+
+/// Root-mean-square layer norm; Gemma scales by `1 + w` instead of `w`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    /// The learned scale `[hidden]`, as stored in the checkpoint.
+    pub weight: Tensor<1>,
+    #[module(skip)]
+    eps: f64,
+    #[module(skip)]
+    plus_one: bool,
+}
+
+impl RmsNorm {
+    /// A norm with the checkpoint's weight; `plus_one` selects Gemma's `(1 + w)` form.
+    pub fn new(weight: Tensor<1>, eps: f64, plus_one: bool) -> RmsNorm {
+        RmsNorm {
+            weight,
+            eps,
+            plus_one,
+        }
+    }
+
+    /// Normalizes over the last dimension.
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let rms = x
+            .clone()
+            .square()
+            .mean_dim(D - 1)
+            .add_scalar(self.eps)
+            .sqrt()
+            .recip();
+        let w = if self.plus_one {
+            self.weight.clone().add_scalar(1.0)
+        } else {
+            self.weight.clone()
+        };
+        x * rms * w.unsqueeze::<D>()
+    }
+}
+
+/// GELU with the tanh approximation, as `gelu_pytorch_tanh`.
+fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt();
+    let inner = (x.clone() + x.clone().powi_scalar(3).mul_scalar(0.044715)).mul_scalar(c);
+    x.clone().mul_scalar(0.5) * tanh(inner).add_scalar(1.0)
+}
+
+/// Exact GELU.
+fn gelu_erf<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    burn::tensor::activation::gelu(x)
+}
+
+/// `down(act(gate(x)) * up(x))`: SwiGLU for Llama/Mistral, GeGLU for Gemma.
+#[derive(Module, Debug)]
+pub struct Mlp {
+    /// Gate projection `[intermediate, hidden]`.
+    pub gate_proj: Projection,
+    /// Up projection `[intermediate, hidden]`.
+    pub up_proj: Projection,
+    /// Down projection `[hidden, intermediate]`.
+    pub down_proj: Projection,
+    #[module(skip)]
+    act: Activation,
+}
+
+impl Mlp {
+    /// Builds the MLP from its three projections.
+    pub fn new(
+        gate_proj: Projection,
+        up_proj: Projection,
+        down_proj: Projection,
+        act: Activation,
+    ) -> Mlp {
+        Mlp {
+            gate_proj,
+            up_proj,
+            down_proj,
+            act,
+        }
+    }
+
+    /// Applies the MLP to `[batch, seq, hidden]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gate = self.gate_proj.forward(x.clone());
+        let gate = match self.act {
+            Activation::Silu => silu(gate),
+            Activation::GeluTanh => gelu_tanh(gate),
+            Activation::Gelu => gelu_erf(gate),
+        };
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
+/// Keys and values of one layer for the tokens seen so far, `[batch, kv_heads, len, head_dim]`.
+#[derive(Debug, Clone)]
+pub struct LayerCache {
+    /// Cached keys (after RoPE).
+    pub keys: Tensor<4>,
+    /// Cached values.
+    pub values: Tensor<4>,
+}
+
+/// Grouped-query self-attention (multi-head when kv heads = heads, multi-query when 1).
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Query projection `[heads·head_dim, hidden]`.
+    pub q_proj: Projection,
+    /// Key projection `[kv_heads·head_dim, hidden]`.
+    pub k_proj: Projection,
+    /// Value projection `[kv_heads·head_dim, hidden]`.
+    pub v_proj: Projection,
+    /// Output projection `[hidden, heads·head_dim]`.
+    pub o_proj: Projection,
+    #[module(skip)]
+    heads: usize,
+    #[module(skip)]
+    kv_heads: usize,
+    #[module(skip)]
+    head_dim: usize,
+}
+
+impl Attention {
+    /// Builds attention from its projections and head layout.
+    pub fn new(
+        [q_proj, k_proj, v_proj, o_proj]: [Projection; 4],
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> Attention {
+        Attention {
+            q_proj,
+            k_proj,
+            v_proj,
+            o_proj,
+            heads,
+            kv_heads,
+            head_dim,
+        }
+    }
+
+    /// Attends `x` `[batch, seq, hidden]` over the cached keys plus its own.
+    ///
+    /// `mask` is additive, `[batch, 1, 1, seq, total]` (0 where allowed, a large negative
+    /// elsewhere); `cos`/`sin` are the RoPE tables of the new tokens.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<5>,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let [b, s, _] = x.dims();
+        let (h, kvh, d) = (self.heads, self.kv_heads, self.head_dim);
+        let q = self
+            .q_proj
+            .forward(x.clone())
+            .reshape([b, s, h, d])
+            .swap_dims(1, 2);
+        let k = self
+            .k_proj
+            .forward(x.clone())
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
+        let v = self
+            .v_proj
+            .forward(x)
+            .reshape([b, s, kvh, d])
+            .swap_dims(1, 2);
+        let q = apply_rope(q, cos, sin);
+        let mut k = apply_rope(k, cos, sin);
+        let mut v = v;
+        if let Some(slot) = cache {
+            if let Some(prev) = slot.take() {
+                k = Tensor::cat(vec![prev.keys, k], 2);
+                v = Tensor::cat(vec![prev.values, v], 2);
+            }
+            *slot = Some(LayerCache {
+                keys: k.clone(),
+                values: v.clone(),
+            });
+        }
+        let t = k.dims()[2];
+        let g = h / kvh;
+        // Query heads kv·g .. kv·g+g-1 share key/value head kv (transformers' repeat_kv order),
+        // so grouping the queries avoids materialising repeated keys and values.
+        let q = q.reshape([b, kvh, g * s, d]);
+        let scale = (d as f64).powf(-0.5);
+        let scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(scale)
+            .reshape([b, kvh, g, s, t]);
+        let probs = softmax(scores + mask.clone(), 4).reshape([b, kvh, g * s, t]);
+        let out = probs
+            .matmul(v)
+            .reshape([b, h, s, d])
+            .swap_dims(1, 2)
+            .reshape([b, s, h * d]);
+        self.o_proj.forward(out)
+    }
+}
+
+/// One decoder block: pre-norm attention and pre-norm MLP, each with a residual.
+#[derive(Module, Debug)]
+pub struct DecoderLayer {
+    /// Norm before attention.
+    pub input_layernorm: RmsNorm,
+    /// Self-attention.
+    pub self_attn: Attention,
+    /// Norm before the MLP.
+    pub post_attention_layernorm: RmsNorm,
+    /// Gated MLP.
+    pub mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// Applies the block.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: &Tensor<5>,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}

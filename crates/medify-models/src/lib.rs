@@ -1,0 +1,71 @@
+//! # medify-models
+//!
+//! Llama-family causal language models on burn, picked at run time from the device:
+//! Llama 2/3 (with Llama 3.1 rope scaling), TinyLlama, SmolLM2, Mistral (sliding window) and
+//! Gemma 1, loaded from Hugging Face directories (safetensors, single or sharded, dense or
+//! bitsandbytes 4-bit) or GGUF files, with their tokenizers, a KV cache and sampling.
+//!
+//! ```
+//! use burn::tensor::Device;
+//! use medify_models::{CausalLm, LoadOptions, ModelTokenizer, GenerationConfig};
+//! use medify_quant::QuantConfig;
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama");
+//! // The QLoRA base: every linear layer in NF4 with double quantization.
+//! let options = LoadOptions::quantized(QuantConfig::default());
+//! let (model, report) = CausalLm::from_pretrained(dir, &Device::flex(), &options).unwrap();
+//! assert_eq!(report.quantized_linears, 14);
+//! let tok = ModelTokenizer::from_dir(dir).unwrap();
+//! let prompt = tok.encode("What is diabetes?", true).unwrap();
+//! let cfg = GenerationConfig { max_new_tokens: 5, stop_ids: tok.stop_ids.clone(), ..Default::default() };
+//! let out = model.generate(&[prompt], &cfg, &mut |_, _| true).unwrap();
+//! assert!(!out[0].ids.is_empty());
+//! ```
+
+mod config;
+mod error;
+mod eval;
+mod generate;
+pub mod gguf;
+mod layers;
+mod loader;
+mod model;
+mod rope;
+mod tokenizer;
+pub mod weights;
+
+pub use config::{Activation, BnbQuantization, Family, LlamaConfig, RopeScaling};
+pub use error::{ModelError, Result};
+pub use eval::{EvalReport, read_text_records};
+pub use generate::{Generation, GenerationConfig, Sampler, StopReason, TextStreamer};
+pub use gguf::GgufSource;
+pub use layers::{Attention, DecoderLayer, LayerCache, Mlp, RmsNorm};
+pub use loader::{LoadOptions, LoadReport};
+pub use model::{CausalLm, IGNORE_INDEX, KvCache, LossOutput, TokenBatch};
+pub use rope::Rope;
+pub use tokenizer::ModelTokenizer;
+pub use weights::{HostWeight, SafetensorsSource, WeightSource};
+
+use std::path::Path;
+
+/// Loads a model and its tokenizer from a Hugging Face directory or a `.gguf` file.
+///
+/// ```
+/// use burn::tensor::Device;
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama.gguf");
+/// let (model, tok, _) = medify_models::load_pretrained(dir, &Device::flex(), &Default::default()).unwrap();
+/// assert_eq!(model.config().vocab_size, tok.vocab_size());
+/// ```
+pub fn load_pretrained(
+    path: impl AsRef<Path>,
+    device: &burn::tensor::Device,
+    options: &LoadOptions,
+) -> Result<(CausalLm, ModelTokenizer, LoadReport)> {
+    let path = path.as_ref();
+    let tokenizer = if path.is_file() {
+        ModelTokenizer::from_gguf(&GgufSource::open(path)?)?
+    } else {
+        ModelTokenizer::from_dir(path)?
+    };
+    let (model, report) = CausalLm::from_pretrained(path, device, options)?;
+    Ok((model, tokenizer, report))
+}

@@ -1,0 +1,365 @@
+//! The causal language model: embeddings, decoder stack, final norm and LM head.
+
+use burn::module::Module;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use medify_lora::Projection;
+
+use crate::config::{Family, LlamaConfig};
+use crate::error::{ModelError, Result};
+use crate::layers::{DecoderLayer, LayerCache};
+use crate::rope::Rope;
+
+/// Additive mask value for disallowed attention: far below any score, yet finite so that a row
+/// with nothing to attend (a left-padding query) stays finite.
+const MASKED: f32 = -1.0e30;
+
+/// Label value that excludes a position from the loss (PyTorch's `ignore_index`).
+pub const IGNORE_INDEX: i64 = -100;
+
+/// A rectangular batch of token ids plus what attention needs to know about them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenBatch {
+    /// Token ids `[batch][seq]`.
+    pub ids: Vec<Vec<u32>>,
+    /// Position of each token for RoPE; defaults to `cache_len + index`.
+    pub positions: Option<Vec<Vec<u32>>>,
+    /// `false` marks padding, which no query attends to; defaults to all `true`.
+    pub attention_mask: Option<Vec<Vec<bool>>>,
+    /// Packed examples: a query attends only to keys of the same segment id.
+    pub segments: Option<Vec<Vec<u32>>>,
+}
+
+impl TokenBatch {
+    /// A batch of equally long sequences.
+    pub fn new(ids: Vec<Vec<u32>>) -> TokenBatch {
+        TokenBatch {
+            ids,
+            positions: None,
+            attention_mask: None,
+            segments: None,
+        }
+    }
+
+    /// Left-pads sequences of different lengths with `pad_id`, masking the padding and
+    /// numbering positions from each sequence's first real token (what `generate` needs).
+    pub fn left_padded(seqs: &[Vec<u32>], pad_id: u32) -> TokenBatch {
+        let width = seqs.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::new();
+        let mut mask = Vec::new();
+        let mut positions = Vec::new();
+        for s in seqs {
+            let pad = width - s.len();
+            ids.push(
+                std::iter::repeat_n(pad_id, pad)
+                    .chain(s.iter().copied())
+                    .collect(),
+            );
+            mask.push((0..width).map(|i| i >= pad).collect());
+            positions.push((0..width).map(|i| i.saturating_sub(pad) as u32).collect());
+        }
+        TokenBatch {
+            ids,
+            positions: Some(positions),
+            attention_mask: Some(mask),
+            segments: None,
+        }
+    }
+
+    /// `[batch, seq]`.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.ids.len(), self.ids.first().map_or(0, Vec::len)]
+    }
+
+    fn check(&self, vocab: usize) -> Result<()> {
+        let [b, s] = self.dims();
+        if b == 0 || s == 0 {
+            return Err(ModelError::InvalidRequest("empty token batch".into()));
+        }
+        if !self.ids.iter().all(|r| r.len() == s) {
+            return Err(ModelError::InvalidRequest(
+                "token batch rows differ in length; pad them".into(),
+            ));
+        }
+        if self.positions.as_ref().is_some_and(|p| !rect(p, b, s))
+            || self.attention_mask.as_ref().is_some_and(|m| !rect(m, b, s))
+            || self.segments.as_ref().is_some_and(|g| !rect(g, b, s))
+        {
+            return Err(ModelError::InvalidRequest(
+                "positions / attention mask / segments must match the ids' shape".into(),
+            ));
+        }
+        if let Some(bad) = self.ids.iter().flatten().find(|&&t| t as usize >= vocab) {
+            return Err(ModelError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn rect<T>(rows: &[Vec<T>], b: usize, s: usize) -> bool {
+    rows.len() == b && rows.iter().all(|r| r.len() == s)
+}
+
+/// Keys and values of every layer for the tokens processed so far.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<LayerCache>>,
+    key_valid: Vec<Vec<bool>>,
+    key_segments: Vec<Vec<u32>>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// Tokens cached per sequence.
+    pub fn len(&self) -> usize {
+        self.key_valid.first().map_or(0, Vec::len)
+    }
+
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Mean next-token cross-entropy of a batch, with the token count it averages over.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// Mean over predicted tokens (a scalar tensor, differentiable).
+    pub loss: Tensor<1>,
+    /// Sum over predicted tokens.
+    pub sum: Tensor<1>,
+    /// Number of predicted tokens (labels other than [`IGNORE_INDEX`] after the shift).
+    pub tokens: usize,
+}
+
+/// A Llama-family causal LM: Llama 2/3, TinyLlama, SmolLM2, Mistral, Gemma.
+#[derive(Module, Debug)]
+pub struct CausalLm {
+    /// Token embeddings `[vocab, hidden]` (frozen).
+    pub embed_tokens: Tensor<2>,
+    /// Decoder blocks.
+    pub layers: Vec<DecoderLayer>,
+    /// Final norm.
+    pub norm: crate::layers::RmsNorm,
+    /// Untied output projection; `None` when tied to the embeddings.
+    pub lm_head: Option<Projection>,
+    #[module(skip)]
+    config: LlamaConfig,
+    #[module(skip)]
+    rope: Rope,
+}
+
+impl CausalLm {
+    /// Assembles a model from its parts (the loaders do this from checkpoints).
+    pub fn from_parts(
+        config: LlamaConfig,
+        embed_tokens: Tensor<2>,
+        layers: Vec<DecoderLayer>,
+        norm: crate::layers::RmsNorm,
+        lm_head: Option<Projection>,
+    ) -> CausalLm {
+        let rope = Rope::new(&config);
+        CausalLm {
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            config,
+            rope,
+        }
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> Device {
+        self.embed_tokens.device()
+    }
+
+    fn mask(&self, batch: &TokenBatch, cache: Option<&KvCache>) -> Tensor<5> {
+        let [b, s] = batch.dims();
+        let past = cache.map_or(0, KvCache::len);
+        let t = past + s;
+        let window = self.config.sliding_window;
+        let mut data = Vec::with_capacity(b * s * t);
+        for r in 0..b {
+            let valid = |j: usize| -> bool {
+                if j < past {
+                    cache.is_some_and(|c| c.key_valid[r][j])
+                } else {
+                    batch.attention_mask.as_ref().is_none_or(|m| m[r][j - past])
+                }
+            };
+            let segment = |j: usize| -> Option<u32> {
+                if j < past {
+                    cache.and_then(|c| c.key_segments.get(r).and_then(|g| g.get(j).copied()))
+                } else {
+                    batch.segments.as_ref().map(|g| g[r][j - past])
+                }
+            };
+            for i in 0..s {
+                let q = past + i;
+                let q_seg = segment(q);
+                for j in 0..t {
+                    let mut ok = j <= q && valid(j);
+                    if let Some(w) = window {
+                        ok &= q - j.min(q) < w;
+                    }
+                    if q_seg.is_some() {
+                        ok &= segment(j) == q_seg;
+                    }
+                    data.push(if ok { 0.0 } else { MASKED });
+                }
+            }
+        }
+        Tensor::from_data(TensorData::new(data, [b, 1, 1, s, t]), &self.device())
+    }
+
+    /// Final hidden states `[batch, seq, hidden]`; appends to `cache` when given.
+    pub fn forward_hidden(
+        &self,
+        batch: &TokenBatch,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        batch.check(self.config.vocab_size)?;
+        let [b, s] = batch.dims();
+        let device = self.device();
+        let past = cache.as_deref().map_or(0, KvCache::len);
+        if let Some(c) = cache.as_deref()
+            && past > 0
+            && c.key_valid.len() != b
+        {
+            return Err(ModelError::InvalidRequest(format!(
+                "the cache holds {} sequences but the batch has {b}",
+                c.key_valid.len()
+            )));
+        }
+        let positions = batch
+            .positions
+            .clone()
+            .unwrap_or_else(|| vec![(past as u32..(past + s) as u32).collect(); b]);
+        let (cos, sin) = self.rope.tables(&positions, &device);
+        let mask = self.mask(batch, cache.as_deref());
+        let flat: Vec<i64> = batch.ids.iter().flatten().map(|&t| t as i64).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &device);
+        let mut x =
+            self.embed_tokens
+                .clone()
+                .select(0, ids)
+                .reshape([b, s, self.config.hidden_size]);
+        if self.config.family == Family::Gemma {
+            // transformers rounds the normalizer to the activation dtype first.
+            x = x.mul_scalar((self.config.hidden_size as f32).sqrt());
+        }
+        if let Some(c) = cache.as_deref_mut()
+            && c.layers.len() != self.layers.len()
+        {
+            c.layers = vec![None; self.layers.len()];
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(x, &cos, &sin, &mask, slot);
+        }
+        if let Some(c) = cache {
+            if c.key_valid.is_empty() {
+                c.key_valid = vec![Vec::new(); b];
+                c.key_segments = vec![Vec::new(); b];
+            }
+            for r in 0..b {
+                let valid = batch
+                    .attention_mask
+                    .as_ref()
+                    .map_or_else(|| vec![true; s], |m| m[r].clone());
+                c.key_valid[r].extend(valid);
+                if let Some(g) = &batch.segments {
+                    c.key_segments[r].extend(g[r].iter().copied());
+                }
+            }
+        }
+        Ok(self.norm.forward(x))
+    }
+
+    /// Logits `[batch, seq, vocab]` from final hidden states.
+    pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(self.embed_tokens.clone().transpose().unsqueeze::<3>()),
+        }
+    }
+
+    /// Logits for every position.
+    pub fn forward(&self, batch: &TokenBatch, cache: Option<&mut KvCache>) -> Result<Tensor<3>> {
+        let hidden = self.forward_hidden(batch, cache)?;
+        Ok(self.logits(hidden))
+    }
+
+    /// Logits of the last position only, `[batch, vocab]` (what decoding needs).
+    pub fn next_token_logits(
+        &self,
+        batch: &TokenBatch,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<2>> {
+        let hidden = self.forward_hidden(batch, cache)?;
+        let [b, s, _] = hidden.dims();
+        Ok(self
+            .logits(hidden.narrow(1, s - 1, 1))
+            .reshape([b, self.config.vocab_size]))
+    }
+
+    /// Next-token cross-entropy: position `i` predicts `labels[i + 1]`, as transformers shifts;
+    /// labels equal to [`IGNORE_INDEX`] are skipped.
+    pub fn loss(&self, batch: &TokenBatch, labels: &[Vec<i64>]) -> Result<LossOutput> {
+        let [b, s] = batch.dims();
+        if labels.len() != b || labels.iter().any(|l| l.len() != s) {
+            return Err(ModelError::InvalidRequest(
+                "labels must have the ids' shape".into(),
+            ));
+        }
+        if s < 2 {
+            return Err(ModelError::InvalidRequest(
+                "a sequence needs at least two tokens to predict one".into(),
+            ));
+        }
+        let vocab = self.config.vocab_size;
+        let mut targets = Vec::with_capacity(b * (s - 1));
+        let mut weights = Vec::with_capacity(b * (s - 1));
+        for row in labels {
+            for &l in &row[1..] {
+                if l == IGNORE_INDEX {
+                    targets.push(0i64);
+                    weights.push(0f32);
+                } else if l < 0 || l as usize >= vocab {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "label {l} is outside the vocabulary (size {vocab})"
+                    )));
+                } else {
+                    targets.push(l);
+                    weights.push(1.0);
+                }
+            }
+        }
+        let tokens = weights.iter().filter(|&&w| w > 0.0).count();
+        let device = self.device();
+        let hidden = self.forward_hidden(batch, None)?.narrow(1, 0, s - 1);
+        let logp = log_softmax(self.logits(hidden), 2);
+        let idx = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, s - 1, 1]), &device);
+        let w = Tensor::<3>::from_data(TensorData::new(weights, [b, s - 1, 1]), &device);
+        let sum = (logp.gather(2, idx) * w).sum().neg();
+        let loss = sum.clone().div_scalar(tokens.max(1) as f32);
+        Ok(LossOutput { loss, sum, tokens })
+    }
+
+    /// Parameters of the dense model this checkpoint represents.
+    pub fn num_parameters(&self) -> usize {
+        self.config.num_parameters()
+    }
+}

@@ -1,0 +1,160 @@
+//! `cargo xtask generate` and `cargo xtask eval`: raw completion and perplexity of a model.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args as ClapArgs, ValueEnum};
+use medify_qlora::models::{
+    GenerationConfig, LoadOptions, TextStreamer, load_pretrained, read_text_records,
+};
+use medify_qlora::quant::{QuantConfig, QuantType};
+
+use crate::device::device_named;
+
+/// How the linear layers are held on the device.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Quant {
+    /// As stored (bitsandbytes 4-bit stays 4-bit, dense stays dense).
+    None,
+    /// NF4 with double quantization (QLoRA's base).
+    Nf4,
+    /// FP4 with double quantization.
+    Fp4,
+}
+
+impl Quant {
+    fn options(self) -> LoadOptions {
+        match self {
+            Quant::None => LoadOptions::dense(),
+            Quant::Nf4 => LoadOptions::quantized(QuantConfig::default()),
+            Quant::Fp4 => {
+                LoadOptions::quantized(QuantConfig::default().with_quant_type(QuantType::Fp4))
+            }
+        }
+    }
+}
+
+/// Shared model options.
+#[derive(ClapArgs, Debug)]
+pub struct ModelArgs {
+    /// A Hugging Face model directory (safetensors, dense or bitsandbytes 4-bit) or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Device: flex (CPU), wgpu, cuda, or auto.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Hold linear layers in 4 bits while loading dense checkpoints.
+    #[arg(long, value_enum, default_value = "none")]
+    pub quant: Quant,
+}
+
+/// `generate`: continue a prompt without any chat template.
+#[derive(ClapArgs, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The text to continue (tokenized with the tokenizer's default special tokens).
+    #[arg(long)]
+    pub prompt: String,
+    /// Upper bound on new tokens.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample only among the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Penalty (> 1) on tokens already present.
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print one JSON object {"ids": [...], "text": "..."} instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `eval`: loss and perplexity of plain-text records.
+#[derive(ClapArgs, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// JSONL file of {"text": ...} records.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Records evaluated together.
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Tokens kept per record.
+    #[arg(long, default_value_t = 2048)]
+    pub max_length: usize,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn generate(args: &GenerateArgs) -> Result<(), String> {
+    let device = device_named(&args.model.device)?;
+    let (model, tok, _) = load_pretrained(&args.model.model, &device, &args.model.quant.options())
+        .map_err(|e| e.to_string())?;
+    let prompt = tok.encode(&args.prompt, true).map_err(|e| e.to_string())?;
+    let cfg = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        stop_ids: tok.stop_ids.clone(),
+    };
+    let mut streamer = TextStreamer::new(&tok);
+    let json = args.json;
+    let mut stdout = std::io::stdout();
+    if !json {
+        print!("{}", args.prompt);
+    }
+    let out = model
+        .generate(&[prompt], &cfg, &mut |_, id| {
+            if !json && let Ok(Some(piece)) = streamer.push(id) {
+                print!("{piece}");
+                let _ = stdout.flush();
+            }
+            true
+        })
+        .map_err(|e| e.to_string())?;
+    let ids = &out[0].ids;
+    if json {
+        let text = tok.decode(ids, true).map_err(|e| e.to_string())?;
+        println!("{}", serde_json::json!({ "ids": ids, "text": text }));
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+pub fn eval(args: &EvalArgs) -> Result<(), String> {
+    let device = device_named(&args.model.device)?;
+    let texts = read_text_records(&args.data).map_err(|e| e.to_string())?;
+    let (model, tok, _) = load_pretrained(&args.model.model, &device, &args.model.quant.options())
+        .map_err(|e| e.to_string())?;
+    let report = model
+        .evaluate_texts(&tok, &texts, args.batch_size, args.max_length)
+        .map_err(|e| e.to_string())?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "loss {:.4}  perplexity {:.2}  over {} tokens in {} records",
+            report.loss, report.perplexity, report.tokens, report.records
+        );
+    }
+    Ok(())
+}
