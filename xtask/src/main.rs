@@ -1,5 +1,6 @@
 //! `cargo xtask`: a thin command line over the medify-qlora libraries.
 
+mod bench_models;
 mod bench_quant;
 mod device;
 mod models;
@@ -17,6 +18,8 @@ struct Cli {
 enum Command {
     /// Benchmark the 4-bit codec and the fused 4-bit matmul against dense f32.
     BenchQuant(bench_quant::Args),
+    /// Prefill/decode tokens per second and load memory of a model, dense versus NF4.
+    BenchModels(bench_models::Args),
     /// Continue a prompt with a model (raw completion, no chat template).
     Generate(models::GenerateArgs),
     /// Loss and perplexity of a model on {"text"} JSONL records.
@@ -27,6 +30,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::BenchQuant(args) => bench_quant::run(&args),
+        Command::BenchModels(args) => bench_models::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
     };

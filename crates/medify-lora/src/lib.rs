@@ -20,4 +20,4 @@
 
 mod projection;
 
-pub use projection::{FrozenWeight, Projection};
+pub use projection::{FrozenWeight, Projection, dense_matmul};

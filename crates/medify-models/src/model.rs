@@ -292,7 +292,7 @@ impl CausalLm {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.embed_tokens.clone().transpose().unsqueeze::<3>()),
+            None => medify_lora::dense_matmul(hidden, &self.embed_tokens),
         }
     }
 

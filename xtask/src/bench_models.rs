@@ -1,0 +1,191 @@
+//! `cargo xtask bench-models`: prefill and decode throughput and load memory of a model held
+//! dense versus in NF4, measured in one run so the ratios are comparable.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args as ClapArgs;
+use medify_qlora::models::{
+    CausalLm, GenerationConfig, KvCache, LoadOptions, TokenBatch, load_pretrained,
+};
+use medify_qlora::quant::QuantConfig;
+use serde_json::{Value, json};
+
+use crate::device::device_named;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Model directory or .gguf file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long)]
+    model: PathBuf,
+    /// Device to measure on.
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Prompt length for the prefill measurement.
+    #[arg(long, default_value_t = 256)]
+    prefill_tokens: usize,
+    /// Tokens decoded one at a time (KV cache) for the decode measurement.
+    #[arg(long, default_value_t = 32)]
+    decode_tokens: usize,
+    /// Repetitions of each measurement (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Print JSON only.
+    #[arg(long)]
+    json: bool,
+    /// Internal: load once with this holding ("dense" or "nf4") and print peak memory.
+    #[arg(long, hide = true)]
+    load_only: Option<String>,
+}
+
+fn options(holding: &str) -> LoadOptions {
+    if holding == "nf4" {
+        LoadOptions::quantized(QuantConfig::default())
+    } else {
+        LoadOptions::dense()
+    }
+}
+
+/// Peak resident set size of this process so far, in bytes (Linux `VmHWM`).
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn load_child(args: &Args, holding: &str) -> Result<Value, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .args(["bench-models", "--model"])
+        .arg(&args.model)
+        .args(["--device", &args.device, "--load-only", holding])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "load in a child process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn best<F: FnMut() -> Result<f64, String>>(repeats: usize, mut f: F) -> Result<f64, String> {
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        best = best.min(f()?);
+    }
+    Ok(best)
+}
+
+fn measure(model: &CausalLm, args: &Args) -> Result<Value, String> {
+    let vocab = model.config().vocab_size as u32;
+    let prompt: Vec<u32> = (0..args.prefill_tokens as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
+    let batch = TokenBatch::new(vec![prompt.clone()]);
+    // warm-up: kernels, autotune, allocator
+    let _ = model
+        .next_token_logits(&batch, None)
+        .map_err(|e| e.to_string())?
+        .into_data();
+    let prefill = best(args.repeats, || {
+        let t = Instant::now();
+        let logits = model
+            .next_token_logits(&batch, None)
+            .map_err(|e| e.to_string())?;
+        let _ = logits.into_data();
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    let short = TokenBatch::new(vec![prompt[..16.min(prompt.len())].to_vec()]);
+    let decode = best(args.repeats, || {
+        let mut cache = KvCache::new();
+        let _ = model
+            .next_token_logits(&short, Some(&mut cache))
+            .map_err(|e| e.to_string())?
+            .into_data();
+        let t = Instant::now();
+        for i in 0..args.decode_tokens {
+            let step = TokenBatch::new(vec![vec![(i as u32 * 31 + 5) % vocab]]);
+            let _ = model
+                .next_token_logits(&step, Some(&mut cache))
+                .map_err(|e| e.to_string())?
+                .into_data();
+        }
+        Ok(t.elapsed().as_secs_f64())
+    })?;
+    // a real generate call too, so sampling overhead is part of the picture
+    let cfg = GenerationConfig {
+        max_new_tokens: args.decode_tokens,
+        ..Default::default()
+    };
+    let t = Instant::now();
+    model
+        .generate(
+            &[prompt[..16.min(prompt.len())].to_vec()],
+            &cfg,
+            &mut |_, _| true,
+        )
+        .map_err(|e| e.to_string())?;
+    let generate = t.elapsed().as_secs_f64();
+    Ok(json!({
+        "prefill_tokens_per_s": args.prefill_tokens as f64 / prefill,
+        "decode_tokens_per_s": args.decode_tokens as f64 / decode,
+        "generate_tokens_per_s_incl_prefill_16": args.decode_tokens as f64 / generate,
+    }))
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    let device = device_named(&args.device)?;
+    if let Some(holding) = &args.load_only {
+        let t = Instant::now();
+        let (_, _, report) =
+            load_pretrained(&args.model, &device, &options(holding)).map_err(|e| e.to_string())?;
+        println!(
+            "{}",
+            json!({
+                "seconds": t.elapsed().as_secs_f64(),
+                "peak_rss_bytes": peak_rss(),
+                "weight_bytes_on_device": report.device_bytes,
+                "quantized_linears": report.quantized_linears,
+            })
+        );
+        return Ok(());
+    }
+    let mut results = serde_json::Map::new();
+    for holding in ["dense", "nf4"] {
+        let load = load_child(args, holding)?;
+        let (model, _, _) =
+            load_pretrained(&args.model, &device, &options(holding)).map_err(|e| e.to_string())?;
+        let mut m = measure(&model, args)?;
+        m["load"] = load;
+        if !args.json {
+            eprintln!("{holding}: {m}");
+        }
+        results.insert(holding.to_string(), m);
+    }
+    let ratio = |k: &str| {
+        results["nf4"][k].as_f64().unwrap_or(0.0) / results["dense"][k].as_f64().unwrap_or(1.0)
+    };
+    let mem = |h: &str, k: &str| results[h]["load"][k].as_f64().unwrap_or(0.0);
+    let summary = json!({
+        "prefill_nf4_over_dense": ratio("prefill_tokens_per_s"),
+        "decode_nf4_over_dense": ratio("decode_tokens_per_s"),
+        "load_peak_rss_nf4_over_dense": mem("nf4", "peak_rss_bytes") / mem("dense", "peak_rss_bytes"),
+        "weights_on_device_nf4_over_dense": mem("nf4", "weight_bytes_on_device") / mem("dense", "weight_bytes_on_device"),
+    });
+    let out = json!({
+        "model": args.model.display().to_string(),
+        "device": args.device,
+        "prefill_tokens": args.prefill_tokens,
+        "decode_tokens": args.decode_tokens,
+        "results": results,
+        "ratios": summary,
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
