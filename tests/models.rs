@@ -283,41 +283,26 @@ fn broken_checkpoints_get_clear_errors() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).unwrap();
     let src = fixtures().join("llama");
-    // 1. a config that names another architecture
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
-    std::fs::write(
-        tmp.join("config.json"),
-        cfg.replace("LlamaForCausalLM", "Qwen2ForCausalLM"),
-    )
-    .unwrap();
     std::fs::copy(src.join("model.safetensors"), tmp.join("model.safetensors")).unwrap();
-    let err = CausalLm::from_pretrained(&tmp, &device, &LoadOptions::dense()).unwrap_err();
+    let load_with = |from: &str, to: &str| {
+        std::fs::write(tmp.join("config.json"), cfg.replace(from, to)).unwrap();
+        CausalLm::from_pretrained(&tmp, &device, &LoadOptions::dense()).unwrap_err()
+    };
+    // 1. a config that names another architecture
+    let err = load_with("LlamaForCausalLM", "Qwen2ForCausalLM");
     assert!(
         matches!(err, ModelError::UnsupportedArchitecture(_)),
         "{err}"
     );
     // 2. one layer more than the file holds
-    std::fs::write(
-        tmp.join("config.json"),
-        cfg.replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3"),
-    )
-    .unwrap();
-    let err = CausalLm::from_pretrained(&tmp, &device, &LoadOptions::dense())
-        .unwrap_err()
-        .to_string();
+    let err = load_with("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3").to_string();
     assert!(
         err.contains("missing tensors") && err.contains("model.layers.2."),
         "{err}"
     );
     // 3. a width the tensors contradict
-    std::fs::write(
-        tmp.join("config.json"),
-        cfg.replace("\"intermediate_size\": 128", "\"intermediate_size\": 96"),
-    )
-    .unwrap();
-    let err = CausalLm::from_pretrained(&tmp, &device, &LoadOptions::dense())
-        .unwrap_err()
-        .to_string();
+    let err = load_with("\"intermediate_size\": 128", "\"intermediate_size\": 96").to_string();
     assert!(
         err.contains("gate_proj.weight has shape [128, 64], expected [96, 64]"),
         "{err}"
@@ -446,4 +431,71 @@ fn smollm2_gguf_matches_transformers() {
         r["new_text"].as_str().unwrap()
     );
     assert_eq!(out[0].ids, ids(&r["new_ids"]));
+}
+
+/// A bf16 checkpoint split into two shards with an index, as `save_pretrained` writes large
+/// models, loads to the same model up to bf16 rounding.
+#[cfg(feature = "flex")]
+#[test]
+fn sharded_bf16_checkpoints_load() {
+    use safetensors::{Dtype, SafeTensors, serialize_to_file, tensor::TensorView};
+    let device = Device::flex();
+    let src = fixtures().join("llama");
+    let tmp = std::env::temp_dir().join(format!("medify-models-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(src.join(f), tmp.join(f)).unwrap();
+    }
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    let mut shards: Vec<Vec<(String, Vec<usize>, Vec<u8>)>> = vec![Vec::new(), Vec::new()];
+    for (i, name) in names.iter().enumerate() {
+        let t = st.tensor(name).unwrap();
+        let bf: Vec<u8> = t
+            .data()
+            .chunks_exact(4)
+            .flat_map(|c| {
+                half::bf16::from_f32(f32::from_le_bytes([c[0], c[1], c[2], c[3]])).to_le_bytes()
+            })
+            .collect();
+        let shard = i % 2;
+        weight_map.insert(
+            name.clone(),
+            format!("model-0000{}-of-00002.safetensors", shard + 1).into(),
+        );
+        shards[shard].push((name.clone(), t.shape().to_vec(), bf));
+    }
+    for (k, shard) in shards.iter().enumerate() {
+        let views: Vec<(String, TensorView)> = shard
+            .iter()
+            .map(|(n, shape, data)| {
+                (
+                    n.clone(),
+                    TensorView::new(Dtype::BF16, shape.clone(), data).unwrap(),
+                )
+            })
+            .collect();
+        serialize_to_file(
+            views,
+            None,
+            &tmp.join(format!("model-0000{}-of-00002.safetensors", k + 1)),
+        )
+        .unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(tmp.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let (model, report) = CausalLm::from_pretrained(&tmp, &device, &LoadOptions::dense()).unwrap();
+    assert!(report.unused.is_empty());
+    let r = &reference()["llama"]["sequences"][0];
+    let loss = seq_loss(&model, &ids(&r["ids"]));
+    let want = r["loss"].as_f64().unwrap();
+    assert!(
+        (loss - want).abs() < 2e-2 && loss != want,
+        "bf16 loss {loss} vs f32 {want}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
 }

@@ -15,7 +15,8 @@
 //! let x = Tensor::<3>::ones([1, 2, 64], &device);
 //! let (a, b) = (dense.forward(x.clone()), q4.forward(x));
 //! assert_eq!(a.dims(), [1, 2, 2]);
-//! assert!(a.sub(b).abs().max().into_scalar::<f32>() < 1e-3);
+//! // 64 and 32, up to the 8-bit rounding of the double-quantized block scales
+//! assert!(a.sub(b).abs().max().into_scalar::<f32>() < 0.5);
 //! ```
 
 mod projection;

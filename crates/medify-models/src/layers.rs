@@ -109,6 +109,17 @@ pub struct LayerCache {
     pub values: Tensor<4>,
 }
 
+/// What every layer's attention needs about the tokens of one forward pass.
+#[derive(Debug, Clone)]
+pub struct AttentionContext {
+    /// RoPE cosines of the new tokens, `[batch, 1, seq, head_dim]`.
+    pub cos: Tensor<4>,
+    /// RoPE sines with rotate-half's sign, `[batch, 1, seq, head_dim]`.
+    pub sin: Tensor<4>,
+    /// Additive mask `[batch, 1, 1, seq, cached + seq]`: 0 where allowed, a large negative elsewhere.
+    pub mask: Tensor<5>,
+}
+
 /// Grouped-query self-attention (multi-head when kv heads = heads, multi-query when 1).
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -149,14 +160,10 @@ impl Attention {
 
     /// Attends `x` `[batch, seq, hidden]` over the cached keys plus its own.
     ///
-    /// `mask` is additive, `[batch, 1, 1, seq, total]` (0 where allowed, a large negative
-    /// elsewhere); `cos`/`sin` are the RoPE tables of the new tokens.
     pub fn forward(
         &self,
         x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: &Tensor<5>,
+        ctx: &AttentionContext,
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor<3> {
         let [b, s, _] = x.dims();
@@ -176,8 +183,8 @@ impl Attention {
             .forward(x)
             .reshape([b, s, kvh, d])
             .swap_dims(1, 2);
-        let q = apply_rope(q, cos, sin);
-        let mut k = apply_rope(k, cos, sin);
+        let q = apply_rope(q, &ctx.cos, &ctx.sin);
+        let mut k = apply_rope(k, &ctx.cos, &ctx.sin);
         let mut v = v;
         if let Some(slot) = cache {
             if let Some(prev) = slot.take() {
@@ -199,7 +206,7 @@ impl Attention {
             .matmul(k.swap_dims(2, 3))
             .mul_scalar(scale)
             .reshape([b, kvh, g, s, t]);
-        let probs = softmax(scores + mask.clone(), 4).reshape([b, kvh, g * s, t]);
+        let probs = softmax(scores + ctx.mask.clone(), 4).reshape([b, kvh, g * s, t]);
         let out = probs
             .matmul(v)
             .reshape([b, h, s, d])
@@ -227,15 +234,13 @@ impl DecoderLayer {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        cos: &Tensor<4>,
-        sin: &Tensor<4>,
-        mask: &Tensor<5>,
+        ctx: &AttentionContext,
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), cos, sin, mask, cache);
+                .forward(self.input_layernorm.forward(x), ctx, cache);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }

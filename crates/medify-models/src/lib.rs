@@ -38,7 +38,7 @@ pub use error::{ModelError, Result};
 pub use eval::{EvalReport, read_text_records};
 pub use generate::{Generation, GenerationConfig, Sampler, StopReason, TextStreamer};
 pub use gguf::GgufSource;
-pub use layers::{Attention, DecoderLayer, LayerCache, Mlp, RmsNorm};
+pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, RmsNorm};
 pub use loader::{LoadOptions, LoadReport};
 pub use model::{CausalLm, IGNORE_INDEX, KvCache, LossOutput, TokenBatch};
 pub use rope::Rope;

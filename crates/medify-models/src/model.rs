@@ -7,7 +7,7 @@ use medify_lora::Projection;
 
 use crate::config::{Family, LlamaConfig};
 use crate::error::{ModelError, Result};
-use crate::layers::{DecoderLayer, LayerCache};
+use crate::layers::{AttentionContext, DecoderLayer, LayerCache};
 use crate::rope::Rope;
 
 /// Additive mask value for disallowed attention: far below any score, yet finite so that a row
@@ -248,7 +248,11 @@ impl CausalLm {
             .clone()
             .unwrap_or_else(|| vec![(past as u32..(past + s) as u32).collect(); b]);
         let (cos, sin) = self.rope.tables(&positions, &device);
-        let mask = self.mask(batch, cache.as_deref());
+        let ctx = AttentionContext {
+            cos,
+            sin,
+            mask: self.mask(batch, cache.as_deref()),
+        };
         let flat: Vec<i64> = batch.ids.iter().flatten().map(|&t| t as i64).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &device);
         let mut x =
@@ -267,7 +271,7 @@ impl CausalLm {
         }
         for (i, layer) in self.layers.iter().enumerate() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &cos, &sin, &mask, slot);
+            x = layer.forward(x, &ctx, slot);
         }
         if let Some(c) = cache {
             if c.key_valid.is_empty() {
