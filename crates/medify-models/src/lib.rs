@@ -61,11 +61,15 @@ pub fn load_pretrained(
     options: &LoadOptions,
 ) -> Result<(CausalLm, ModelTokenizer, LoadReport)> {
     let path = path.as_ref();
-    let tokenizer = if path.is_file() {
-        ModelTokenizer::from_gguf(&GgufSource::open(path)?)?
-    } else {
-        ModelTokenizer::from_dir(path)?
-    };
+    if path.is_file() {
+        // One parse of the GGUF header serves the tokenizer, the config and the weights.
+        let source = GgufSource::open(path)?;
+        let tokenizer = ModelTokenizer::from_gguf(&source)?;
+        let config = source.config().clone();
+        let (model, report) = CausalLm::load(&source, &config, device, options)?;
+        return Ok((model, tokenizer, report));
+    }
+    let tokenizer = ModelTokenizer::from_dir(path)?;
     let (model, report) = CausalLm::from_pretrained(path, device, options)?;
     Ok((model, tokenizer, report))
 }
