@@ -4,6 +4,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use medify_quant::{Nf4Tensor, QuantConfig, QuantError};
 
+use crate::adapter::LoraAdapter;
+use crate::error::LoraError;
+
 /// The frozen base weight of a projection, in PyTorch's `[out, in]` orientation.
 ///
 /// A dense weight is a constant tensor (no gradient buffer); a 4-bit weight keeps only its
@@ -73,28 +76,72 @@ pub fn dense_matmul<const D: usize>(x: Tensor<D>, w: &Tensor<2>) -> Tensor<D> {
     y.reshape(dims)
 }
 
-/// A frozen linear layer `y = x Wᵀ + b` whose weight may be dense or 4-bit.
+/// What a merged projection remembers to undo the merge.
+#[derive(Debug, Clone)]
+enum MergedBase {
+    /// A dense base holds `W + s·B A` (LoRA) or `(m/‖W + s·B A‖)(W + s·B A)` (DoRA, with that
+    /// norm kept here); unmerging subtracts, as PEFT does.
+    Dense { dora_scale: Option<Tensor<1>> },
+    /// A 4-bit base was requantized after the merge; the original codes are kept (they are
+    /// small) so unmerging restores them bit for bit instead of rounding twice.
+    Quant4 { original: Nf4Tensor },
+}
+
+/// What [`Projection::merge`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeOutcome {
+    /// The base is 4-bit and was requantized: the merged weights are rounded.
+    pub requantized: bool,
+    /// Largest absolute difference between the exact merged weight and its requantized form
+    /// (0 for dense bases).
+    pub max_rounding_error: f32,
+}
+
+/// A frozen linear layer `y = x Wᵀ + b` whose weight may be dense or 4-bit, with an optional
+/// trainable LoRA adapter on top.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use medify_lora::{LoraAdapter, Projection};
+/// let device = Device::flex();
+/// let mut p = Projection::dense(Tensor::<2>::ones([3, 4], &device), None);
+/// let a = Tensor::<2>::ones([1, 4], &device);
+/// let b = Tensor::<2>::ones([3, 1], &device);
+/// p.set_lora(Some(LoraAdapter::new(a, b, None, 2.0, 0.0).unwrap())).unwrap();
+/// let x = Tensor::<2>::ones([1, 4], &device);
+/// // base 4 + s·(x Aᵀ Bᵀ) = 4 + 2·4
+/// assert_eq!(p.forward(x.clone()).into_data().try_into_vec::<f32>().unwrap(), vec![12.0; 3]);
+/// p.merge().unwrap();
+/// assert_eq!(p.forward(x).into_data().try_into_vec::<f32>().unwrap(), vec![12.0; 3]);
+/// ```
 #[derive(Module, Debug)]
 pub struct Projection {
     #[module(skip)]
     weight: FrozenWeight,
     bias: Option<Tensor<1>>,
+    /// The trainable adapter, if the layer is adapted.
+    pub lora: Option<LoraAdapter>,
+    #[module(skip)]
+    merged: Option<MergedBase>,
 }
 
 impl Projection {
     /// A projection over a dense `[out, in]` weight.
     pub fn dense(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Projection {
-        Projection {
-            weight: FrozenWeight::Dense(weight),
-            bias,
-        }
+        Projection::with_weight(FrozenWeight::Dense(weight), bias)
     }
 
     /// A projection over an already quantized weight.
     pub fn quant4(weight: Nf4Tensor, bias: Option<Tensor<1>>) -> Projection {
+        Projection::with_weight(FrozenWeight::Quant4(weight), bias)
+    }
+
+    fn with_weight(weight: FrozenWeight, bias: Option<Tensor<1>>) -> Projection {
         Projection {
-            weight: FrozenWeight::Quant4(weight),
+            weight,
             bias,
+            lora: None,
+            merged: None,
         }
     }
 
@@ -110,7 +157,7 @@ impl Projection {
         ))
     }
 
-    /// The frozen base weight.
+    /// The frozen base weight (holding the merged weight while merged).
     pub fn weight(&self) -> &FrozenWeight {
         &self.weight
     }
@@ -125,12 +172,142 @@ impl Projection {
         self.weight.dims()
     }
 
-    /// Applies the layer over the last dimension of `x`.
+    /// The adapter, if any.
+    pub fn lora(&self) -> Option<&LoraAdapter> {
+        self.lora.as_ref()
+    }
+
+    /// Installs (or removes, with `None`) the adapter. Its shape must fit the layer, and a merged
+    /// layer must be unmerged first.
+    pub fn set_lora(&mut self, adapter: Option<LoraAdapter>) -> Result<(), LoraError> {
+        if self.merged.is_some() {
+            return Err(LoraError::State(
+                "the adapter is merged into this layer; unmerge it before replacing it".into(),
+            ));
+        }
+        if let Some(a) = &adapter
+            && a.dims() != self.dims()
+        {
+            return Err(LoraError::InvalidConfig(format!(
+                "adapter for a {:?} layer cannot go on a {:?} layer",
+                a.dims(),
+                self.dims()
+            )));
+        }
+        self.lora = adapter;
+        Ok(())
+    }
+
+    /// Whether the adapter is currently folded into the base weight.
+    pub fn is_merged(&self) -> bool {
+        self.merged.is_some()
+    }
+
+    /// Applies the layer over the last dimension of `x`: `x Wᵀ (+ adapter) + b`, the adapter
+    /// computed from the activations (the merged weight is never formed).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let y = self.weight.matmul(x);
+        let base = self.weight.matmul(x.clone());
+        let y = match (&self.lora, &self.merged) {
+            (Some(adapter), None) => adapter.apply(x, base, &self.weight),
+            _ => base,
+        };
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<D>(),
             None => y,
         }
+    }
+
+    /// The weight the layer effectively applies, dense `[out, in]`: base plus adapter
+    /// (DoRA-rescaled), whether merged or not. For export; detached from any graph.
+    pub fn effective_weight(&self) -> Tensor<2> {
+        let w = self.weight.to_dense().detach();
+        match (&self.lora, &self.merged) {
+            (Some(adapter), None) => merged_weight(w, adapter, &self.weight).0,
+            _ => w,
+        }
+    }
+
+    /// Folds the adapter into the base weight so inference costs nothing extra. A 4-bit base is
+    /// dequantized, summed and requantized with its own settings: the rounding is reported.
+    pub fn merge(&mut self) -> Result<MergeOutcome, LoraError> {
+        let adapter = self
+            .lora
+            .as_ref()
+            .ok_or_else(|| LoraError::State("no adapter to merge".into()))?;
+        if self.merged.is_some() {
+            return Err(LoraError::State("the adapter is already merged".into()));
+        }
+        let (merged, dora_scale) =
+            merged_weight(self.weight.to_dense().detach(), adapter, &self.weight);
+        match &self.weight {
+            FrozenWeight::Dense(_) => {
+                self.weight = FrozenWeight::Dense(merged);
+                self.merged = Some(MergedBase::Dense { dora_scale });
+                Ok(MergeOutcome {
+                    requantized: false,
+                    max_rounding_error: 0.0,
+                })
+            }
+            FrozenWeight::Quant4(q) => {
+                let config = QuantConfig::default()
+                    .with_quant_type(q.quant_type())
+                    .with_blocksize(q.blocksize())
+                    .with_double_quant(q.is_double_quant());
+                let requantized = Nf4Tensor::quantize(merged.clone(), &config)?;
+                let err = requantized
+                    .dequantize()
+                    .sub(merged)
+                    .abs()
+                    .max()
+                    .into_scalar::<f32>();
+                let original = q.clone();
+                self.weight = FrozenWeight::Quant4(requantized);
+                self.merged = Some(MergedBase::Quant4 { original });
+                Ok(MergeOutcome {
+                    requantized: true,
+                    max_rounding_error: err,
+                })
+            }
+        }
+    }
+
+    /// Undoes [`Projection::merge`].
+    pub fn unmerge(&mut self) -> Result<(), LoraError> {
+        let adapter = self
+            .lora
+            .as_ref()
+            .ok_or_else(|| LoraError::State("no adapter to unmerge".into()))?;
+        match self.merged.take() {
+            None => Err(LoraError::State("the adapter is not merged".into())),
+            Some(MergedBase::Quant4 { original }) => {
+                self.weight = FrozenWeight::Quant4(original);
+                Ok(())
+            }
+            Some(MergedBase::Dense { dora_scale }) => {
+                let w = self.weight.to_dense().detach();
+                let w = match dora_scale {
+                    Some(scale) => w / scale.unsqueeze_dim::<2>(1),
+                    None => w,
+                };
+                self.weight = FrozenWeight::Dense(w - adapter.delta());
+                Ok(())
+            }
+        }
+    }
+}
+
+/// `W + s·B A`, and for DoRA `(m / ‖W + s·B A‖_row) (W + s·B A)` with that row factor.
+fn merged_weight(
+    w: Tensor<2>,
+    adapter: &LoraAdapter,
+    base: &FrozenWeight,
+) -> (Tensor<2>, Option<Tensor<1>>) {
+    let sum = w + adapter.delta();
+    match adapter.dora_scale(base) {
+        Some(scale) => {
+            let scale = scale.detach();
+            (sum * scale.clone().unsqueeze_dim::<2>(1), Some(scale))
+        }
+        None => (sum, None),
     }
 }

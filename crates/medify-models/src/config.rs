@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::error::{ModelError, Result};
 
@@ -335,6 +335,84 @@ impl LlamaConfig {
             quantization: read_quantization(&f)?,
         };
         Ok(config)
+    }
+
+    /// `config.json` as transformers writes it for this architecture, with the weights' dtype.
+    /// RoPE settings use the `rope_theta` / `rope_scaling` form that transformers 4 and 5 both
+    /// read. No `quantization_config`: a saved model is dense.
+    ///
+    /// ```
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama3");
+    /// let cfg = medify_models::LlamaConfig::from_file(format!("{dir}/config.json")).unwrap();
+    /// let json = cfg.to_json("bfloat16");
+    /// assert_eq!(json["architectures"][0], "LlamaForCausalLM");
+    /// let back = medify_models::LlamaConfig::from_json(&json, "roundtrip").unwrap();
+    /// assert_eq!(back, cfg);
+    /// ```
+    pub fn to_json(&self, dtype: &str) -> Value {
+        let act = match self.hidden_act {
+            Activation::Silu => "silu",
+            Activation::GeluTanh => "gelu_pytorch_tanh",
+            Activation::Gelu => "gelu",
+        };
+        let rope_scaling = match self.rope_scaling {
+            RopeScaling::Default => Value::Null,
+            RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => json!({
+                "rope_type": "llama3",
+                "factor": factor,
+                "low_freq_factor": low_freq_factor,
+                "high_freq_factor": high_freq_factor,
+                "original_max_position_embeddings": original_max_position_embeddings,
+            }),
+        };
+        let eos = match self.eos_token_ids.as_slice() {
+            [] => Value::Null,
+            [one] => json!(one),
+            many => json!(many),
+        };
+        let mut v = json!({
+            "architectures": [self.family.architecture()],
+            "model_type": self.family.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_scaling": rope_scaling,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": act,
+            "attention_bias": self.attention_bias,
+            "mlp_bias": self.mlp_bias,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos,
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": dtype,
+            "dtype": dtype,
+            "use_cache": true,
+        });
+        if let Some(obj) = v.as_object_mut() {
+            match self.family {
+                Family::Mistral => {
+                    obj.insert("sliding_window".into(), json!(self.sliding_window));
+                }
+                Family::Gemma => {
+                    obj.insert("hidden_activation".into(), json!(act));
+                }
+                Family::Llama => {}
+            }
+        }
+        v
     }
 
     /// The number of query heads sharing one key/value head.

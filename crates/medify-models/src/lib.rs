@@ -21,6 +21,7 @@
 //! assert!(!out[0].ids.is_empty());
 //! ```
 
+mod adapt;
 mod config;
 mod error;
 mod eval;
@@ -30,6 +31,7 @@ mod layers;
 mod loader;
 mod model;
 mod rope;
+mod save;
 mod tokenizer;
 pub mod weights;
 
@@ -42,6 +44,7 @@ pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, Rms
 pub use loader::{LoadOptions, LoadReport};
 pub use model::{CausalLm, IGNORE_INDEX, KvCache, LossOutput, TokenBatch};
 pub use rope::Rope;
+pub use save::SaveDtype;
 pub use tokenizer::ModelTokenizer;
 pub use weights::{HostWeight, SafetensorsSource, WeightSource};
 

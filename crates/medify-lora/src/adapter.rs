@@ -1,0 +1,271 @@
+//! `LoraAdapter`: the trainable low-rank update `s · B A` (and DoRA's magnitude) of one layer.
+
+use burn::module::{Flag, Module, Param};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::LoraInit;
+use crate::error::{LoraError, Result};
+use crate::projection::{FrozenWeight, dense_matmul};
+
+/// The adapter of one linear layer: `A [r, in]`, `B [out, r]`, an optional DoRA magnitude
+/// `m [out]`, and the scaling `s`. Only these tensors are parameters; the base stays frozen.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use medify_lora::LoraAdapter;
+/// let device = Device::flex();
+/// let a = Tensor::<2>::ones([2, 4], &device);
+/// let b = Tensor::<2>::ones([3, 2], &device);
+/// let adapter = LoraAdapter::new(a, b, None, 0.5, 0.0).unwrap();
+/// assert_eq!((adapter.rank(), adapter.dims()), (2, [3, 4]));
+/// // s · B A = 0.5 · 2 everywhere
+/// assert_eq!(adapter.delta().into_data().try_into_vec::<f32>().unwrap(), vec![1.0; 12]);
+/// ```
+#[derive(Module, Debug)]
+pub struct LoraAdapter {
+    /// Down projection `[r, in]` (PEFT's `lora_A.weight`).
+    pub lora_a: Param<Tensor<2>>,
+    /// Up projection `[out, r]` (PEFT's `lora_B.weight`).
+    pub lora_b: Param<Tensor<2>>,
+    /// DoRA's per-output-row magnitude `[out]` (PEFT's `lora_magnitude_vector`).
+    pub magnitude: Option<Param<Tensor<1>>>,
+    /// Whether dropout is active; off after `Module::valid`.
+    pub training: Param<Flag>,
+    #[module(skip)]
+    scaling: f64,
+    #[module(skip)]
+    dropout: f64,
+}
+
+impl LoraAdapter {
+    /// An adapter from its factors. Shapes must agree (`A [r, in]`, `B [out, r]`, `m [out]`).
+    pub fn new(
+        lora_a: Tensor<2>,
+        lora_b: Tensor<2>,
+        magnitude: Option<Tensor<1>>,
+        scaling: f64,
+        dropout: f64,
+    ) -> Result<LoraAdapter> {
+        let [r, _] = lora_a.dims();
+        let [out, rb] = lora_b.dims();
+        if r != rb || r == 0 {
+            return Err(LoraError::InvalidConfig(format!(
+                "lora_A {:?} and lora_B {:?} do not form a rank-r update",
+                lora_a.dims(),
+                lora_b.dims()
+            )));
+        }
+        if let Some(m) = &magnitude
+            && m.dims() != [out]
+        {
+            return Err(LoraError::InvalidConfig(format!(
+                "DoRA magnitude {:?} must have one entry per output row ({out})",
+                m.dims()
+            )));
+        }
+        if !(0.0..1.0).contains(&dropout) || !scaling.is_finite() {
+            return Err(LoraError::InvalidConfig(format!(
+                "dropout {dropout} must be in [0, 1) and scaling {scaling} finite"
+            )));
+        }
+        Ok(LoraAdapter {
+            lora_a: Param::from_tensor(lora_a),
+            lora_b: Param::from_tensor(lora_b),
+            magnitude: magnitude.map(Param::from_tensor),
+            training: Param::from_bool(true),
+            scaling,
+            dropout,
+        })
+    }
+
+    /// A freshly initialised adapter for a base of shape `[out, in]`. For DoRA the magnitude
+    /// starts at the row norms of `base + s·B A`, so the adapted layer starts equal to the base.
+    #[allow(clippy::too_many_arguments)]
+    pub fn init(
+        base: &FrozenWeight,
+        r: usize,
+        scaling: f64,
+        dropout: f64,
+        init: &LoraInit,
+        dora: bool,
+        seed: u64,
+        stream: u64,
+    ) -> Result<LoraAdapter> {
+        let [out, inp] = base.dims();
+        let device = base.device();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        let kaiming = |rng: &mut ChaCha8Rng, n: usize, fan_in: usize| -> Vec<f32> {
+            // kaiming_uniform(a = sqrt(5)) bound: sqrt(6 / ((1 + 5) fan_in)) = 1 / sqrt(fan_in)
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            (0..n).map(|_| rng.random_range(-bound..bound)).collect()
+        };
+        let (a, b) = match init {
+            LoraInit::KaimingUniform => (kaiming(&mut rng, r * inp, inp), vec![0.0; out * r]),
+            LoraInit::Gaussian => {
+                let std = 1.0 / r as f32;
+                (gaussian(&mut rng, r * inp, std), vec![0.0; out * r])
+            }
+            LoraInit::Random => {
+                let a = kaiming(&mut rng, r * inp, inp);
+                (a, kaiming(&mut rng, out * r, r))
+            }
+            LoraInit::Other(name) => {
+                return Err(LoraError::Unsupported(format!(
+                    "initialisation {name:?}; use kaiming-uniform (true), \"gaussian\" or random (false)"
+                )));
+            }
+        };
+        let a = Tensor::<2>::from_data(TensorData::new(a, [r, inp]), &device);
+        let b = Tensor::<2>::from_data(TensorData::new(b, [out, r]), &device);
+        let magnitude = dora
+            .then(|| row_norm(base.to_dense() + b.clone().matmul(a.clone()).mul_scalar(scaling)));
+        LoraAdapter::new(a, b, magnitude, scaling, dropout)
+    }
+
+    /// The rank r.
+    pub fn rank(&self) -> usize {
+        self.lora_a.val().dims()[0]
+    }
+
+    /// `[out, in]` of the layer the adapter fits.
+    pub fn dims(&self) -> [usize; 2] {
+        [self.lora_b.val().dims()[0], self.lora_a.val().dims()[1]]
+    }
+
+    /// The factor `s` the update is multiplied by.
+    pub fn scaling(&self) -> f64 {
+        self.scaling
+    }
+
+    /// The dropout probability on the adapter input while training.
+    pub fn dropout(&self) -> f64 {
+        self.dropout
+    }
+
+    /// Whether this is a DoRA adapter.
+    pub fn is_dora(&self) -> bool {
+        self.magnitude.is_some()
+    }
+
+    /// Trainable parameters of this adapter.
+    pub fn num_params(&self) -> usize {
+        let [out, inp] = self.dims();
+        self.rank() * (out + inp) + if self.is_dora() { out } else { 0 }
+    }
+
+    /// Switches dropout on (training) or off (evaluation) without moving the tensors.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = self.training.clone().with_value(training);
+    }
+
+    /// The dense update `s · B A` `[out, in]`, detached from the graph.
+    pub fn delta(&self) -> Tensor<2> {
+        let a = self.lora_a.val().detach();
+        let b = self.lora_b.val().detach();
+        b.matmul(a).mul_scalar(self.scaling)
+    }
+
+    /// DoRA's `m / ||W + s·B A||_row` `[out]`, with the norm detached as PEFT does.
+    pub(crate) fn dora_scale(&self, base: &FrozenWeight) -> Option<Tensor<1>> {
+        let m = self.magnitude.as_ref()?.val();
+        let norm = row_norm(base.to_dense().detach() + self.delta()).detach();
+        Some(m / norm)
+    }
+
+    /// Adds the adapter's contribution to `base_out = x Wᵀ` (without bias), from the activations:
+    /// `base_out + s · (drop(x) Aᵀ) Bᵀ`; DoRA rescales per output row.
+    pub(crate) fn apply<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        base_out: Tensor<D>,
+        base: &FrozenWeight,
+    ) -> Tensor<D> {
+        let dropping = self.dropout > 0.0 && self.training.is_enabled() && x.device().is_autodiff();
+        let x = if dropping {
+            let keep = 1.0 - self.dropout;
+            let mask = x.random_like(Distribution::Bernoulli(keep));
+            (x * mask).mul_scalar(1.0 / keep)
+        } else {
+            x
+        };
+        let a = self.lora_a.val();
+        let b = self.lora_b.val();
+        let update = dense_matmul(dense_matmul(x.clone(), &a), &b);
+        match self.dora_scale(base) {
+            None => base_out + update.mul_scalar(self.scaling),
+            Some(scale) => {
+                // PEFT: result + (scale - 1) * (x Wᵀ) + scale * s * lora(x), where x Wᵀ is taken
+                // on the dropped-out input while training.
+                let base_dropped = if dropping {
+                    base.matmul(x)
+                } else {
+                    base_out.clone()
+                };
+                let scale = scale.unsqueeze::<D>();
+                base_out
+                    + base_dropped * scale.clone().sub_scalar(1.0)
+                    + update * scale.mul_scalar(self.scaling)
+            }
+        }
+    }
+
+    /// Replaces the factors (and magnitude), keeping parameter ids so optimizer state still
+    /// applies; shapes must match.
+    pub fn set_factors(
+        &mut self,
+        lora_a: Tensor<2>,
+        lora_b: Tensor<2>,
+        magnitude: Option<Tensor<1>>,
+    ) -> Result<()> {
+        let same = lora_a.dims() == self.lora_a.val().dims()
+            && lora_b.dims() == self.lora_b.val().dims()
+            && magnitude.as_ref().map(Tensor::dims)
+                == self.magnitude.as_ref().map(|m| m.val().dims());
+        if !same {
+            return Err(LoraError::InvalidConfig(format!(
+                "new factors {:?} / {:?} do not match the adapter's {:?} / {:?}",
+                lora_a.dims(),
+                lora_b.dims(),
+                self.lora_a.val().dims(),
+                self.lora_b.val().dims()
+            )));
+        }
+        let device: Device = self.lora_a.val().device();
+        let put2 = |p: &Param<Tensor<2>>, t: Tensor<2>| {
+            Param::initialized(p.id, t.to_device(&device).detach().require_grad())
+        };
+        self.lora_a = put2(&self.lora_a, lora_a);
+        self.lora_b = put2(&self.lora_b, lora_b);
+        if let (Some(p), Some(m)) = (&self.magnitude, magnitude) {
+            self.magnitude = Some(Param::initialized(
+                p.id,
+                m.to_device(&device).detach().require_grad(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Euclidean norm of each row of `[out, in]`.
+pub(crate) fn row_norm(w: Tensor<2>) -> Tensor<1> {
+    let [out, _] = w.dims();
+    w.square().sum_dim(1).sqrt().reshape([out])
+}
+
+/// Normal samples by Box-Muller (rand's distributions crate is not worth a dependency here).
+fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n + 1);
+    while out.len() < n {
+        let u1: f64 = rng.random_range(f64::MIN_POSITIVE..1.0);
+        let u2: f64 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let t = 2.0 * std::f64::consts::PI * u2;
+        out.push((r * t.cos()) as f32 * std);
+        out.push((r * t.sin()) as f32 * std);
+    }
+    out.truncate(n);
+    out
+}

@@ -1,0 +1,292 @@
+//! Saving a model as a Hugging Face directory (`config.json` + `model.safetensors`) with any
+//! LoRA adapters folded in: what `merge_and_unload()` + `save_pretrained()` produce in Python.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Tensor;
+use medify_lora::Projection;
+use serde_json::{Map, Value, json};
+
+use crate::error::{ModelError, Result};
+use crate::model::CausalLm;
+use crate::tokenizer::ModelTokenizer;
+
+/// Floating-point type of saved weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SaveDtype {
+    /// 32-bit, exact.
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16, the usual dtype of released checkpoints.
+    BF16,
+}
+
+impl SaveDtype {
+    /// Parses `f32|float32|f16|float16|bf16|bfloat16`.
+    pub fn parse(name: &str) -> Option<SaveDtype> {
+        match name.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Some(SaveDtype::F32),
+            "f16" | "float16" | "fp16" | "half" => Some(SaveDtype::F16),
+            "bf16" | "bfloat16" => Some(SaveDtype::BF16),
+            _ => None,
+        }
+    }
+
+    /// transformers' name (`torch_dtype`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "float32",
+            SaveDtype::F16 => "float16",
+            SaveDtype::BF16 => "bfloat16",
+        }
+    }
+
+    fn safetensors_name(self) -> &'static str {
+        match self {
+            SaveDtype::F32 => "F32",
+            SaveDtype::F16 => "F16",
+            SaveDtype::BF16 => "BF16",
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            SaveDtype::F32 => 4,
+            SaveDtype::F16 | SaveDtype::BF16 => 2,
+        }
+    }
+
+    fn encode(self, values: &[f32], out: &mut Vec<u8>) {
+        out.clear();
+        out.reserve(values.len() * self.size());
+        match self {
+            SaveDtype::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
+            SaveDtype::F16 => values
+                .iter()
+                .for_each(|v| out.extend(half::f16::from_f32(*v).to_le_bytes())),
+            SaveDtype::BF16 => values
+                .iter()
+                .for_each(|v| out.extend(half::bf16::from_f32(*v).to_le_bytes())),
+        }
+    }
+}
+
+enum Source<'a> {
+    Vector(&'a Tensor<1>),
+    Matrix(&'a Tensor<2>),
+    Linear(&'a Projection),
+}
+
+impl Source<'_> {
+    fn shape(&self) -> Vec<usize> {
+        match self {
+            Source::Vector(t) => t.dims().to_vec(),
+            Source::Matrix(t) => t.dims().to_vec(),
+            Source::Linear(p) => p.dims().to_vec(),
+        }
+    }
+
+    fn values(&self) -> std::result::Result<Vec<f32>, String> {
+        let data = match self {
+            Source::Vector(t) => (*t).clone().into_data(),
+            Source::Matrix(t) => (*t).clone().into_data(),
+            Source::Linear(p) => p.effective_weight().into_data(),
+        };
+        data.convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))
+    }
+}
+
+impl CausalLm {
+    /// Writes `config.json` and `model.safetensors` into `dir`, every linear layer as the weight
+    /// it effectively applies: adapters are merged (DoRA rescaled) and 4-bit weights decoded,
+    /// so the directory is a plain dense checkpoint that transformers and this crate load.
+    /// Tensors are streamed one at a time into a temporary file that is renamed when complete.
+    /// A non-empty `dir` is refused unless `overwrite`.
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use medify_models::{CausalLm, LoadOptions, SaveDtype};
+    /// let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama_nf4");
+    /// let device = Device::flex();
+    /// let (model, _) = CausalLm::from_pretrained(src, &device, &LoadOptions::dense()).unwrap();
+    /// let out = std::env::temp_dir().join(format!("medify-doc-save-{}", std::process::id()));
+    /// model.save_pretrained(&out, SaveDtype::BF16, false).unwrap();
+    /// assert!(model.save_pretrained(&out, SaveDtype::BF16, false).is_err()); // not without overwrite
+    /// let (dense, report) = CausalLm::from_pretrained(&out, &device, &LoadOptions::dense()).unwrap();
+    /// assert_eq!(report.quantized_linears, 0);
+    /// std::fs::remove_dir_all(&out).unwrap();
+    /// ```
+    pub fn save_pretrained(
+        &self,
+        dir: impl AsRef<Path>,
+        dtype: SaveDtype,
+        overwrite: bool,
+    ) -> Result<()> {
+        let dir = dir.as_ref();
+        prepare_dir(dir, overwrite)?;
+        let mut entries: Vec<(String, Source<'_>)> = vec![(
+            "model.embed_tokens.weight".into(),
+            Source::Matrix(&self.embed_tokens),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            entries.push((
+                format!("{p}.input_layernorm.weight"),
+                Source::Vector(&l.input_layernorm.weight),
+            ));
+            entries.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                Source::Vector(&l.post_attention_layernorm.weight),
+            ));
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            for (name, proj) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                entries.push((format!("{p}.{name}.weight"), Source::Linear(proj)));
+                if let Some(b) = proj.bias() {
+                    entries.push((format!("{p}.{name}.bias"), Source::Vector(b)));
+                }
+            }
+        }
+        entries.push((
+            "model.norm.weight".into(),
+            Source::Vector(&self.norm.weight),
+        ));
+        if let Some(head) = &self.lm_head {
+            entries.push(("lm_head.weight".into(), Source::Linear(head)));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let file = dir.join("model.safetensors");
+        let mut header = Map::new();
+        let mut offset = 0usize;
+        for (name, src) in &entries {
+            let shape = src.shape();
+            let bytes = shape.iter().product::<usize>() * dtype.size();
+            header.insert(
+                name.clone(),
+                json!({"dtype": dtype.safetensors_name(), "shape": shape, "data_offsets": [offset, offset + bytes]}),
+            );
+            offset += bytes;
+        }
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut head = serde_json::to_vec(&Value::Object(header))
+            .map_err(|e| ModelError::weights(file.display().to_string(), e.to_string()))?;
+        while head.len() % 8 != 0 {
+            head.push(b' ');
+        }
+        let tmp = temp_name(&file);
+        let write = || -> std::io::Result<std::result::Result<(), String>> {
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            out.write_all(&(head.len() as u64).to_le_bytes())?;
+            out.write_all(&head)?;
+            let mut buf = Vec::new();
+            for (name, src) in &entries {
+                let values = match src.values() {
+                    Ok(v) => v,
+                    Err(e) => return Ok(Err(format!("reading {name} from the device: {e}"))),
+                };
+                dtype.encode(&values, &mut buf);
+                out.write_all(&buf)?;
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            Ok(Ok(()))
+        };
+        match write() {
+            Ok(Ok(())) => {}
+            Ok(Err(message)) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ModelError::weights(file.display().to_string(), message));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(ModelError::io(&file, e));
+            }
+        }
+        std::fs::rename(&tmp, &file).map_err(|e| ModelError::io(&file, e))?;
+        let config = self.config().to_json(dtype.torch_name());
+        write_json(&dir.join("config.json"), &config)?;
+        let mut generation = json!({"bos_token_id": self.config().bos_token_id});
+        if let Some(eos) = self.config().to_json("float32").get("eos_token_id") {
+            generation["eos_token_id"] = eos.clone();
+        }
+        write_json(&dir.join("generation_config.json"), &generation)
+    }
+}
+
+impl ModelTokenizer {
+    /// Writes `tokenizer.json` and a `tokenizer_config.json` carrying the special tokens and chat
+    /// template, so a saved model directory is complete (also for models that came from GGUF).
+    pub fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let path = dir.join("tokenizer.json");
+        let text = self
+            .inner()
+            .to_string(true)
+            .map_err(|e| ModelError::weights(path.display().to_string(), e.to_string()))?;
+        write_bytes(&path, text.as_bytes())?;
+        let config = json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "pad_token": self.pad_token,
+            "chat_template": self.chat_template,
+            "clean_up_tokenization_spaces": false,
+        });
+        write_json(&dir.join("tokenizer_config.json"), &config)
+    }
+}
+
+fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.is_file() {
+        return Err(ModelError::InvalidRequest(format!(
+            "{} is a file, not a directory",
+            dir.display()
+        )));
+    }
+    let non_empty = std::fs::read_dir(dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if non_empty && !overwrite {
+        return Err(ModelError::InvalidRequest(format!(
+            "{} is not empty; pass overwrite to replace the model in it",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))
+}
+
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_name(path);
+    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+}
+
+fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| ModelError::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    write_bytes(path, text.as_bytes())
+}
