@@ -1,0 +1,161 @@
+//! `cargo xtask bench-lora`: training memory and speed of LoRA over a dense base versus QLoRA
+//! (the same adapters over an NF4 + DQ base). Each variant trains in its own child process, so
+//! its peak memory is its own; both run in one invocation so the ratio is comparable.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::Tensor;
+use clap::Args as ClapArgs;
+use medify_qlora::lora::{LoraConfig, LoraExt, TargetModules};
+use medify_qlora::models::{CausalLm, LoadOptions, TokenBatch, load_pretrained};
+use medify_qlora::quant::QuantConfig;
+use serde_json::{Value, json};
+
+use crate::bench_models::peak_rss;
+use crate::device::device_named;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Model directory or .gguf file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long)]
+    model: PathBuf,
+    /// Device to train on.
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// LoRA rank (all linear layers are adapted).
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 2)]
+    batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Optimizer steps measured (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// Print JSON only.
+    #[arg(long)]
+    json: bool,
+    /// Internal: train with this base ("dense" or "nf4") and print the measurements.
+    #[arg(long, hide = true)]
+    child: Option<String>,
+}
+
+fn step_loss(model: &CausalLm, batch: &TokenBatch, labels: &[Vec<i64>]) -> Result<Tensor<1>, String> {
+    Ok(model.loss(batch, labels).map_err(|e| e.to_string())?.loss)
+}
+
+fn train(args: &Args, base: &str) -> Result<Value, String> {
+    let device = device_named(&args.device)?.autodiff();
+    let options = if base == "nf4" {
+        LoadOptions::quantized(QuantConfig::default())
+    } else {
+        LoadOptions::dense()
+    };
+    let (mut model, _, report) =
+        load_pretrained(&args.model, &device, &options).map_err(|e| e.to_string())?;
+    let load_peak = peak_rss();
+    let config = LoraConfig::new(args.rank, 2.0 * args.rank as f64)
+        .with_targets(TargetModules::AllLinear)
+        .with_dropout(0.05);
+    let summary = model.add_adapters(&config).map_err(|e| e.to_string())?;
+    let vocab = model.config().vocab_size as u32;
+    let ids: Vec<Vec<u32>> = (0..args.batch_size)
+        .map(|b| {
+            (0..args.seq_len as u32)
+                .map(|i| (i * 7919 + b as u32 * 104_729 + 13) % vocab)
+                .collect()
+        })
+        .collect();
+    let labels: Vec<Vec<i64>> = ids
+        .iter()
+        .map(|r| r.iter().map(|&t| t as i64).collect())
+        .collect();
+    let batch = TokenBatch::new(ids);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    let mut losses = Vec::new();
+    let mut seconds = 0.0;
+    for step in 0..=args.steps {
+        let t = Instant::now();
+        let loss = step_loss(&model, &batch, &labels)?;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(2e-4, model, grads);
+        let value = loss.into_scalar::<f32>();
+        if step > 0 {
+            seconds += t.elapsed().as_secs_f64();
+            losses.push(value);
+        }
+    }
+    let tokens = (args.batch_size * args.seq_len * args.steps) as f64;
+    Ok(json!({
+        "peak_rss_bytes": peak_rss(),
+        "load_peak_rss_bytes": load_peak,
+        "base_weight_bytes_on_device": report.device_bytes,
+        "trainable_params": summary.trainable,
+        "total_params": summary.total,
+        "trainable_percent": summary.trainable_percent(),
+        "tokens_per_s": tokens / seconds.max(1e-9),
+        "seconds_per_step": seconds / args.steps.max(1) as f64,
+        "losses": losses,
+    }))
+}
+
+fn child(args: &Args, base: &str) -> Result<Value, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = std::process::Command::new(exe)
+        .args(["bench-lora", "--model"])
+        .arg(&args.model)
+        .args(["--device", &args.device, "--child", base])
+        .args(["--rank", &args.rank.to_string()])
+        .args(["--batch-size", &args.batch_size.to_string()])
+        .args(["--seq-len", &args.seq_len.to_string()])
+        .args(["--steps", &args.steps.to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{base} training in a child process failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    if let Some(base) = &args.child {
+        println!("{}", train(args, base)?);
+        return Ok(());
+    }
+    let mut results = serde_json::Map::new();
+    for base in ["dense", "nf4"] {
+        let r = child(args, base)?;
+        if !args.json {
+            eprintln!("{base}: {r}");
+        }
+        results.insert(base.to_string(), r);
+    }
+    let get = |b: &str, k: &str| results[b][k].as_f64().unwrap_or(f64::NAN);
+    let out = json!({
+        "model": args.model.display().to_string(),
+        "device": args.device,
+        "rank": args.rank,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "steps": args.steps,
+        "lora": results["dense"],
+        "qlora": results["nf4"],
+        "ratios": {
+            "peak_rss_qlora_over_lora": get("nf4", "peak_rss_bytes") / get("dense", "peak_rss_bytes"),
+            "base_weights_qlora_over_lora": get("nf4", "base_weight_bytes_on_device") / get("dense", "base_weight_bytes_on_device"),
+            "tokens_per_s_qlora_over_lora": get("nf4", "tokens_per_s") / get("dense", "tokens_per_s"),
+        },
+    });
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
