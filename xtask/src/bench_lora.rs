@@ -13,7 +13,7 @@ use medify_qlora::models::{CausalLm, LoadOptions, TokenBatch, load_pretrained};
 use medify_qlora::quant::QuantConfig;
 use serde_json::{Value, json};
 
-use crate::bench_models::peak_rss;
+use crate::bench_models::{json_child, peak_rss};
 use crate::device::device_named;
 
 #[derive(ClapArgs, Debug)]
@@ -44,7 +44,11 @@ pub struct Args {
     child: Option<String>,
 }
 
-fn step_loss(model: &CausalLm, batch: &TokenBatch, labels: &[Vec<i64>]) -> Result<Tensor<1>, String> {
+fn step_loss(
+    model: &CausalLm,
+    batch: &TokenBatch,
+    labels: &[Vec<i64>],
+) -> Result<Tensor<1>, String> {
     Ok(model.loss(batch, labels).map_err(|e| e.to_string())?.loss)
 }
 
@@ -104,24 +108,20 @@ fn train(args: &Args, base: &str) -> Result<Value, String> {
 }
 
 fn child(args: &Args, base: &str) -> Result<Value, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = std::process::Command::new(exe)
-        .args(["bench-lora", "--model"])
-        .arg(&args.model)
-        .args(["--device", &args.device, "--child", base])
-        .args(["--rank", &args.rank.to_string()])
-        .args(["--batch-size", &args.batch_size.to_string()])
-        .args(["--seq-len", &args.seq_len.to_string()])
-        .args(["--steps", &args.steps.to_string()])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "{base} training in a child process failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    let mut argv: Vec<std::ffi::OsString> = vec!["bench-lora".into(), "--model".into()];
+    argv.push(args.model.clone().into());
+    for (flag, value) in [
+        ("--device", args.device.clone()),
+        ("--child", base.to_string()),
+        ("--rank", args.rank.to_string()),
+        ("--batch-size", args.batch_size.to_string()),
+        ("--seq-len", args.seq_len.to_string()),
+        ("--steps", args.steps.to_string()),
+    ] {
+        argv.push(flag.into());
+        argv.push(value.into());
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    json_child(&argv, &format!("{base} training"))
 }
 
 pub fn run(args: &Args) -> Result<(), String> {

@@ -54,21 +54,40 @@ pub(crate) fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn load_child(args: &Args, holding: &str) -> Result<Value, String> {
+/// Runs this xtask again with `args` (a measurement that needs a fresh process, e.g. for its
+/// peak memory) and parses the JSON it prints.
+pub(crate) fn json_child<S: AsRef<std::ffi::OsStr>>(
+    args: &[S],
+    what: &str,
+) -> Result<Value, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let out = std::process::Command::new(exe)
-        .args(["bench-models", "--model"])
-        .arg(&args.model)
-        .args(["--device", &args.device, "--load-only", holding])
+        .args(args)
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
-            "load in a child process failed: {}",
+            "{what} in a child process failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+fn load_child(args: &Args, holding: &str) -> Result<Value, String> {
+    let model = args.model.as_os_str();
+    json_child(
+        &[
+            "bench-models".as_ref(),
+            "--model".as_ref(),
+            model,
+            "--device".as_ref(),
+            args.device.as_ref(),
+            "--load-only".as_ref(),
+            holding.as_ref(),
+        ],
+        "load",
+    )
 }
 
 fn best<F: FnMut() -> Result<f64, String>>(repeats: usize, mut f: F) -> Result<f64, String> {

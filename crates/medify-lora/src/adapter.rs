@@ -269,3 +269,81 @@ fn gaussian(rng: &mut ChaCha8Rng, n: usize, std: f32) -> Vec<f32> {
     out.truncate(n);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base(device: &Device) -> FrozenWeight {
+        let w: Vec<f32> = (0..32 * 16)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 10.0)
+            .collect();
+        FrozenWeight::Dense(Tensor::from_data(TensorData::new(w, [32, 16]), device))
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_into_vec().unwrap()
+    }
+
+    #[test]
+    fn initialisations_follow_peft() {
+        let device = Device::flex();
+        let w = base(&device);
+        let k = LoraAdapter::init(&w, 8, 1.0, 0.0, &LoraInit::KaimingUniform, false, 1, 0).unwrap();
+        let a = values(k.lora_a.val());
+        assert!(
+            a.iter().all(|v| v.abs() <= 0.25) && a.iter().any(|v| v.abs() > 0.2),
+            "U(±1/√16)"
+        );
+        assert!(values(k.lora_b.val()).iter().all(|&v| v == 0.0));
+        let g = LoraAdapter::init(&w, 8, 1.0, 0.0, &LoraInit::Gaussian, false, 1, 0).unwrap();
+        let a = values(g.lora_a.val());
+        let var = a.iter().map(|v| v * v).sum::<f32>() / a.len() as f32;
+        assert!(
+            (var.sqrt() - 0.125).abs() < 0.02,
+            "std 1/r, got {}",
+            var.sqrt()
+        );
+        let r = LoraAdapter::init(&w, 8, 1.0, 0.0, &LoraInit::Random, true, 1, 0).unwrap();
+        assert!(
+            values(r.lora_b.val())
+                .iter()
+                .all(|v| v.abs() <= 1.0 / 8f32.sqrt())
+        );
+        assert!(values(r.lora_b.val()).iter().any(|&v| v != 0.0));
+        // DoRA starts at the row norms of W + s·B A, so the layer starts equal to its base.
+        let x = Tensor::<2>::ones([3, 16], &device);
+        let y = r.apply(x.clone(), w.matmul(x.clone()), &w);
+        let plain = LoraAdapter::new(r.lora_a.val(), r.lora_b.val(), None, 1.0, 0.0).unwrap();
+        let want = plain.apply(x.clone(), w.matmul(x), &w);
+        let diff = y.sub(want).abs().max().into_scalar::<f32>();
+        assert!(diff < 1e-4, "{diff}");
+        // Different streams (layers) draw different factors; the same seed repeats them.
+        let again =
+            LoraAdapter::init(&w, 8, 1.0, 0.0, &LoraInit::KaimingUniform, false, 1, 0).unwrap();
+        let other =
+            LoraAdapter::init(&w, 8, 1.0, 0.0, &LoraInit::KaimingUniform, false, 1, 1).unwrap();
+        assert_eq!(values(again.lora_a.val()), values(k.lora_a.val()));
+        assert_ne!(values(other.lora_a.val()), values(k.lora_a.val()));
+    }
+
+    #[test]
+    fn dropout_only_while_training_on_an_autodiff_device() {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            let w = base(&device);
+            let mut ad =
+                LoraAdapter::init(&w, 4, 1.0, 0.5, &LoraInit::Random, false, 2, 0).unwrap();
+            let x = Tensor::<2>::ones([8, 16], &device);
+            let zero = Tensor::<2>::zeros([8, 32], &device);
+            let run = |ad: &LoraAdapter| values(ad.apply(x.clone(), zero.clone(), &w));
+            let (first, second) = (run(&ad), run(&ad));
+            assert_eq!(
+                first != second,
+                device.is_autodiff(),
+                "dropout draws a new mask per call"
+            );
+            ad.set_training(false);
+            assert_eq!(run(&ad), run(&ad));
+        }
+    }
+}

@@ -143,17 +143,7 @@ impl CausalLm {
                 format!("{p}.post_attention_layernorm.weight"),
                 Source::Vector(&l.post_attention_layernorm.weight),
             ));
-            let a = &l.self_attn;
-            let m = &l.mlp;
-            for (name, proj) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
+            for (name, proj) in l.projections() {
                 entries.push((format!("{p}.{name}.weight"), Source::Linear(proj)));
                 if let Some(b) = proj.bias() {
                     entries.push((format!("{p}.{name}.bias"), Source::Vector(b)));
