@@ -7,7 +7,10 @@
 //!
 //! * [`quant`]: bitsandbytes-exact NF4/FP4 4-bit quantization with double quantization, the
 //!   device-resident [`quant::Nf4Tensor`], its fused 4-bit matmul and frozen 4-bit linear.
-//! * [`lora`]: the projection every model layer is built from (frozen dense or 4-bit base).
+//! * [`lora`]: LoRA / rsLoRA / DoRA adapters over frozen dense or 4-bit layers (QLoRA), with
+//!   PEFT-compatible adapter files, merge and unmerge.
+//! * [`data`]: medical Q&A records (JSONL, CSV, MedQuAD XML) rendered with the model's chat
+//!   template into token ids with labels on the assistant replies only.
 //! * [`models`]: Llama, Mistral and Gemma from safetensors, bitsandbytes 4-bit and GGUF
 //!   checkpoints, with tokenizers, a KV cache and sampling.
 //!
@@ -17,6 +20,7 @@
 //! assert_eq!(q.data.len(), 32);
 //! ```
 
+pub use medify_data as data;
 pub use medify_lora as lora;
 pub use medify_models as models;
 pub use medify_quant as quant;

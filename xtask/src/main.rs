@@ -1,10 +1,12 @@
 //! `cargo xtask`: a thin command line over the medify-qlora libraries.
 
+mod bench_data;
 mod bench_lora;
 mod bench_models;
 mod bench_quant;
 mod device;
 mod models;
+mod preview;
 
 use clap::{Parser, Subcommand};
 
@@ -21,10 +23,14 @@ enum Command {
     BenchQuant(bench_quant::Args),
     /// Prefill/decode tokens per second and load memory of a model, dense versus NF4.
     BenchModels(bench_models::Args),
+    /// Records per second for rendering + tokenizing a data file (all cores vs one).
+    BenchData(bench_data::Args),
     /// Training memory and speed: LoRA over a dense base versus QLoRA over NF4.
     BenchLora(bench_lora::Args),
     /// Continue a prompt with a model (raw completion, no chat template).
     Generate(models::GenerateArgs),
+    /// Show what the trainer sees for a data file: rendered chats with trained text marked.
+    Preview(preview::Args),
     /// Loss and perplexity of a model on {"text"} JSONL records.
     Eval(models::EvalArgs),
 }
@@ -35,8 +41,10 @@ fn main() {
         Command::BenchQuant(args) => bench_quant::run(&args),
         Command::BenchModels(args) => bench_models::run(&args),
         Command::BenchLora(args) => bench_lora::run(&args),
+        Command::BenchData(args) => bench_data::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
+        Command::Preview(args) => preview::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -1,0 +1,21 @@
+//! # medify-data
+//!
+//! Medical Q&A data in, masked token batches out.
+mod dataset;
+mod encode;
+mod error;
+mod record;
+mod sources;
+mod template;
+
+pub use dataset::{
+    Batch, DatasetConfig, EncodedExample, PrepareReport, PreparedData, Sequence, Truncation, pack,
+    prepare, unpacked,
+};
+pub use encode::{
+    ChatEncoder, Encoded, IGNORE, Rendered, TokenizerSpecials, transformers_pre_tokenization,
+};
+pub use error::{DataError, Result};
+pub use record::{Example, Message, Role, SourcedExample};
+pub use sources::{FieldMap, InputFormat, ReadOptions, ReadReport, read_records};
+pub use template::{BUILTIN_TEMPLATES, ChatTemplate, SpecialTokens};

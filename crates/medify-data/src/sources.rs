@@ -1,0 +1,564 @@
+//! Reading the formats medical Q&A data comes in: JSONL (OpenAI messages, ShareGPT, Alpaca,
+//! question/answer, plain text), CSV with a header, and MedQuAD's original XML.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use crate::error::{DataError, Result, io_err};
+use crate::record::{Example, Message, Role, SourcedExample};
+
+/// The shape of the records in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InputFormat {
+    /// Decide from the first record of each file.
+    #[default]
+    Auto,
+    /// `{"messages": [{"role", "content"}…]}` (OpenAI style).
+    Messages,
+    /// `{"conversations": [{"from", "value"}…]}` (ShareGPT).
+    ShareGpt,
+    /// `{"instruction", "input", "output"}`: user = instruction (+ "\n\n" + input), assistant = output.
+    Alpaca,
+    /// `{"question", "answer"}` (MedQuAD; CSV columns such as Patient/Doctor map here).
+    QuestionAnswer,
+    /// `{"text"}`: trained on in full.
+    Text,
+}
+
+impl InputFormat {
+    /// Parses `auto|messages|sharegpt|alpaca|qa|text`.
+    pub fn parse(name: &str) -> Option<InputFormat> {
+        match name.to_ascii_lowercase().as_str() {
+            "auto" => Some(InputFormat::Auto),
+            "messages" | "openai" | "chat" => Some(InputFormat::Messages),
+            "sharegpt" | "conversations" => Some(InputFormat::ShareGpt),
+            "alpaca" | "instruction" => Some(InputFormat::Alpaca),
+            "qa" | "question-answer" | "medquad" => Some(InputFormat::QuestionAnswer),
+            "text" | "plain" => Some(InputFormat::Text),
+            _ => None,
+        }
+    }
+}
+
+/// Renames of the fields each format reads, e.g. `question=Patient,answer=Doctor` for a CSV.
+/// Canonical names: `messages role content conversations from value instruction input output
+/// question answer text system`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FieldMap(BTreeMap<String, String>);
+
+const CANONICAL: [&str; 14] = [
+    "messages",
+    "role",
+    "content",
+    "conversations",
+    "from",
+    "value",
+    "instruction",
+    "input",
+    "output",
+    "question",
+    "answer",
+    "text",
+    "system",
+    "description",
+];
+
+impl FieldMap {
+    /// Parses `canonical=actual,canonical=actual`.
+    ///
+    /// ```
+    /// use medify_data::FieldMap;
+    /// let map = FieldMap::parse("question=Patient, answer=Doctor").unwrap();
+    /// assert_eq!(map.get("question"), "Patient");
+    /// assert_eq!(map.get("text"), "text");
+    /// assert!(FieldMap::parse("questoin=Q").is_err());
+    /// ```
+    pub fn parse(spec: &str) -> Result<FieldMap> {
+        let mut map = BTreeMap::new();
+        for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (k, v) = part.split_once('=').ok_or_else(|| {
+                DataError::Invalid(format!(
+                    "field mapping {part:?} must look like question=Patient"
+                ))
+            })?;
+            let k = k.trim();
+            if !CANONICAL.contains(&k) {
+                return Err(DataError::Invalid(format!(
+                    "field mapping: unknown field {k:?}; known: {}",
+                    CANONICAL.join(", ")
+                )));
+            }
+            map.insert(k.to_string(), v.trim().to_string());
+        }
+        Ok(FieldMap(map))
+    }
+
+    /// The actual name of a canonical field.
+    pub fn get<'a>(&'a self, canonical: &'a str) -> &'a str {
+        self.0.get(canonical).map_or(canonical, String::as_str)
+    }
+}
+
+/// How to read a data file.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Record shape; `Auto` detects it per file.
+    pub format: InputFormat,
+    /// Field renames.
+    pub fields: FieldMap,
+    /// Skip (and count) records with a missing field, unknown role or empty conversation
+    /// instead of failing. Malformed JSON or CSV is always an error.
+    pub skip_invalid: bool,
+}
+
+/// What reading found.
+#[derive(Debug, Clone, Default)]
+pub struct ReadReport {
+    /// Records read.
+    pub records: Vec<SourcedExample>,
+    /// Records left out, with where and why (e.g. MedQuAD answers removed upstream).
+    pub skipped: Vec<(String, String)>,
+}
+
+/// Reads a JSONL file, a CSV file (by extension `.csv`/`.tsv`), an XML file or a directory of
+/// MedQuAD XML files.
+///
+/// ```
+/// use medify_data::{read_records, ReadOptions, Example};
+/// let dir = std::env::temp_dir().join(format!("medify-read-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("qa.jsonl");
+/// std::fs::write(&path, "{\"question\": \"What is asthma?\", \"answer\": \"A lung disease.\"}\n").unwrap();
+/// let report = read_records(&path, &ReadOptions::default()).unwrap();
+/// assert_eq!(report.records[0].example, Example::qa("What is asthma?", "A lung disease."));
+/// assert_eq!(report.records[0].origin, format!("{}:1", path.display()));
+/// std::fs::remove_dir_all(&dir).unwrap();
+/// ```
+pub fn read_records(path: &Path, options: &ReadOptions) -> Result<ReadReport> {
+    let mut report = ReadReport::default();
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io_err(path))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(DataError::File {
+                path: path.to_path_buf(),
+                message: "directory holds no .xml files (MedQuAD's original format)".into(),
+            });
+        }
+        for f in files {
+            read_medquad_xml(&f, &mut report)?;
+        }
+    } else {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            "csv" => read_csv(path, b',', options, &mut report)?,
+            "tsv" => read_csv(path, b'\t', options, &mut report)?,
+            "xml" => read_medquad_xml(path, &mut report)?,
+            _ => read_jsonl(path, options, &mut report)?,
+        }
+    }
+    if report.records.is_empty() {
+        return Err(DataError::File {
+            path: path.to_path_buf(),
+            message: format!("no usable records ({} skipped)", report.skipped.len()),
+        });
+    }
+    Ok(report)
+}
+
+fn read_jsonl(path: &Path, options: &ReadOptions, report: &mut ReadReport) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let mut format = options.format;
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: Value = serde_json::from_str(line).map_err(|e| DataError::Record {
+            path: path.to_path_buf(),
+            line: line_no,
+            message: format!("malformed JSON: {e}"),
+        })?;
+        let Value::Object(obj) = value else {
+            return Err(DataError::Record {
+                path: path.to_path_buf(),
+                line: line_no,
+                message: "expected a JSON object per line".into(),
+            });
+        };
+        add_record(path, line_no, &obj, &mut format, options, report)?;
+    }
+    Ok(())
+}
+
+fn read_csv(
+    path: &Path,
+    delimiter: u8,
+    options: &ReadOptions,
+    report: &mut ReadReport,
+) -> Result<()> {
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(false)
+        .from_path(path)
+        .map_err(|e| DataError::File {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    let headers = reader
+        .headers()
+        .map_err(|e| DataError::File {
+            path: path.to_path_buf(),
+            message: format!("cannot read the header row: {e}"),
+        })?
+        .clone();
+    let mut format = options.format;
+    for (i, row) in reader.records().enumerate() {
+        let row = row.map_err(|e| DataError::Record {
+            path: path.to_path_buf(),
+            line: e.position().map_or(i + 2, |p| p.line() as usize),
+            message: format!("malformed CSV: {e}"),
+        })?;
+        let line = row.position().map_or(i + 2, |p| p.line() as usize);
+        let obj: Map<String, Value> = headers
+            .iter()
+            .zip(row.iter())
+            .map(|(h, v)| (h.to_string(), Value::String(v.to_string())))
+            .collect();
+        add_record(path, line, &obj, &mut format, options, report)?;
+    }
+    Ok(())
+}
+
+fn read_medquad_xml(path: &Path, report: &mut ReadReport) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let doc = roxmltree::Document::parse(&text).map_err(|e| DataError::File {
+        path: path.to_path_buf(),
+        message: format!("malformed XML: {e}"),
+    })?;
+    let origin = path.display().to_string();
+    let mut found = false;
+    for pair in doc.descendants().filter(|n| n.has_tag_name("QAPair")) {
+        found = true;
+        let child_text = |tag: &str| -> String {
+            pair.children()
+                .find(|c| c.has_tag_name(tag))
+                .map(|c| c.descendants().filter_map(|d| d.text()).collect::<String>())
+                .unwrap_or_default()
+        };
+        let pid = pair.attribute("pid").unwrap_or("?");
+        let where_ = format!("{origin} (QAPair {pid})");
+        let (q, a) = (child_text("Question"), child_text("Answer"));
+        if q.trim().is_empty() || a.trim().is_empty() {
+            report
+                .skipped
+                .push((where_, "empty question or answer".to_string()));
+            continue;
+        }
+        report.records.push(SourcedExample {
+            origin: where_,
+            example: Example::qa(q.trim(), a.trim()),
+        });
+    }
+    if !found {
+        return Err(DataError::File {
+            path: path.to_path_buf(),
+            message: "no <QAPair> elements (not a MedQuAD document?)".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Finds a field by its mapped name, then case-insensitively.
+fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+    obj.get(name).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    })
+}
+
+fn detect(obj: &Map<String, Value>, fields: &FieldMap) -> Option<InputFormat> {
+    let has = |canonical: &str| field(obj, fields.get(canonical)).is_some();
+    if has("messages") {
+        Some(InputFormat::Messages)
+    } else if has("conversations") {
+        Some(InputFormat::ShareGpt)
+    } else if has("instruction") && has("output") {
+        Some(InputFormat::Alpaca)
+    } else if (has("question") && has("answer"))
+        || (field(obj, "patient").is_some() && field(obj, "doctor").is_some())
+    {
+        Some(InputFormat::QuestionAnswer)
+    } else if has("text") {
+        Some(InputFormat::Text)
+    } else {
+        None
+    }
+}
+
+fn add_record(
+    path: &Path,
+    line: usize,
+    obj: &Map<String, Value>,
+    format: &mut InputFormat,
+    options: &ReadOptions,
+    report: &mut ReadReport,
+) -> Result<()> {
+    let origin = format!("{}:{line}", path.display());
+    if *format == InputFormat::Auto {
+        *format = detect(obj, &options.fields).ok_or_else(|| DataError::Record {
+            path: path.to_path_buf(),
+            line,
+            message: format!(
+                "cannot tell the format from fields {:?}; expected messages, conversations, instruction/output, question/answer or text (or pass a format and a field mapping)",
+                obj.keys().collect::<Vec<_>>()
+            ),
+        })?;
+    }
+    match parse_record(obj, *format, &options.fields) {
+        Ok(example) => {
+            report.records.push(SourcedExample { origin, example });
+            Ok(())
+        }
+        Err(message) if options.skip_invalid => {
+            report.skipped.push((origin, message));
+            Ok(())
+        }
+        Err(message) => Err(DataError::Record {
+            path: path.to_path_buf(),
+            line,
+            message,
+        }),
+    }
+}
+
+fn string_field(obj: &Map<String, Value>, name: &str) -> std::result::Result<String, String> {
+    match field(obj, name) {
+        None | Some(Value::Null) => Err(format!("missing field {name:?}")),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
+        Some(v) => Err(format!("field {name:?} must be a string, got {v}")),
+    }
+}
+
+/// Message content as a string, or OpenAI's list of `{"type": "text", "text"}` parts.
+fn content_of(v: Option<&Value>, name: &str) -> std::result::Result<String, String> {
+    match v {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .map(|p| match p.get("text") {
+                Some(Value::String(s)) => Ok(s.as_str()),
+                _ => Err(format!(
+                    "field {name:?}: only text parts are supported, got {p}"
+                )),
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(|t| t.concat()),
+        None | Some(Value::Null) => Err(format!("missing field {name:?}")),
+        Some(v) => Err(format!("field {name:?} must be a string, got {v}")),
+    }
+}
+
+fn turns(
+    list: &Value,
+    list_name: &str,
+    role_key: &str,
+    content_key: &str,
+) -> std::result::Result<Vec<Message>, String> {
+    let items = list
+        .as_array()
+        .ok_or_else(|| format!("field {list_name:?} must be a list of turns"))?;
+    if items.is_empty() {
+        return Err(format!(
+            "empty conversation (field {list_name:?} has no turns)"
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let obj = t
+                .as_object()
+                .ok_or_else(|| format!("{list_name}[{i}] must be an object"))?;
+            let role_name = match field(obj, role_key) {
+                Some(Value::String(s)) => s.as_str(),
+                _ => return Err(format!("{list_name}[{i}]: missing field {role_key:?}")),
+            };
+            let role = Role::parse(role_name).ok_or_else(|| {
+                format!("{list_name}[{i}]: unknown role {role_name:?} (system, user/human, assistant/gpt/model)")
+            })?;
+            let content = content_of(field(obj, content_key), &format!("{list_name}[{i}].{content_key}"))?;
+            Ok(Message::new(role, content))
+        })
+        .collect()
+}
+
+fn parse_record(
+    obj: &Map<String, Value>,
+    format: InputFormat,
+    f: &FieldMap,
+) -> std::result::Result<Example, String> {
+    let system = match field(obj, f.get("system")) {
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            Some(Message::new(Role::System, s.clone()))
+        }
+        _ => None,
+    };
+    let with_system = |mut msgs: Vec<Message>| {
+        if let Some(s) = &system
+            && msgs.first().is_none_or(|m| m.role != Role::System)
+        {
+            msgs.insert(0, s.clone());
+        }
+        Example::Chat(msgs)
+    };
+    match format {
+        InputFormat::Auto => Err("format not decided".into()),
+        InputFormat::Messages => {
+            let key = f.get("messages");
+            let list = field(obj, key).ok_or_else(|| format!("missing field {key:?}"))?;
+            turns(list, key, f.get("role"), f.get("content")).map(with_system)
+        }
+        InputFormat::ShareGpt => {
+            let key = f.get("conversations");
+            let list = field(obj, key).ok_or_else(|| format!("missing field {key:?}"))?;
+            turns(list, key, f.get("from"), f.get("value")).map(with_system)
+        }
+        InputFormat::Alpaca => {
+            let instruction = string_field(obj, f.get("instruction"))?;
+            let input = match field(obj, f.get("input")) {
+                None | Some(Value::Null) => String::new(),
+                Some(_) => string_field(obj, f.get("input"))?,
+            };
+            let output = string_field(obj, f.get("output"))?;
+            let user = if input.trim().is_empty() {
+                instruction
+            } else {
+                format!("{instruction}\n\n{input}")
+            };
+            Ok(with_system(vec![
+                Message::new(Role::User, user),
+                Message::new(Role::Assistant, output),
+            ]))
+        }
+        InputFormat::QuestionAnswer => {
+            let pick = |canonical: &str, alias: &str| {
+                let name = f.get(canonical);
+                if field(obj, name).is_none() && field(obj, alias).is_some() {
+                    string_field(obj, alias)
+                } else {
+                    string_field(obj, name)
+                }
+            };
+            let q = pick("question", "patient")?;
+            let a = pick("answer", "doctor")?;
+            if q.trim().is_empty() || a.trim().is_empty() {
+                return Err("empty question or answer".into());
+            }
+            Ok(with_system(vec![
+                Message::new(Role::User, q),
+                Message::new(Role::Assistant, a),
+            ]))
+        }
+        InputFormat::Text => {
+            let t = string_field(obj, f.get("text"))?;
+            if t.is_empty() {
+                return Err("empty text".into());
+            }
+            Ok(Example::Text(t))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    fn parse(v: Value) -> std::result::Result<Example, String> {
+        let o = obj(v);
+        let fmt = detect(&o, &FieldMap::default()).ok_or("undetected")?;
+        parse_record(&o, fmt, &FieldMap::default())
+    }
+
+    #[test]
+    fn every_format_becomes_a_conversation() {
+        let qa = Example::qa("Q?", "A.");
+        assert_eq!(
+            parse(serde_json::json!({"question": "Q?", "answer": "A."})),
+            Ok(qa.clone())
+        );
+        assert_eq!(
+            parse(
+                serde_json::json!({"messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": [{"type": "text", "text": "A."}]}]})
+            ),
+            Ok(qa.clone())
+        );
+        assert_eq!(
+            parse(
+                serde_json::json!({"conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]})
+            ),
+            Ok(qa.clone())
+        );
+        assert_eq!(
+            parse(serde_json::json!({"instruction": "Q?", "input": "", "output": "A."})),
+            Ok(qa)
+        );
+        assert_eq!(
+            parse(serde_json::json!({"instruction": "Explain", "input": "asthma", "output": "A."})),
+            Ok(Example::qa("Explain\n\nasthma", "A."))
+        );
+        assert_eq!(
+            parse(serde_json::json!({"Description": "d", "Patient": "Q?", "Doctor": "A."})),
+            Ok(Example::qa("Q?", "A."))
+        );
+        assert_eq!(
+            parse(serde_json::json!({"text": "t"})),
+            Ok(Example::Text("t".into()))
+        );
+        let with_sys =
+            parse(serde_json::json!({"system": "Be brief.", "question": "Q?", "answer": "A."}))
+                .unwrap();
+        let Example::Chat(m) = with_sys else { panic!() };
+        assert_eq!(m[0], Message::new(Role::System, "Be brief."));
+    }
+
+    #[test]
+    fn bad_records_say_what_is_wrong() {
+        let e = parse(serde_json::json!({"messages": []})).unwrap_err();
+        assert!(e.contains("empty conversation"), "{e}");
+        let e =
+            parse(serde_json::json!({"messages": [{"role": "tool", "content": "x"}]})).unwrap_err();
+        assert!(e.contains("unknown role \"tool\""), "{e}");
+        let e = parse(serde_json::json!({"messages": [{"role": "user"}]})).unwrap_err();
+        assert!(e.contains("missing field") && e.contains("content"), "{e}");
+        let o = obj(serde_json::json!({"question": "Q?"}));
+        let e = parse_record(&o, InputFormat::QuestionAnswer, &FieldMap::default()).unwrap_err();
+        assert!(e.contains("missing field \"answer\""), "{e}");
+    }
+
+    #[test]
+    fn field_maps_rename() {
+        let f = FieldMap::parse("question=q,answer=a").unwrap();
+        let o = obj(serde_json::json!({"q": "Q?", "a": "A."}));
+        assert_eq!(detect(&o, &f), Some(InputFormat::QuestionAnswer));
+        assert_eq!(
+            parse_record(&o, InputFormat::QuestionAnswer, &f),
+            Ok(Example::qa("Q?", "A."))
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! `cargo xtask preview`: what the trainer will see for a data file: the rendered text with the
+//! trained tokens highlighted, or one JSON line of ids and labels per record.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use clap::Args as ClapArgs;
+use medify_qlora::data::{
+    ChatEncoder, ChatTemplate, DatasetConfig, FieldMap, IGNORE, InputFormat, ReadOptions,
+    TokenizerSpecials, Truncation, prepare, read_records,
+};
+use medify_qlora::models::{GgufSource, ModelTokenizer};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// A directory with tokenizer.json and tokenizer_config.json.
+    #[arg(long, conflicts_with = "model")]
+    tokenizer: Option<PathBuf>,
+    /// A model directory or .gguf file (its tokenizer and chat template are used).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// JSONL, CSV/TSV, a MedQuAD XML file or a directory of them.
+    #[arg(long)]
+    data: PathBuf,
+    /// Built-in template instead of the model's: chatml, tinyllama, llama2, llama3, mistral, gemma.
+    #[arg(long)]
+    template: Option<String>,
+    /// Record format: auto, messages, sharegpt, alpaca, qa, text.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Field renames, e.g. question=Patient,answer=Doctor.
+    #[arg(long, default_value = "")]
+    fields: String,
+    /// System prompt added to every conversation that has none.
+    #[arg(long)]
+    system: Option<String>,
+    /// Longest sequence in tokens.
+    #[arg(long, default_value_t = 512)]
+    max_length: usize,
+    /// Drop over-long records instead of keeping their start.
+    #[arg(long)]
+    drop_long: bool,
+    /// Records to show (human mode); all in --json mode unless given.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Skip records with a missing field or unknown role instead of stopping.
+    #[arg(long)]
+    skip_invalid: bool,
+    /// One JSON line per record: {"input_ids": [...], "labels": [...]}.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A `ChatEncoder` for a tokenizer directory, a model directory or a GGUF file.
+pub fn encoder_for(path: &Path, template: Option<&str>) -> Result<ChatEncoder, String> {
+    if path.is_dir() {
+        return ChatEncoder::from_dir(path, template).map_err(|e| e.to_string());
+    }
+    let source = GgufSource::open(path).map_err(|e| e.to_string())?;
+    let tok = ModelTokenizer::from_gguf(&source).map_err(|e| e.to_string())?;
+    let chat = match (template, &tok.chat_template) {
+        (Some(name), _) => ChatTemplate::builtin(name),
+        (None, Some(t)) => ChatTemplate::new(&path.display().to_string(), t),
+        (None, None) => {
+            return Err(format!(
+                "{} has no chat template; pass --template NAME",
+                path.display()
+            ));
+        }
+    }
+    .map_err(|e| e.to_string())?;
+    let specials = TokenizerSpecials {
+        bos: tok.bos_token.clone(),
+        eos: tok.eos_token.clone(),
+        pad: tok.pad_token.clone(),
+        unk: None,
+    };
+    Ok(ChatEncoder::new(tok.inner().clone(), chat, specials))
+}
+
+pub fn run(args: &Args) -> Result<(), String> {
+    let source = args
+        .tokenizer
+        .as_ref()
+        .or(args.model.as_ref())
+        .ok_or("pass --tokenizer DIR or --model DIR|FILE.gguf")?;
+    let encoder =
+        encoder_for(source, args.template.as_deref())?.with_system_prompt(args.system.clone());
+    let format = InputFormat::parse(&args.format)
+        .ok_or_else(|| format!("unknown --format {:?}", args.format))?;
+    let read = read_records(
+        &args.data,
+        &ReadOptions {
+            format,
+            fields: FieldMap::parse(&args.fields).map_err(|e| e.to_string())?,
+            skip_invalid: args.skip_invalid,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let mut records = read.records;
+    if let Some(n) = args.limit.or((!args.json).then_some(5)) {
+        records.truncate(n);
+    }
+    let config = DatasetConfig {
+        max_len: args.max_length,
+        truncation: if args.drop_long {
+            Truncation::Drop
+        } else {
+            Truncation::KeepStart
+        },
+        dedupe: false,
+        shuffle: false,
+        ..DatasetConfig::default()
+    };
+    let prepared = prepare(records, &encoder, &config).map_err(|e| e.to_string())?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let color = !args.json && stdout.is_terminal();
+    let tok = encoder.tokenizer();
+    for ex in &prepared.train {
+        let e = &ex.encoded;
+        if args.json {
+            let line = serde_json::json!({"input_ids": e.input_ids, "labels": e.labels});
+            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            continue;
+        }
+        writeln!(
+            out,
+            "── {} ({} tokens, {} trained)",
+            ex.origin,
+            e.len(),
+            e.trained_tokens()
+        )
+        .map_err(|e| e.to_string())?;
+        // Consecutive tokens with the same trained/ignored state are decoded together.
+        let mut start = 0;
+        while start < e.len() {
+            let trained = e.labels[start] != IGNORE;
+            let mut end = start;
+            while end < e.len() && (e.labels[end] != IGNORE) == trained {
+                end += 1;
+            }
+            let text = tok
+                .decode(&e.input_ids[start..end], false)
+                .map_err(|e| e.to_string())?;
+            let shown = match (trained, color) {
+                (true, true) => format!("\x1b[1;32m{text}\x1b[0m"),
+                (true, false) => format!("[[{text}]]"),
+                (false, _) => text,
+            };
+            write!(out, "{shown}").map_err(|e| e.to_string())?;
+            start = end;
+        }
+        writeln!(out).map_err(|e| e.to_string())?;
+    }
+    let r = &prepared.report;
+    if !args.json {
+        eprintln!(
+            "{} records shown ({}; trained tokens {}). Skipped while reading: {}; truncated: {}; dropped too long: {}; no trained token: {}; template errors: {}",
+            prepared.train.len(),
+            if color {
+                "trained text in green"
+            } else {
+                "trained text in [[ ]]"
+            },
+            prepared
+                .train
+                .iter()
+                .map(|e| e.encoded.trained_tokens())
+                .sum::<usize>(),
+            read.skipped.len(),
+            r.truncated,
+            r.too_long,
+            r.untrained.len(),
+            r.template_errors.len()
+        );
+    }
+    Ok(())
+}
