@@ -13,6 +13,8 @@
 //!   template into token ids with labels on the assistant replies only.
 //! * [`models`]: Llama, Mistral and Gemma from safetensors, bitsandbytes 4-bit and GGUF
 //!   checkpoints, with tokenizers, a KV cache and sampling.
+//! * [`optim`]: paged AdamW with 32-bit or 8-bit blockwise state, gradient clipping, parameter
+//!   groups, learning-rate schedules and exact save/resume.
 //!
 //! ```
 //! use medify_qlora::quant::{Packed4Bit, QuantConfig};
@@ -23,4 +25,5 @@
 pub use medify_data as data;
 pub use medify_lora as lora;
 pub use medify_models as models;
+pub use medify_optim as optim;
 pub use medify_quant as quant;
