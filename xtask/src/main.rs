@@ -3,6 +3,7 @@
 mod bench_data;
 mod bench_lora;
 mod bench_models;
+mod bench_optim;
 mod bench_quant;
 mod device;
 mod models;
@@ -27,6 +28,8 @@ enum Command {
     BenchData(bench_data::Args),
     /// Training memory and speed: LoRA over a dense base versus QLoRA over NF4.
     BenchLora(bench_lora::Args),
+    /// Optimizer state bytes per parameter and step time: PagedAdamW 32/8-bit vs burn AdamW.
+    BenchOptim(bench_optim::Args),
     /// Continue a prompt with a model (raw completion, no chat template).
     Generate(models::GenerateArgs),
     /// Show what the trainer sees for a data file: rendered chats with trained text marked.
@@ -42,6 +45,7 @@ fn main() {
         Command::BenchModels(args) => bench_models::run(&args),
         Command::BenchLora(args) => bench_lora::run(&args),
         Command::BenchData(args) => bench_data::run(&args),
+        Command::BenchOptim(args) => bench_optim::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
         Command::Preview(args) => preview::run(&args),

@@ -4,14 +4,15 @@ use std::collections::{BTreeMap, HashMap};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use medify_quant::{dynamic_signed_map, dynamic_unsigned_map};
 use regex::Regex;
 
 use crate::blockwise::{self, DeviceMap};
 use crate::config::{AdamWConfig, NonFinite, ParamGroup, StateBits};
 use crate::error::{OptimError, Result};
-use crate::state::{DeviceMoments, Place, Slot};
+use crate::host::{Hyper, update_q8};
+use crate::state::{DeviceMoments, HostMoments, Place, Slot};
 
 /// Where the optimizer state is and how much moved, after a step.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -149,7 +150,7 @@ impl PagedAdamW {
             m.elements += s.numel as u64;
             m.state_bytes += s.storage_bytes();
             match s.place {
-                Place::Device(_) => m.resident_bytes += s.storage_bytes(),
+                Place::Device(_) | Place::Local(_) => m.resident_bytes += s.storage_bytes(),
                 Place::Host(_) => m.paged_bytes += s.storage_bytes(),
             }
         }
@@ -273,25 +274,55 @@ impl PagedAdamW {
         let lr = lr * lr_scale;
         self.clock += 1;
         let clock = self.clock;
-        let (moments, step) = match self.slots.remove(path) {
-            Some(slot) => {
-                let moments = match slot.place {
-                    Place::Device(d) => d,
-                    Place::Host(h) => {
-                        self.page_ins += 1;
-                        h.upload(&device)
-                    }
-                };
-                (Some(moments), slot.step)
-            }
-            None => (None, 0),
-        };
-        let t = step + 1;
+        let existing = self.slots.remove(path);
+        let t = existing.as_ref().map_or(0, |s| s.step) + 1;
         // Existing state keeps its precision; new state follows the configuration.
-        let eight_bit = match &moments {
-            Some(DeviceMoments::Q8 { .. }) => true,
-            Some(DeviceMoments::F32 { .. }) => false,
+        let eight_bit = match &existing {
+            Some(slot) => slot.eight_bit,
             None => self.config.state_bits == StateBits::Eight && n >= self.config.min_8bit_size,
+        };
+        let (b1, b2) = self.config.betas;
+        // bitsandbytes' kernel: step size lr·√(1-β2ᵗ)/(1-β1ᵗ), eps scaled by √(1-β2ᵗ),
+        // then decoupled weight decay on the updated parameter.
+        let c1 = 1.0 - b1.powi(t as i32);
+        let c2 = (1.0 - b2.powi(t as i32)).sqrt();
+        let step_size = lr * c2 / c1;
+        if eight_bit && is_host(&device) {
+            let moments = match existing.map(|s| s.place) {
+                Some(Place::Local(h) | Place::Host(h)) => h,
+                Some(Place::Device(d)) => d.download(),
+                None => HostMoments::q8_zeros(n),
+            };
+            let hyper = Hyper {
+                b1: b1 as f32,
+                one_minus_b1: (1.0 - b1) as f32,
+                b2: b2 as f32,
+                one_minus_b2: (1.0 - b2) as f32,
+                eps: (self.config.eps * c2) as f32,
+                step_size: step_size as f32,
+                decay: (wd > 0.0).then_some((1.0 - lr * wd) as f32),
+                clip: (clip < 1.0).then_some(clip as f32),
+            };
+            let (p, moments) = update_on_host(p, g, moments, hyper);
+            self.slots.insert(
+                path.to_string(),
+                Slot {
+                    step: t,
+                    numel: n,
+                    eight_bit,
+                    place: Place::Local(moments),
+                    last_used: clock,
+                },
+            );
+            return p;
+        }
+        let moments = match existing.map(|s| s.place) {
+            Some(Place::Device(d)) => Some(d),
+            Some(Place::Host(h) | Place::Local(h)) => {
+                self.page_ins += 1;
+                Some(h.upload(&device))
+            }
+            None => None,
         };
         let maps = eight_bit.then(|| self.maps(&device));
         let (m, v) = match (moments, &maps) {
@@ -311,15 +342,10 @@ impl PagedAdamW {
             _ => (Tensor::zeros([n], &device), Tensor::zeros([n], &device)),
         };
         let g = if clip < 1.0 { g.mul_scalar(clip) } else { g };
-        let (b1, b2) = self.config.betas;
         let m = m.mul_scalar(b1).add(g.clone().mul_scalar(1.0 - b1));
         let v = v.mul_scalar(b2).add(g.square().mul_scalar(1.0 - b2));
-        // bitsandbytes' kernel: step size lr·√(1-β2ᵗ)/(1-β1ᵗ), eps scaled by √(1-β2ᵗ),
-        // then decoupled weight decay on the updated parameter.
-        let c1 = 1.0 - b1.powi(t as i32);
-        let c2 = (1.0 - b2.powi(t as i32)).sqrt();
         let denom = v.clone().sqrt().add_scalar(self.config.eps * c2);
-        let mut p = p - (m.clone() / denom).mul_scalar(lr * c2 / c1);
+        let mut p = p - (m.clone() / denom).mul_scalar(step_size);
         if wd > 0.0 {
             p = p.mul_scalar(1.0 - lr * wd);
         }
@@ -379,6 +405,53 @@ impl PagedAdamW {
             }
         }
     }
+}
+
+/// The 8-bit update of a parameter on a CPU device, over host copies of `p` and `g`.
+fn update_on_host(
+    p: Tensor<1>,
+    g: Tensor<1>,
+    moments: HostMoments,
+    h: Hyper,
+) -> (Tensor<1>, HostMoments) {
+    let device = p.device();
+    let host = |t: Tensor<1>| {
+        t.into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default()
+    };
+    let (mut pv, gv) = (host(p), host(g));
+    let n = pv.len();
+    let moments = match moments {
+        HostMoments::Q8 {
+            mut m,
+            mut m_absmax,
+            mut v,
+            mut v_absmax,
+        } => {
+            update_q8(
+                &mut pv,
+                &gv,
+                &mut m,
+                &mut m_absmax,
+                &mut v,
+                &mut v_absmax,
+                h,
+            );
+            HostMoments::Q8 {
+                m,
+                m_absmax,
+                v,
+                v_absmax,
+            }
+        }
+        f32_state => f32_state,
+    };
+    (
+        Tensor::from_data(TensorData::new(pv, [n]), &device),
+        moments,
+    )
 }
 
 fn page_out(slot: &mut Slot) {

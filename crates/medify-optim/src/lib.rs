@@ -21,6 +21,7 @@ mod adamw;
 mod blockwise;
 mod config;
 mod error;
+mod host;
 mod io;
 mod schedule;
 mod state;

@@ -125,8 +125,12 @@ impl DeviceMoments {
 /// Where a parameter's moments are between steps.
 #[derive(Debug, Clone)]
 pub(crate) enum Place {
+    /// Paged out to host memory, away from the parameter's accelerator.
     Host(HostMoments),
+    /// On the parameter's device.
     Device(DeviceMoments),
+    /// In host memory because the parameter's device is the CPU (resident, nothing to page).
+    Local(HostMoments),
 }
 
 /// One parameter's optimizer state.
@@ -156,13 +160,13 @@ impl Slot {
     pub(crate) fn device_bytes(&self) -> u64 {
         match &self.place {
             Place::Device(d) => d.bytes(),
-            Place::Host(_) => 0,
+            Place::Host(_) | Place::Local(_) => 0,
         }
     }
 
     pub(crate) fn host_moments(&self) -> HostMoments {
         match &self.place {
-            Place::Host(h) => h.clone(),
+            Place::Host(h) | Place::Local(h) => h.clone(),
             Place::Device(d) => d.download(),
         }
     }
