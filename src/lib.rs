@@ -22,6 +22,21 @@
 //! assert_eq!(q.data.len(), 32);
 //! ```
 
+mod base;
+pub mod checkpoint;
+mod config;
+mod error;
+mod evaluate;
+mod plot;
+mod trainer;
+
+pub use base::{BaseModel, load_base};
+pub use config::FinetuneConfig;
+pub use error::{FinetuneError, Result};
+pub use evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
+pub use plot::write_loss_plot;
+pub use trainer::{TrainData, TrainSummary, Trainer, TrainerOptions};
+
 pub use medify_data as data;
 pub use medify_lora as lora;
 pub use medify_models as models;

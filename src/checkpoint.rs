@@ -1,0 +1,174 @@
+//! Run directories and checkpoints: everything written atomically, nothing of the user's lost.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::FinetuneConfig;
+use crate::error::{FinetuneError, Result, io_err};
+use crate::evaluate::EvalResult;
+
+/// The trainer's position, saved with each checkpoint so a resumed run continues exactly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Current pass over the data (0-based).
+    pub epoch: u64,
+    /// Next micro-batch of the current epoch's order.
+    pub cursor: usize,
+    /// Labelled tokens trained on so far.
+    pub tokens: u64,
+    /// Lowest validation loss seen, and its step.
+    pub best_eval: Option<(u64, f64)>,
+    /// Validation before the first step.
+    pub eval_before: Option<EvalResult>,
+}
+
+/// Files of a run directory.
+pub const CONFIG_FILE: &str = "finetune_config.json";
+/// Trainer position inside a checkpoint.
+pub const STATE_FILE: &str = "trainer_state.json";
+/// Optimizer state inside a checkpoint.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// One JSON object per step and per evaluation.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// Train and eval loss versus step.
+pub const PLOT_FILE: &str = "loss.png";
+/// Before/after figures of the run.
+pub const SUMMARY_FILE: &str = "train_summary.json";
+/// Checkpoint directories live here.
+pub const CHECKPOINTS_DIR: &str = "checkpoints";
+/// Adapter with the lowest validation loss.
+pub const BEST_DIR: &str = "best";
+
+/// What the trainer writes into a run directory (and may replace with `overwrite`).
+const OUTPUTS: [&str; 8] = [
+    CONFIG_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    SUMMARY_FILE,
+    CHECKPOINTS_DIR,
+    BEST_DIR,
+    "adapter_config.json",
+    "adapter_model.safetensors",
+];
+
+/// Makes `dir` ready for a new run: created when absent; a non-empty directory is refused
+/// unless `overwrite`, and then only the trainer's own outputs are removed.
+pub(crate) fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.exists() {
+        let non_empty = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .next()
+            .is_some();
+        if non_empty && !overwrite {
+            return Err(FinetuneError::WouldOverwrite(dir.to_path_buf()));
+        }
+        for name in OUTPUTS {
+            let p = dir.join(name);
+            if p.is_dir() {
+                std::fs::remove_dir_all(&p).map_err(io_err(&p))?;
+            } else if p.exists() {
+                std::fs::remove_file(&p).map_err(io_err(&p))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))
+}
+
+/// Writes `bytes` to a temporary sibling, then renames it over `path`.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| FinetuneError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, text.as_bytes())
+}
+
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    serde_json::from_str(&text).map_err(|e| FinetuneError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: format!("unreadable: {e}"),
+    })
+}
+
+/// Fills a fresh temporary directory with `fill`, then renames it to `dir`, replacing an older
+/// `dir` only once the new one is complete.
+pub(crate) fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    if dir.exists() {
+        let old = dir.with_file_name(format!(".{name}.old-{}", std::process::id()));
+        std::fs::rename(dir, &old).map_err(io_err(dir))?;
+        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    } else {
+        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+    }
+    Ok(())
+}
+
+/// Checkpoint directories of a run, oldest first.
+pub fn list_checkpoints(run_dir: &Path) -> Vec<PathBuf> {
+    let dir = run_dir.join(CHECKPOINTS_DIR);
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, p)| p).collect()
+}
+
+/// Removes all but the newest `keep` checkpoints.
+pub(crate) fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
+    let all = list_checkpoints(run_dir);
+    let excess = all.len().saturating_sub(keep);
+    for old in &all[..excess] {
+        std::fs::remove_dir_all(old).map_err(io_err(old))?;
+    }
+    Ok(())
+}
+
+/// Reads the configuration and position saved in a checkpoint.
+pub fn read_checkpoint(dir: &Path) -> Result<(FinetuneConfig, TrainState)> {
+    for f in [CONFIG_FILE, STATE_FILE, OPTIMIZER_FILE, "adapter_model.safetensors"] {
+        if !dir.join(f).is_file() {
+            return Err(FinetuneError::Checkpoint {
+                path: dir.to_path_buf(),
+                reason: format!("not a checkpoint: {f} is missing"),
+            });
+        }
+    }
+    let config: FinetuneConfig = read_json(&dir.join(CONFIG_FILE))?;
+    config.validate()?;
+    Ok((config, read_json(&dir.join(STATE_FILE))?))
+}

@@ -1,0 +1,295 @@
+//! [`FinetuneConfig`]: every knob of a QLoRA run, defaulting to the QLoRA paper's recipe.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DatasetConfig;
+use crate::error::{FinetuneError, Result};
+use crate::lora::{LoraConfig, TargetModules};
+use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, StateBits, Warmup};
+use crate::quant::{QuantConfig, QuantType};
+
+/// A fine-tuning run. `Default` is QLoRA (Dettmers et al. 2023): NF4 with double quantization,
+/// r = 64, alpha = 16, dropout 0.05 on all linear layers, paged AdamW 32-bit at 2e-4 constant
+/// with 3% warmup, max grad norm 0.3, no weight decay, effective batch 16.
+///
+/// ```
+/// use medify_qlora::FinetuneConfig;
+/// let c = FinetuneConfig::default();
+/// assert_eq!((c.lora_r, c.lora_alpha, c.learning_rate), (64, 16.0, 2e-4));
+/// assert_eq!(c.batch_size * c.grad_accum, 16);
+/// let json = serde_json::to_string(&c).unwrap();
+/// assert_eq!(serde_json::from_str::<FinetuneConfig>(&json).unwrap(), c);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FinetuneConfig {
+    /// `nf4` or `fp4` for the frozen base (`none` keeps it dense: plain LoRA).
+    pub quant: String,
+    /// Values per 4-bit absmax block.
+    pub quant_blocksize: usize,
+    /// Quantize the absmax values again (double quantization).
+    pub double_quant: bool,
+    /// LoRA rank.
+    pub lora_r: usize,
+    /// LoRA alpha.
+    pub lora_alpha: f64,
+    /// Dropout on the adapters' input.
+    pub lora_dropout: f64,
+    /// `all-linear`, or comma-separated module names (`q_proj,v_proj`).
+    pub target_modules: String,
+    /// Rank-stabilised scaling.
+    pub use_rslora: bool,
+    /// Weight-decomposed LoRA.
+    pub use_dora: bool,
+    /// `paged_adamw_32bit` or `paged_adamw_8bit`.
+    pub optimizer: String,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// `constant`, `linear` or `cosine`.
+    pub lr_schedule: String,
+    /// Warmup as a share of all steps (used when `warmup_steps` is unset).
+    pub warmup_ratio: f64,
+    /// Warmup in steps.
+    pub warmup_steps: Option<u64>,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub max_grad_norm: f64,
+    /// Device budget of optimizer state in MiB (unset: no limit).
+    pub optimizer_budget_mib: Option<u64>,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Longest sequence in tokens.
+    pub max_len: usize,
+    /// Pack several examples into each sequence (attention stays within an example).
+    pub packing: bool,
+    /// Passes over the training data (ignored when `max_steps` is set).
+    pub epochs: usize,
+    /// Optimizer steps to take, overriding `epochs`.
+    pub max_steps: Option<u64>,
+    /// Evaluate on the validation split every this many steps (0: only before and after).
+    pub eval_every: u64,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    pub save_every: u64,
+    /// Checkpoints to keep (the best by eval loss is kept as well).
+    pub keep_last: usize,
+    /// Share of records held out for validation.
+    pub validation_fraction: f64,
+    /// Most validation records used (0: all).
+    pub max_eval_records: usize,
+    /// Seed of data order, adapter initialisation and dropout.
+    pub seed: u64,
+    /// Built-in chat template instead of the model's own.
+    pub template: Option<String>,
+    /// System prompt added to conversations without one.
+    pub system_prompt: Option<String>,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            quant: "nf4".into(),
+            quant_blocksize: 64,
+            double_quant: true,
+            lora_r: 64,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            target_modules: "all-linear".into(),
+            use_rslora: false,
+            use_dora: false,
+            optimizer: "paged_adamw_32bit".into(),
+            learning_rate: 2e-4,
+            lr_schedule: "constant".into(),
+            warmup_ratio: 0.03,
+            warmup_steps: None,
+            weight_decay: 0.0,
+            max_grad_norm: 0.3,
+            optimizer_budget_mib: None,
+            batch_size: 1,
+            grad_accum: 16,
+            max_len: 512,
+            packing: false,
+            epochs: 1,
+            max_steps: None,
+            eval_every: 0,
+            save_every: 0,
+            keep_last: 2,
+            validation_fraction: 0.05,
+            max_eval_records: 200,
+            seed: 42,
+            template: None,
+            system_prompt: None,
+        }
+    }
+}
+
+fn bad(field: &str, reason: impl Into<String>) -> FinetuneError {
+    FinetuneError::Config {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl FinetuneConfig {
+    /// Reads a JSON config; unknown fields are errors naming them.
+    pub fn from_json(text: &str) -> Result<FinetuneConfig> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad("(file)", e.to_string()))?;
+        let known = serde_json::to_value(FinetuneConfig::default())
+            .map_err(|e| bad("(file)", e.to_string()))?;
+        if let (Some(obj), Some(known)) = (value.as_object(), known.as_object()) {
+            if let Some(k) = obj.keys().find(|k| !known.contains_key(*k)) {
+                return Err(bad(k, "unknown setting"));
+            }
+        }
+        let config: FinetuneConfig =
+            serde_json::from_value(value).map_err(|e| bad("(file)", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every field; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        self.quant_config()?;
+        self.lora_config()?;
+        self.adamw_config()?;
+        self.schedule(1)?;
+        for (field, v) in [("batch_size", self.batch_size), ("grad_accum", self.grad_accum)] {
+            if v == 0 {
+                return Err(bad(field, "must be at least 1"));
+            }
+        }
+        if self.max_len < 8 {
+            return Err(bad("max_len", format!("{} is too short (at least 8)", self.max_len)));
+        }
+        if self.max_steps.is_none() && self.epochs == 0 {
+            return Err(bad("epochs", "must be at least 1 when max_steps is unset"));
+        }
+        if self.max_steps == Some(0) {
+            return Err(bad("max_steps", "must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.validation_fraction) {
+            return Err(bad("validation_fraction", "must be in [0, 1)"));
+        }
+        if self.keep_last == 0 {
+            return Err(bad("keep_last", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The base's quantization, or `None` for a dense base.
+    pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
+        let quant_type = match self.quant.as_str() {
+            "none" | "dense" => return Ok(None),
+            other => other
+                .parse::<QuantType>()
+                .map_err(|_| bad("quant", format!("`{other}` is not one of nf4, fp4, none")))?,
+        };
+        let b = self.quant_blocksize;
+        if !(b.is_power_of_two() && (32..=4096).contains(&b)) {
+            return Err(bad("quant_blocksize", format!("{b} is not a power of two in 32..=4096")));
+        }
+        Ok(Some(QuantConfig {
+            quant_type,
+            blocksize: b,
+            double_quant: self.double_quant,
+        }))
+    }
+
+    /// The adapters' configuration.
+    pub fn lora_config(&self) -> Result<LoraConfig> {
+        let targets = match self.target_modules.trim() {
+            "all-linear" => TargetModules::AllLinear,
+            list => {
+                let names: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                if names.is_empty() {
+                    return Err(bad("target_modules", "names no module"));
+                }
+                TargetModules::names(&names)
+            }
+        };
+        let config = LoraConfig::new(self.lora_r, self.lora_alpha)
+            .with_dropout(self.lora_dropout)
+            .with_targets(targets)
+            .with_rslora(self.use_rslora)
+            .with_dora(self.use_dora)
+            .with_seed(self.seed);
+        config.validate().map_err(|e| bad("lora", e.to_string()))?;
+        Ok(config)
+    }
+
+    /// How records become sequences (length, split, seed).
+    pub fn dataset_config(&self) -> DatasetConfig {
+        DatasetConfig {
+            max_len: self.max_len,
+            validation_fraction: self.validation_fraction,
+            seed: self.seed,
+            ..DatasetConfig::default()
+        }
+    }
+
+    /// The optimizer's configuration.
+    pub fn adamw_config(&self) -> Result<AdamWConfig> {
+        let bits: StateBits = self
+            .optimizer
+            .parse()
+            .map_err(|_| bad("optimizer", format!("`{}` is not paged_adamw_32bit or paged_adamw_8bit", self.optimizer)))?;
+        let config = AdamWConfig::default()
+            .with_state_bits(bits)
+            .with_weight_decay(self.weight_decay)
+            .with_max_grad_norm((self.max_grad_norm > 0.0).then_some(self.max_grad_norm))
+            .with_device_budget(self.optimizer_budget_mib.map(|m| m << 20));
+        config.validate().map_err(|e| bad("optimizer", e.to_string()))?;
+        Ok(config)
+    }
+
+    /// The learning-rate schedule over `total_steps`.
+    pub fn schedule(&self, total_steps: u64) -> Result<LrSchedule> {
+        let kind: ScheduleKind = self
+            .lr_schedule
+            .parse()
+            .map_err(|_| bad("lr_schedule", format!("`{}` is not constant, linear or cosine", self.lr_schedule)))?;
+        let warmup = match self.warmup_steps {
+            Some(n) => Warmup::Steps(n),
+            None => Warmup::Ratio(self.warmup_ratio),
+        };
+        let s = LrSchedule::new(kind, self.learning_rate, total_steps).with_warmup(warmup);
+        s.validate().map_err(|e| bad("learning_rate", e.to_string()))?;
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_fields_are_named() {
+        let e = FinetuneConfig::from_json(r#"{"lora_rr": 8}"#).unwrap_err().to_string();
+        assert!(e.contains("lora_rr"), "{e}");
+        let e = FinetuneConfig::from_json(r#"{"optimizer": "sgd"}"#).unwrap_err().to_string();
+        assert!(e.contains("optimizer") && e.contains("sgd"), "{e}");
+        let e = FinetuneConfig::from_json(r#"{"lora_r": 0}"#).unwrap_err().to_string();
+        assert!(e.contains("lora"), "{e}");
+        let c = FinetuneConfig { quant_blocksize: 48, ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("quant_blocksize"));
+        let c = FinetuneConfig { grad_accum: 0, ..Default::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("grad_accum"));
+    }
+
+    #[test]
+    fn defaults_are_qlora() {
+        let c = FinetuneConfig::default();
+        let q = c.quant_config().unwrap().unwrap();
+        assert_eq!((q.quant_type, q.blocksize, q.double_quant), (QuantType::Nf4, 64, true));
+        let l = c.lora_config().unwrap();
+        assert_eq!((l.r, l.alpha, l.dropout), (64, 16.0, 0.05));
+        assert_eq!(l.target_modules, TargetModules::AllLinear);
+        let o = c.adamw_config().unwrap();
+        assert_eq!((o.state_bits, o.max_grad_norm, o.weight_decay), (StateBits::ThirtyTwo, Some(0.3), 0.0));
+        let s = c.schedule(1000).unwrap();
+        assert_eq!((s.warmup_steps(), s.lr_at(500)), (30, 2e-4));
+    }
+}

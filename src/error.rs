@@ -1,0 +1,76 @@
+//! Errors of the fine-tuning API.
+
+use std::path::PathBuf;
+
+/// What can go wrong in a fine-tuning run, with the file, field or step it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum FinetuneError {
+    /// A setting that cannot work; names the field.
+    #[error("invalid setting `{field}`: {reason}")]
+    Config {
+        /// The field of [`FinetuneConfig`](crate::FinetuneConfig).
+        field: String,
+        /// Why it is rejected.
+        reason: String,
+    },
+    /// Loading or running the model.
+    #[error(transparent)]
+    Model(#[from] crate::models::ModelError),
+    /// Adapters.
+    #[error(transparent)]
+    Lora(#[from] crate::lora::LoraError),
+    /// Data files and templates.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    /// The optimizer and its state.
+    #[error(transparent)]
+    Optim(#[from] crate::optim::OptimError),
+    /// The output exists and overwriting was not asked for.
+    #[error("{0} is not empty; pass --overwrite (TrainerOptions::overwrite) to write into it")]
+    WouldOverwrite(PathBuf),
+    /// The loss became NaN or infinite; training stopped without applying that step.
+    #[error(
+        "the loss is not finite at step {step} ({loss}); training stopped. {}",
+        match last_checkpoint {
+            Some(p) => format!("The last good checkpoint is {}", p.display()),
+            None => "No checkpoint was written yet; try a lower learning rate".to_string(),
+        }
+    )]
+    NonFiniteLoss {
+        /// The optimizer step that failed (1-based).
+        step: u64,
+        /// The loss value.
+        loss: f64,
+        /// The newest checkpoint on disk.
+        last_checkpoint: Option<PathBuf>,
+    },
+    /// A checkpoint that does not belong to this run or is damaged.
+    #[error("{path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// Nothing to train or evaluate on.
+    #[error("{0}")]
+    NoData(String),
+}
+
+/// Result alias of the facade.
+pub type Result<T> = std::result::Result<T, FinetuneError>;
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> FinetuneError + '_ {
+    move |source| FinetuneError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

@@ -1,0 +1,88 @@
+//! Loss and perplexity over prepared sequences: exactly the tokens the trainer trains on.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Batch, IGNORE, Sequence};
+use crate::error::Result;
+use crate::lora::LoraExt;
+use crate::models::{CausalLm, TokenBatch};
+
+/// Token-weighted next-token cross-entropy over the labelled tokens of some sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    /// Mean cross-entropy per labelled token.
+    pub loss: f64,
+    /// `exp(loss)`.
+    pub perplexity: f64,
+    /// Labelled tokens predicted.
+    pub tokens: usize,
+    /// Sequences evaluated.
+    pub records: usize,
+}
+
+/// The model's view of a collated batch.
+pub fn token_batch(batch: &Batch) -> TokenBatch {
+    TokenBatch {
+        ids: batch.input_ids.clone(),
+        positions: Some(batch.positions.clone()),
+        attention_mask: Some(batch.attention_mask.clone()),
+        segments: Some(batch.segments.clone()),
+    }
+}
+
+/// Tokens a sequence contributes to the loss (labels are shifted: the first never counts).
+pub fn predicted_tokens(seq: &Sequence) -> usize {
+    seq.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
+}
+
+/// Evaluates `model` on `sequences` in batches of `batch_size`, with adapter dropout off.
+///
+/// ```
+/// use burn::tensor::Device;
+/// use medify_qlora::data::Sequence;
+/// use medify_qlora::{evaluate, load_base};
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama");
+/// let mut base = load_base(dir.as_ref(), &Device::flex(), None, None).unwrap();
+/// let seq = Sequence { input_ids: vec![1, 5, 6, 7], labels: vec![-100, 5, 6, 7],
+///     positions: vec![0, 1, 2, 3], segments: vec![0; 4] };
+/// let r = evaluate(&mut base.model, &[seq], 0, 4).unwrap();
+/// assert_eq!((r.tokens, r.records), (3, 1));
+/// assert!(r.loss > 0.0 && (r.perplexity - r.loss.exp()).abs() < 1e-9);
+/// ```
+pub fn evaluate(
+    model: &mut CausalLm,
+    sequences: &[Sequence],
+    pad_id: u32,
+    batch_size: usize,
+) -> Result<EvalResult> {
+    model.set_adapters_training(false);
+    let result = evaluate_inner(model, sequences, pad_id, batch_size.max(1));
+    model.set_adapters_training(true);
+    result
+}
+
+fn evaluate_inner(
+    model: &CausalLm,
+    sequences: &[Sequence],
+    pad_id: u32,
+    batch_size: usize,
+) -> Result<EvalResult> {
+    let mut sum = 0.0;
+    let mut tokens = 0;
+    for chunk in sequences.chunks(batch_size) {
+        if chunk.iter().map(predicted_tokens).sum::<usize>() == 0 {
+            continue;
+        }
+        let batch = Batch::collate(chunk, pad_id);
+        let out = model.loss(&token_batch(&batch), &batch.labels)?;
+        sum += out.sum.into_scalar::<f64>();
+        tokens += out.tokens;
+    }
+    let loss = sum / tokens.max(1) as f64;
+    Ok(EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        records: sequences.len(),
+    })
+}

@@ -1,0 +1,438 @@
+//! [`Trainer`]: QLoRA training with gradient accumulation, evaluation, checkpoints and exact
+//! resume.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::checkpoint::{
+    self, BEST_DIR, CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE,
+    SUMMARY_FILE, TrainState,
+};
+use crate::config::FinetuneConfig;
+use crate::data::{Batch, PreparedData, Sequence, pack, unpacked};
+use crate::error::{FinetuneError, Result, io_err};
+use crate::evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
+use crate::lora::{LoraConfig, LoraExt, LoraSummary};
+use crate::models::CausalLm;
+use crate::optim::{LrSchedule, PagedAdamW};
+
+/// Sequences to train and validate on, already tokenized with labels.
+#[derive(Debug, Clone, Default)]
+pub struct TrainData {
+    /// Training sequences (packed or one example each).
+    pub train: Vec<Sequence>,
+    /// Validation sequences.
+    pub validation: Vec<Sequence>,
+    /// Padding id for collation.
+    pub pad_id: u32,
+}
+
+impl TrainData {
+    /// Training sequences from prepared records (packed to `max_len` when `config.packing`),
+    /// and up to `config.max_eval_records` validation sequences, one record each.
+    ///
+    /// ```
+    /// use medify_qlora::data::{DatasetConfig, PreparedData};
+    /// use medify_qlora::{FinetuneConfig, TrainData};
+    /// let data = TrainData::from_prepared(&PreparedData::default(), &FinetuneConfig::default(), 0);
+    /// assert!(data.train.is_empty());
+    /// ```
+    pub fn from_prepared(prepared: &PreparedData, config: &FinetuneConfig, pad_id: u32) -> TrainData {
+        let train: Vec<_> = prepared.train.iter().map(|e| e.encoded.clone()).collect();
+        let mut validation: Vec<_> = prepared.validation.iter().map(|e| e.encoded.clone()).collect();
+        if config.max_eval_records > 0 {
+            validation.truncate(config.max_eval_records);
+        }
+        TrainData {
+            train: if config.packing { pack(&train, config.max_len) } else { unpacked(&train) },
+            validation: unpacked(&validation),
+            pad_id,
+        }
+    }
+}
+
+/// Where and how a run writes.
+#[derive(Debug, Clone)]
+pub struct TrainerOptions {
+    /// Run directory: adapter, metrics, plot, checkpoints.
+    pub out_dir: PathBuf,
+    /// Write into a non-empty `out_dir` (replacing only the trainer's own files).
+    pub overwrite: bool,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
+    /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+impl TrainerOptions {
+    /// Quiet options writing to `out_dir`.
+    pub fn new(out_dir: impl Into<PathBuf>) -> Self {
+        TrainerOptions {
+            out_dir: out_dir.into(),
+            overwrite: false,
+            progress: false,
+            interrupt: None,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Optimizer steps taken in total.
+    pub steps: u64,
+    /// Labelled tokens trained on.
+    pub tokens: u64,
+    /// Wall time of this call.
+    pub seconds: f64,
+    /// Mean training loss of the last step.
+    pub last_loss: Option<f64>,
+    /// Validation before training.
+    pub eval_before: Option<EvalResult>,
+    /// Validation after training.
+    pub eval_after: Option<EvalResult>,
+    /// Lowest validation loss and its step.
+    pub best_eval: Option<(u64, f64)>,
+    /// Steps the optimizer skipped for non-finite gradients.
+    pub skipped_steps: u64,
+    /// Stopped early by the interrupt flag.
+    pub interrupted: bool,
+    /// Newest checkpoint written.
+    pub last_checkpoint: Option<PathBuf>,
+}
+
+/// Trains a model's LoRA adapters. See the crate documentation for a complete example.
+pub struct Trainer {
+    config: FinetuneConfig,
+    lora: LoraConfig,
+    model: Option<CausalLm>,
+    optimizer: PagedAdamW,
+    schedule: LrSchedule,
+    data: TrainData,
+    options: TrainerOptions,
+    state: TrainState,
+    total_steps: u64,
+    summary: Option<LoraSummary>,
+    last_checkpoint: Option<PathBuf>,
+}
+
+fn micro_batches_per_epoch(train: usize, batch: usize) -> usize {
+    train.div_ceil(batch)
+}
+
+impl Trainer {
+    /// Adds adapters to `model` and prepares a fresh run in `options.out_dir`.
+    pub fn new(
+        config: FinetuneConfig,
+        mut model: CausalLm,
+        data: TrainData,
+        options: TrainerOptions,
+    ) -> Result<Trainer> {
+        config.validate()?;
+        if data.train.is_empty() {
+            return Err(FinetuneError::NoData(
+                "no training sequences: every record was filtered out".into(),
+            ));
+        }
+        checkpoint::prepare_run_dir(&options.out_dir, options.overwrite)?;
+        let lora = config.lora_config()?;
+        let summary = model.add_adapters(&lora)?;
+        model.set_adapters_training(true);
+        checkpoint::write_json(&options.out_dir.join(CONFIG_FILE), &config)?;
+        Self::assemble(config, lora, model, data, options, TrainState::default(), Some(summary))
+    }
+
+    /// Continues the run saved in `checkpoint_dir` with `model` (the same base, without
+    /// adapters). The checkpoint's configuration is used; the result equals an uninterrupted run.
+    pub fn resume(
+        checkpoint_dir: &Path,
+        mut model: CausalLm,
+        data: TrainData,
+        options: TrainerOptions,
+    ) -> Result<Trainer> {
+        let (config, state) = checkpoint::read_checkpoint(checkpoint_dir)?;
+        let (lora, summary) = model.load_adapter(checkpoint_dir)?;
+        model.set_adapters_training(true);
+        std::fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
+        let mut trainer = Self::assemble(config, lora, model, data, options, state, Some(summary))?;
+        trainer.optimizer.load_state(&checkpoint_dir.join(OPTIMIZER_FILE))?;
+        trainer.last_checkpoint = Some(checkpoint_dir.to_path_buf());
+        Ok(trainer)
+    }
+
+    fn assemble(
+        config: FinetuneConfig,
+        lora: LoraConfig,
+        model: CausalLm,
+        data: TrainData,
+        options: TrainerOptions,
+        state: TrainState,
+        summary: Option<LoraSummary>,
+    ) -> Result<Trainer> {
+        let per_epoch = micro_batches_per_epoch(data.train.len(), config.batch_size)
+            .div_ceil(config.grad_accum) as u64;
+        let total_steps = config
+            .max_steps
+            .unwrap_or(per_epoch * config.epochs as u64);
+        let schedule = config.schedule(total_steps)?;
+        let optimizer = PagedAdamW::new(config.adamw_config()?)?;
+        Ok(Trainer {
+            config,
+            lora,
+            model: Some(model),
+            optimizer,
+            schedule,
+            data,
+            options,
+            state,
+            total_steps,
+            summary,
+            last_checkpoint: None,
+        })
+    }
+
+    /// The model with its adapters.
+    pub fn model(&self) -> &CausalLm {
+        self.model.as_ref().expect("the model is only taken during a step")
+    }
+
+    /// Gives the model back (e.g. to merge or chat after training).
+    pub fn into_model(mut self) -> CausalLm {
+        self.model.take().expect("the model is only taken during a step")
+    }
+
+    /// The adapters' configuration (for `save_adapter`).
+    pub fn lora_config(&self) -> &LoraConfig {
+        &self.lora
+    }
+
+    /// Trainable versus total parameters.
+    pub fn adapter_summary(&self) -> Option<&LoraSummary> {
+        self.summary.as_ref()
+    }
+
+    /// Steps the whole run takes.
+    pub fn total_steps(&self) -> u64 {
+        self.total_steps
+    }
+
+    /// Where the run stands.
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
+    /// Validation loss of the current adapters (`None` without validation data).
+    pub fn evaluate(&mut self) -> Result<Option<EvalResult>> {
+        if self.data.validation.is_empty() {
+            return Ok(None);
+        }
+        let model = self.model.as_mut().expect("model present");
+        let batch = self.config.batch_size.max(4);
+        evaluate(model, &self.data.validation, self.data.pad_id, batch).map(Some)
+    }
+
+    /// Micro-batches (indices into `train`) of one epoch, in its shuffled order.
+    fn epoch_batches(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        order.shuffle(&mut rng);
+        order.chunks(self.config.batch_size).map(<[usize]>::to_vec).collect()
+    }
+
+    /// The micro-batches of the next optimizer step; advances the data position.
+    fn next_window(&mut self) -> Vec<Vec<usize>> {
+        let mut batches = self.epoch_batches(self.state.epoch);
+        if self.state.cursor >= batches.len() {
+            self.state.epoch += 1;
+            self.state.cursor = 0;
+            batches = self.epoch_batches(self.state.epoch);
+        }
+        let end = (self.state.cursor + self.config.grad_accum).min(batches.len());
+        let window = batches[self.state.cursor..end].to_vec();
+        self.state.cursor = end;
+        window
+    }
+
+    /// One optimizer step over a window of micro-batches; the loss is weighted by tokens across
+    /// the whole window, so accumulation equals one large batch.
+    fn step(&mut self) -> Result<(f64, usize, crate::optim::StepReport)> {
+        let step = self.state.step + 1;
+        let window = self.next_window();
+        let rows: Vec<Vec<Sequence>> = window
+            .iter()
+            .map(|idx| idx.iter().map(|&i| self.data.train[i].clone()).collect())
+            .collect();
+        let tokens: usize = rows.iter().flatten().map(predicted_tokens).sum();
+        let model = self.model.take().expect("model present");
+        // Dropout draws from the device RNG: seed it per step so a resumed run draws the same.
+        model.device().seed(self.config.seed.wrapping_mul(1_000_003).wrapping_add(step));
+        let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+        let mut loss_sum = 0.0;
+        for batch_rows in &rows {
+            if batch_rows.iter().map(predicted_tokens).sum::<usize>() == 0 {
+                continue;
+            }
+            let batch = Batch::collate(batch_rows, self.data.pad_id);
+            let out = match model.loss(&token_batch(&batch), &batch.labels) {
+                Ok(out) => out,
+                Err(e) => {
+                    self.model = Some(model);
+                    return Err(e.into());
+                }
+            };
+            let scaled = out.sum.clone().div_scalar(tokens.max(1) as f32);
+            let grads = GradientsParams::from_grads(scaled.backward(), &model);
+            accumulator.accumulate(&model, grads);
+            loss_sum += out.sum.into_scalar::<f64>();
+        }
+        let loss = loss_sum / tokens.max(1) as f64;
+        if !loss.is_finite() {
+            self.model = Some(model);
+            return Err(FinetuneError::NonFiniteLoss {
+                step,
+                loss,
+                last_checkpoint: self.last_checkpoint.clone(),
+            });
+        }
+        let lr = self.schedule.lr_at(self.state.step);
+        let (model, report) = match self.optimizer.step(lr, model, accumulator.grads()) {
+            Ok(r) => r,
+            Err(e) => return Err(e.into()),
+        };
+        self.model = Some(model);
+        self.state.step = step;
+        self.state.tokens += tokens as u64;
+        Ok((loss, tokens, report))
+    }
+
+    /// Writes a checkpoint (adapter, optimizer state, position, configuration) atomically and
+    /// prunes old ones.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let dir = self
+            .options
+            .out_dir
+            .join(CHECKPOINTS_DIR)
+            .join(format!("step-{:06}", self.state.step));
+        std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(io_err(&dir))?;
+        let model = self.model.as_ref().expect("model present");
+        checkpoint::write_dir_atomic(&dir, |tmp| {
+            model.save_adapter(tmp, &self.lora, true)?;
+            self.optimizer.save(&tmp.join(OPTIMIZER_FILE), true)?;
+            checkpoint::write_json(&tmp.join(STATE_FILE), &self.state)?;
+            checkpoint::write_json(&tmp.join(CONFIG_FILE), &self.config)
+        })?;
+        checkpoint::prune_checkpoints(&self.options.out_dir, self.config.keep_last)?;
+        self.last_checkpoint = Some(dir.clone());
+        Ok(dir)
+    }
+
+    fn log(&self, line: serde_json::Value) -> Result<()> {
+        let path = self.options.out_dir.join(METRICS_FILE);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        writeln!(f, "{line}").map_err(io_err(&path))
+    }
+
+    fn evaluate_and_log(&mut self) -> Result<Option<EvalResult>> {
+        let Some(r) = self.evaluate()? else {
+            return Ok(None);
+        };
+        self.log(json!({"step": self.state.step, "eval_loss": r.loss,
+            "eval_perplexity": r.perplexity, "eval_tokens": r.tokens}))?;
+        let better = self.state.best_eval.is_none_or(|(_, best)| r.loss < best);
+        if better && self.state.step > 0 {
+            self.state.best_eval = Some((self.state.step, r.loss));
+            let model = self.model.as_ref().expect("model present");
+            let dir = self.options.out_dir.join(BEST_DIR);
+            checkpoint::write_dir_atomic(&dir, |tmp| Ok(model.save_adapter(tmp, &self.lora, true)?))?;
+        }
+        Ok(Some(r))
+    }
+
+    /// Trains to the last step (or until interrupted), evaluating and checkpointing as
+    /// configured, then writes the adapter, the summary and the loss plot into the run
+    /// directory.
+    pub fn train(&mut self) -> Result<TrainSummary> {
+        let started = Instant::now();
+        if self.state.step == 0 && self.state.eval_before.is_none() {
+            self.state.eval_before = self.evaluate_and_log()?;
+        }
+        let bar = if self.options.progress {
+            ProgressBar::new(self.total_steps)
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(self.state.step);
+        let mut last_loss = None;
+        let mut interrupted = false;
+        while self.state.step < self.total_steps {
+            let t = Instant::now();
+            let (loss, tokens, report) = self.step()?;
+            let secs = t.elapsed().as_secs_f64();
+            last_loss = Some(loss);
+            let lr = report.lr;
+            self.log(json!({"step": self.state.step, "epoch": self.state.epoch, "loss": loss,
+                "lr": lr, "grad_norm": report.grad_norm, "clip_scale": report.clip_scale,
+                "tokens": tokens, "tokens_per_s": tokens as f64 / secs.max(1e-9),
+                "skipped": !report.applied, "elapsed_s": started.elapsed().as_secs_f64()}))?;
+            bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens as f64 / secs.max(1e-9)));
+            bar.set_position(self.state.step);
+            let step = self.state.step;
+            let every = |n: u64| n > 0 && step.is_multiple_of(n);
+            if every(self.config.eval_every) && self.state.step < self.total_steps {
+                if let Some(r) = self.evaluate_and_log()? {
+                    bar.println(format!("step {}: eval loss {:.4} (perplexity {:.2})", self.state.step, r.loss, r.perplexity));
+                }
+            }
+            if every(self.config.save_every) {
+                self.save_checkpoint()?;
+            }
+            if self.options.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+                if !every(self.config.save_every) {
+                    self.save_checkpoint()?;
+                }
+                interrupted = true;
+                break;
+            }
+        }
+        bar.finish_and_clear();
+        let eval_after = if interrupted { None } else { self.evaluate_and_log()? };
+        let out = self.options.out_dir.clone();
+        if !interrupted {
+            self.model().save_adapter(&out, &self.lora, true)?;
+        }
+        let summary = TrainSummary {
+            steps: self.state.step,
+            tokens: self.state.tokens,
+            seconds: started.elapsed().as_secs_f64(),
+            last_loss,
+            eval_before: self.state.eval_before,
+            eval_after,
+            best_eval: self.state.best_eval,
+            skipped_steps: self.optimizer.skipped_steps(),
+            interrupted,
+            last_checkpoint: self.last_checkpoint.clone(),
+        };
+        checkpoint::write_json(&out.join(SUMMARY_FILE), &summary)?;
+        crate::plot::write_loss_plot(&out.join(METRICS_FILE), &out.join(checkpoint::PLOT_FILE))?;
+        Ok(summary)
+    }
+}
