@@ -6,7 +6,9 @@ use burn::tensor::Device;
 
 use crate::data::{ChatEncoder, ChatTemplate, TokenizerSpecials};
 use crate::error::Result;
-use crate::models::{CausalLm, LoadOptions, LoadReport, ModelTokenizer, load_pretrained};
+use crate::models::{
+    CausalLm, LoadOptions, LoadReport, ModelTokenizer, SaveDtype, load_pretrained,
+};
 use crate::quant::QuantConfig;
 
 /// A loaded base model: the network, its tokenizer for generation, and the chat encoder that
@@ -23,6 +25,17 @@ pub struct BaseModel {
     pub report: LoadReport,
     /// Where it came from.
     pub path: PathBuf,
+}
+
+impl BaseModel {
+    /// Writes a dense Hugging Face directory: the model with its adapters merged (4-bit bases
+    /// decoded) in `dtype`, plus the tokenizer files and chat template, so transformers and
+    /// [`load_base`] open it directly.
+    pub fn save_merged(&self, dir: &Path, dtype: SaveDtype, overwrite: bool) -> Result<()> {
+        self.model.save_pretrained(dir, dtype, overwrite)?;
+        self.tokenizer.save_pretrained(dir)?;
+        Ok(())
+    }
 }
 
 /// Loads a Hugging Face directory (safetensors, dense or bitsandbytes 4-bit) or a GGUF file.

@@ -160,7 +160,12 @@ pub(crate) fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
 
 /// Reads the configuration and position saved in a checkpoint.
 pub fn read_checkpoint(dir: &Path) -> Result<(FinetuneConfig, TrainState)> {
-    for f in [CONFIG_FILE, STATE_FILE, OPTIMIZER_FILE, "adapter_model.safetensors"] {
+    for f in [
+        CONFIG_FILE,
+        STATE_FILE,
+        OPTIMIZER_FILE,
+        "adapter_model.safetensors",
+    ] {
         if !dir.join(f).is_file() {
             return Err(FinetuneError::Checkpoint {
                 path: dir.to_path_buf(),

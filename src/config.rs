@@ -156,13 +156,19 @@ impl FinetuneConfig {
         self.lora_config()?;
         self.adamw_config()?;
         self.schedule(1)?;
-        for (field, v) in [("batch_size", self.batch_size), ("grad_accum", self.grad_accum)] {
+        for (field, v) in [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
             if v == 0 {
                 return Err(bad(field, "must be at least 1"));
             }
         }
         if self.max_len < 8 {
-            return Err(bad("max_len", format!("{} is too short (at least 8)", self.max_len)));
+            return Err(bad(
+                "max_len",
+                format!("{} is too short (at least 8)", self.max_len),
+            ));
         }
         if self.max_steps.is_none() && self.epochs == 0 {
             return Err(bad("epochs", "must be at least 1 when max_steps is unset"));
@@ -189,7 +195,10 @@ impl FinetuneConfig {
         };
         let b = self.quant_blocksize;
         if !(b.is_power_of_two() && (32..=4096).contains(&b)) {
-            return Err(bad("quant_blocksize", format!("{b} is not a power of two in 32..=4096")));
+            return Err(bad(
+                "quant_blocksize",
+                format!("{b} is not a power of two in 32..=4096"),
+            ));
         }
         Ok(Some(QuantConfig {
             quant_type,
@@ -203,7 +212,11 @@ impl FinetuneConfig {
         let targets = match self.target_modules.trim() {
             "all-linear" => TargetModules::AllLinear,
             list => {
-                let names: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+                let names: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect();
                 if names.is_empty() {
                     return Err(bad("target_modules", "names no module"));
                 }
@@ -232,31 +245,41 @@ impl FinetuneConfig {
 
     /// The optimizer's configuration.
     pub fn adamw_config(&self) -> Result<AdamWConfig> {
-        let bits: StateBits = self
-            .optimizer
-            .parse()
-            .map_err(|_| bad("optimizer", format!("`{}` is not paged_adamw_32bit or paged_adamw_8bit", self.optimizer)))?;
+        let bits: StateBits = self.optimizer.parse().map_err(|_| {
+            bad(
+                "optimizer",
+                format!(
+                    "`{}` is not paged_adamw_32bit or paged_adamw_8bit",
+                    self.optimizer
+                ),
+            )
+        })?;
         let config = AdamWConfig::default()
             .with_state_bits(bits)
             .with_weight_decay(self.weight_decay)
             .with_max_grad_norm((self.max_grad_norm > 0.0).then_some(self.max_grad_norm))
             .with_device_budget(self.optimizer_budget_mib.map(|m| m << 20));
-        config.validate().map_err(|e| bad("optimizer", e.to_string()))?;
+        config
+            .validate()
+            .map_err(|e| bad("optimizer", e.to_string()))?;
         Ok(config)
     }
 
     /// The learning-rate schedule over `total_steps`.
     pub fn schedule(&self, total_steps: u64) -> Result<LrSchedule> {
-        let kind: ScheduleKind = self
-            .lr_schedule
-            .parse()
-            .map_err(|_| bad("lr_schedule", format!("`{}` is not constant, linear or cosine", self.lr_schedule)))?;
+        let kind: ScheduleKind = self.lr_schedule.parse().map_err(|_| {
+            bad(
+                "lr_schedule",
+                format!("`{}` is not constant, linear or cosine", self.lr_schedule),
+            )
+        })?;
         let warmup = match self.warmup_steps {
             Some(n) => Warmup::Steps(n),
             None => Warmup::Ratio(self.warmup_ratio),
         };
         let s = LrSchedule::new(kind, self.learning_rate, total_steps).with_warmup(warmup);
-        s.validate().map_err(|e| bad("learning_rate", e.to_string()))?;
+        s.validate()
+            .map_err(|e| bad("learning_rate", e.to_string()))?;
         Ok(s)
     }
 }
@@ -267,15 +290,32 @@ mod tests {
 
     #[test]
     fn bad_fields_are_named() {
-        let e = FinetuneConfig::from_json(r#"{"lora_rr": 8}"#).unwrap_err().to_string();
+        let e = FinetuneConfig::from_json(r#"{"lora_rr": 8}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lora_rr"), "{e}");
-        let e = FinetuneConfig::from_json(r#"{"optimizer": "sgd"}"#).unwrap_err().to_string();
+        let e = FinetuneConfig::from_json(r#"{"optimizer": "sgd"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("optimizer") && e.contains("sgd"), "{e}");
-        let e = FinetuneConfig::from_json(r#"{"lora_r": 0}"#).unwrap_err().to_string();
+        let e = FinetuneConfig::from_json(r#"{"lora_r": 0}"#)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lora"), "{e}");
-        let c = FinetuneConfig { quant_blocksize: 48, ..Default::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("quant_blocksize"));
-        let c = FinetuneConfig { grad_accum: 0, ..Default::default() };
+        let c = FinetuneConfig {
+            quant_blocksize: 48,
+            ..Default::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("quant_blocksize")
+        );
+        let c = FinetuneConfig {
+            grad_accum: 0,
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("grad_accum"));
     }
 
@@ -283,12 +323,18 @@ mod tests {
     fn defaults_are_qlora() {
         let c = FinetuneConfig::default();
         let q = c.quant_config().unwrap().unwrap();
-        assert_eq!((q.quant_type, q.blocksize, q.double_quant), (QuantType::Nf4, 64, true));
+        assert_eq!(
+            (q.quant_type, q.blocksize, q.double_quant),
+            (QuantType::Nf4, 64, true)
+        );
         let l = c.lora_config().unwrap();
         assert_eq!((l.r, l.alpha, l.dropout), (64, 16.0, 0.05));
         assert_eq!(l.target_modules, TargetModules::AllLinear);
         let o = c.adamw_config().unwrap();
-        assert_eq!((o.state_bits, o.max_grad_norm, o.weight_decay), (StateBits::ThirtyTwo, Some(0.3), 0.0));
+        assert_eq!(
+            (o.state_bits, o.max_grad_norm, o.weight_decay),
+            (StateBits::ThirtyTwo, Some(0.3), 0.0)
+        );
         let s = c.schedule(1000).unwrap();
         assert_eq!((s.warmup_steps(), s.lr_at(500)), (30, 2e-4));
     }

@@ -53,7 +53,9 @@ struct Canvas {
 
 impl Canvas {
     fn new() -> Self {
-        Canvas { px: vec![255; W * H * 3] }
+        Canvas {
+            px: vec![255; W * H * 3],
+        }
     }
 
     fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
@@ -118,10 +120,11 @@ fn read_series(metrics: &Path) -> Result<(BTreeMap<u64, f64>, BTreeMap<u64, f64>
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| FinetuneError::Checkpoint {
-            path: metrics.to_path_buf(),
-            reason: format!("line {}: {e}", i + 1),
-        })?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| FinetuneError::Checkpoint {
+                path: metrics.to_path_buf(),
+                reason: format!("line {}: {e}", i + 1),
+            })?;
         let step = v["step"].as_u64().unwrap_or(0);
         if let Some(l) = v["loss"].as_f64() {
             train.insert(step, l);
@@ -147,14 +150,27 @@ pub fn write_loss_plot(metrics: &Path, png_path: &Path) -> Result<()> {
         return Ok(());
     }
     let (train, eval) = read_series(metrics)?;
-    let all: Vec<f64> = train.values().chain(eval.values()).copied().filter(|v| v.is_finite()).collect();
+    let all: Vec<f64> = train
+        .values()
+        .chain(eval.values())
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
     if all.is_empty() {
         return Ok(());
     }
-    let (lo, hi) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = all
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     let pad = ((hi - lo) * 0.06).max(1e-3);
     let (lo, hi) = (lo - pad, hi + pad);
-    let last_step = train.keys().chain(eval.keys()).copied().max().unwrap_or(1).max(1);
+    let last_step = train
+        .keys()
+        .chain(eval.keys())
+        .copied()
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let (pw, ph) = ((W - LEFT - RIGHT) as f64, (H - TOP - BOTTOM) as f64);
     let to_px = |step: u64, v: f64| {
         let x = LEFT as f64 + pw * step as f64 / last_step as f64;
@@ -174,13 +190,22 @@ pub fn write_loss_plot(metrics: &Path, png_path: &Path) -> Result<()> {
         let s = step.to_string();
         c.text(x - text_width(&s) / 2, (H - BOTTOM) as i64 + 8, &s, INK);
     }
-    let (x0, y0, x1, y1) = (LEFT as i64, TOP as i64, (W - RIGHT) as i64, (H - BOTTOM) as i64);
+    let (x0, y0, x1, y1) = (
+        LEFT as i64,
+        TOP as i64,
+        (W - RIGHT) as i64,
+        (H - BOTTOM) as i64,
+    );
     c.line((x0, y1), (x1, y1), INK, false);
     c.line((x0, y0), (x0, y1), INK, false);
     c.text(8, 4, "loss", INK);
     c.text(x1 - text_width("step"), y1 + 26, "step", INK);
     for (series, colour) in [(&train, TRAIN), (&eval, EVAL)] {
-        let pts: Vec<(i64, i64)> = series.iter().filter(|(_, v)| v.is_finite()).map(|(&s, &v)| to_px(s, v)).collect();
+        let pts: Vec<(i64, i64)> = series
+            .iter()
+            .filter(|(_, v)| v.is_finite())
+            .map(|(&s, &v)| to_px(s, v))
+            .collect();
         for w in pts.windows(2) {
             c.line(w[0], w[1], colour, true);
         }
@@ -238,6 +263,11 @@ mod tests {
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         reader.next_frame(&mut buf).unwrap();
         let count = |c: [u8; 3]| buf.chunks(3).filter(|p| *p == c).count();
-        assert!(count(TRAIN) > 500 && count(EVAL) > 100, "{} {}", count(TRAIN), count(EVAL));
+        assert!(
+            count(TRAIN) > 500 && count(EVAL) > 100,
+            "{} {}",
+            count(TRAIN),
+            count(EVAL)
+        );
     }
 }

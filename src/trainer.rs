@@ -48,14 +48,26 @@ impl TrainData {
     /// let data = TrainData::from_prepared(&PreparedData::default(), &FinetuneConfig::default(), 0);
     /// assert!(data.train.is_empty());
     /// ```
-    pub fn from_prepared(prepared: &PreparedData, config: &FinetuneConfig, pad_id: u32) -> TrainData {
+    pub fn from_prepared(
+        prepared: &PreparedData,
+        config: &FinetuneConfig,
+        pad_id: u32,
+    ) -> TrainData {
         let train: Vec<_> = prepared.train.iter().map(|e| e.encoded.clone()).collect();
-        let mut validation: Vec<_> = prepared.validation.iter().map(|e| e.encoded.clone()).collect();
+        let mut validation: Vec<_> = prepared
+            .validation
+            .iter()
+            .map(|e| e.encoded.clone())
+            .collect();
         if config.max_eval_records > 0 {
             validation.truncate(config.max_eval_records);
         }
         TrainData {
-            train: if config.packing { pack(&train, config.max_len) } else { unpacked(&train) },
+            train: if config.packing {
+                pack(&train, config.max_len)
+            } else {
+                unpacked(&train)
+            },
             validation: unpacked(&validation),
             pad_id,
         }
@@ -150,7 +162,15 @@ impl Trainer {
         let summary = model.add_adapters(&lora)?;
         model.set_adapters_training(true);
         checkpoint::write_json(&options.out_dir.join(CONFIG_FILE), &config)?;
-        Self::assemble(config, lora, model, data, options, TrainState::default(), Some(summary))
+        Self::assemble(
+            config,
+            lora,
+            model,
+            data,
+            options,
+            TrainState::default(),
+            Some(summary),
+        )
     }
 
     /// Continues the run saved in `checkpoint_dir` with `model` (the same base, without
@@ -166,7 +186,9 @@ impl Trainer {
         model.set_adapters_training(true);
         std::fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
         let mut trainer = Self::assemble(config, lora, model, data, options, state, Some(summary))?;
-        trainer.optimizer.load_state(&checkpoint_dir.join(OPTIMIZER_FILE))?;
+        trainer
+            .optimizer
+            .load_state(&checkpoint_dir.join(OPTIMIZER_FILE))?;
         trainer.last_checkpoint = Some(checkpoint_dir.to_path_buf());
         Ok(trainer)
     }
@@ -182,9 +204,7 @@ impl Trainer {
     ) -> Result<Trainer> {
         let per_epoch = micro_batches_per_epoch(data.train.len(), config.batch_size)
             .div_ceil(config.grad_accum) as u64;
-        let total_steps = config
-            .max_steps
-            .unwrap_or(per_epoch * config.epochs as u64);
+        let total_steps = config.max_steps.unwrap_or(per_epoch * config.epochs as u64);
         let schedule = config.schedule(total_steps)?;
         let optimizer = PagedAdamW::new(config.adamw_config()?)?;
         Ok(Trainer {
@@ -204,12 +224,16 @@ impl Trainer {
 
     /// The model with its adapters.
     pub fn model(&self) -> &CausalLm {
-        self.model.as_ref().expect("the model is only taken during a step")
+        self.model
+            .as_ref()
+            .expect("the model is only taken during a step")
     }
 
     /// Gives the model back (e.g. to merge or chat after training).
     pub fn into_model(mut self) -> CausalLm {
-        self.model.take().expect("the model is only taken during a step")
+        self.model
+            .take()
+            .expect("the model is only taken during a step")
     }
 
     /// The adapters' configuration (for `save_adapter`).
@@ -245,9 +269,14 @@ impl Trainer {
     /// Micro-batches (indices into `train`) of one epoch, in its shuffled order.
     fn epoch_batches(&self, epoch: u64) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..self.data.train.len()).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.config.seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         order.shuffle(&mut rng);
-        order.chunks(self.config.batch_size).map(<[usize]>::to_vec).collect()
+        order
+            .chunks(self.config.batch_size)
+            .map(<[usize]>::to_vec)
+            .collect()
     }
 
     /// The micro-batches of the next optimizer step; advances the data position.
@@ -276,7 +305,9 @@ impl Trainer {
         let tokens: usize = rows.iter().flatten().map(predicted_tokens).sum();
         let model = self.model.take().expect("model present");
         // Dropout draws from the device RNG: seed it per step so a resumed run draws the same.
-        model.device().seed(self.config.seed.wrapping_mul(1_000_003).wrapping_add(step));
+        model
+            .device()
+            .seed(self.config.seed.wrapping_mul(1_000_003).wrapping_add(step));
         let mut accumulator = GradientsAccumulator::<CausalLm>::new();
         let mut loss_sum = 0.0;
         for batch_rows in &rows {
@@ -358,7 +389,9 @@ impl Trainer {
             self.state.best_eval = Some((self.state.step, r.loss));
             let model = self.model.as_ref().expect("model present");
             let dir = self.options.out_dir.join(BEST_DIR);
-            checkpoint::write_dir_atomic(&dir, |tmp| Ok(model.save_adapter(tmp, &self.lora, true)?))?;
+            checkpoint::write_dir_atomic(&dir, |tmp| {
+                Ok(model.save_adapter(tmp, &self.lora, true)?)
+            })?;
         }
         Ok(Some(r))
     }
@@ -389,23 +422,36 @@ impl Trainer {
             let secs = t.elapsed().as_secs_f64();
             last_loss = Some(loss);
             let lr = report.lr;
-            self.log(json!({"step": self.state.step, "epoch": self.state.epoch, "loss": loss,
+            self.log(
+                json!({"step": self.state.step, "epoch": self.state.epoch, "loss": loss,
                 "lr": lr, "grad_norm": report.grad_norm, "clip_scale": report.clip_scale,
                 "tokens": tokens, "tokens_per_s": tokens as f64 / secs.max(1e-9),
-                "skipped": !report.applied, "elapsed_s": started.elapsed().as_secs_f64()}))?;
-            bar.set_message(format!("loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s", tokens as f64 / secs.max(1e-9)));
+                "skipped": !report.applied, "elapsed_s": started.elapsed().as_secs_f64()}),
+            )?;
+            bar.set_message(format!(
+                "loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s",
+                tokens as f64 / secs.max(1e-9)
+            ));
             bar.set_position(self.state.step);
             let step = self.state.step;
             let every = |n: u64| n > 0 && step.is_multiple_of(n);
             if every(self.config.eval_every) && self.state.step < self.total_steps {
                 if let Some(r) = self.evaluate_and_log()? {
-                    bar.println(format!("step {}: eval loss {:.4} (perplexity {:.2})", self.state.step, r.loss, r.perplexity));
+                    bar.println(format!(
+                        "step {}: eval loss {:.4} (perplexity {:.2})",
+                        self.state.step, r.loss, r.perplexity
+                    ));
                 }
             }
             if every(self.config.save_every) {
                 self.save_checkpoint()?;
             }
-            if self.options.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
+            if self
+                .options
+                .interrupt
+                .as_ref()
+                .is_some_and(|f| f.load(Ordering::SeqCst))
+            {
                 if !every(self.config.save_every) {
                     self.save_checkpoint()?;
                 }
@@ -414,7 +460,11 @@ impl Trainer {
             }
         }
         bar.finish_and_clear();
-        let eval_after = if interrupted { None } else { self.evaluate_and_log()? };
+        let eval_after = if interrupted {
+            None
+        } else {
+            self.evaluate_and_log()?
+        };
         let out = self.options.out_dir.clone();
         if !interrupted {
             self.model().save_adapter(&out, &self.lora, true)?;

