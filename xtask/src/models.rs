@@ -7,7 +7,7 @@ use clap::{Args as ClapArgs, ValueEnum};
 use medify_qlora::data::{DatasetConfig, ReadOptions, prepare, read_records, unpacked};
 use medify_qlora::lora::LoraExt;
 use medify_qlora::models::{
-    GenerationConfig, LoadOptions, TextStreamer, load_pretrained, read_text_records,
+    GenerationConfig, LoadOptions, TextStreamer, load_pretrained,
 };
 use medify_qlora::quant::{QuantConfig, QuantType};
 use medify_qlora::{evaluate, load_base};
