@@ -45,18 +45,22 @@
 //! ```
 
 mod base;
+mod chat;
 pub mod checkpoint;
 mod config;
 mod error;
 mod evaluate;
 mod plot;
+mod text_metrics;
 mod trainer;
 
 pub use base::{BaseModel, load_base};
+pub use chat::{Chat, DISCLAIMER, Reply};
 pub use config::FinetuneConfig;
 pub use error::{FinetuneError, Result};
 pub use evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
 pub use plot::write_loss_plot;
+pub use text_metrics::{TextScores, bleu, score_answers};
 pub use trainer::{TrainData, TrainSummary, Trainer, TrainerOptions};
 
 pub use medify_data as data;

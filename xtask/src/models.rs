@@ -4,13 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, ValueEnum};
-use medify_qlora::data::{DatasetConfig, ReadOptions, prepare, read_records, unpacked};
-use medify_qlora::lora::LoraExt;
-use medify_qlora::models::{
-    GenerationConfig, LoadOptions, TextStreamer, load_pretrained,
+use medify_qlora::data::{
+    DatasetConfig, Example, Message, ReadOptions, Role, prepare, read_records, unpacked,
 };
+use medify_qlora::lora::LoraExt;
+use medify_qlora::models::{GenerationConfig, LoadOptions, TextStreamer, load_pretrained};
 use medify_qlora::quant::{QuantConfig, QuantType};
-use medify_qlora::{evaluate, load_base};
+use medify_qlora::{evaluate, load_base, score_answers};
 
 use crate::device::device_named;
 
@@ -114,6 +114,13 @@ pub struct EvalArgs {
     /// Tokens kept per record.
     #[arg(long, default_value_t = 2048)]
     pub max_length: usize,
+    /// Also answer every chat record's last question (greedy) and score the answers against
+    /// the reference replies with BLEU and ROUGE-1/2/L.
+    #[arg(long)]
+    pub generate: bool,
+    /// Upper bound on tokens per generated answer.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -172,6 +179,17 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
     }
     let encoder = base.encoder.clone().with_system_prompt(args.system.clone());
     let read = read_records(&args.data, &ReadOptions::default()).map_err(|e| e.to_string())?;
+    // Questions and reference answers for --generate: each chat record's last assistant turn.
+    let pairs: Vec<(Vec<Message>, String)> = read
+        .records
+        .iter()
+        .filter_map(|r| match &r.example {
+            Example::Chat(m) if m.last().is_some_and(|t| t.role == Role::Assistant) => {
+                Some((m[..m.len() - 1].to_vec(), m[m.len() - 1].content.clone()))
+            }
+            _ => None,
+        })
+        .collect();
     let config = DatasetConfig {
         max_len: args.max_length,
         dedupe: false,
@@ -188,16 +206,61 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
         args.batch_size,
     )
     .map_err(|e| e.to_string())?;
+    let mut out = serde_json::to_value(report).map_err(|e| e.to_string())?;
+    let mut scores = None;
+    if args.generate {
+        let gen_cfg = GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            stop_ids: base.tokenizer.stop_ids.clone(),
+            ..GenerationConfig::default()
+        };
+        let (mut answers, mut references) = (Vec::new(), Vec::new());
+        for (i, (prompt, reference)) in pairs.iter().enumerate() {
+            let text = encoder
+                .generation_prompt(prompt)
+                .map_err(|e| e.to_string())?;
+            let ids = base
+                .tokenizer
+                .encode(&text, false)
+                .map_err(|e| e.to_string())?;
+            let g = base
+                .model
+                .generate(&[ids], &gen_cfg, &mut |_, _| true)
+                .map_err(|e| e.to_string())?;
+            let ids = g.into_iter().next().map(|g| g.ids).unwrap_or_default();
+            answers.push(
+                base.tokenizer
+                    .decode(&ids, true)
+                    .map_err(|e| e.to_string())?
+                    .trim()
+                    .to_string(),
+            );
+            references.push(reference.clone());
+            if !args.json {
+                eprintln!("[{}/{}] {}", i + 1, pairs.len(), answers[i]);
+            }
+        }
+        let s = score_answers(&answers, &references);
+        out["bleu"] = s.bleu.into();
+        out["rouge1"] = s.rouge1.into();
+        out["rouge2"] = s.rouge2.into();
+        out["rougeL"] = s.rouge_l.into();
+        out["generated"] = s.records.into();
+        scores = Some(s);
+    }
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
+        println!("{out}");
     } else {
         println!(
             "loss {:.4}  perplexity {:.2}  over {} tokens in {} records",
             report.loss, report.perplexity, report.tokens, report.records
         );
+        if let Some(s) = scores {
+            println!(
+                "BLEU {:.4}  ROUGE-1 {:.4}  ROUGE-2 {:.4}  ROUGE-L {:.4}  over {} answers",
+                s.bleu, s.rouge1, s.rouge2, s.rouge_l, s.records
+            );
+        }
     }
     Ok(())
 }

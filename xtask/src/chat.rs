@@ -1,0 +1,140 @@
+//! `cargo xtask chat`: talk to a model (optionally with an adapter) through its chat template,
+//! with streaming output and a medical safety disclaimer after every answer.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use clap::Args as ClapArgs;
+use medify_qlora::lora::LoraExt;
+use medify_qlora::models::GenerationConfig;
+use medify_qlora::{Chat, load_base};
+use serde_json::json;
+
+use crate::device::device_named;
+use crate::models::Quant;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Model: Hugging Face directory or GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// PEFT adapter directory to apply.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Hold the base in 4 bits (use the quantization the adapter was trained over).
+    #[arg(long, value_enum, default_value = "none")]
+    quant: Quant,
+    /// Built-in chat template instead of the model's.
+    #[arg(long)]
+    template: Option<String>,
+    /// System prompt.
+    #[arg(long)]
+    system: Option<String>,
+    /// Answer this once and exit (no interactive loop).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// With --prompt: print {"ids": [...], "text": ...} only.
+    #[arg(long)]
+    json: bool,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    /// Nucleus sampling.
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Repetition penalty (1 disables).
+    #[arg(long, default_value_t = 1.1)]
+    repetition_penalty: f32,
+    /// Upper bound on tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Leave out the safety disclaimer.
+    #[arg(long)]
+    no_disclaimer: bool,
+    /// flex, wgpu, cuda or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+}
+
+pub fn run(a: &Args) -> Result<(), String> {
+    let device = device_named(&a.device)?;
+    let mut base = load_base(&a.model, &device, a.quant.config(), a.template.as_deref())
+        .map_err(|e| e.to_string())?;
+    if let Some(dir) = &a.adapter {
+        base.model.load_adapter(dir).map_err(|e| e.to_string())?;
+    }
+    let generation = GenerationConfig {
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_p: (a.temperature > 0.0 && a.top_p < 1.0).then_some(a.top_p),
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+        ..GenerationConfig::default()
+    };
+    let mut chat = Chat::new(&base.model, &base.tokenizer, &base.encoder)
+        .with_system(a.system.clone())
+        .with_generation(generation)
+        .with_disclaimer(!a.no_disclaimer);
+    let mut stdout = std::io::stdout();
+    if let Some(prompt) = &a.prompt {
+        let json = a.json;
+        let reply = chat
+            .respond(prompt, &mut |piece| {
+                if !json {
+                    print!("{piece}");
+                    let _ = stdout.flush();
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if json {
+            let text = reply.display_text();
+            println!("{}", json!({"ids": reply.ids, "text": text}));
+        } else {
+            match reply.disclaimer {
+                Some(d) => println!("\n\n{d}"),
+                None => println!(),
+            }
+        }
+        return Ok(());
+    }
+    eprintln!(
+        "Chat with {} (empty line or Ctrl-D to quit, /reset to start over).",
+        a.model.display()
+    );
+    let stdin = std::io::stdin();
+    loop {
+        print!("\nyou> ");
+        let _ = stdout.flush();
+        let mut line = String::new();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?
+            == 0
+            || line.trim().is_empty()
+        {
+            break;
+        }
+        if line.trim() == "/reset" {
+            chat.clear();
+            continue;
+        }
+        print!("assistant> ");
+        let _ = stdout.flush();
+        let reply = chat
+            .respond(line.trim(), &mut |piece| {
+                print!("{piece}");
+                let _ = std::io::stdout().flush();
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(d) = reply.disclaimer {
+            println!("\n\n{d}");
+        } else {
+            println!();
+        }
+    }
+    Ok(())
+}
