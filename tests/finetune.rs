@@ -227,3 +227,40 @@ fn bad_checkpoints_and_settings_get_named_errors() {
     .to_string();
     assert!(e.contains("no training sequences"), "{e}");
 }
+
+#[test]
+fn quantized_directories_load_back_as_the_same_4bit_model() {
+    use medify_qlora::models::{CausalLm, LoadOptions};
+    use medify_qlora::quant::QuantConfig;
+    let device = Device::flex();
+    let (dense, _) = CausalLm::from_pretrained(tiny(), &device, &LoadOptions::dense()).unwrap();
+    let (in_memory, _) = CausalLm::from_pretrained(
+        tiny(),
+        &device,
+        &LoadOptions::quantized(QuantConfig::default()),
+    )
+    .unwrap();
+    let out = out_dir("bnb4");
+    dense
+        .save_pretrained_4bit(&out, &QuantConfig::default(), false)
+        .unwrap();
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(written["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+    let (reloaded, report) =
+        CausalLm::from_pretrained(&out, &device, &LoadOptions::dense()).unwrap();
+    assert_eq!(report.quantized_linears, 14);
+    let data = data(&config());
+    let mut a = in_memory;
+    let mut b = reloaded;
+    let la = evaluate(&mut a, &data.validation, data.pad_id, 4)
+        .unwrap()
+        .loss;
+    let lb = evaluate(&mut b, &data.validation, data.pad_id, 4)
+        .unwrap()
+        .loss;
+    assert_eq!(
+        la, lb,
+        "the written 4-bit checkpoint is the model quantized in memory"
+    );
+}

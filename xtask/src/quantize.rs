@@ -1,0 +1,54 @@
+//! `cargo xtask quantize`: a dense (or GGUF) model written as a bitsandbytes 4-bit Hugging Face
+//! directory that transformers loads with `from_pretrained`.
+
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use clap::Args as ClapArgs;
+use medify_qlora::models::{LoadOptions, load_pretrained};
+use medify_qlora::quant::{QuantConfig, QuantType};
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// Source model: Hugging Face directory or GGUF file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory (must not exist or be empty, unless --overwrite).
+    #[arg(long)]
+    out: PathBuf,
+    /// nf4 or fp4.
+    #[arg(long, default_value = "nf4")]
+    quant: String,
+    /// Values per absmax block.
+    #[arg(long, default_value_t = 64)]
+    blocksize: usize,
+    /// Quantize the absmax values again (QLoRA's double quantization).
+    #[arg(long)]
+    double_quant: bool,
+    /// Replace the model files in a non-empty --out.
+    #[arg(long)]
+    overwrite: bool,
+}
+
+pub fn run(a: &Args) -> Result<(), String> {
+    let quant_type: QuantType = a
+        .quant
+        .parse()
+        .map_err(|_| format!("unknown --quant {:?} (nf4, fp4)", a.quant))?;
+    let config = QuantConfig {
+        quant_type,
+        blocksize: a.blocksize,
+        double_quant: a.double_quant,
+    };
+    // Dense on the CPU: each weight is quantized once, on the host, from its original values.
+    let (model, tokenizer, _) = load_pretrained(&a.model, &Device::flex(), &LoadOptions::dense())
+        .map_err(|e| e.to_string())?;
+    model
+        .save_pretrained_4bit(&a.out, &config, a.overwrite)
+        .map_err(|e| e.to_string())?;
+    tokenizer
+        .save_pretrained(&a.out)
+        .map_err(|e| e.to_string())?;
+    eprintln!("{} written to {}", config.quant_type, a.out.display());
+    Ok(())
+}
