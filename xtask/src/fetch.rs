@@ -54,8 +54,46 @@ fn sha256_file(path: &Path) -> Result<String, String> {
     Ok(format!("{:x}", h.finalize()))
 }
 
+/// An HTTP agent that trusts the system's certificate store (which includes any proxy CA the
+/// machine is set up with), falling back to the bundled Mozilla roots when there is none.
+fn agent() -> ureq::Agent {
+    use ureq::tls::{PemItem, RootCerts, TlsConfig, parse_pem};
+    let candidates = std::env::var_os("SSL_CERT_FILE")
+        .map(PathBuf::from)
+        .into_iter()
+        .chain(
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/cert.pem",
+            ]
+            .map(PathBuf::from),
+        );
+    let mut certs = Vec::new();
+    for path in candidates {
+        if let Ok(pem) = std::fs::read(&path) {
+            certs.extend(parse_pem(&pem).flatten().filter_map(|item| match item {
+                PemItem::Certificate(c) => Some(c),
+                _ => None,
+            }));
+        }
+        if !certs.is_empty() {
+            break;
+        }
+    }
+    let mut builder = ureq::Agent::config_builder();
+    if !certs.is_empty() {
+        let tls = TlsConfig::builder()
+            .root_certs(RootCerts::Specific(std::sync::Arc::new(certs)))
+            .build();
+        builder = builder.tls_config(tls);
+    }
+    ureq::Agent::new_with_config(builder.build())
+}
+
 fn download(url: &str, to: &Path) -> Result<(), String> {
-    let mut response = ureq::get(url)
+    let mut response = agent()
+        .get(url)
         .call()
         .map_err(|e| format!("downloading {url}: {e}"))?;
     let mut reader = response.body_mut().with_config().limit(512 << 20).reader();
@@ -65,7 +103,8 @@ fn download(url: &str, to: &Path) -> Result<(), String> {
 }
 
 fn wheel_url() -> Result<String, String> {
-    let page = ureq::get(INDEX)
+    let page = agent()
+        .get(INDEX)
         .call()
         .map_err(|e| format!("reading {INDEX}: {e}"))?
         .body_mut()
