@@ -64,24 +64,7 @@ pub fn load_base(
     let encoder = if path.is_dir() {
         ChatEncoder::from_dir(path, template)?
     } else {
-        let chat = match (template, &tokenizer.chat_template) {
-            (Some(name), _) => ChatTemplate::builtin(name)?,
-            (None, Some(t)) => ChatTemplate::new(&path.display().to_string(), t)?,
-            (None, None) => {
-                return Err(crate::data::DataError::Invalid(format!(
-                    "{} has no chat template; pass a built-in template name (chatml, llama3, …)",
-                    path.display()
-                ))
-                .into());
-            }
-        };
-        let specials = TokenizerSpecials {
-            bos: tokenizer.bos_token.clone(),
-            eos: tokenizer.eos_token.clone(),
-            pad: tokenizer.pad_token.clone(),
-            unk: None,
-        };
-        ChatEncoder::new(tokenizer.inner().clone(), chat, specials)
+        gguf_chat_encoder(&tokenizer, path, template)?
     };
     Ok(BaseModel {
         model,
@@ -90,4 +73,39 @@ pub fn load_base(
         report,
         path: path.to_path_buf(),
     })
+}
+
+/// The chat encoder of a GGUF model: its tokenizer with the chat template from its metadata, or
+/// the built-in `template` when one is named.
+///
+/// ```
+/// use medify_qlora::gguf_chat_encoder;
+/// use medify_qlora::models::{GgufSource, ModelTokenizer};
+/// let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama.gguf"));
+/// let tok = ModelTokenizer::from_gguf(&GgufSource::open(path).unwrap()).unwrap();
+/// assert!(gguf_chat_encoder(&tok, path, Some("chatml")).is_ok());
+/// ```
+pub fn gguf_chat_encoder(
+    tokenizer: &ModelTokenizer,
+    path: &Path,
+    template: Option<&str>,
+) -> Result<ChatEncoder> {
+    let chat = match (template, &tokenizer.chat_template) {
+        (Some(name), _) => ChatTemplate::builtin(name)?,
+        (None, Some(t)) => ChatTemplate::new(&path.display().to_string(), t)?,
+        (None, None) => {
+            return Err(crate::data::DataError::Invalid(format!(
+                "{} has no chat template; pass a built-in template name (chatml, llama3, …)",
+                path.display()
+            ))
+            .into());
+        }
+    };
+    let specials = TokenizerSpecials {
+        bos: tokenizer.bos_token.clone(),
+        eos: tokenizer.eos_token.clone(),
+        pad: tokenizer.pad_token.clone(),
+        unk: None,
+    };
+    Ok(ChatEncoder::new(tokenizer.inner().clone(), chat, specials))
 }

@@ -77,15 +77,10 @@ pub(crate) fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))
 }
 
-/// Writes `bytes` to a temporary sibling, then renames it over `path`.
+/// Writes `bytes` to a temporary sibling, then renames it over `path` (the LoRA crate's
+/// helper, which adapter files already use).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    Ok(crate::lora::write_atomic(path, bytes)?)
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {

@@ -54,7 +54,7 @@ mod plot;
 mod text_metrics;
 mod trainer;
 
-pub use base::{BaseModel, load_base};
+pub use base::{BaseModel, gguf_chat_encoder, load_base};
 pub use chat::{Chat, DISCLAIMER, Reply};
 pub use config::FinetuneConfig;
 pub use error::{FinetuneError, Result};

@@ -337,10 +337,7 @@ impl Trainer {
             });
         }
         let lr = self.schedule.lr_at(self.state.step);
-        let (model, report) = match self.optimizer.step(lr, model, accumulator.grads()) {
-            Ok(r) => r,
-            Err(e) => return Err(e.into()),
-        };
+        let (model, report) = self.optimizer.step(lr, model, accumulator.grads())?;
         self.model = Some(model);
         self.state.step = step;
         self.state.tokens += tokens as u64;

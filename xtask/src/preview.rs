@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
 use medify_qlora::data::{
-    ChatEncoder, ChatTemplate, DatasetConfig, FieldMap, IGNORE, InputFormat, ReadOptions,
-    TokenizerSpecials, Truncation, prepare, read_records,
+    ChatEncoder, DatasetConfig, FieldMap, IGNORE, InputFormat, ReadOptions, Truncation, prepare,
+    read_records,
 };
 use medify_qlora::models::{GgufSource, ModelTokenizer};
 
@@ -58,24 +58,7 @@ pub fn encoder_for(path: &Path, template: Option<&str>) -> Result<ChatEncoder, S
     }
     let source = GgufSource::open(path).map_err(|e| e.to_string())?;
     let tok = ModelTokenizer::from_gguf(&source).map_err(|e| e.to_string())?;
-    let chat = match (template, &tok.chat_template) {
-        (Some(name), _) => ChatTemplate::builtin(name),
-        (None, Some(t)) => ChatTemplate::new(&path.display().to_string(), t),
-        (None, None) => {
-            return Err(format!(
-                "{} has no chat template; pass --template NAME",
-                path.display()
-            ));
-        }
-    }
-    .map_err(|e| e.to_string())?;
-    let specials = TokenizerSpecials {
-        bos: tok.bos_token.clone(),
-        eos: tok.eos_token.clone(),
-        pad: tok.pad_token.clone(),
-        unk: None,
-    };
-    Ok(ChatEncoder::new(tok.inner().clone(), chat, specials))
+    medify_qlora::gguf_chat_encoder(&tok, path, template).map_err(|e| e.to_string())
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
