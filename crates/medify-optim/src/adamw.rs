@@ -157,6 +157,38 @@ impl PagedAdamW {
         m
     }
 
+    /// Checks that every piece of state (e.g. loaded from a checkpoint) fits the parameter at
+    /// its module path. [`PagedAdamW::step`] fails on a misfit after it has taken the module,
+    /// so a caller that must keep its module checks first.
+    ///
+    /// ```
+    /// use burn::module::{Module, Param};
+    /// use burn::tensor::{Device, Tensor};
+    /// use medify_optim::{AdamWConfig, PagedAdamW};
+    ///
+    /// #[derive(Module, Debug)]
+    /// struct Bias {
+    ///     b: Param<Tensor<1>>,
+    /// }
+    ///
+    /// let device = Device::default();
+    /// let module = Bias { b: Param::from_tensor(Tensor::zeros([3], &device)) };
+    /// let optimizer = PagedAdamW::new(AdamWConfig::paged_adamw_32bit()).unwrap();
+    /// optimizer.check_module(&module).unwrap(); // no state yet: nothing can misfit
+    /// ```
+    pub fn check_module<M: Module>(&self, module: &M) -> Result<()> {
+        let mut check = Check {
+            slots: &self.slots,
+            path: Vec::new(),
+            error: None,
+        };
+        module.visit(&mut check);
+        match check.error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// One AdamW step with learning rate `lr` over every parameter of `module` that has a
     /// gradient in `grads`. Returns the updated module and what happened. Fails, before
     /// changing anything, when loaded state does not fit a parameter.
@@ -523,6 +555,40 @@ impl ModuleVisitor for Collect {
             None => count,
         });
         self.found.insert(param.id, (join(&self.path), g));
+    }
+}
+
+/// Compares stored state sizes with the module's parameters, by path.
+struct Check<'a> {
+    slots: &'a BTreeMap<String, Slot>,
+    path: Vec<String>,
+    error: Option<OptimError>,
+}
+
+impl ModuleVisitor for Check<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.error.is_some() {
+            return;
+        }
+        let path = join(&self.path);
+        if let Some(slot) = self.slots.get(&path) {
+            let expected = param.shape().num_elements();
+            if slot.numel != expected {
+                self.error = Some(OptimError::ShapeMismatch {
+                    param: path,
+                    expected,
+                    found: slot.numel,
+                });
+            }
+        }
     }
 }
 

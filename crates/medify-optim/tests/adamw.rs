@@ -350,10 +350,15 @@ fn state_files_refuse_overwrite_and_mismatches() {
         w: Param::from_tensor(Tensor::zeros([4, 4], &device).require_grad()),
         b: Param::from_tensor(Tensor::zeros([4], &device).require_grad()),
     };
+    // `check_module` finds the misfit without taking the module, naming the parameter.
+    let e = loaded.check_module(&small).unwrap_err().to_string();
+    assert!(e.contains("`w`") && e.contains("elements"), "{e}");
     let loss = small.w.val().sum() + small.b.val().sum();
     let grads = GradientsParams::from_grads(loss.backward(), &small);
     let e = loaded.step(1e-3, small, grads).unwrap_err().to_string();
     assert!(e.contains("elements"), "{e}");
+    let (_, fitting) = Regression::new(&device);
+    loaded.check_module(&fitting).unwrap();
 }
 
 #[test]
