@@ -189,6 +189,15 @@ impl Trainer {
         trainer
             .optimizer
             .load_state(&checkpoint_dir.join(OPTIMIZER_FILE))?;
+        // Refused here, while the caller still has a usable error, rather than mid-step.
+        let state_file = checkpoint_dir.join(OPTIMIZER_FILE);
+        trainer
+            .optimizer
+            .check_module(trainer.model())
+            .map_err(|e| FinetuneError::Checkpoint {
+                path: state_file,
+                reason: format!("does not fit the adapter: {e}"),
+            })?;
         trainer.last_checkpoint = Some(checkpoint_dir.to_path_buf());
         Ok(trainer)
     }
