@@ -79,6 +79,7 @@ fn every_family_renders_tokenizes_and_masks_like_transformers() {
     for (family, f) in families {
         let dir = family_dir(family, "families");
         let enc = ChatEncoder::from_dir(&dir, None).unwrap();
+        let model_tokenizer = medify_qlora::models::ModelTokenizer::from_dir(&dir).unwrap();
         for (case, c) in f["cases"].as_object().unwrap() {
             let what = format!("{family}/{case}");
             let msgs = messages(&c["messages"]);
@@ -91,6 +92,12 @@ fn every_family_renders_tokenizes_and_masks_like_transformers() {
             );
             let e = enc.encode(&ex).unwrap();
             assert_eq!(e.input_ids, numbers::<u32>(&c["input_ids"]), "{what}: ids");
+            // The model's own tokenizer (used by chat and generation) gives the same ids.
+            assert_eq!(
+                model_tokenizer.encode(&rendered.text, false).unwrap(),
+                e.input_ids,
+                "{what}: ModelTokenizer ids"
+            );
             let want = numbers::<i64>(&c["labels"]);
             if e.labels != want {
                 let tok = enc.tokenizer();

@@ -117,6 +117,9 @@ impl ModelTokenizer {
             message: e.to_string(),
         })?;
         let cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
+        // As transformers 5 (and the chat encoder of `medify-data`) tokenizes, so prompts here
+        // get the ids the model was trained on.
+        let tokenizer = medify_data::transformers_pre_tokenization(tokenizer, &cfg);
         let chat_template = match cfg.get("chat_template") {
             Some(Value::String(s)) => Some(s.clone()),
             // Several named templates: transformers uses the one called "default".
