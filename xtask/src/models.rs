@@ -121,7 +121,8 @@ pub struct EvalArgs {
     /// Upper bound on tokens per generated answer.
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
-    /// Print the report as one JSON object.
+    /// Print the report as one JSON object (with --generate: the answers too, each with its
+    /// question and reference).
     #[arg(long)]
     pub json: bool,
 }
@@ -246,6 +247,21 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
         out["rouge2"] = s.rouge2.into();
         out["rougeL"] = s.rouge_l.into();
         out["generated"] = s.records.into();
+        // What was asked and answered, for reading the scores against the text.
+        out["answers"] = pairs
+            .iter()
+            .zip(&answers)
+            .map(|((prompt, reference), answer)| {
+                let question = prompt
+                    .iter()
+                    .rev()
+                    .find(|m| m.role == Role::User)
+                    .map(|m| m.content.as_str())
+                    .unwrap_or("");
+                serde_json::json!({"question": question, "reference": reference, "answer": answer})
+            })
+            .collect::<Vec<_>>()
+            .into();
         scores = Some(s);
     }
     if args.json {
