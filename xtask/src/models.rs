@@ -121,6 +121,10 @@ pub struct EvalArgs {
     /// Upper bound on tokens per generated answer.
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
+    /// Penalty (> 1) on tokens already present in a generated answer (transformers'
+    /// `repetition_penalty`; 1 = off). Small models loop under pure greedy decoding.
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
     /// Print the report as one JSON object (with --generate: the answers too, each with its
     /// question and reference).
     #[arg(long)]
@@ -212,6 +216,7 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
     if args.generate {
         let gen_cfg = GenerationConfig {
             max_new_tokens: args.max_new_tokens,
+            repetition_penalty: args.repetition_penalty,
             stop_ids: base.tokenizer.stop_ids.clone(),
             ..GenerationConfig::default()
         };
