@@ -108,10 +108,11 @@ pub struct Args {
     /// Device budget for optimizer state, MiB.
     #[arg(long)]
     optimizer_budget_mib: Option<u64>,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch (default 1; the embedded demo uses 4).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Micro-batches per optimizer step.
+    /// Micro-batches per optimizer step (default 16, the QLoRA recipe; on a CPU set it lower,
+    /// since every step does this many forward and backward passes).
     #[arg(long)]
     grad_accum: Option<usize>,
     /// Longest sequence in tokens.
