@@ -125,6 +125,11 @@ pub struct TrainSummary {
 }
 
 /// Trains a model's LoRA adapters. See the crate documentation for a complete example.
+///
+/// Adapter dropout draws from the device's random generator, which the trainer seeds at every
+/// step so that a resumed run equals an uninterrupted one. That generator belongs to the device,
+/// not the trainer: two trainers stepping concurrently on one device in one process disturb
+/// each other's dropout masks (each still trains correctly, but not reproducibly).
 pub struct Trainer {
     config: FinetuneConfig,
     lora: LoraConfig,
