@@ -158,8 +158,8 @@ impl PagedAdamW {
     }
 
     /// Checks that every piece of state (e.g. loaded from a checkpoint) fits the parameter at
-    /// its module path. [`PagedAdamW::step`] fails on a misfit after it has taken the module,
-    /// so a caller that must keep its module checks first.
+    /// its module path. [`PagedAdamW::step`] makes the same check but has taken the module by
+    /// then, so a caller that must keep its module on a misfit checks first.
     ///
     /// ```
     /// use burn::module::{Module, Param};
@@ -198,6 +198,7 @@ impl PagedAdamW {
         module: M,
         grads: GradientsParams,
     ) -> Result<(M, StepReport)> {
+        self.check_module(&module)?;
         let mut collect = Collect {
             path: Vec::new(),
             grads,
@@ -207,17 +208,6 @@ impl PagedAdamW {
             non_finite: None,
         };
         module.visit(&mut collect);
-        for (path, g) in collect.found.values() {
-            if let Some(slot) = self.slots.get(path)
-                && slot.numel != g.dims()[0]
-            {
-                return Err(OptimError::ShapeMismatch {
-                    param: path.clone(),
-                    expected: g.dims()[0],
-                    found: slot.numel,
-                });
-            }
-        }
         let sum_squares = collect
             .sum_squares
             .take()
