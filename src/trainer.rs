@@ -191,11 +191,9 @@ impl Trainer {
         model.set_adapters_training(true);
         std::fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
         let mut trainer = Self::assemble(config, lora, model, data, options, state, Some(summary))?;
-        trainer
-            .optimizer
-            .load_state(&checkpoint_dir.join(OPTIMIZER_FILE))?;
-        // Refused here, while the caller still has a usable error, rather than mid-step.
         let state_file = checkpoint_dir.join(OPTIMIZER_FILE);
+        trainer.optimizer.load_state(&state_file)?;
+        // Refused here, while the caller still has a usable error, rather than mid-step.
         trainer
             .optimizer
             .check_module(trainer.model())
@@ -271,11 +269,11 @@ impl Trainer {
     }
 
     /// Validation loss of the current adapters (`None` without validation data).
-    pub fn evaluate(&mut self) -> Result<Option<EvalResult>> {
+    pub fn evaluate(&self) -> Result<Option<EvalResult>> {
         if self.data.validation.is_empty() {
             return Ok(None);
         }
-        let model = self.model.as_mut().expect("model present");
+        let model = self.model.as_ref().expect("model present");
         let batch = self.config.batch_size.max(4);
         evaluate(model, &self.data.validation, self.data.pad_id, batch).map(Some)
     }

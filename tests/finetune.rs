@@ -61,7 +61,9 @@ fn data(config: &FinetuneConfig) -> TrainData {
 static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn training_lock() -> std::sync::MutexGuard<'static, ()> {
-    TRAINING.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    TRAINING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn device() -> Device {
@@ -147,10 +149,10 @@ fn finetune_evaluate_merge_and_resume() {
 
     // The adapter loads onto a fresh 4-bit base and gives the trainer's evaluation.
     let mut fresh = quantized_base();
-    let eval_without = evaluate(&mut fresh.model, &data.validation, data.pad_id, 4).unwrap();
+    let eval_without = evaluate(&fresh.model, &data.validation, data.pad_id, 4).unwrap();
     assert!((eval_without.loss - before.loss).abs() < 1e-6);
     fresh.model.load_adapter(&out).unwrap();
-    let eval_with = evaluate(&mut fresh.model, &data.validation, data.pad_id, 4).unwrap();
+    let eval_with = evaluate(&fresh.model, &data.validation, data.pad_id, 4).unwrap();
     assert!(
         (eval_with.loss - after.loss).abs() < 1e-6,
         "{} vs {}",
@@ -162,10 +164,10 @@ fn finetune_evaluate_merge_and_resume() {
     // Merged into a dense model (4-bit base decoded, adapter added): same evaluation.
     let merged = out_dir("merged");
     fresh.save_merged(&merged, SaveDtype::F32, false).unwrap();
-    let mut dense = load_base(&merged, &Device::flex(), None, None)
+    let dense = load_base(&merged, &Device::flex(), None, None)
         .unwrap()
         .model;
-    let eval_merged = evaluate(&mut dense, &data.validation, data.pad_id, 4).unwrap();
+    let eval_merged = evaluate(&dense, &data.validation, data.pad_id, 4).unwrap();
     assert!(
         (eval_merged.loss - eval_with.loss).abs() < 1e-4,
         "merged {} vs adapter {}",
@@ -260,12 +262,10 @@ fn quantized_directories_load_back_as_the_same_4bit_model() {
         CausalLm::from_pretrained(&out, &device, &LoadOptions::dense()).unwrap();
     assert_eq!(report.quantized_linears, 14);
     let data = data(&config());
-    let mut a = in_memory;
-    let mut b = reloaded;
-    let la = evaluate(&mut a, &data.validation, data.pad_id, 4)
+    let la = evaluate(&in_memory, &data.validation, data.pad_id, 4)
         .unwrap()
         .loss;
-    let lb = evaluate(&mut b, &data.validation, data.pad_id, 4)
+    let lb = evaluate(&reloaded, &data.validation, data.pad_id, 4)
         .unwrap()
         .loss;
     assert_eq!(
@@ -304,8 +304,8 @@ fn adapter_grads(
 fn packed_rows_train_like_separate_examples() {
     let _training = training_lock();
     use medify_qlora::data::{Batch, pack};
-    use medify_qlora::token_batch;
     use medify_qlora::lora::LoraInit;
+    use medify_qlora::token_batch;
 
     // Three examples packed into one row give the loss and adapter gradients of the same three
     // as a padded batch: segments isolate attention and positions restart per example.
@@ -353,11 +353,11 @@ fn packed_rows_train_like_separate_examples() {
     assert!(!packed_grads.is_empty());
     for (p, s) in packed_grads.iter().zip(&separate_grads) {
         let scale = s.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let diff = p
-            .iter()
-            .zip(s)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        assert!(diff <= 1e-3 * scale, "gradient differs by {diff} (scale {scale})");
+        let diff = p.iter().zip(s).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-3 * scale,
+            "gradient differs by {diff} (scale {scale})"
+        );
     }
 
     // And the trainer learns from packed rows.
@@ -373,7 +373,10 @@ fn packed_rows_train_like_separate_examples() {
     let unpacked_rows = data.validation.len();
     assert!(
         data.train.len() < prepared.train.len()
-            && data.train.iter().any(|row| row.segments.iter().any(|&s| s > 0)),
+            && data
+                .train
+                .iter()
+                .any(|row| row.segments.iter().any(|&s| s > 0)),
         "{} rows for {} examples: nothing was packed",
         data.train.len(),
         prepared.train.len()
@@ -388,5 +391,10 @@ fn packed_rows_train_like_separate_examples() {
     let summary = trainer.train().unwrap();
     let (before, after) = (summary.eval_before.unwrap(), summary.eval_after.unwrap());
     assert!(unpacked_rows > 0);
-    assert!(after.loss < before.loss, "eval loss {} -> {}", before.loss, after.loss);
+    assert!(
+        after.loss < before.loss,
+        "eval loss {} -> {}",
+        before.loss,
+        after.loss
+    );
 }

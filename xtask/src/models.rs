@@ -205,7 +205,7 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
     let prepared = prepare(read.records, &encoder, &config).map_err(|e| e.to_string())?;
     let encoded: Vec<_> = prepared.train.iter().map(|e| e.encoded.clone()).collect();
     let report = evaluate(
-        &mut base.model,
+        &base.model,
         &unpacked(&encoded),
         encoder.pad_id(),
         args.batch_size,
