@@ -124,12 +124,15 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
+/// Dropout masks one step may draw per layer (micro-batches x forward passes), as a power of two.
+const DROPOUT_CALLS_PER_STEP_BITS: u32 = 24;
+
 /// Trains a model's LoRA adapters. See the crate documentation for a complete example.
 ///
-/// Adapter dropout draws from the device's random generator, which the trainer seeds at every
-/// step so that a resumed run equals an uninterrupted one. That generator belongs to the device,
-/// not the trainer: two trainers stepping concurrently on one device in one process disturb
-/// each other's dropout masks (each still trains correctly, but not reproducibly).
+/// Adapter dropout masks are a counter-based hash of (config seed, layer, mask number); the
+/// trainer seeks every adapter to the step before the step runs, so a resumed run draws the
+/// masks of an uninterrupted one, and trainers running concurrently in one process stay
+/// reproducible (nothing is drawn from the device's generator).
 pub struct Trainer {
     config: FinetuneConfig,
     lora: LoraConfig,
@@ -316,10 +319,8 @@ impl Trainer {
             .collect();
         let tokens: usize = rows.iter().flatten().map(predicted_tokens).sum();
         let model = self.model.take().expect("model present");
-        // Dropout draws from the device RNG: seed it per step so a resumed run draws the same.
-        model
-            .device()
-            .seed(self.config.seed.wrapping_mul(1_000_003).wrapping_add(step));
+        // Masks are numbered by step, so a resumed run draws the same ones.
+        model.seek_dropout(self.config.seed, step << DROPOUT_CALLS_PER_STEP_BITS);
         let mut accumulator = GradientsAccumulator::<CausalLm>::new();
         let mut loss_sum = 0.0;
         for batch_rows in &rows {

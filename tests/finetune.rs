@@ -56,16 +56,6 @@ fn data(config: &FinetuneConfig) -> TrainData {
     TrainData::from_prepared(&prepared, config, base.encoder.pad_id())
 }
 
-/// Training tests hold this: dropout draws from the device's generator, which every trainer
-/// reseeds each step, so two runs at once on one device would not be reproducible.
-static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn training_lock() -> std::sync::MutexGuard<'static, ()> {
-    TRAINING
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn device() -> Device {
     Device::flex().autodiff()
 }
@@ -89,7 +79,6 @@ fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn finetune_evaluate_merge_and_resume() {
-    let _training = training_lock();
     let config = config();
     let data = data(&config);
     assert!(
@@ -302,7 +291,6 @@ fn adapter_grads(
 
 #[test]
 fn packed_rows_train_like_separate_examples() {
-    let _training = training_lock();
     use medify_qlora::data::{Batch, pack};
     use medify_qlora::lora::LoraInit;
     use medify_qlora::token_batch;

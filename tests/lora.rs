@@ -302,10 +302,27 @@ fn adapter_saved_here_loads_in_peft() {
         tensors.keys().collect::<Vec<_>>(),
         want_tensors.keys().collect::<Vec<_>>()
     );
-    assert!(
-        tensors == want_tensors,
-        "tensor values differ from the committed adapter"
-    );
+    // A and B come from the seeded generator: bit for bit. DoRA's magnitude is the row norm
+    // of W + s·B A, a matmul whose last bits depend on the CPU's kernel (AVX2 or AVX-512).
+    for (name, (shape, bytes)) in &tensors {
+        let (want_shape, want_bytes) = &want_tensors[name];
+        assert_eq!(shape, want_shape, "{name}");
+        if name.ends_with("lora_magnitude_vector") {
+            let f = |b: &[u8]| -> Vec<f32> {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            for (a, b) in f(bytes).iter().zip(f(want_bytes)) {
+                assert!((a - b).abs() <= 1e-6 * b.abs(), "{name}: {a} vs {b}");
+            }
+        } else {
+            assert!(
+                bytes == want_bytes,
+                "{name}: values differ from the committed adapter"
+            );
+        }
+    }
 
     // PEFT's losses with that adapter are ours.
     let r = &reference()["rust_saved"];

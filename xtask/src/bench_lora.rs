@@ -40,9 +40,84 @@ pub struct Args {
     /// Print JSON only.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Also run the reference stack (PyTorch + PEFT + bitsandbytes QLoRA, through
+    /// fixtures/scripts/bench_train_reference.py) on the same batch, when python can import it.
+    /// `MEDIFY_PYTHON` names the interpreter (default python3).
+    #[arg(long)]
+    pub(crate) reference: bool,
     /// Internal: train with this base ("dense" or "nf4") and print the measurements.
     #[arg(long, hide = true)]
     pub(crate) child: Option<String>,
+}
+
+/// The reference script, found beside this crate in the source tree.
+const REFERENCE_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../fixtures/scripts/bench_train_reference.py"
+);
+
+fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// Runs the reference stack on the same batch, or says why it was skipped.
+fn reference(args: &Args) -> Result<Value, String> {
+    let python = std::env::var("MEDIFY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import torch, peft, bitsandbytes, transformers"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return Ok(json!({
+            "skipped": format!(
+                "{python} cannot import torch, peft, bitsandbytes and transformers \
+                 (pip install torch==2.15.0 transformers==5.23.0 peft==0.21.2 bitsandbytes==0.50.2 gguf; \
+                 MEDIFY_PYTHON names another interpreter)"
+            )
+        }));
+    }
+    let out = std::process::Command::new(&python)
+        .arg(REFERENCE_SCRIPT)
+        .arg("--model")
+        .arg(&args.model)
+        .args([
+            "--rank",
+            &args.rank.to_string(),
+            "--batch-size",
+            &args.batch_size.to_string(),
+            "--seq-len",
+            &args.seq_len.to_string(),
+            "--steps",
+            &args.steps.to_string(),
+            "--threads",
+            &threads().to_string(),
+        ])
+        .output()
+        .map_err(|e| format!("running {REFERENCE_SCRIPT}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "the reference stack failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    serde_json::from_str(last).map_err(|e| format!("reading the reference's JSON ({e}): {stdout}"))
 }
 
 fn step_loss(
@@ -145,10 +220,23 @@ pub fn run(args: &Args) -> Result<(), String> {
         }
         results.insert(base.to_string(), r);
     }
+    let reference = if args.reference {
+        let r = reference(args)?;
+        if !args.json {
+            eprintln!("reference: {r}");
+        }
+        Some(r)
+    } else {
+        None
+    };
     let get = |b: &str, k: &str| results[b][k].as_f64().unwrap_or(f64::NAN);
-    let out = json!({
+    let ref_tps = reference.as_ref().and_then(|r| r["tokens_per_s"].as_f64());
+    let mut out = json!({
         "model": args.model.display().to_string(),
         "device": args.device,
+        "threads": threads(),
+        "cpu": cpu_model(),
+        "date": today_utc(),
         "rank": args.rank,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
@@ -161,6 +249,19 @@ pub fn run(args: &Args) -> Result<(), String> {
             "tokens_per_s_qlora_over_lora": get("nf4", "tokens_per_s") / get("dense", "tokens_per_s"),
         },
     });
+    if let Some(r) = reference {
+        out["reference"] = r;
+        if let Some(t) = ref_tps {
+            out["ratios"]["tokens_per_s_qlora_over_reference"] =
+                json!(get("nf4", "tokens_per_s") / t);
+            out["ratios"]["tokens_per_s_lora_over_reference"] =
+                json!(get("dense", "tokens_per_s") / t);
+        }
+        if let Some(p) = out["reference"]["peak_rss_bytes"].as_f64() {
+            out["ratios"]["peak_rss_qlora_over_reference"] =
+                json!(get("nf4", "peak_rss_bytes") / p);
+        }
+    }
     println!(
         "{}",
         serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
@@ -193,6 +294,27 @@ pub struct TrainArgs {
     /// Print JSON only.
     #[arg(long)]
     json: bool,
+    /// Also run the reference stack on the same batch (see `bench-lora --reference`).
+    #[arg(long)]
+    reference: bool,
+}
+
+/// Today's date (UTC, from the system clock) for the record, without a date crate.
+fn today_utc() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / 86_400) as i64;
+    // Howard Hinnant's civil-from-days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<(), String> {
@@ -204,6 +326,7 @@ pub fn run_train(a: &TrainArgs) -> Result<(), String> {
         seq_len: a.seq_len,
         steps: a.steps,
         json: a.json,
+        reference: a.reference,
         child: None,
     })
 }

@@ -1,7 +1,11 @@
 //! `LoraAdapter`: the trainable low-rank update `s · B A` (and DoRA's magnitude) of one layer.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use burn::module::{Flag, Module, Param};
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
+use medify_quant::{DropoutKey, dropout};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -37,6 +41,44 @@ pub struct LoraAdapter {
     scaling: f64,
     #[module(skip)]
     dropout: f64,
+    #[module(skip)]
+    masks: DropoutStream,
+}
+
+/// Where an adapter's dropout masks come from: a counter-based hash of (seed, stream, call), so
+/// masks cost one pass over the input, repeat exactly after [`LoraAdapter::seek_dropout`], and
+/// adapters of different runs in one process never share a generator.
+#[derive(Debug, Clone)]
+struct DropoutStream {
+    stream: u64,
+    /// Shared by clones of the module (the optimizer's `map`, `valid()`): one sequence per layer.
+    position: Arc<DropoutPosition>,
+}
+
+#[derive(Debug)]
+struct DropoutPosition {
+    seed: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl DropoutStream {
+    fn new(seed: u64, stream: u64) -> DropoutStream {
+        DropoutStream {
+            stream,
+            position: Arc::new(DropoutPosition {
+                seed: AtomicU64::new(seed),
+                calls: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn next_key(&self) -> DropoutKey {
+        DropoutKey {
+            seed: self.position.seed.load(Ordering::Relaxed),
+            stream: self.stream,
+            counter: self.position.calls.fetch_add(1, Ordering::Relaxed),
+        }
+    }
 }
 
 impl LoraAdapter {
@@ -77,7 +119,24 @@ impl LoraAdapter {
             training: Param::from_bool(true),
             scaling,
             dropout,
+            masks: DropoutStream::new(0, 0),
         })
+    }
+
+    /// Draws dropout masks from `(seed, stream)`: give each adapted layer its own stream (the
+    /// adapters [`crate::LoraExt::add_adapters`] builds use the config's seed and the layer index).
+    pub fn with_dropout_stream(mut self, seed: u64, stream: u64) -> LoraAdapter {
+        self.masks = DropoutStream::new(seed, stream);
+        self
+    }
+
+    /// Positions this adapter's dropout stream: the next forward pass draws mask number
+    /// `position` of the run seeded `seed`. A trainer seeks every adapter to a function of the
+    /// step before each step, so a resumed run (whose adapters were read back from PEFT files,
+    /// which do not record a seed) draws exactly the masks the original run drew.
+    pub fn seek_dropout(&self, seed: u64, position: u64) {
+        self.masks.position.seed.store(seed, Ordering::Relaxed);
+        self.masks.position.calls.store(position, Ordering::Relaxed);
     }
 
     /// A freshly initialised adapter for a base of shape `[out, in]`. For DoRA the magnitude
@@ -122,7 +181,7 @@ impl LoraAdapter {
         let b = Tensor::<2>::from_data(TensorData::new(b, [out, r]), &device);
         let magnitude = dora
             .then(|| row_norm(base.to_dense() + b.clone().matmul(a.clone()).mul_scalar(scaling)));
-        LoraAdapter::new(a, b, magnitude, scaling, dropout)
+        Ok(LoraAdapter::new(a, b, magnitude, scaling, dropout)?.with_dropout_stream(seed, stream))
     }
 
     /// The rank r.
@@ -185,17 +244,16 @@ impl LoraAdapter {
     ) -> Tensor<D> {
         let dropping = self.dropout > 0.0 && self.training.is_enabled() && x.device().is_autodiff();
         let x = if dropping {
-            let keep = 1.0 - self.dropout;
-            let mask = x.random_like(Distribution::Bernoulli(keep));
-            (x * mask).mul_scalar(1.0 / keep)
+            dropout(x, self.dropout, self.masks.next_key())
         } else {
             x
         };
         let a = self.lora_a.val();
         let b = self.lora_b.val();
-        let update = dense_matmul(dense_matmul(x.clone(), &a), &b);
+        // The scaling goes on the rank-r activations, r/out of the work of scaling the update.
+        let down = dense_matmul(x.clone(), &a);
         match self.dora_scale(base) {
-            None => base_out + update.mul_scalar(self.scaling),
+            None => base_out + dense_matmul(down.mul_scalar(self.scaling), &b),
             Some(scale) => {
                 // PEFT: result + (scale - 1) * (x Wᵀ) + scale * s * lora(x), where x Wᵀ is taken
                 // on the dropped-out input while training.
@@ -204,6 +262,7 @@ impl LoraAdapter {
                 } else {
                     base_out.clone()
                 };
+                let update = dense_matmul(down, &b);
                 let scale = scale.unsqueeze::<D>();
                 base_out
                     + base_dropped * scale.clone().sub_scalar(1.0)

@@ -143,6 +143,15 @@ pub trait LoraExt: LoraModel {
         Ok(self.adapter_summary())
     }
 
+    /// Seeks every adapter's dropout stream (see [`LoraAdapter::seek_dropout`]).
+    fn seek_dropout(&self, seed: u64, position: u64) {
+        for (_, proj) in self.linear_layers() {
+            if let Some(adapter) = proj.lora() {
+                adapter.seek_dropout(seed, position);
+            }
+        }
+    }
+
     /// Counts adapted layers and trainable parameters.
     fn adapter_summary(&self) -> LoraSummary {
         let mut adapted = Vec::new();
@@ -343,13 +352,16 @@ pub trait LoraExt: LoraModel {
             } else {
                 None
             };
-            built.push(LoraAdapter::new(
-                tensor2(a, [p.r, inp], &device),
-                tensor2(b, [out, p.r], &device),
-                m.map(|m| Tensor::<1>::from_data(TensorData::new(m, [out]), &device)),
-                config.scaling_for(p.r, p.alpha),
-                config.dropout,
-            )?);
+            built.push(
+                LoraAdapter::new(
+                    tensor2(a, [p.r, inp], &device),
+                    tensor2(b, [out, p.r], &device),
+                    m.map(|m| Tensor::<1>::from_data(TensorData::new(m, [out]), &device)),
+                    config.scaling_for(p.r, p.alpha),
+                    config.dropout,
+                )?
+                .with_dropout_stream(config.seed, p.index as u64),
+            );
         }
         if let Some(extra) = tensors.keys().next() {
             return Err(mismatch(format!(

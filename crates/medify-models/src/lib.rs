@@ -29,6 +29,7 @@ mod generate;
 pub mod gguf;
 mod layers;
 mod loader;
+mod loss;
 mod model;
 mod rope;
 mod save;
@@ -42,6 +43,7 @@ pub use generate::{Generation, GenerationConfig, Sampler, StopReason, TextStream
 pub use gguf::GgufSource;
 pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, RmsNorm};
 pub use loader::{LoadOptions, LoadReport};
+pub use loss::{CHUNK_BYTES, LmLossOps, chunked_lm_loss, supports_chunked_loss};
 pub use model::{CausalLm, IGNORE_INDEX, KvCache, LossOutput, TokenBatch};
 pub use rope::Rope;
 pub use save::SaveDtype;

@@ -322,6 +322,68 @@ impl CausalLm {
     /// Next-token cross-entropy: position `i` predicts `labels[i + 1]`, as transformers shifts;
     /// labels equal to [`IGNORE_INDEX`] are skipped.
     pub fn loss(&self, batch: &TokenBatch, labels: &[Vec<i64>]) -> Result<LossOutput> {
+        let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
+        let [b, s] = batch.dims();
+        let hidden = self.forward_hidden(batch, None)?.narrow(1, 0, s - 1);
+        let sum = match self.fused_head_weight() {
+            Some(head) => {
+                let d = self.config.hidden_size;
+                let hidden = hidden.reshape([b * (s - 1), d]);
+                crate::loss::chunked_lm_loss(hidden, head, &targets, &weights)
+            }
+            None => self.materialized_loss_sum(hidden, targets, weights),
+        };
+        let loss = sum.clone().div_scalar(tokens.max(1) as f32);
+        Ok(LossOutput { loss, sum, tokens })
+    }
+
+    /// [`CausalLm::loss`] through the full `[batch, seq, vocab]` log-softmax, as every backend
+    /// computes it. The reference the chunked loss is tested against.
+    pub fn loss_materialized(&self, batch: &TokenBatch, labels: &[Vec<i64>]) -> Result<LossOutput> {
+        let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
+        let s = batch.dims()[1];
+        let hidden = self.forward_hidden(batch, None)?.narrow(1, 0, s - 1);
+        let sum = self.materialized_loss_sum(hidden, targets, weights);
+        let loss = sum.clone().div_scalar(tokens.max(1) as f32);
+        Ok(LossOutput { loss, sum, tokens })
+    }
+
+    /// The output embedding when the chunked loss can use it: a device it runs on and a frozen,
+    /// bias-free head (tied embeddings, or an lm_head without an adapter).
+    fn fused_head_weight(&self) -> Option<Tensor<2>> {
+        if !crate::loss::supports_chunked_loss(&self.device()) {
+            return None;
+        }
+        match &self.lm_head {
+            None => Some(self.embed_tokens.clone()),
+            Some(head) if head.lora().is_none() && head.bias().is_none() => {
+                Some(head.weight().to_dense())
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn materialized_loss_sum(
+        &self,
+        hidden: Tensor<3>,
+        targets: Vec<i64>,
+        weights: Vec<f32>,
+    ) -> Tensor<1> {
+        let [b, s1, _] = hidden.dims();
+        let device = self.device();
+        let logp = log_softmax(self.logits(hidden), 2);
+        let idx = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, s1, 1]), &device);
+        let w = Tensor::<3>::from_data(TensorData::new(weights, [b, s1, 1]), &device);
+        (logp.gather(2, idx) * w).sum().neg()
+    }
+
+    /// Shifted targets and their weights (0 for [`IGNORE_INDEX`]), with the count of predicted
+    /// tokens; checks the labels' shape and range.
+    fn loss_targets(
+        &self,
+        batch: &TokenBatch,
+        labels: &[Vec<i64>],
+    ) -> Result<(Vec<i64>, Vec<f32>, usize)> {
         let [b, s] = batch.dims();
         if labels.len() != b || labels.iter().any(|l| l.len() != s) {
             return Err(ModelError::InvalidRequest(
@@ -352,14 +414,7 @@ impl CausalLm {
             }
         }
         let tokens = weights.iter().filter(|&&w| w > 0.0).count();
-        let device = self.device();
-        let hidden = self.forward_hidden(batch, None)?.narrow(1, 0, s - 1);
-        let logp = log_softmax(self.logits(hidden), 2);
-        let idx = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, s - 1, 1]), &device);
-        let w = Tensor::<3>::from_data(TensorData::new(weights, [b, s - 1, 1]), &device);
-        let sum = (logp.gather(2, idx) * w).sum().neg();
-        let loss = sum.clone().div_scalar(tokens.max(1) as f32);
-        Ok(LossOutput { loss, sum, tokens })
+        Ok((targets, weights, tokens))
     }
 
     /// Parameters of the dense model this checkpoint represents.

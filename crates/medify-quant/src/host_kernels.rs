@@ -2,14 +2,15 @@
 //!
 //! Small batches (decode) stream the packed weight once and decode 8 codes per `u32` word in
 //! registers (AVX2 + FMA where the CPU has them); they never hold a dense row. Larger batches
-//! decode a tile of rows at a time into a small buffer and hand it to `gemm`, so the dense
-//! weight is never materialised whole either.
+//! (prefill, training) decode the weight into a per-thread scratch buffer that is reused across
+//! calls and hand it to one `gemm`: the decode is cheap next to the m·n·k multiply, and the
+//! scratch is transient working memory, never a second copy of the model.
 
 use rayon::prelude::*;
 
-/// Batches up to this many rows use the streaming kernel; above it, tiles + gemm.
+/// Batches up to this many rows use the streaming kernel; above it, decode + gemm.
 pub const STREAMING_MAX_ROWS: usize = 8;
-/// Output features decoded per tile in the batched path.
+/// Output features decoded per parallel task.
 const TILE_ROWS: usize = 64;
 /// Output features handled by one parallel task in the streaming path.
 const STREAM_ROWS_PER_TASK: usize = 32;
@@ -147,7 +148,7 @@ pub fn matmul_4bit(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     if m <= STREAMING_MAX_ROWS && k % 8 == 0 {
         streaming(x, m, w, out);
     } else {
-        tiled(x, m, w, out);
+        decoded_gemm(x, m, w, out);
     }
 }
 
@@ -260,46 +261,62 @@ fn row_dots_scalar(x: &[f32], m: usize, w: &PackedView<'_>, row: usize, acc: &mu
     }
 }
 
-/// Prefill / training kernel: decode `TILE_ROWS` weight rows, multiply with gemm.
-fn tiled(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
+/// Prefill / training kernel: decode the weight once (in parallel, into a buffer this thread
+/// reuses across calls, so no fresh pages are faulted in), then one multi-threaded gemm. Decoding
+/// is O(n·k) against the gemm's O(m·n·k); one large gemm call packs `x` once, where per-tile
+/// calls re-packed it for every 64 output rows.
+fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     let (n, k) = (w.out_features, w.in_features);
-    let tiles = n.div_ceil(TILE_ROWS);
-    // Each task writes a disjoint column range of `out`; pass the base as an address.
-    let out_addr = out.as_mut_ptr() as usize;
-    (0..tiles).into_par_iter().for_each_init(
-        || vec![0f32; TILE_ROWS * k],
-        |tile_buf, t| {
-            let r0 = t * TILE_ROWS;
-            let rows = TILE_ROWS.min(n - r0);
-            w.decode_rows(r0, rows, tile_buf);
-            // SAFETY: `out` holds m*n values; this task writes columns r0..r0+rows of each of
-            // the m rows, which no other task touches. lhs/rhs are valid for the given strides.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    rows,
-                    k,
-                    (out_addr as *mut f32).add(r0),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    tile_buf.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        },
-    );
+    thread_local! {
+        static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    // Taken out of the cell, so a reentrant call (rayon work stealing) just allocates its own.
+    let mut buf = DECODED.with(std::cell::Cell::take);
+    if buf.len() < n * k {
+        buf.resize(n * k, 0.0);
+    }
+    {
+        let dense = &mut buf[..n * k];
+        w.decode_all(dense);
+        let parallelism = if m * n * k >= 1 << 18 {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: `out` holds m*n values (asserted by the caller), `x` m*k and `dense` n*k; the
+        // strides below address exactly those row-major buffers (`dense` read as Wᵀ).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                dense.as_ptr(),
+                k as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+    }
+    if buf.len() <= MAX_KEPT_SCRATCH {
+        DECODED.with(|cell| cell.set(buf));
+    }
 }
+
+/// Largest decoded weight (in f32s, 64 MiB) a thread keeps for the next call; bigger ones
+/// (7B-scale MLPs) are freed after use.
+const MAX_KEPT_SCRATCH: usize = 16 << 20;
 
 #[cfg(target_arch = "x86_64")]
 fn avx2_available() -> bool {
@@ -576,6 +593,6 @@ mod tests {
         check(3, 33, 96, 32);
         check(8, 16, 200, 128);
         check(17, 130, 64, 64);
-        check(2, 5, 13, 64); // in_features not a multiple of 8: tiled path
+        check(2, 5, 13, 64); // in_features not a multiple of 8: decode + gemm path
     }
 }

@@ -27,9 +27,11 @@ mod quant_state;
 pub mod bench;
 pub mod bnb;
 pub mod device;
+pub mod dropout;
 
 pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_unsigned_map};
 pub use device::{Nf4Tensor, Quant4Ops, linear_4bit};
+pub use dropout::{DropoutKey, DropoutOps, dropout};
 pub use error::QuantError;
 pub use host_kernels::{PackedView, Scales, matmul_4bit};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};

@@ -1,0 +1,390 @@
+//! The language-model loss without the `[tokens, vocab]` logits: lm_head matmul, log-softmax,
+//! cross-entropy and its gradient computed in row chunks, in one pass.
+//!
+//! With a 49k–128k vocabulary the logits and their log-softmax are the largest tensors of a
+//! training step (200 MB each at 1,024 tokens of SmolLM2), and an autodiff graph keeps several.
+//! Here the forward pass computes each chunk's logits into a scratch buffer, turns them into the
+//! loss and, when training, straight into the gradient `w·(softmax − onehot) · W` of the hidden
+//! states; only that `[tokens, hidden]` gradient is kept for backward, which scales it by the
+//! incoming gradient. Rows with weight 0 (prompt and padding tokens) are skipped entirely.
+//!
+//! Implemented for the Flex CPU backend (host kernel over `gemm`); the model falls back to the
+//! materialised path on other backends.
+
+use burn::backend::Dispatch;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, backend_extension};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+/// Bytes of logits one chunk may hold (the scratch buffer's size).
+pub const CHUNK_BYTES: usize = 64 << 20;
+
+/// The fused loss as a backend extension. Reach it through [`chunked_lm_loss`].
+#[backend_extension(Flex: cfg(feature = "flex"), Autodiff)]
+pub trait LmLossOps: Backend {
+    /// `Σᵢ wᵢ · (logsumexp(hᵢ Wᵀ) − (hᵢ Wᵀ)[tᵢ])` as a `[1]` tensor, for `hidden [n, d]`,
+    /// `weight [vocab, d]`, `targets [n]` and `weights [n]`.
+    fn lm_loss(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
+
+    /// [`LmLossOps::lm_loss`] and its gradient in `hidden` (`[n, d]`).
+    fn lm_loss_with_grad(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+        weights: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Whether [`chunked_lm_loss`] runs on `device`.
+pub fn supports_chunked_loss(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    if device.clone().inner() == Device::flex() {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
+/// The weighted cross-entropy sum of next-token predictions from final hidden states, never
+/// forming the logits. `weight` is the (frozen) output embedding `[vocab, d]`; the result is
+/// differentiable in `hidden` only. Requires [`supports_chunked_loss`].
+///
+/// ```
+/// use burn::tensor::{Device, Tensor, TensorData, activation::log_softmax};
+/// use medify_models::chunked_lm_loss;
+/// let device = Device::flex();
+/// let h = Tensor::<2>::from_data(TensorData::new(vec![0.1f32, -0.2, 0.3, 0.5, 0.0, -0.4], [2, 3]), &device);
+/// let w = Tensor::<2>::from_data(TensorData::new((0..15).map(|i| i as f32 / 10.0 - 0.7).collect::<Vec<_>>(), [5, 3]), &device);
+/// let loss = chunked_lm_loss(h.clone(), w.clone(), &[4, 1], &[1.0, 0.5]).into_scalar::<f32>();
+/// let logp: Vec<f32> = log_softmax(h.matmul(w.transpose()), 1).into_data().try_into_vec().unwrap();
+/// let want = -(logp[4] + 0.5 * logp[5 + 1]);
+/// assert!((loss - want).abs() < 1e-6);
+/// ```
+pub fn chunked_lm_loss(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    targets: &[i64],
+    weights: &[f32],
+) -> Tensor<1> {
+    let device = hidden.device();
+    let n = targets.len();
+    let t = Tensor::<1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), &device);
+    let w = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [n]), &device);
+    Tensor::from_dispatch(<Dispatch as LmLossOps>::lm_loss(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        t.into_dispatch(),
+        w.into_dispatch(),
+    ))
+}
+
+/// The host kernel: returns the loss sum and fills `grad` (`[n, d]`, zeroed by the caller).
+#[cfg_attr(not(feature = "flex"), allow(dead_code))]
+fn host_loss(
+    hidden: &[f32],
+    weight: &[f32],
+    d: usize,
+    targets: &[i64],
+    weights: &[f32],
+    mut grad: Option<&mut [f32]>,
+) -> f64 {
+    use rayon::prelude::*;
+
+    let vocab = weight.len() / d.max(1);
+    let active: Vec<usize> = (0..targets.len()).filter(|&i| weights[i] != 0.0).collect();
+    let chunk = (CHUNK_BYTES / (4 * vocab.max(1))).clamp(8, 1024);
+    let mut logits = vec![0f32; chunk.min(active.len()) * vocab];
+    let mut rows_h = vec![0f32; chunk.min(active.len()) * d];
+    let mut rows_g = vec![0f32; chunk.min(active.len()) * d];
+    let mut total = 0f64;
+    for ids in active.chunks(chunk) {
+        let m = ids.len();
+        for (r, &i) in ids.iter().enumerate() {
+            rows_h[r * d..(r + 1) * d].copy_from_slice(&hidden[i * d..(i + 1) * d]);
+        }
+        let z = &mut logits[..m * vocab];
+        // SAFETY: z is [m, vocab], rows_h [m, d], weight [vocab, d] read as Wᵀ; all row-major.
+        unsafe {
+            gemm::gemm(
+                m,
+                vocab,
+                d,
+                z.as_mut_ptr(),
+                1,
+                vocab as isize,
+                false,
+                rows_h.as_ptr(),
+                1,
+                d as isize,
+                weight.as_ptr(),
+                d as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        let want_grad = grad.is_some();
+        let losses: Vec<f64> = z
+            .par_chunks_mut(vocab)
+            .zip(ids.par_iter())
+            .map(|(row, &i)| {
+                let w = weights[i];
+                let t = targets[i] as usize;
+                let target_logit = row[t];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f64;
+                for v in row.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v as f64;
+                }
+                let lse = sum.ln() + max as f64;
+                if want_grad {
+                    let scale = (w as f64 / sum) as f32;
+                    row.iter_mut().for_each(|v| *v *= scale);
+                    row[t] -= w;
+                }
+                w as f64 * (lse - target_logit as f64)
+            })
+            .collect();
+        total += losses.iter().sum::<f64>();
+        if let Some(grad) = grad.as_deref_mut() {
+            let g = &mut rows_g[..m * d];
+            // SAFETY: g is [m, d], z [m, vocab], weight [vocab, d]; all row-major.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    d,
+                    vocab,
+                    g.as_mut_ptr(),
+                    1,
+                    d as isize,
+                    false,
+                    z.as_ptr(),
+                    1,
+                    vocab as isize,
+                    weight.as_ptr(),
+                    1,
+                    d as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+            for (r, &i) in ids.iter().enumerate() {
+                grad[i * d..(i + 1) * d].copy_from_slice(&g[r * d..(r + 1) * d]);
+            }
+        }
+    }
+    total
+}
+
+#[cfg(feature = "flex")]
+mod flex {
+    use std::borrow::Cow;
+
+    use burn::tensor::{DType, TensorData};
+    use burn_flex::{Flex, FlexTensor};
+
+    use super::{LmLossOps, host_loss};
+
+    fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
+        match t.as_slice::<f32>() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(
+                t.clone()
+                    .into_data()
+                    .convert::<f32>()
+                    .try_into_vec::<f32>()
+                    .expect("converted to f32"),
+            ),
+        }
+    }
+
+    fn run(
+        hidden: FlexTensor,
+        weight: FlexTensor,
+        targets: FlexTensor,
+        weights: FlexTensor,
+        with_grad: bool,
+    ) -> (FlexTensor, Option<FlexTensor>) {
+        let dims = hidden.layout().shape().to_vec();
+        let (n, d) = (dims[0], dims[1]);
+        let dtype = hidden.dtype();
+        let targets = targets
+            .into_data()
+            .convert::<i64>()
+            .try_into_vec::<i64>()
+            .expect("converted to i64");
+        let (h, w, wt) = (f32s(&hidden), f32s(&weight), f32s(&weights));
+        let mut grad = with_grad.then(|| vec![0f32; n * d]);
+        let loss = host_loss(&h, &w, d, &targets, &wt, grad.as_deref_mut());
+        let cast = |data: TensorData| {
+            FlexTensor::from_data(if dtype == DType::F32 {
+                data
+            } else {
+                data.convert_dtype(dtype)
+            })
+        };
+        let loss = cast(TensorData::new(vec![loss as f32], [1]));
+        (loss, grad.map(|g| cast(TensorData::new(g, [n, d]))))
+    }
+
+    impl LmLossOps for Flex {
+        fn lm_loss(
+            hidden: FlexTensor,
+            weight: FlexTensor,
+            targets: FlexTensor,
+            weights: FlexTensor,
+        ) -> FlexTensor {
+            run(hidden, weight, targets, weights, false).0
+        }
+
+        fn lm_loss_with_grad(
+            hidden: FlexTensor,
+            weight: FlexTensor,
+            targets: FlexTensor,
+            weights: FlexTensor,
+        ) -> (FlexTensor, FlexTensor) {
+            let (loss, grad) = run(hidden, weight, targets, weights, true);
+            (loss, grad.expect("gradient requested"))
+        }
+    }
+}
+
+mod autodiff {
+    use burn::backend::autodiff::Autodiff;
+    use burn::backend::autodiff::checkpoint::base::Checkpointer;
+    use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+    use burn::backend::autodiff::grads::Gradients;
+    use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+    use burn::backend::tensor::{FloatTensor, IntTensor};
+    use burn::backend::{Backend, TensorMetadata};
+
+    use super::LmLossOps;
+
+    #[derive(Debug)]
+    struct LossBackward;
+
+    impl<B: Backend + LmLossOps> Backward<B, 1> for LossBackward {
+        /// The gradient of the loss sum in the hidden states, computed in forward.
+        type State = FloatTensor<B>;
+
+        fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+            let [node] = ops.parents;
+            let upstream = grads.consume::<B>(&ops.node);
+            let Some(node) = node else { return };
+            let grad = ops.state;
+            let shape = grad.shape();
+            let upstream = B::float_expand(B::float_reshape(upstream, [1, 1].into()), shape);
+            grads.register::<B>(node.id, B::float_mul(grad, upstream));
+        }
+    }
+
+    impl<B: Backend + LmLossOps, C: CheckpointStrategy> LmLossOps for Autodiff<B, C> {
+        fn lm_loss(
+            hidden: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            targets: IntTensor<Self>,
+            weights: FloatTensor<Self>,
+        ) -> FloatTensor<Self> {
+            // The output embedding is frozen: it takes no gradient here.
+            let weight = weight.into_primitive();
+            let weights = weights.into_primitive();
+            match LossBackward
+                .prepare::<C>([hidden.node()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let (loss, grad) =
+                        B::lm_loss_with_grad(hidden.into_primitive(), weight, targets, weights);
+                    prep.finish(grad, loss)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::lm_loss(
+                    hidden.into_primitive(),
+                    weight,
+                    targets,
+                    weights,
+                )),
+            }
+        }
+
+        fn lm_loss_with_grad(
+            hidden: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            targets: IntTensor<Self>,
+            weights: FloatTensor<Self>,
+        ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+            let (loss, grad) = B::lm_loss_with_grad(
+                hidden.into_primitive(),
+                weight.into_primitive(),
+                targets,
+                weights.into_primitive(),
+            );
+            (
+                <Self as burn::backend::AutodiffBackend>::from_inner(loss),
+                <Self as burn::backend::AutodiffBackend>::from_inner(grad),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_kernel_matches_a_direct_computation() {
+        let (n, d, v) = (7, 5, 300);
+        let h: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 4.0)
+            .collect();
+        let w: Vec<f32> = (0..v * d)
+            .map(|i| ((i * 53 % 17) as f32 - 8.0) / 9.0)
+            .collect();
+        let targets: Vec<i64> = (0..n as i64).map(|i| (i * 41) % v as i64).collect();
+        let weights = [1.0f32, 0.0, 1.0, 0.5, 1.0, 0.0, 2.0];
+        let mut grad = vec![0f32; n * d];
+        let got = host_loss(&h, &w, d, &targets, &weights, Some(&mut grad));
+        let mut want = 0f64;
+        let mut want_grad = vec![0f64; n * d];
+        for i in 0..n {
+            let z: Vec<f64> = (0..v)
+                .map(|j| {
+                    (0..d)
+                        .map(|k| h[i * d + k] as f64 * w[j * d + k] as f64)
+                        .sum()
+                })
+                .collect();
+            let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = z.iter().map(|x| (x - max).exp()).sum();
+            let lse = sum.ln() + max;
+            let wi = weights[i] as f64;
+            want += wi * (lse - z[targets[i] as usize]);
+            for j in 0..v {
+                let p = (z[j] - lse).exp() - if j == targets[i] as usize { 1.0 } else { 0.0 };
+                for k in 0..d {
+                    want_grad[i * d + k] += wi * p * w[j * d + k] as f64;
+                }
+            }
+        }
+        assert!((got - want).abs() < 1e-4 * want.abs(), "{got} vs {want}");
+        for (a, b) in grad.iter().zip(&want_grad) {
+            assert!((*a as f64 - b).abs() < 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        // Weight-0 rows have no gradient.
+        assert!(grad[d..2 * d].iter().all(|&g| g == 0.0));
+    }
+}
