@@ -57,6 +57,12 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::BenchLora(_) | Command::BenchTrain(_) | Command::Finetune(_)
+    ) {
+        medify_qlora::retain_freed_memory();
+    }
     let result = match cli.command {
         Command::BenchQuant(args) => bench_quant::run(&args),
         Command::BenchModels(args) => bench_models::run(&args),

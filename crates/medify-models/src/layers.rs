@@ -91,12 +91,16 @@ impl Mlp {
     /// Applies the MLP to `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let gate = self.gate_proj.forward(x.clone());
-        let gate = match self.act {
-            Activation::Silu => silu(gate),
-            Activation::GeluTanh => gelu_tanh(gate),
-            Activation::Gelu => gelu_erf(gate),
+        let up = self.up_proj.forward(x);
+        let hidden = match self.act {
+            Activation::Silu if crate::fused::supports_fused(&gate.device()) => {
+                crate::fused::swiglu(gate, up)
+            }
+            Activation::Silu => silu(gate) * up,
+            Activation::GeluTanh => gelu_tanh(gate) * up,
+            Activation::Gelu => gelu_erf(gate) * up,
         };
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+        self.down_proj.forward(hidden)
     }
 }
 
@@ -202,11 +206,13 @@ impl Attention {
         // so grouping the queries avoids materialising repeated keys and values.
         let q = q.reshape([b, kvh, g * s, d]);
         let scale = (d as f64).powf(-0.5);
-        let scores = q
-            .matmul(k.swap_dims(2, 3))
-            .mul_scalar(scale)
-            .reshape([b, kvh, g, s, t]);
-        let probs = softmax(scores + ctx.mask.clone(), 4).reshape([b, kvh, g * s, t]);
+        let scores = q.matmul(k.swap_dims(2, 3)).reshape([b, kvh, g, s, t]);
+        let probs = if crate::fused::supports_fused(&scores.device()) {
+            crate::fused::masked_softmax(scores, ctx.mask.clone(), scale as f32)
+        } else {
+            softmax(scores.mul_scalar(scale) + ctx.mask.clone(), 4)
+        };
+        let probs = probs.reshape([b, kvh, g * s, t]);
         let out = probs
             .matmul(v)
             .reshape([b, h, s, d])

@@ -153,10 +153,12 @@ mod flex {
                 .enumerate()
                 .for_each(|(c, (o, x))| {
                     let base = (c * CHUNK) as u32;
-                    for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                        let keep = dropout_hash(base.wrapping_add(j as u32), k1, k2) >= threshold;
-                        *o = if keep { x * scale } else { 0.0 };
-                    }
+                    crate::simd::vectorized(|| {
+                        for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                            let h = dropout_hash(base.wrapping_add(j as u32), k1, k2);
+                            *o = if h >= threshold { x * scale } else { 0.0 };
+                        }
+                    })
                 });
             let data = TensorData::new(out, shape);
             let data = if dtype == DType::F32 {

@@ -28,6 +28,7 @@ pub mod bench;
 pub mod bnb;
 pub mod device;
 pub mod dropout;
+pub mod simd;
 
 pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_unsigned_map};
 pub use device::{Nf4Tensor, Quant4Ops, linear_4bit};
