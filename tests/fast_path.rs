@@ -1,14 +1,16 @@
-//! The CPU fast paths against the reference paths they replace, on the tiny models of
-//! `fixtures/tiny_models`: the chunked cross-entropy (`CausalLm::loss` on flex) must give the
-//! loss of the materialised log-softmax (`CausalLm::loss_materialized`) within 1e-6 and every
-//! adapter gradient within 1e-5 relative, over dense and NF4 bases, tied and untied heads, with
-//! masked (prompt) labels; the counter-based dropout must draw the same masks on every backend.
+//! The CPU fast path against the reference path it replaces, on the tiny models of
+//! `fixtures/tiny_models`: with the fused kernels (chunked cross-entropy, fused attention
+//! softmax and SwiGLU; `KernelPath::Fast`, the default on flex) a training step must give the
+//! loss of burn's own ops (`KernelPath::Reference`: materialised logits and log-softmax) within
+//! 1e-6 and every adapter gradient within 1e-5 relative, over dense and NF4 bases, tied and
+//! untied heads, SwiGLU and GeGLU, with masked (prompt) labels and left padding; the
+//! counter-based dropout must draw the same masks on every backend.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use medify_qlora::lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
-use medify_qlora::models::{CausalLm, IGNORE_INDEX, LoadOptions, TokenBatch};
+use medify_qlora::models::{CausalLm, IGNORE_INDEX, KernelPath, LoadOptions, TokenBatch};
 use medify_qlora::quant::{DropoutKey, QuantConfig, dropout};
 
 fn fixtures() -> PathBuf {
@@ -68,8 +70,11 @@ fn check(variant: &str, options: &LoadOptions) {
         )
         .unwrap();
     let (batch, labels) = batch(model.config().vocab_size);
+    assert_eq!(model.kernel_path(), KernelPath::Fast);
     let fast = model.loss(&batch, &labels).unwrap();
-    let reference = model.loss_materialized(&batch, &labels).unwrap();
+    let fast_grads = adapter_grads(&model, fast.loss.clone());
+    model.set_kernel_path(KernelPath::Reference);
+    let reference = model.loss(&batch, &labels).unwrap();
     assert_eq!(fast.tokens, reference.tokens);
     assert_eq!(fast.tokens, 2 * 19, "masked labels are not predicted");
     let (f, r) = (
@@ -80,7 +85,7 @@ fn check(variant: &str, options: &LoadOptions) {
         (f - r).abs() <= 1e-6 * r.abs().max(1.0),
         "{variant}: loss {f} vs {r}"
     );
-    let got = adapter_grads(&model, fast.loss);
+    let got = fast_grads;
     let want = adapter_grads(&model, reference.loss);
     assert_eq!(got.len(), want.len());
     assert!(!got.is_empty());
@@ -96,13 +101,14 @@ fn check(variant: &str, options: &LoadOptions) {
 }
 
 #[test]
-fn chunked_loss_matches_the_materialized_loss_and_gradients() {
+fn fused_kernels_give_the_reference_loss_and_gradients() {
     let nf4 = LoadOptions::quantized(QuantConfig::default());
     check("llama", &LoadOptions::dense()); // untied head, dense base
     check("llama", &nf4); // untied head, NF4 + DQ base
     check("llama_nf4", &LoadOptions::dense()); // bitsandbytes 4-bit checkpoint
-    check("gemma", &nf4); // tied embeddings, GeGLU, (1 + w) norms
+    check("gemma", &nf4); // tied embeddings, GeGLU (not fused), (1 + w) norms
     check("llama3", &LoadOptions::dense()); // tied embeddings
+    check("mistral", &nf4); // sliding window
 }
 
 #[test]

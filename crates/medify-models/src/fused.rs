@@ -41,6 +41,24 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
+/// Which implementation a forward pass uses for the ops that have a fused CPU kernel (the
+/// attention softmax, SwiGLU, the language-model loss).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KernelPath {
+    /// The fused kernels where the device has them (Flex); burn's ops elsewhere.
+    #[default]
+    Fast,
+    /// burn's own ops on every device: the reference the fast path is tested against.
+    Reference,
+}
+
+impl KernelPath {
+    /// Whether this path runs the fused kernels on `device`.
+    pub fn fused_on(self, device: &Device) -> bool {
+        self == KernelPath::Fast && supports_fused(device)
+    }
+}
+
 /// Whether the fused kernels run on `device` (Flex, with or without autodiff).
 pub fn supports_fused(device: &Device) -> bool {
     crate::loss::supports_chunked_loss(device)
@@ -65,7 +83,8 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 
 /// Host kernels over row-major slices (shared by the Flex impl and the tests).
 mod host {
-    use medify_quant::simd::{exp_nonpositive, vectorized};
+    use medify_quant::multiversion;
+    use medify_quant::simd::{dot, exp_nonpositive, max_of, sum_of};
     use rayon::prelude::*;
 
     /// Rows per parallel task.
@@ -91,20 +110,7 @@ mod host {
                     let r = task * ROWS + i;
                     let m = ((r / heads_x_s) * s + r % s) * t;
                     let (x, mk) = (&scores[r * t..(r + 1) * t], &mask[m..m + t]);
-                    vectorized(|| {
-                        let mut max = f32::NEG_INFINITY;
-                        for ((o, &x), &mk) in row.iter_mut().zip(x).zip(mk) {
-                            *o = x * scale + mk;
-                            max = max.max(*o);
-                        }
-                        let mut sum = 0f32;
-                        for o in row.iter_mut() {
-                            *o = exp_nonpositive(*o - max);
-                            sum += *o;
-                        }
-                        let inv = 1.0 / sum;
-                        row.iter_mut().for_each(|o| *o *= inv);
-                    });
+                    softmax_row(row, x, mk, scale);
                 }
             });
         out
@@ -117,15 +123,52 @@ mod host {
             .zip(p.par_chunks(ROWS * t).zip(g.par_chunks(ROWS * t)))
             .for_each(|(o, (p, g))| {
                 for ((o, p), g) in o.chunks_mut(t).zip(p.chunks(t)).zip(g.chunks(t)) {
-                    vectorized(|| {
-                        let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
-                        for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
-                            *o = scale * p * (g - dot);
-                        }
-                    });
+                    softmax_backward_row(o, p, g, scale);
                 }
             });
         out
+    }
+
+    // Loop bodies are compiled for AVX-512 / AVX2 + FMA / baseline and picked at run time.
+
+    multiversion! {
+        fn softmax_row(row: &mut [f32], x: &[f32], mask: &[f32], scale: f32) {
+            for ((o, &x), &mk) in row.iter_mut().zip(x).zip(mask) {
+                *o = x * scale + mk;
+            }
+            let max = max_of(row);
+            row.iter_mut().for_each(|o| *o = exp_nonpositive(*o - max));
+            let inv = 1.0 / sum_of(row);
+            row.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+
+    multiversion! {
+        fn softmax_backward_row(out: &mut [f32], p: &[f32], g: &[f32], scale: f32) {
+            let dot = dot(p, g);
+            for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
+                *o = scale * p * (g - dot);
+            }
+        }
+    }
+
+    multiversion! {
+        fn swiglu_chunk(out: &mut [f32], gate: &[f32], up: &[f32]) {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = g * sigmoid(g) * u;
+            }
+        }
+    }
+
+    multiversion! {
+        fn swiglu_backward_chunk(dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], d: &[f32]) {
+            for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(gate).zip(up).zip(d)
+            {
+                let s = sigmoid(g);
+                *dg = d * u * s * (1.0 + g * (1.0 - s));
+                *du = d * g * s;
+            }
+        }
     }
 
     #[inline(always)]
@@ -140,13 +183,7 @@ mod host {
         let mut out = vec![0f32; gate.len()];
         out.par_chunks_mut(CHUNK)
             .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| {
-                vectorized(|| {
-                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                        *o = g * sigmoid(g) * u;
-                    }
-                })
-            });
+            .for_each(|(o, (g, u))| swiglu_chunk(o, g, u));
         out
     }
 
@@ -161,17 +198,7 @@ mod host {
                     .zip(up.par_chunks(CHUNK))
                     .zip(d.par_chunks(CHUNK)),
             )
-            .for_each(|((dg, du), ((g, u), d))| {
-                vectorized(|| {
-                    for ((((dg, du), &g), &u), &d) in
-                        dg.iter_mut().zip(du.iter_mut()).zip(g).zip(u).zip(d)
-                    {
-                        let s = sigmoid(g);
-                        *dg = d * u * s * (1.0 + g * (1.0 - s));
-                        *du = d * g * s;
-                    }
-                })
-            });
+            .for_each(|((dg, du), ((g, u), d))| swiglu_backward_chunk(dg, du, g, u, d));
         (dg, du)
     }
 }

@@ -6,6 +6,7 @@ use burn::tensor::activation::{silu, softmax, tanh};
 use medify_lora::Projection;
 
 use crate::config::Activation;
+use crate::fused::KernelPath;
 use crate::rope::apply_rope;
 
 /// Root-mean-square layer norm; Gemma scales by `1 + w` instead of `w`.
@@ -90,12 +91,15 @@ impl Mlp {
 
     /// Applies the MLP to `[batch, seq, hidden]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        self.forward_with(x, KernelPath::Fast)
+    }
+
+    /// [`Mlp::forward`] through the given kernels.
+    pub fn forward_with(&self, x: Tensor<3>, kernels: KernelPath) -> Tensor<3> {
         let gate = self.gate_proj.forward(x.clone());
         let up = self.up_proj.forward(x);
         let hidden = match self.act {
-            Activation::Silu if crate::fused::supports_fused(&gate.device()) => {
-                crate::fused::swiglu(gate, up)
-            }
+            Activation::Silu if kernels.fused_on(&gate.device()) => crate::fused::swiglu(gate, up),
             Activation::Silu => silu(gate) * up,
             Activation::GeluTanh => gelu_tanh(gate) * up,
             Activation::Gelu => gelu_erf(gate) * up,
@@ -122,6 +126,8 @@ pub struct AttentionContext {
     pub sin: Tensor<4>,
     /// Additive mask `[batch, 1, 1, seq, cached + seq]`: 0 where allowed, a large negative elsewhere.
     pub mask: Tensor<5>,
+    /// Fused kernels or burn's ops.
+    pub kernels: KernelPath,
 }
 
 /// Grouped-query self-attention (multi-head when kv heads = heads, multi-query when 1).
@@ -207,7 +213,7 @@ impl Attention {
         let q = q.reshape([b, kvh, g * s, d]);
         let scale = (d as f64).powf(-0.5);
         let scores = q.matmul(k.swap_dims(2, 3)).reshape([b, kvh, g, s, t]);
-        let probs = if crate::fused::supports_fused(&scores.device()) {
+        let probs = if ctx.kernels.fused_on(&scores.device()) {
             crate::fused::masked_softmax(scores, ctx.mask.clone(), scale as f32)
         } else {
             softmax(scores.mul_scalar(scale) + ctx.mask.clone(), 4)
@@ -275,6 +281,9 @@ impl DecoderLayer {
             + self
                 .self_attn
                 .forward(self.input_layernorm.forward(x), ctx, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        h.clone()
+            + self
+                .mlp
+                .forward_with(self.post_attention_layernorm.forward(h), ctx.kernels)
     }
 }

@@ -40,7 +40,7 @@ pub mod weights;
 pub use config::{Activation, BnbQuantization, Family, LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use eval::{EvalReport, read_text_records};
-pub use fused::{FusedOps, masked_softmax, supports_fused, swiglu};
+pub use fused::{FusedOps, KernelPath, masked_softmax, supports_fused, swiglu};
 pub use generate::{Generation, GenerationConfig, Sampler, StopReason, TextStreamer};
 pub use gguf::GgufSource;
 pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, RmsNorm};

@@ -83,6 +83,26 @@ pub fn chunked_lm_loss(
     ))
 }
 
+medify_quant::multiversion! {
+    /// `row = exp(row - max(row))`; returns the max and the sum (partial sums per 1024, in f64).
+    fn exp_shifted(row: &mut [f32]) -> (f32, f64) {
+        use medify_quant::simd::{exp_nonpositive, max_of, sum_of};
+        let max = max_of(row);
+        let mut sum = 0f64;
+        for chunk in row.chunks_mut(1024) {
+            chunk.iter_mut().for_each(|v| *v = exp_nonpositive(*v - max));
+            sum += sum_of(chunk) as f64;
+        }
+        (max, sum)
+    }
+}
+
+medify_quant::multiversion! {
+    fn scale_all(row: &mut [f32], scale: f32) {
+        row.iter_mut().for_each(|v| *v *= scale);
+    }
+}
+
 /// The host kernel: returns the loss sum and fills `grad` (`[n, d]`, zeroed by the caller).
 #[cfg_attr(not(feature = "flex"), allow(dead_code))]
 fn host_loss(
@@ -93,7 +113,6 @@ fn host_loss(
     weights: &[f32],
     mut grad: Option<&mut [f32]>,
 ) -> f64 {
-    use medify_quant::simd::{exp_nonpositive, vectorized};
     use rayon::prelude::*;
 
     let vocab = weight.len() / d.max(1);
@@ -141,31 +160,11 @@ fn host_loss(
                 let w = weights[i];
                 let t = targets[i] as usize;
                 let target_logit = row[t];
-                let (max, sum) = vectorized(|| {
-                    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    // 16 partial sums (one vector), added in f64 per chunk.
-                    let mut sum = 0f64;
-                    for chunk in row.chunks_mut(1024) {
-                        let mut lanes = [0f32; 16];
-                        let mut it = chunk.chunks_exact_mut(16);
-                        for v16 in &mut it {
-                            for (l, v) in lanes.iter_mut().zip(v16.iter_mut()) {
-                                *v = exp_nonpositive(*v - max);
-                                *l += *v;
-                            }
-                        }
-                        for v in it.into_remainder() {
-                            *v = exp_nonpositive(*v - max);
-                            sum += *v as f64;
-                        }
-                        sum += lanes.iter().map(|&l| l as f64).sum::<f64>();
-                    }
-                    (max, sum)
-                });
+                let (max, sum) = exp_shifted(row);
                 let lse = sum.ln() + max as f64;
                 if want_grad {
                     let scale = (w as f64 / sum) as f32;
-                    vectorized(|| row.iter_mut().for_each(|v| *v *= scale));
+                    scale_all(row, scale);
                     row[t] -= w;
                 }
                 w as f64 * (lse - target_logit as f64)

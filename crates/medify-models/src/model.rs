@@ -7,6 +7,7 @@ use medify_lora::Projection;
 
 use crate::config::{Family, LlamaConfig};
 use crate::error::{ModelError, Result};
+use crate::fused::KernelPath;
 use crate::layers::{AttentionContext, DecoderLayer, LayerCache};
 use crate::rope::Rope;
 
@@ -153,6 +154,8 @@ pub struct CausalLm {
     config: LlamaConfig,
     #[module(skip)]
     rope: Rope,
+    #[module(skip)]
+    kernels: KernelPath,
 }
 
 impl CausalLm {
@@ -172,7 +175,20 @@ impl CausalLm {
             lm_head,
             config,
             rope,
+            kernels: KernelPath::Fast,
         }
+    }
+
+    /// Chooses fused CPU kernels (the default) or burn's own ops for the softmax, SwiGLU and the
+    /// loss. The reference path exists to test the fast one against; both give the same results
+    /// within float rounding.
+    pub fn set_kernel_path(&mut self, kernels: KernelPath) {
+        self.kernels = kernels;
+    }
+
+    /// The kernels forward passes use.
+    pub fn kernel_path(&self) -> KernelPath {
+        self.kernels
     }
 
     /// The model's hyper-parameters.
@@ -252,6 +268,7 @@ impl CausalLm {
             cos,
             sin,
             mask: self.mask(batch, cache.as_deref()),
+            kernels: self.kernels,
         };
         let flat: Vec<i64> = batch.ids.iter().flatten().map(|&t| t as i64).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &device);
@@ -337,21 +354,10 @@ impl CausalLm {
         Ok(LossOutput { loss, sum, tokens })
     }
 
-    /// [`CausalLm::loss`] through the full `[batch, seq, vocab]` log-softmax, as every backend
-    /// computes it. The reference the chunked loss is tested against.
-    pub fn loss_materialized(&self, batch: &TokenBatch, labels: &[Vec<i64>]) -> Result<LossOutput> {
-        let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
-        let s = batch.dims()[1];
-        let hidden = self.forward_hidden(batch, None)?.narrow(1, 0, s - 1);
-        let sum = self.materialized_loss_sum(hidden, targets, weights);
-        let loss = sum.clone().div_scalar(tokens.max(1) as f32);
-        Ok(LossOutput { loss, sum, tokens })
-    }
-
     /// The output embedding when the chunked loss can use it: a device it runs on and a frozen,
     /// bias-free head (tied embeddings, or an lm_head without an adapter).
     fn fused_head_weight(&self) -> Option<Tensor<2>> {
-        if !crate::loss::supports_chunked_loss(&self.device()) {
+        if !self.kernels.fused_on(&self.device()) {
             return None;
         }
         match &self.lm_head {

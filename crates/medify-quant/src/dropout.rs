@@ -124,6 +124,16 @@ mod flex {
 
     const CHUNK: usize = 1 << 14;
 
+    crate::multiversion! {
+        /// One chunk starting at flat index `base`.
+        fn mask_chunk(out: &mut [f32], x: &[f32], base: u32, k1: u32, k2: u32, threshold: u32, scale: f32) {
+            for (j, (o, &x)) in out.iter_mut().zip(x).enumerate() {
+                let h = dropout_hash(base.wrapping_add(j as u32), k1, k2);
+                *o = if h >= threshold { x * scale } else { 0.0 };
+            }
+        }
+    }
+
     impl DropoutOps for Flex {
         fn hashed_dropout(
             x: FlexTensor,
@@ -153,12 +163,7 @@ mod flex {
                 .enumerate()
                 .for_each(|(c, (o, x))| {
                     let base = (c * CHUNK) as u32;
-                    crate::simd::vectorized(|| {
-                        for (j, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-                            let h = dropout_hash(base.wrapping_add(j as u32), k1, k2);
-                            *o = if h >= threshold { x * scale } else { 0.0 };
-                        }
-                    })
+                    mask_chunk(o, x, base, k1, k2, threshold, scale)
                 });
             let data = TensorData::new(out, shape);
             let data = if dtype == DType::F32 {

@@ -1,9 +1,9 @@
 //! Host loops that the compiler vectorizes for the CPU it finds at run time.
 //!
-//! The crates build for baseline x86-64 (SSE2), so a plain loop gets 4-lane code. [`vectorized`]
-//! runs a loop body compiled again with AVX-512 or AVX2 + FMA enabled when the CPU has them
-//! (detected once), which is what lets the dropout hash and the loss's exponentials keep up with
-//! the matmuls. [`exp_nonpositive`] is an `exp` the compiler can vectorize (libm's `expf` is a
+//! The crates build for baseline x86-64 (SSE2), so a plain loop gets 4-lane code.
+//! [`multiversion!`](crate::multiversion) compiles a loop again with AVX-512 or AVX2 + FMA
+//! enabled and picks the copy for the CPU it runs on (detected once), which is what lets the
+//! dropout hash, the softmax and the loss's exponentials keep up with the matmuls. [`exp_nonpositive`] is an `exp` the compiler can vectorize (libm's `expf` is a
 //! call, and takes a slow path for every underflow, e.g. each masked attention score).
 
 /// The widest vector extension this CPU offers the loops here.
@@ -34,28 +34,44 @@ pub fn cpu_level() -> CpuLevel {
     })
 }
 
-/// Runs `f` compiled for the widest vector extension this CPU has. `f` should be a small,
-/// `#[inline(always)]`-friendly loop (closures are inlined into each compiled copy).
-#[inline(always)]
-pub fn vectorized<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
-        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
+/// Defines a function compiled three times (AVX-512, AVX2 + FMA, baseline) that runs the widest
+/// copy this CPU supports. The body is an `#[inline(always)]` function called from each
+/// `#[target_feature]` copy, which is the pattern LLVM reliably vectorizes for the wider ISA.
+///
+/// ```
+/// medify_quant::multiversion! {
+///     /// Adds `v` to every element.
+///     pub fn add_all(xs: &mut [f32], v: f32) {
+///         xs.iter_mut().for_each(|x| *x += v);
+///     }
+/// }
+/// let mut xs = vec![1.0f32; 40];
+/// add_all(&mut xs, 0.5);
+/// assert!(xs.iter().all(|&x| x == 1.5));
+/// ```
+#[macro_export]
+macro_rules! multiversion {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { body($($arg),*) }
+                match $crate::simd::cpu_level() {
+                    // SAFETY: cpu_level detected these features on this CPU.
+                    $crate::simd::CpuLevel::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::simd::CpuLevel::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::simd::CpuLevel::Baseline => {}
+                }
+            }
+            body($($arg),*)
         }
-        #[target_feature(enable = "avx2,fma")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        match cpu_level() {
-            // SAFETY: the CPU supports the enabled features (detected by cpu_level).
-            CpuLevel::Avx512 => return unsafe { avx512(f) },
-            CpuLevel::Avx2 => return unsafe { avx2(f) },
-            CpuLevel::Baseline => {}
-        }
-    }
-    f()
+    };
 }
 
 /// `exp(x)` for `x <= 0`, within 2 ulp of libm for `x >= -87`; inputs below -87 give
@@ -82,6 +98,63 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     p * scale
 }
 
+/// Lanes of the explicit accumulators below: one AVX-512 vector. Float reductions written as
+/// a plain loop stay scalar (LLVM may not reorder float adds), so these keep 16 independent
+/// partial results, which it turns into vector registers.
+const LANES: usize = 16;
+
+/// Largest element (`-inf` for an empty slice; NaNs are ignored as `f32::max` does).
+#[inline(always)]
+pub fn max_of(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let mut it = xs.chunks_exact(LANES);
+    for c in &mut it {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a = a.max(x);
+        }
+    }
+    let tail = it
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    acc.iter().copied().fold(tail, f32::max)
+}
+
+/// Sum, with 16 partial sums.
+#[inline(always)]
+pub fn sum_of(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut it = xs.chunks_exact(LANES);
+    for c in &mut it {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    it.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>()
+}
+
+/// Dot product, with 16 partial sums.
+#[inline(always)]
+pub fn dot(xs: &[f32], ys: &[f32]) -> f32 {
+    let n = xs.len().min(ys.len());
+    let (xs, ys) = (&xs[..n], &ys[..n]);
+    let mut acc = [0f32; LANES];
+    let (mut xi, mut yi) = (xs.chunks_exact(LANES), ys.chunks_exact(LANES));
+    for (c, d) in (&mut xi).zip(&mut yi) {
+        for ((a, &x), &y) in acc.iter_mut().zip(c).zip(d) {
+            *a += x * y;
+        }
+    }
+    let tail: f32 = xi
+        .remainder()
+        .iter()
+        .zip(yi.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    tail + acc.iter().sum::<f32>()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +170,10 @@ mod tests {
         assert!(worst < 2.5e-7, "max relative error {worst}");
         assert_eq!(exp_nonpositive(0.0), 1.0);
         assert!(exp_nonpositive(-1e30) > 0.0 && exp_nonpositive(-1e30) < 2e-38);
-        assert_eq!(vectorized(|| (0..4).map(|i| i * 2).sum::<i32>()), 12);
+        let xs: Vec<f32> = (0..37).map(|i| ((i * 7 % 11) as f32) - 5.0).collect();
+        assert_eq!(max_of(&xs), 5.0);
+        assert_eq!(max_of(&[]), f32::NEG_INFINITY);
+        assert_eq!(sum_of(&xs), xs.iter().sum::<f32>());
+        assert_eq!(dot(&xs, &xs), xs.iter().map(|x| x * x).sum::<f32>());
     }
 }
