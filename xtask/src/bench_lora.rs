@@ -37,6 +37,9 @@ pub struct Args {
     /// Optimizer steps measured (after one warm-up step).
     #[arg(long, default_value_t = 3)]
     pub(crate) steps: usize,
+    /// Rounds over all variants, alternating; each variant reports its fastest round.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) repeats: usize,
     /// Print JSON only.
     #[arg(long)]
     pub(crate) json: bool,
@@ -212,23 +215,37 @@ pub fn run(args: &Args) -> Result<(), String> {
         println!("{}", train(args, base)?);
         return Ok(());
     }
+    // Rounds alternate the variants (dense, nf4, reference, dense, ...) so that a slow spell of
+    // a shared machine hits them alike; each variant reports its fastest round.
     let mut results = serde_json::Map::new();
-    for base in ["dense", "nf4"] {
-        let r = child(args, base)?;
-        if !args.json {
-            eprintln!("{base}: {r}");
-        }
-        results.insert(base.to_string(), r);
-    }
-    let reference = if args.reference {
-        let r = reference(args)?;
-        if !args.json {
-            eprintln!("reference: {r}");
-        }
-        Some(r)
-    } else {
-        None
+    let mut reference_best: Option<Value> = None;
+    let faster = |best: &Option<Value>, r: &Value| {
+        best.as_ref().is_none_or(|b| {
+            r["tokens_per_s"].as_f64().unwrap_or(0.0) > b["tokens_per_s"].as_f64().unwrap_or(0.0)
+        })
     };
+    for round in 0..args.repeats.max(1) {
+        for base in ["dense", "nf4"] {
+            let r = child(args, base)?;
+            if !args.json {
+                eprintln!("round {round} {base}: {r}");
+            }
+            let best = results.get(base).cloned();
+            if faster(&best, &r) {
+                results.insert(base.to_string(), r);
+            }
+        }
+        if args.reference {
+            let r = reference(args)?;
+            if !args.json {
+                eprintln!("round {round} reference: {r}");
+            }
+            if r.get("skipped").is_some() || faster(&reference_best, &r) {
+                reference_best = Some(r);
+            }
+        }
+    }
+    let reference = reference_best;
     let get = |b: &str, k: &str| results[b][k].as_f64().unwrap_or(f64::NAN);
     let ref_tps = reference.as_ref().and_then(|r| r["tokens_per_s"].as_f64());
     let mut out = json!({
@@ -241,6 +258,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
         "steps": args.steps,
+        "repeats": args.repeats.max(1),
         "lora": results["dense"],
         "qlora": results["nf4"],
         "ratios": {
@@ -291,6 +309,9 @@ pub struct TrainArgs {
     /// Optimizer steps measured (after one warm-up step).
     #[arg(long, default_value_t = 2)]
     steps: usize,
+    /// Rounds over all variants, alternating; each variant reports its fastest round.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
     /// Print JSON only.
     #[arg(long)]
     json: bool,
@@ -325,6 +346,7 @@ pub fn run_train(a: &TrainArgs) -> Result<(), String> {
         batch_size: a.batch_size,
         seq_len: a.seq_len,
         steps: a.steps,
+        repeats: a.repeats,
         json: a.json,
         reference: a.reference,
         child: None,

@@ -112,13 +112,11 @@ impl PackedView<'_> {
             let seg_end = ((block + 1) * self.blocksize).min(end);
             let scale = self.absmax.get(block);
             let lut = self.code.map(|c| c * scale);
-            for (pair, &b) in out[e - start..seg_end - start]
-                .chunks_exact_mut(2)
-                .zip(&bytes[e / 2..seg_end / 2])
-            {
-                pair[0] = lut[(b >> 4) as usize];
-                pair[1] = lut[(b & 15) as usize];
-            }
+            decode_pairs(
+                &mut out[e - start..seg_end - start],
+                &bytes[e / 2..seg_end / 2],
+                &lut,
+            );
             e = seg_end;
         }
     }
@@ -129,6 +127,56 @@ impl PackedView<'_> {
         out.par_chunks_mut(TILE_ROWS * k)
             .enumerate()
             .for_each(|(t, chunk)| self.decode_rows(t * TILE_ROWS, chunk.len() / k, chunk));
+    }
+}
+
+/// `out[2i] = lut[bytes[i] >> 4]`, `out[2i + 1] = lut[bytes[i] & 15]` (high nibble first, as
+/// bitsandbytes packs). With AVX-512 the 16-entry table sits in one register and 32 values are
+/// looked up per step with two `vpermps`.
+fn decode_pairs(out: &mut [f32], bytes: &[u8], lut: &[f32; 16]) {
+    let n = bytes.len().min(out.len() / 2);
+    let (out, bytes) = (&mut out[..2 * n], &bytes[..n]);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::cpu_level() == crate::simd::CpuLevel::Avx512 {
+        // SAFETY: AVX-512F is present; the kernel reads `bytes[..16 * (n / 16)]` and writes
+        // `out[..32 * (n / 16)]`, both within the slices (lengths fixed just above).
+        done = unsafe { avx512_decode::pairs(out, bytes, lut) };
+    }
+    for (pair, &b) in out[2 * done..].chunks_exact_mut(2).zip(&bytes[done..]) {
+        pair[0] = lut[(b >> 4) as usize];
+        pair[1] = lut[(b & 15) as usize];
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512_decode {
+    use std::arch::x86_64::*;
+
+    /// Decodes whole groups of 16 bytes; returns how many bytes it decoded. The caller
+    /// guarantees AVX-512F and `out.len() >= 2 * bytes.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pairs(out: &mut [f32], bytes: &[u8], lut: &[f32; 16]) -> usize {
+        let groups = bytes.len() / 16;
+        assert!(out.len() >= 32 * groups);
+        // SAFETY: every load reads bytes[16g..16g + 16] and every store writes
+        // out[32g..32g + 32] for g < groups, in bounds by the assertion above.
+        unsafe {
+            let table = _mm512_loadu_ps(lut.as_ptr());
+            let low4 = _mm_set1_epi8(0x0F);
+            for g in 0..groups {
+                let x = _mm_loadu_si128(bytes.as_ptr().add(16 * g) as *const __m128i);
+                let hi = _mm_and_si128(_mm_srli_epi16(x, 4), low4);
+                let lo = _mm_and_si128(x, low4);
+                // [hi0, lo0, hi1, lo1, ...]: the order of the values.
+                let first = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(hi, lo));
+                let second = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(hi, lo));
+                let dst = out.as_mut_ptr().add(32 * g);
+                _mm512_storeu_ps(dst, _mm512_permutexvar_ps(first, table));
+                _mm512_storeu_ps(dst.add(16), _mm512_permutexvar_ps(second, table));
+            }
+        }
+        16 * groups
     }
 }
 
