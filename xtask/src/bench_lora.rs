@@ -253,7 +253,6 @@ pub fn run(args: &Args) -> Result<(), String> {
         "device": args.device,
         "threads": threads(),
         "cpu": cpu_model(),
-        "date": today_utc(),
         "rank": args.rank,
         "batch_size": args.batch_size,
         "seq_len": args.seq_len,
@@ -318,24 +317,6 @@ pub struct TrainArgs {
     /// Also run the reference stack on the same batch (see `bench-lora --reference`).
     #[arg(long)]
     reference: bool,
-}
-
-/// Today's date (UTC, from the system clock) for the record, without a date crate.
-fn today_utc() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() / 86_400) as i64;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<(), String> {

@@ -205,33 +205,13 @@ mod host {
 
 #[cfg(feature = "flex")]
 mod flex {
-    use std::borrow::Cow;
-
-    use burn::tensor::{DType, TensorData};
     use burn_flex::{Flex, FlexTensor};
+    use medify_quant::host_tensor::{f32s, from_f32};
 
     use super::{FusedOps, host};
 
-    fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
-        match t.as_slice::<f32>() {
-            Some(s) => Cow::Borrowed(s),
-            None => Cow::Owned(
-                t.clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .expect("converted to f32"),
-            ),
-        }
-    }
-
     fn like(values: Vec<f32>, t: &FlexTensor) -> FlexTensor {
-        let data = TensorData::new(values, t.layout().shape().to_vec());
-        FlexTensor::from_data(if t.dtype() == DType::F32 {
-            data
-        } else {
-            data.convert_dtype(t.dtype())
-        })
+        from_f32(values, t.layout().shape().to_vec(), t.dtype())
     }
 
     impl FusedOps for Flex {

@@ -207,25 +207,10 @@ fn host_loss(
 
 #[cfg(feature = "flex")]
 mod flex {
-    use std::borrow::Cow;
-
-    use burn::tensor::{DType, TensorData};
     use burn_flex::{Flex, FlexTensor};
+    use medify_quant::host_tensor::{f32s, from_f32};
 
     use super::{LmLossOps, host_loss};
-
-    fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
-        match t.as_slice::<f32>() {
-            Some(s) => Cow::Borrowed(s),
-            None => Cow::Owned(
-                t.clone()
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .expect("converted to f32"),
-            ),
-        }
-    }
 
     fn run(
         hidden: FlexTensor,
@@ -245,15 +230,8 @@ mod flex {
         let (h, w, wt) = (f32s(&hidden), f32s(&weight), f32s(&weights));
         let mut grad = with_grad.then(|| vec![0f32; n * d]);
         let loss = host_loss(&h, &w, d, &targets, &wt, grad.as_deref_mut());
-        let cast = |data: TensorData| {
-            FlexTensor::from_data(if dtype == DType::F32 {
-                data
-            } else {
-                data.convert_dtype(dtype)
-            })
-        };
-        let loss = cast(TensorData::new(vec![loss as f32], [1]));
-        (loss, grad.map(|g| cast(TensorData::new(g, [n, d]))))
+        let loss = from_f32(vec![loss as f32], vec![1], dtype);
+        (loss, grad.map(|g| from_f32(g, vec![n, d], dtype)))
     }
 
     impl LmLossOps for Flex {

@@ -116,11 +116,11 @@ pub fn dropout<const D: usize>(x: Tensor<D>, p: f64, key: DropoutKey) -> Tensor<
 
 #[cfg(feature = "flex")]
 mod flex {
-    use burn::tensor::{DType, TensorData};
     use burn_flex::{Flex, FlexTensor};
     use rayon::prelude::*;
 
     use super::{DropoutOps, dropout_hash};
+    use crate::host_tensor::{f32s, from_f32};
 
     const CHUNK: usize = 1 << 14;
 
@@ -144,19 +144,7 @@ mod flex {
         ) -> FlexTensor {
             let shape = x.layout().shape().to_vec();
             let dtype = x.dtype();
-            let owned;
-            let xs: &[f32] = match x.as_slice::<f32>() {
-                Some(s) => s,
-                None => {
-                    owned = x
-                        .clone()
-                        .into_data()
-                        .convert::<f32>()
-                        .try_into_vec::<f32>()
-                        .expect("converted to f32");
-                    &owned
-                }
-            };
+            let xs = f32s(&x);
             let mut out = vec![0f32; xs.len()];
             out.par_chunks_mut(CHUNK)
                 .zip(xs.par_chunks(CHUNK))
@@ -165,13 +153,7 @@ mod flex {
                     let base = (c * CHUNK) as u32;
                     mask_chunk(o, x, base, k1, k2, threshold, scale)
                 });
-            let data = TensorData::new(out, shape);
-            let data = if dtype == DType::F32 {
-                data
-            } else {
-                data.convert_dtype(dtype)
-            };
-            FlexTensor::from_data(data)
+            from_f32(out, shape, dtype)
         }
     }
 }

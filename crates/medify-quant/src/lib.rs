@@ -28,6 +28,8 @@ pub mod bench;
 pub mod bnb;
 pub mod device;
 pub mod dropout;
+#[cfg(feature = "flex")]
+pub mod host_tensor;
 pub mod simd;
 
 pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_unsigned_map};

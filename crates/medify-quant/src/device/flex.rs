@@ -2,30 +2,13 @@
 
 use std::borrow::Cow;
 
-use burn::tensor::{DType, Element, TensorData};
+use burn::tensor::TensorData;
 use burn_flex::{Flex, FlexTensor};
 
 use super::ops::Quant4Ops;
 use crate::host_kernels::{PackedView, Scales, matmul_4bit};
+use crate::host_tensor::{f32s, from_f32, values};
 use crate::quant_state::decode_nested;
-
-/// A typed view of a Flex tensor: borrowed when it is contiguous and of type `E`, else converted.
-fn values<E: Element + bytemuck::Pod>(t: &FlexTensor) -> Cow<'_, [E]> {
-    match t.as_slice::<E>() {
-        Some(s) => Cow::Borrowed(s),
-        None => Cow::Owned(
-            t.clone()
-                .into_data()
-                .convert::<E>()
-                .try_into_vec::<E>()
-                .expect("converted to the requested element type"),
-        ),
-    }
-}
-
-fn f32s(t: &FlexTensor) -> Cow<'_, [f32]> {
-    values::<f32>(t)
-}
 
 fn u32s(t: &FlexTensor) -> Cow<'_, [u32]> {
     values::<u32>(t)
@@ -152,11 +135,5 @@ fn matmul(
     matmul_4bit(&xs, m, &view, &mut out);
     let mut shape = dims;
     *shape.last_mut().expect("non-empty") = out_features;
-    let data = TensorData::new(out, shape);
-    let data = if dtype == DType::F32 {
-        data
-    } else {
-        data.convert_dtype(dtype)
-    };
-    FlexTensor::from_data(data)
+    from_f32(out, shape, dtype)
 }
