@@ -366,10 +366,10 @@ fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
 /// (7B-scale MLPs) are freed after use.
 const MAX_KEPT_SCRATCH: usize = 16 << 20;
 
+/// AVX2 + FMA (or more): what the `avx2` kernels below need.
 #[cfg(target_arch = "x86_64")]
 fn avx2_available() -> bool {
-    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+    crate::simd::cpu_level() != crate::simd::CpuLevel::Baseline
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -9,7 +9,7 @@
 /// The widest vector extension this CPU offers the loops here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuLevel {
-    /// AVX-512F (x86-64-v4).
+    /// AVX-512F/BW/DQ/VL with AVX2 + FMA: every feature the AVX-512 copies enable.
     Avx512,
     /// AVX2 + FMA (x86-64-v3).
     Avx2,
@@ -17,16 +17,23 @@ pub enum CpuLevel {
     Baseline,
 }
 
-/// The CPU's level, detected once.
+/// The CPU's level, detected once. The one place the workspace asks which vector extensions it
+/// may use.
 pub fn cpu_level() -> CpuLevel {
     static LEVEL: std::sync::OnceLock<CpuLevel> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            if is_x86_feature_detected!("avx512f") {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512vl")
+            {
                 return CpuLevel::Avx512;
             }
-            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            if avx2 {
                 return CpuLevel::Avx2;
             }
         }
