@@ -8,8 +8,8 @@
 //! states; only that `[tokens, hidden]` gradient is kept for backward, which scales it by the
 //! incoming gradient. Rows with weight 0 (prompt and padding tokens) are skipped entirely.
 //!
-//! Implemented for the Flex CPU backend (host kernel over `gemm`); the model falls back to the
-//! materialised path on other backends.
+//! Implemented for the Flex CPU backend (a host kernel over `medify_quant::gemm_f32`); the model
+//! falls back to the materialised path on other backends.
 
 use burn::backend::Dispatch;
 use burn::backend::tensor::{FloatTensor, IntTensor};
@@ -113,6 +113,7 @@ fn host_loss(
     weights: &[f32],
     mut grad: Option<&mut [f32]>,
 ) -> f64 {
+    use medify_quant::{Rhs, gemm_f32};
     use rayon::prelude::*;
 
     let vocab = weight.len() / d.max(1);
@@ -128,30 +129,7 @@ fn host_loss(
             rows_h[r * d..(r + 1) * d].copy_from_slice(&hidden[i * d..(i + 1) * d]);
         }
         let z = &mut logits[..m * vocab];
-        // SAFETY: z is [m, vocab], rows_h [m, d], weight [vocab, d] read as Wᵀ; all row-major.
-        unsafe {
-            gemm::gemm(
-                m,
-                vocab,
-                d,
-                z.as_mut_ptr(),
-                1,
-                vocab as isize,
-                false,
-                rows_h.as_ptr(),
-                1,
-                d as isize,
-                weight.as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
+        gemm_f32(z, &rows_h, weight, m, vocab, d, Rhs::Transposed);
         let want_grad = grad.is_some();
         let losses: Vec<f64> = z
             .par_chunks_mut(vocab)
@@ -173,30 +151,7 @@ fn host_loss(
         total += losses.iter().sum::<f64>();
         if let Some(grad) = grad.as_deref_mut() {
             let g = &mut rows_g[..m * d];
-            // SAFETY: g is [m, d], z [m, vocab], weight [vocab, d]; all row-major.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    d,
-                    vocab,
-                    g.as_mut_ptr(),
-                    1,
-                    d as isize,
-                    false,
-                    z.as_ptr(),
-                    1,
-                    vocab as isize,
-                    weight.as_ptr(),
-                    1,
-                    d as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::Rayon(0),
-                );
-            }
+            gemm_f32(g, z, weight, m, d, vocab, Rhs::Plain);
             for (r, &i) in ids.iter().enumerate() {
                 grad[i * d..(i + 1) * d].copy_from_slice(&g[r * d..(r + 1) * d]);
             }

@@ -323,42 +323,85 @@ fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     if buf.len() < n * k {
         buf.resize(n * k, 0.0);
     }
-    {
-        let dense = &mut buf[..n * k];
-        w.decode_all(dense);
-        let parallelism = if m * n * k >= 1 << 18 {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: `out` holds m*n values (asserted by the caller), `x` m*k and `dense` n*k; the
-        // strides below address exactly those row-major buffers (`dense` read as Wᵀ).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                dense.as_ptr(),
-                k as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                parallelism,
-            );
-        }
-    }
+    let dense = &mut buf[..n * k];
+    w.decode_all(dense);
+    gemm_f32(out, x, dense, m, n, k, Rhs::Transposed);
     if buf.len() <= MAX_KEPT_SCRATCH {
         DECODED.with(|cell| cell.set(buf));
+    }
+}
+
+/// How [`gemm_f32`] reads its right-hand side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rhs {
+    /// `[k, n]` row-major: `out = lhs · rhs`.
+    Plain,
+    /// `[n, k]` row-major, read as its transpose: `out = lhs · rhsᵀ` (a PyTorch-layout weight).
+    Transposed,
+}
+
+/// `out [m, n] = lhs [m, k] · rhs` for row-major f32 slices, overwriting `out`, through the
+/// `gemm` crate (AVX-512 / AVX2 kernels picked at run time), multi-threaded when it is worth it.
+///
+/// # Panics
+/// If a slice is shorter than its shape says.
+///
+/// ```
+/// use medify_quant::{Rhs, gemm_f32};
+/// let (a, w) = ([1.0f32, 2.0, 3.0, 4.0], [1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0]); // a [2,2], w [3,2]
+/// let mut out = [0f32; 6];
+/// gemm_f32(&mut out, &a, &w, 2, 3, 2, Rhs::Transposed); // a · wᵀ
+/// assert_eq!(out, [1.0, 2.0, 3.0, 3.0, 4.0, 7.0]);
+/// ```
+pub fn gemm_f32(
+    out: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    layout: Rhs,
+) {
+    assert!(
+        out.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n,
+        "gemm_f32: slices too short for [{m}, {k}] x [{k}, {n}]"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (rhs_cs, rhs_rs) = match layout {
+        Rhs::Plain => (1, n as isize),
+        Rhs::Transposed => (k as isize, 1),
+    };
+    let parallelism = if m * n * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assertion above keeps every element the strides address inside the slices:
+    // out (i, j) at i·n + j, lhs (i, p) at i·k + p, rhs (p, j) at p·n + j (Plain) or j·k + p.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 

@@ -36,7 +36,7 @@ pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_un
 pub use device::{Nf4Tensor, Quant4Ops, linear_4bit};
 pub use dropout::{DropoutKey, DropoutOps, dropout};
 pub use error::QuantError;
-pub use host_kernels::{PackedView, Scales, matmul_4bit};
+pub use host_kernels::{PackedView, Rhs, Scales, gemm_f32, matmul_4bit};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};
 pub use quant_state::{
     Absmax, NESTED_BLOCKSIZE, NestedAbsmax, QuantState, QuantStateJson, check_blocksize,
