@@ -61,7 +61,7 @@ impl KernelPath {
 
 /// Whether the fused kernels run on `device` (Flex, with or without autodiff).
 pub fn supports_fused(device: &Device) -> bool {
-    crate::loss::supports_chunked_loss(device)
+    medify_quant::is_flex(device)
 }
 
 /// `softmax(scores · scale + mask, dim 4)`. Requires [`supports_fused`].

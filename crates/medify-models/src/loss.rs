@@ -42,12 +42,7 @@ pub trait LmLossOps: Backend {
 
 /// Whether [`chunked_lm_loss`] runs on `device`.
 pub fn supports_chunked_loss(device: &Device) -> bool {
-    #[cfg(feature = "flex")]
-    if device.clone().inner() == Device::flex() {
-        return true;
-    }
-    let _ = device;
-    false
+    medify_quant::is_flex(device)
 }
 
 /// The weighted cross-entropy sum of next-token predictions from final hidden states, never

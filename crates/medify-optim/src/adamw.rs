@@ -484,12 +484,7 @@ fn page_out(slot: &mut Slot) {
 
 /// True for devices whose memory is host memory (nothing to page).
 pub(crate) fn is_host(device: &Device) -> bool {
-    #[cfg(feature = "flex")]
-    if device.clone().inner() == Device::flex() {
-        return true;
-    }
-    let _ = device;
-    false
+    medify_quant::is_flex(device)
 }
 
 fn join(path: &[String]) -> String {

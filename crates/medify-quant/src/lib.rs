@@ -33,7 +33,7 @@ pub mod host_tensor;
 pub mod simd;
 
 pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_unsigned_map};
-pub use device::{Nf4Tensor, Quant4Ops, linear_4bit};
+pub use device::{Nf4Tensor, Quant4Ops, is_flex, linear_4bit};
 pub use dropout::{DropoutKey, DropoutOps, dropout};
 pub use error::QuantError;
 pub use host_kernels::{PackedView, Rhs, Scales, gemm_f32, matmul_4bit};

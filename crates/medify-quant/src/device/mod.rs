@@ -20,6 +20,18 @@ use crate::host_kernels::words_from_bytes;
 use crate::quant_state::{Absmax, NestedAbsmax, QuantState};
 use crate::{Packed4Bit, QuantConfig, QuantError, QuantType};
 
+/// Whether `device` is the Flex CPU backend (with or without autodiff): its memory is host
+/// memory and the workspace's host kernels (4-bit matmul, dropout, fused softmax / SwiGLU / loss,
+/// the optimizer's fused 8-bit update) run on it.
+pub fn is_flex(device: &Device) -> bool {
+    #[cfg(feature = "flex")]
+    if device.clone().inner() == Device::flex() {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
 /// Per-block scales as they live on the device.
 #[derive(Debug, Clone)]
 enum DeviceScales {
