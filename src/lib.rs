@@ -60,7 +60,7 @@ pub use chat::{Chat, DISCLAIMER, Reply};
 pub use config::FinetuneConfig;
 pub use error::{FinetuneError, Result};
 pub use evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
-pub use memory::retain_freed_memory;
+pub use memory::{StepMemory, peak_rss_bytes, reset_peak_memory, retain_freed_memory};
 pub use plot::write_loss_plot;
 pub use text_metrics::{TextScores, bleu, score_answers};
 pub use trainer::{TrainData, TrainSummary, Trainer, TrainerOptions};

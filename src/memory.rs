@@ -25,3 +25,47 @@ pub fn retain_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
+
+/// The process's peak resident memory in bytes since it started or since the last
+/// [`reset_peak_memory`] (Linux `VmHWM`); `None` where the system does not report it.
+///
+/// ```
+/// let before = medify_qlora::peak_rss_bytes();
+/// let v = vec![1u8; 32 << 20];
+/// assert!(medify_qlora::peak_rss_bytes() >= before);
+/// drop(v);
+/// ```
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Starts a new peak-memory window: afterwards [`peak_rss_bytes`] reports the peak since this call
+/// (Linux: writing 5 to `/proc/self/clear_refs`). Returns whether the system supports it.
+pub fn reset_peak_memory() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// What a training step used: the process's peak resident memory during the step (host memory:
+/// all of it on the CPU, the optimizer's paged state and the program on accelerators) and, where
+/// the device's allocator reports it, the bytes it holds after the step (its pools keep the
+/// step's peak pages, so this bounds the device peak from above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+pub struct StepMemory {
+    /// Peak resident set during the step, when [`reset_peak_memory`] worked.
+    pub peak_rss_bytes: Option<u64>,
+    /// Bytes the device allocator reserves (CUDA, wgpu); `None` on Flex.
+    pub device_reserved_bytes: Option<u64>,
+}
+
+impl StepMemory {
+    /// Reads the window opened by `reset` (the result of [`reset_peak_memory`]).
+    pub fn read(reset: bool, device: &burn::tensor::Device) -> StepMemory {
+        StepMemory {
+            peak_rss_bytes: if reset { peak_rss_bytes() } else { None },
+            device_reserved_bytes: device.memory_pool_usage().map(|u| u.bytes_reserved),
+        }
+    }
+}

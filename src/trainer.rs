@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::optim::GradientsAccumulator;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -328,17 +328,22 @@ impl Trainer {
                 continue;
             }
             let batch = Batch::collate(batch_rows, self.data.pad_id);
-            let out = match model.loss(&token_batch(&batch), &batch.labels) {
+            let scale = 1.0 / tokens.max(1) as f32;
+            let checkpointing = self.config.checkpointing();
+            let out = match model.loss_gradients(
+                &token_batch(&batch),
+                &batch.labels,
+                scale,
+                checkpointing,
+            ) {
                 Ok(out) => out,
                 Err(e) => {
                     self.model = Some(model);
                     return Err(e.into());
                 }
             };
-            let scaled = out.sum.clone().div_scalar(tokens.max(1) as f32);
-            let grads = GradientsParams::from_grads(scaled.backward(), &model);
-            accumulator.accumulate(&model, grads);
-            loss_sum += out.sum.into_scalar::<f64>();
+            accumulator.accumulate(&model, out.grads);
+            loss_sum += out.loss_sum;
         }
         let loss = loss_sum / tokens.max(1) as f64;
         if !loss.is_finite() {
@@ -428,15 +433,19 @@ impl Trainer {
         let mut interrupted = false;
         while self.state.step < self.total_steps {
             let t = Instant::now();
+            let window = crate::memory::reset_peak_memory();
             let (loss, tokens, report) = self.step()?;
             let secs = t.elapsed().as_secs_f64();
+            let memory = crate::memory::StepMemory::read(window, &self.model().device());
             last_loss = Some(loss);
             let lr = report.lr;
             self.log(
                 json!({"step": self.state.step, "epoch": self.state.epoch, "loss": loss,
                 "lr": lr, "grad_norm": report.grad_norm, "clip_scale": report.clip_scale,
                 "tokens": tokens, "tokens_per_s": tokens as f64 / secs.max(1e-9),
-                "skipped": !report.applied, "elapsed_s": started.elapsed().as_secs_f64()}),
+                "skipped": !report.applied, "elapsed_s": started.elapsed().as_secs_f64(),
+                "peak_rss_bytes": memory.peak_rss_bytes,
+                "device_reserved_bytes": memory.device_reserved_bytes}),
             )?;
             bar.set_message(format!(
                 "loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s",

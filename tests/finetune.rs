@@ -42,6 +42,8 @@ fn config() -> FinetuneConfig {
         save_every: 4,
         keep_last: 2,
         validation_fraction: 0.15,
+        // The default, spelled out: the resume below must stay bit-exact with it on.
+        gradient_checkpointing: true,
         ..FinetuneConfig::default()
     }
 }
@@ -135,6 +137,14 @@ fn finetune_evaluate_merge_and_resume() {
         3,
         "before, step 4, after"
     );
+    let step_line = metrics.lines().find(|l| l.contains("\"loss\"")).unwrap();
+    let step: serde_json::Value = serde_json::from_str(step_line).unwrap();
+    if cfg!(target_os = "linux") {
+        let peak = step["peak_rss_bytes"]
+            .as_u64()
+            .expect("the step's peak memory");
+        assert!(peak > 10 << 20, "{peak}");
+    }
 
     // The adapter loads onto a fresh 4-bit base and gives the trainer's evaluation.
     let mut fresh = quantized_base();

@@ -5,11 +5,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
 use clap::Args as ClapArgs;
 use medify_qlora::lora::{LoraConfig, LoraExt, TargetModules};
-use medify_qlora::models::{CausalLm, LoadOptions, TokenBatch, load_pretrained};
+use medify_qlora::models::{Checkpointing, LoadOptions, TokenBatch, load_pretrained};
 use medify_qlora::optim::{AdamWConfig, PagedAdamW};
 use medify_qlora::quant::QuantConfig;
 use serde_json::{Value, json};
@@ -48,7 +46,12 @@ pub struct Args {
     /// `MEDIFY_PYTHON` names the interpreter (default python3).
     #[arg(long)]
     pub(crate) reference: bool,
-    /// Internal: train with this base ("dense" or "nf4") and print the measurements.
+    /// Also train QLoRA with layer-level gradient checkpointing, and measure evaluation (forward
+    /// and loss only); the reference then runs with checkpointing too (PEFT's QLoRA recipe).
+    #[arg(long)]
+    pub(crate) gradient_checkpointing: bool,
+    /// Internal: run this variant ("dense", "nf4", "nf4-checkpointed" or "nf4-eval") and print
+    /// the measurements.
     #[arg(long, hide = true)]
     pub(crate) child: Option<String>,
 }
@@ -106,6 +109,10 @@ fn reference(args: &Args) -> Result<Value, String> {
             "--threads",
             &threads().to_string(),
         ])
+        .args(
+            args.gradient_checkpointing
+                .then_some("--gradient-checkpointing"),
+        )
         .output()
         .map_err(|e| format!("running {REFERENCE_SCRIPT}: {e}"))?;
     if !out.status.success() {
@@ -123,17 +130,27 @@ fn reference(args: &Args) -> Result<Value, String> {
     serde_json::from_str(last).map_err(|e| format!("reading the reference's JSON ({e}): {stdout}"))
 }
 
-fn step_loss(
-    model: &CausalLm,
-    batch: &TokenBatch,
-    labels: &[Vec<i64>],
-) -> Result<Tensor<1>, String> {
-    Ok(model.loss(batch, labels).map_err(|e| e.to_string())?.loss)
+/// One measured variant: the base's quantization and what the step keeps for backward.
+fn variant(name: &str) -> Result<(bool, Option<Checkpointing>), String> {
+    Ok(match name {
+        "dense" => (false, Some(Checkpointing::Off)),
+        "nf4" => (true, Some(Checkpointing::Off)),
+        "nf4-checkpointed" => (true, Some(Checkpointing::Layers)),
+        "nf4-eval" => (true, None),
+        other => return Err(format!("unknown bench variant {other}")),
+    })
 }
 
-fn train(args: &Args, base: &str) -> Result<Value, String> {
-    let device = device_named(&args.device)?.autodiff();
-    let options = if base == "nf4" {
+fn train(args: &Args, name: &str) -> Result<Value, String> {
+    let (quantized, checkpointing) = variant(name)?;
+    let device = device_named(&args.device)?;
+    // Evaluation runs without autodiff, as `eval` and the trainer's evaluation do.
+    let device = if checkpointing.is_some() {
+        device.autodiff()
+    } else {
+        device
+    };
+    let options = if quantized {
         LoadOptions::quantized(QuantConfig::default())
     } else {
         LoadOptions::dense()
@@ -169,13 +186,26 @@ fn train(args: &Args, base: &str) -> Result<Value, String> {
     let mut seconds = 0.0;
     for step in 0..=args.steps {
         let t = Instant::now();
-        let loss = step_loss(&model, &batch, &labels)?;
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(2e-4, model, grads).map_err(|e| e.to_string())?.0;
-        let value = loss.into_scalar::<f32>();
+        let (sum, tokens) = match checkpointing {
+            Some(mode) => {
+                let tokens = batch.dims()[0] * (batch.dims()[1] - 1);
+                let out = model
+                    .loss_gradients(&batch, &labels, 1.0 / tokens as f32, mode)
+                    .map_err(|e| e.to_string())?;
+                model = optim
+                    .step(2e-4, model, out.grads)
+                    .map_err(|e| e.to_string())?
+                    .0;
+                (out.loss_sum, out.tokens)
+            }
+            None => {
+                let out = model.loss(&batch, &labels).map_err(|e| e.to_string())?;
+                (out.sum.into_scalar::<f64>(), out.tokens)
+            }
+        };
         if step > 0 {
             seconds += t.elapsed().as_secs_f64();
-            losses.push(value);
+            losses.push(sum / tokens.max(1) as f64);
         }
     }
     let tokens = (args.batch_size * args.seq_len * args.steps) as f64;
@@ -224,8 +254,13 @@ pub fn run(args: &Args) -> Result<(), String> {
             r["tokens_per_s"].as_f64().unwrap_or(0.0) > b["tokens_per_s"].as_f64().unwrap_or(0.0)
         })
     };
+    let variants: &[&str] = if args.gradient_checkpointing {
+        &["dense", "nf4", "nf4-checkpointed", "nf4-eval"]
+    } else {
+        &["dense", "nf4"]
+    };
     for round in 0..args.repeats.max(1) {
-        for base in ["dense", "nf4"] {
+        for &base in variants {
             let r = child(args, base)?;
             if !args.json {
                 eprintln!("round {round} {base}: {r}");
@@ -258,6 +293,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         "seq_len": args.seq_len,
         "steps": args.steps,
         "repeats": args.repeats.max(1),
+        "gradient_checkpointing": args.gradient_checkpointing,
         "lora": results["dense"],
         "qlora": results["nf4"],
         "ratios": {
@@ -266,6 +302,14 @@ pub fn run(args: &Args) -> Result<(), String> {
             "tokens_per_s_qlora_over_lora": get("nf4", "tokens_per_s") / get("dense", "tokens_per_s"),
         },
     });
+    if args.gradient_checkpointing {
+        out["qlora_checkpointed"] = results["nf4-checkpointed"].clone();
+        out["evaluation"] = results["nf4-eval"].clone();
+        out["ratios"]["tokens_per_s_checkpointed_over_plain"] =
+            json!(get("nf4-checkpointed", "tokens_per_s") / get("nf4", "tokens_per_s"));
+        out["ratios"]["peak_rss_checkpointed_over_plain"] =
+            json!(get("nf4-checkpointed", "peak_rss_bytes") / get("nf4", "peak_rss_bytes"));
+    }
     if let Some(r) = reference {
         out["reference"] = r;
         if let Some(t) = ref_tps {
@@ -277,6 +321,15 @@ pub fn run(args: &Args) -> Result<(), String> {
         if let Some(p) = out["reference"]["peak_rss_bytes"].as_f64() {
             out["ratios"]["peak_rss_qlora_over_reference"] =
                 json!(get("nf4", "peak_rss_bytes") / p);
+        }
+        if args.gradient_checkpointing
+            && let (Some(t), Some(p)) = (ref_tps, out["reference"]["peak_rss_bytes"].as_f64())
+        {
+            // The reference ran with checkpointing: compare like with like.
+            out["ratios"]["tokens_per_s_checkpointed_over_reference"] =
+                json!(get("nf4-checkpointed", "tokens_per_s") / t);
+            out["ratios"]["peak_rss_checkpointed_over_reference"] =
+                json!(get("nf4-checkpointed", "peak_rss_bytes") / p);
         }
     }
     println!(
@@ -317,6 +370,10 @@ pub struct TrainArgs {
     /// Also run the reference stack on the same batch (see `bench-lora --reference`).
     #[arg(long)]
     reference: bool,
+    /// Also train with layer-level gradient checkpointing and measure evaluation (see
+    /// `bench-lora --gradient-checkpointing`).
+    #[arg(long)]
+    gradient_checkpointing: bool,
 }
 
 pub fn run_train(a: &TrainArgs) -> Result<(), String> {
@@ -330,6 +387,7 @@ pub fn run_train(a: &TrainArgs) -> Result<(), String> {
         repeats: a.repeats,
         json: a.json,
         reference: a.reference,
+        gradient_checkpointing: a.gradient_checkpointing,
         child: None,
     })
 }

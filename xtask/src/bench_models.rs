@@ -48,10 +48,7 @@ fn options(holding: &str) -> LoadOptions {
 
 /// Peak resident set size of this process so far, in bytes (Linux `VmHWM`).
 pub(crate) fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    medify_qlora::peak_rss_bytes()
 }
 
 /// Runs this xtask again with `args` (a measurement that needs a fresh process, e.g. for its

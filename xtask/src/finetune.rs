@@ -115,6 +115,15 @@ pub struct Args {
     /// since every step does this many forward and backward passes).
     #[arg(long)]
     grad_accum: Option<usize>,
+    /// Keep only each layer's input and recompute layers in backward (the default).
+    #[arg(long, overrides_with = "no_gradient_checkpointing")]
+    gradient_checkpointing: bool,
+    /// Keep every activation for backward: faster, far more memory.
+    #[arg(long)]
+    no_gradient_checkpointing: bool,
+    /// Keep the checkpointed layer inputs in host memory (on accelerators).
+    #[arg(long, conflicts_with = "no_gradient_checkpointing")]
+    offload_checkpoints: bool,
     /// Longest sequence in tokens.
     #[arg(long)]
     max_len: Option<usize>,
@@ -189,6 +198,13 @@ fn apply_flags(mut c: FinetuneConfig, a: &Args) -> FinetuneConfig {
     c.use_rslora |= a.rslora;
     c.use_dora |= a.dora;
     c.packing |= a.packing;
+    if a.gradient_checkpointing {
+        c.gradient_checkpointing = true;
+    }
+    if a.no_gradient_checkpointing {
+        c.gradient_checkpointing = false;
+    }
+    c.offload_checkpoints |= a.offload_checkpoints;
     if a.template.is_some() {
         c.template = a.template.clone();
     }

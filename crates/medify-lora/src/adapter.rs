@@ -139,6 +139,17 @@ impl LoraAdapter {
         self.masks.position.calls.store(position, Ordering::Relaxed);
     }
 
+    /// Where this adapter's dropout stream stands, as `(seed, position)` for
+    /// [`LoraAdapter::seek_dropout`]: recomputing a forward pass (gradient checkpointing) rewinds
+    /// to it so the recomputation draws the masks the first pass drew.
+    pub fn dropout_position(&self) -> (u64, u64) {
+        let p = &self.masks.position;
+        (
+            p.seed.load(Ordering::Relaxed),
+            p.calls.load(Ordering::Relaxed),
+        )
+    }
+
     /// A freshly initialised adapter for a base of shape `[out, in]`. For DoRA the magnitude
     /// starts at the row norms of `base + s·B A`, so the adapted layer starts equal to the base.
     #[allow(clippy::too_many_arguments)]

@@ -41,14 +41,15 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// Which implementation a forward pass uses for the ops that have a fused CPU kernel (the
-/// attention softmax, SwiGLU, the language-model loss).
+/// Which implementation a forward pass uses for the ops that have a fused kernel (the attention
+/// softmax, SwiGLU, the language-model loss).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelPath {
-    /// The fused kernels where the device has them (Flex); burn's ops elsewhere.
+    /// The fused kernels where the device has them (Flex), and the chunked loss on every device.
     #[default]
     Fast,
-    /// burn's own ops on every device: the reference the fast path is tested against.
+    /// burn's own ops on every device, with the full `[tokens, vocab]` logits: the reference the
+    /// fast path is tested against.
     Reference,
 }
 

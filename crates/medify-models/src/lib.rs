@@ -22,6 +22,7 @@
 //! ```
 
 mod adapt;
+mod checkpoint;
 mod config;
 mod error;
 mod eval;
@@ -37,6 +38,7 @@ mod save;
 mod tokenizer;
 pub mod weights;
 
+pub use checkpoint::{Checkpointing, MicroBatchGradients};
 pub use config::{Activation, BnbQuantization, Family, LlamaConfig, RopeScaling};
 pub use error::{ModelError, Result};
 pub use eval::{EvalReport, read_text_records};
@@ -45,7 +47,7 @@ pub use generate::{Generation, GenerationConfig, Sampler, StopReason, TextStream
 pub use gguf::GgufSource;
 pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, RmsNorm};
 pub use loader::{LoadOptions, LoadReport};
-pub use loss::{CHUNK_BYTES, LmLossOps, chunked_lm_loss, supports_chunked_loss};
+pub use loss::{CHUNK_BYTES, LmLossOps, chunked_lm_loss};
 pub use model::{CausalLm, IGNORE_INDEX, KvCache, LossOutput, TokenBatch};
 pub use rope::Rope;
 pub use save::SaveDtype;

@@ -8,13 +8,16 @@
 //! states; only that `[tokens, hidden]` gradient is kept for backward, which scales it by the
 //! incoming gradient. Rows with weight 0 (prompt and padding tokens) are skipped entirely.
 //!
-//! Implemented for the Flex CPU backend (a host kernel over `medify_quant::gemm_f32`); the model
-//! falls back to the materialised path on other backends.
+//! On the Flex CPU backend this is one host kernel over `medify_quant::gemm_f32`. On every other
+//! backend (CUDA, wgpu, the CubeCL CPU runtime) the same chunking runs as ordinary tensor ops
+//! outside the autodiff graph, and the precomputed gradient enters the graph through a linear
+//! surrogate (`loss + Σ h·G − stop_grad(Σ h·G)`), so backward also sees only `[tokens, hidden]`.
 
 use burn::backend::Dispatch;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
 
 /// Bytes of logits one chunk may hold (the scratch buffer's size).
 pub const CHUNK_BYTES: usize = 64 << 20;
@@ -40,14 +43,10 @@ pub trait LmLossOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
 }
 
-/// Whether [`chunked_lm_loss`] runs on `device`.
-pub fn supports_chunked_loss(device: &Device) -> bool {
-    medify_quant::is_flex(device)
-}
-
 /// The weighted cross-entropy sum of next-token predictions from final hidden states, never
 /// forming the logits. `weight` is the (frozen) output embedding `[vocab, d]`; the result is
-/// differentiable in `hidden` only. Requires [`supports_chunked_loss`].
+/// differentiable in `hidden` only. Runs on every device: a fused host kernel on Flex, chunked
+/// tensor ops elsewhere; at most [`CHUNK_BYTES`] of logits exist at once either way.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor, TensorData, activation::log_softmax};
@@ -67,6 +66,9 @@ pub fn chunked_lm_loss(
     weights: &[f32],
 ) -> Tensor<1> {
     let device = hidden.device();
+    if !medify_quant::is_flex(&device) {
+        return tensor_lm_loss(hidden, weight, targets, weights);
+    }
     let n = targets.len();
     let t = Tensor::<1, Int>::from_data(TensorData::new(targets.to_vec(), [n]), &device);
     let w = Tensor::<1>::from_data(TensorData::new(weights.to_vec(), [n]), &device);
@@ -76,6 +78,55 @@ pub fn chunked_lm_loss(
         t.into_dispatch(),
         w.into_dispatch(),
     ))
+}
+
+/// Rows per chunk: as many as fit [`CHUNK_BYTES`] of f32 logits, between 8 and 1024.
+fn chunk_rows(vocab: usize) -> usize {
+    (CHUNK_BYTES / (4 * vocab.max(1))).clamp(8, 1024)
+}
+
+/// [`chunked_lm_loss`] from burn's tensor ops, for backends without the host kernel: each chunk's
+/// logits, log-softmax and gradient `w·(softmax − onehot)·W` are computed off the autodiff graph
+/// and dropped before the next chunk; only the `[n, d]` gradient is kept.
+fn tensor_lm_loss(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    targets: &[i64],
+    weights: &[f32],
+) -> Tensor<1> {
+    let [n, d] = hidden.dims();
+    let vocab = weight.dims()[0];
+    let tracked = hidden.is_tracked();
+    let autodiff = hidden.is_autodiff();
+    let h = hidden.clone().inner();
+    let w = weight.inner();
+    let wt = w.clone().transpose();
+    let active: Vec<usize> = (0..n).filter(|&i| weights[i] != 0.0).collect();
+    let mut sum = Tensor::<1>::zeros([1], &h.device());
+    let mut grad = tracked.then(|| Tensor::<2>::zeros([n, d], &h.device()));
+    for ids in active.chunks(chunk_rows(vocab)) {
+        let m = ids.len();
+        let rows: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let picked: Vec<i64> = ids.iter().map(|&i| targets[i]).collect();
+        let scale: Vec<f32> = ids.iter().map(|&i| weights[i]).collect();
+        let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [m]), &h.device());
+        let t = Tensor::<2, Int>::from_data(TensorData::new(picked, [m, 1]), &h.device());
+        let s = Tensor::<2>::from_data(TensorData::new(scale, [m, 1]), &h.device());
+        let logp = log_softmax(h.clone().select(0, rows.clone()).matmul(wt.clone()), 1);
+        sum = sum + (logp.clone().gather(1, t.clone()) * s.clone()).sum().neg();
+        if let Some(g) = grad.take() {
+            let dz = (logp.exp() * s.clone()).scatter(1, t, s.neg(), IndexingUpdateOp::Add);
+            grad = Some(g.select_assign(0, rows, dz.matmul(w.clone()), IndexingUpdateOp::Add));
+        }
+    }
+    let sum = if autodiff { sum.autodiff() } else { sum };
+    match grad {
+        Some(g) => {
+            let surrogate = (hidden * g).sum();
+            sum + surrogate.clone() - surrogate.detach()
+        }
+        None => sum,
+    }
 }
 
 medify_quant::multiversion! {
@@ -113,7 +164,7 @@ fn host_loss(
 
     let vocab = weight.len() / d.max(1);
     let active: Vec<usize> = (0..targets.len()).filter(|&i| weights[i] != 0.0).collect();
-    let chunk = (CHUNK_BYTES / (4 * vocab.max(1))).clamp(8, 1024);
+    let chunk = chunk_rows(vocab);
     let mut logits = vec![0f32; chunk.min(active.len()) * vocab];
     let mut rows_h = vec![0f32; chunk.min(active.len()) * d];
     let mut rows_g = vec![0f32; chunk.min(active.len()) * d];

@@ -240,17 +240,18 @@ impl CausalLm {
         Tensor::from_data(TensorData::new(data, [b, 1, 1, s, t]), &self.device())
     }
 
-    /// Final hidden states `[batch, seq, hidden]`; appends to `cache` when given.
-    pub fn forward_hidden(
+    /// The embedded tokens `[batch, seq, hidden]` and what every layer's attention needs for them
+    /// (RoPE tables, mask, kernels); checks the batch against the model and the cache.
+    pub(crate) fn embed(
         &self,
         batch: &TokenBatch,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor<3>> {
+        cache: Option<&KvCache>,
+    ) -> Result<(AttentionContext, Tensor<3>)> {
         batch.check(self.config.vocab_size)?;
         let [b, s] = batch.dims();
         let device = self.device();
-        let past = cache.as_deref().map_or(0, KvCache::len);
-        if let Some(c) = cache.as_deref()
+        let past = cache.map_or(0, KvCache::len);
+        if let Some(c) = cache
             && past > 0
             && c.key_valid.len() != b
         {
@@ -267,7 +268,7 @@ impl CausalLm {
         let ctx = AttentionContext {
             cos,
             sin,
-            mask: self.mask(batch, cache.as_deref()),
+            mask: self.mask(batch, cache),
             kernels: self.kernels,
         };
         let flat: Vec<i64> = batch.ids.iter().flatten().map(|&t| t as i64).collect();
@@ -281,6 +282,17 @@ impl CausalLm {
             // transformers rounds the normalizer to the activation dtype first.
             x = x.mul_scalar((self.config.hidden_size as f32).sqrt());
         }
+        Ok((ctx, x))
+    }
+
+    /// Final hidden states `[batch, seq, hidden]`; appends to `cache` when given.
+    pub fn forward_hidden(
+        &self,
+        batch: &TokenBatch,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        let (ctx, mut x) = self.embed(batch, cache.as_deref())?;
+        let [b, s] = batch.dims();
         if let Some(c) = cache.as_deref_mut()
             && c.layers.len() != self.layers.len()
         {
@@ -340,24 +352,35 @@ impl CausalLm {
     /// labels equal to [`IGNORE_INDEX`] are skipped.
     pub fn loss(&self, batch: &TokenBatch, labels: &[Vec<i64>]) -> Result<LossOutput> {
         let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
-        let [b, s] = batch.dims();
-        let hidden = self.forward_hidden(batch, None)?.narrow(1, 0, s - 1);
-        let sum = match self.fused_head_weight() {
-            Some(head) => {
-                let d = self.config.hidden_size;
-                let hidden = hidden.reshape([b * (s - 1), d]);
-                crate::loss::chunked_lm_loss(hidden, head, &targets, &weights)
-            }
-            None => self.materialized_loss_sum(hidden, targets, weights),
-        };
+        let hidden = self.forward_hidden(batch, None)?;
+        let sum = self.loss_sum(hidden, targets, weights);
         let loss = sum.clone().div_scalar(tokens.max(1) as f32);
         Ok(LossOutput { loss, sum, tokens })
     }
 
-    /// The output embedding when the chunked loss can use it: a device it runs on and a frozen,
+    /// The weighted cross-entropy sum from final (normed) hidden states `[batch, seq, hidden]`
+    /// and shifted targets: in row chunks on the fast path, from full logits on the reference one.
+    pub(crate) fn loss_sum(
+        &self,
+        hidden: Tensor<3>,
+        targets: Vec<i64>,
+        weights: Vec<f32>,
+    ) -> Tensor<1> {
+        let [b, s, d] = hidden.dims();
+        let hidden = hidden.narrow(1, 0, s - 1);
+        match self.fused_head_weight() {
+            Some(head) => {
+                let hidden = hidden.reshape([b * (s - 1), d]);
+                crate::loss::chunked_lm_loss(hidden, head, &targets, &weights)
+            }
+            None => self.materialized_loss_sum(hidden, targets, weights),
+        }
+    }
+
+    /// The output embedding when the chunked loss can use it: the fast kernel path and a frozen,
     /// bias-free head (tied embeddings, or an lm_head without an adapter).
     fn fused_head_weight(&self) -> Option<Tensor<2>> {
-        if !self.kernels.fused_on(&self.device()) {
+        if self.kernels != KernelPath::Fast {
             return None;
         }
         match &self.lm_head {
@@ -385,7 +408,7 @@ impl CausalLm {
 
     /// Shifted targets and their weights (0 for [`IGNORE_INDEX`]), with the count of predicted
     /// tokens; checks the labels' shape and range.
-    fn loss_targets(
+    pub(crate) fn loss_targets(
         &self,
         batch: &TokenBatch,
         labels: &[Vec<i64>],
