@@ -245,6 +245,28 @@ impl LoraAdapter {
         Some(m / norm)
     }
 
+    fn dropping<const D: usize>(&self, x: &Tensor<D>) -> bool {
+        self.dropout > 0.0 && self.training.is_enabled() && x.device().is_autodiff()
+    }
+
+    /// The plain (not DoRA) adapter's output `s · (drop(x) Aᵀ) Bᵀ`, drawing one dropout mask as
+    /// [`LoraAdapter::apply`] does; `None` for DoRA, whose output depends on the base's.
+    pub(crate) fn delta_output<const D: usize>(&self, x: Tensor<D>) -> Option<Tensor<D>> {
+        if self.magnitude.is_some() {
+            return None;
+        }
+        let x = if self.dropping(&x) {
+            dropout(x, self.dropout, self.masks.next_key())
+        } else {
+            x
+        };
+        let down = dense_matmul(x, &self.lora_a.val());
+        Some(dense_matmul(
+            down.mul_scalar(self.scaling),
+            &self.lora_b.val(),
+        ))
+    }
+
     /// Adds the adapter's contribution to `base_out = x Wᵀ` (without bias), from the activations:
     /// `base_out + s · (drop(x) Aᵀ) Bᵀ`; DoRA rescales per output row.
     pub(crate) fn apply<const D: usize>(
@@ -253,7 +275,7 @@ impl LoraAdapter {
         base_out: Tensor<D>,
         base: &FrozenWeight,
     ) -> Tensor<D> {
-        let dropping = self.dropout > 0.0 && self.training.is_enabled() && x.device().is_autodiff();
+        let dropping = self.dropping(&x);
         let x = if dropping {
             dropout(x, self.dropout, self.masks.next_key())
         } else {

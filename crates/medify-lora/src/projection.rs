@@ -36,6 +36,18 @@ impl FrozenWeight {
         }
     }
 
+    /// `g @ W` over the last dimension of `g` (`[.., out]` to `[.., in]`): the gradient a matmul
+    /// by this frozen weight passes back to its input. A 4-bit weight is decoded for it, as its
+    /// backward pass does.
+    pub fn input_gradient<const D: usize>(&self, g: Tensor<D>) -> Tensor<D> {
+        let w = self.to_dense();
+        let mut dims = g.dims();
+        let rows: usize = dims[..D - 1].iter().product();
+        let [out, inp] = w.dims();
+        dims[D - 1] = inp;
+        g.reshape([rows, out]).matmul(w).reshape(dims)
+    }
+
     /// The weight as a dense `[out, in]` tensor (decoded for 4-bit weights).
     pub fn to_dense(&self) -> Tensor<2> {
         match self {
@@ -214,6 +226,27 @@ impl Projection {
         match &self.bias {
             Some(b) => y + b.clone().unsqueeze::<D>(),
             None => y,
+        }
+    }
+
+    /// A scalar whose gradient in `x` and in the adapter's parameters equals that of
+    /// `Σ forward(x) ⊙ g` for a constant `g`: how gradient checkpointing back-propagates `g`
+    /// through a recomputed layer. With a plain adapter (or none) the base's part is linear with
+    /// the constant gradient `g W`, so `Σ x ⊙ (g W)` stands in for it and the base's forward
+    /// matmul is skipped; the value then differs from `Σ forward(x) ⊙ g` (only its gradient
+    /// is meant). DoRA takes the full forward.
+    pub fn backprop_surrogate<const D: usize>(&self, x: Tensor<D>, g: Tensor<D>) -> Tensor<1> {
+        let delta = match (&self.lora, &self.merged) {
+            (Some(adapter), None) => match adapter.delta_output(x.clone()) {
+                Some(delta) => Some(delta),
+                None => return (self.forward(x) * g).sum(),
+            },
+            _ => None,
+        };
+        let base = (x * self.weight.input_gradient(g.clone())).sum();
+        match delta {
+            Some(delta) => base + (delta * g).sum(),
+            None => base,
         }
     }
 

@@ -4,13 +4,14 @@
 //! attention probabilities, MLP activations, the 4-bit layers' inputs, per layer. With it, the
 //! forward pass runs each decoder layer off the graph and keeps only the layer's input; backward
 //! then walks the layers from the top, recomputes one layer's forward on the graph, and
-//! back-propagates the incoming gradient through it (`Σ y·g`), so one layer's working set exists
-//! at a time. burn's own `gradient_checkpointing()` only recomputes memory-bound ops and keeps
+//! back-propagates the incoming gradient through it (a scalar with the gradients of `Σ y·g`;
+//! the layer output itself is not needed, so the down projection's base matmul is skipped), so
+//! one layer's working set exists at a time. burn's own `gradient_checkpointing()` only recomputes memory-bound ops and keeps
 //! every matmul output, so this is done here, as a sequence of per-layer backward passes.
 //!
 //! Dropout draws the same masks in the recomputation: each adapter's stream is rewound to where
 //! it stood before the layer's first pass. The result equals the plain backward within float
-//! rounding (tested), and the step is about one extra forward pass slower.
+//! rounding (tested), and the step costs about one extra forward pass.
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
@@ -176,8 +177,8 @@ impl CausalLm {
             rewind_dropout(layer, &marks);
             let input = input.restore(&device);
             let input = if i > 0 { input.require_grad() } else { input };
-            let y = layer.forward(input.clone(), &ctx, None);
-            let mut grads = (y * upstream.clone()).sum().backward();
+            let surrogate = layer.backprop_surrogate(input.clone(), &ctx, upstream.clone());
+            let mut grads = surrogate.backward();
             collect(layer, &mut grads, &mut out);
             if i > 0 {
                 upstream = input.grad(&grads).ok_or_else(no_gradient)?;

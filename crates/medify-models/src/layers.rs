@@ -96,15 +96,19 @@ impl Mlp {
 
     /// [`Mlp::forward`] through the given kernels.
     pub fn forward_with(&self, x: Tensor<3>, kernels: KernelPath) -> Tensor<3> {
+        self.down_proj.forward(self.activations(x, kernels))
+    }
+
+    /// `act(gate(x)) * up(x)`, the down projection's input `[batch, seq, intermediate]`.
+    pub(crate) fn activations(&self, x: Tensor<3>, kernels: KernelPath) -> Tensor<3> {
         let gate = self.gate_proj.forward(x.clone());
         let up = self.up_proj.forward(x);
-        let hidden = match self.act {
+        match self.act {
             Activation::Silu if kernels.fused_on(&gate.device()) => crate::fused::swiglu(gate, up),
             Activation::Silu => silu(gate) * up,
             Activation::GeluTanh => gelu_tanh(gate) * up,
             Activation::Gelu => gelu_erf(gate) * up,
-        };
-        self.down_proj.forward(hidden)
+        }
     }
 }
 
@@ -285,5 +289,25 @@ impl DecoderLayer {
             + self
                 .mlp
                 .forward_with(self.post_attention_layernorm.forward(h), ctx.kernels)
+    }
+
+    /// A scalar whose gradients equal those of `Σ forward(x) ⊙ g` (see
+    /// [`Projection::backprop_surrogate`]): the layer's output itself is never formed, so the
+    /// down projection's base matmul is skipped in a checkpointed recompute.
+    pub(crate) fn backprop_surrogate(
+        &self,
+        x: Tensor<3>,
+        ctx: &AttentionContext,
+        g: Tensor<3>,
+    ) -> Tensor<1> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), ctx, None);
+        let hidden = self.mlp.activations(
+            self.post_attention_layernorm.forward(h.clone()),
+            ctx.kernels,
+        );
+        (h * g.clone()).sum() + self.mlp.down_proj.backprop_surrogate(hidden, g)
     }
 }
