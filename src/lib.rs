@@ -51,6 +51,7 @@ mod config;
 mod error;
 mod evaluate;
 mod memory;
+pub mod memory_model;
 mod plot;
 mod text_metrics;
 mod trainer;
@@ -60,7 +61,9 @@ pub use chat::{Chat, DISCLAIMER, Reply};
 pub use config::FinetuneConfig;
 pub use error::{FinetuneError, Result};
 pub use evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
-pub use memory::{StepMemory, peak_rss_bytes, reset_peak_memory, retain_freed_memory};
+pub use memory::{
+    StepMemory, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
+};
 pub use plot::write_loss_plot;
 pub use text_metrics::{TextScores, bleu, score_answers};
 pub use trainer::{TrainData, TrainSummary, Trainer, TrainerOptions};

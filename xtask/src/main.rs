@@ -2,6 +2,7 @@
 
 mod bench_data;
 mod bench_lora;
+mod bench_memory;
 mod bench_models;
 mod bench_optim;
 mod bench_quant;
@@ -35,6 +36,8 @@ enum Command {
     BenchLora(bench_lora::Args),
     /// QLoRA vs dense-LoRA training of a real model at batch 4 x 256: tokens/s and peak memory.
     BenchTrain(bench_lora::TrainArgs),
+    /// Predicted QLoRA training peak of a 1-8B architecture from real steps of its layer shapes.
+    BenchMemory(bench_memory::Args),
     /// Optimizer state bytes per parameter and step time: PagedAdamW 32/8-bit vs burn AdamW.
     BenchOptim(bench_optim::Args),
     /// QLoRA fine-tuning; with no --model/--data, SmolLM2-135M-Instruct on the embedded medical Q&A set.
@@ -59,7 +62,10 @@ fn main() {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::BenchLora(_) | Command::BenchTrain(_) | Command::Finetune(_)
+        Command::BenchLora(_)
+            | Command::BenchTrain(_)
+            | Command::BenchMemory(_)
+            | Command::Finetune(_)
     ) {
         medify_qlora::retain_freed_memory();
     }
@@ -69,6 +75,7 @@ fn main() {
         Command::BenchLora(args) => bench_lora::run(&args),
         Command::BenchData(args) => bench_data::run(&args),
         Command::BenchOptim(args) => bench_optim::run(&args),
+        Command::BenchMemory(args) => bench_memory::run(&args),
         Command::BenchTrain(args) => bench_lora::run_train(&args),
         Command::Finetune(args) => finetune::run(&args),
         Command::FetchModel(args) => fetch::run(&args),

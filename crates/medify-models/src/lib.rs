@@ -33,6 +33,7 @@ mod layers;
 mod loader;
 mod loss;
 mod model;
+mod random;
 mod rope;
 mod save;
 mod tokenizer;
@@ -49,6 +50,7 @@ pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, Rms
 pub use loader::{LoadOptions, LoadReport};
 pub use loss::{CHUNK_BYTES, LmLossOps, chunked_lm_loss};
 pub use model::{CausalLm, IGNORE_INDEX, KvCache, LossOutput, TokenBatch};
+pub use random::RandomWeights;
 pub use rope::Rope;
 pub use save::SaveDtype;
 pub use tokenizer::ModelTokenizer;

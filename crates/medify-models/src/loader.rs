@@ -277,7 +277,7 @@ impl CausalLm {
 }
 
 /// Tensor names a checkpoint of `config` must hold (biases excepted: they are checked on use).
-fn required_names(config: &LlamaConfig) -> Vec<String> {
+pub(crate) fn required_names(config: &LlamaConfig) -> Vec<String> {
     let mut names = vec![
         "model.embed_tokens.weight".to_string(),
         "model.norm.weight".to_string(),

@@ -1,0 +1,159 @@
+//! `cargo xtask bench-memory`: the predicted QLoRA training peak of a real architecture, from
+//! real training steps of its exact layer shapes (random NF4 weights) at one and two decoder
+//! layers, each in its own process; `--validate` also runs the whole depth and compares.
+
+use clap::Args as ClapArgs;
+use medify_qlora::memory_model::{Architecture, MemoryProbe, StepPeak, measure_step_peak, predict};
+use medify_qlora::models::Checkpointing;
+use serde_json::{Value, json};
+
+use crate::bench_models::json_child;
+use crate::device::device_named;
+
+#[derive(ClapArgs, Debug)]
+pub struct Args {
+    /// tinyllama-1.1b, llama-2-7b, llama-3-8b, mistral-7b or gemma-2b.
+    #[arg(long)]
+    arch: String,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 512)]
+    seq_len: usize,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// LoRA rank (all linear layers).
+    #[arg(long, default_value_t = 16)]
+    lora_r: usize,
+    /// Layer-level gradient checkpointing (the trainer's default).
+    #[arg(long, overrides_with = "no_gradient_checkpointing")]
+    gradient_checkpointing: bool,
+    /// Keep every activation for backward.
+    #[arg(long)]
+    no_gradient_checkpointing: bool,
+    /// Activation and matmul dtype. Only f32 runs today; f16/bf16 are refused with a message.
+    #[arg(long, default_value = "f32")]
+    compute_dtype: String,
+    /// Training steps per measurement.
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// Device to measure on.
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// Also train the whole depth and compare the prediction with it.
+    #[arg(long)]
+    validate: bool,
+    /// Print JSON only.
+    #[arg(long)]
+    json: bool,
+    /// Internal: measure this many layers and print the measurement.
+    #[arg(long, hide = true)]
+    child_layers: Option<usize>,
+}
+
+fn probe(a: &Args) -> Result<MemoryProbe, String> {
+    if a.compute_dtype != "f32" {
+        return Err(format!(
+            "--compute-dtype {}: 16-bit compute is not implemented yet; the measurement runs in f32",
+            a.compute_dtype
+        ));
+    }
+    if a.seq_len < 2 || a.batch_size == 0 {
+        return Err("--seq-len must be at least 2 and --batch-size at least 1".into());
+    }
+    Ok(MemoryProbe {
+        architecture: a.arch.parse::<Architecture>().map_err(|e| e.to_string())?,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        lora_r: a.lora_r,
+        checkpointing: if a.no_gradient_checkpointing {
+            Checkpointing::Off
+        } else {
+            Checkpointing::Layers
+        },
+        steps: a.steps,
+    })
+}
+
+fn measure(a: &Args, layers: usize) -> Result<StepPeak, String> {
+    let mut argv: Vec<String> = vec!["bench-memory".into()];
+    for (flag, value) in [
+        ("--arch", a.arch.clone()),
+        ("--seq-len", a.seq_len.to_string()),
+        ("--batch-size", a.batch_size.to_string()),
+        ("--lora-r", a.lora_r.to_string()),
+        ("--compute-dtype", a.compute_dtype.clone()),
+        ("--steps", a.steps.to_string()),
+        ("--device", a.device.clone()),
+        ("--child-layers", layers.to_string()),
+    ] {
+        argv.push(flag.into());
+        argv.push(value);
+    }
+    if a.no_gradient_checkpointing {
+        argv.push("--no-gradient-checkpointing".into());
+    }
+    let v = json_child(&argv, &format!("{layers}-layer measurement"))?;
+    serde_json::from_value(v).map_err(|e| e.to_string())
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+pub fn run(a: &Args) -> Result<(), String> {
+    let probe = probe(a)?;
+    if let Some(layers) = a.child_layers {
+        let device = device_named(&a.device)?;
+        let peak = measure_step_peak(&probe, layers, &device).map_err(|e| e.to_string())?;
+        println!(
+            "{}",
+            serde_json::to_string(&peak).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    let one = measure(a, 1)?;
+    let two = measure(a, 2)?;
+    let prediction = predict(&probe, &one, &two).map_err(|e| e.to_string())?;
+    let mut out = json!({
+        "probe": probe,
+        "device": a.device,
+        "compute_dtype": a.compute_dtype,
+        "measured": [one, two],
+        "prediction": prediction,
+        "predicted_peak_gib": prediction.predicted_peak_bytes / GIB,
+    });
+    if a.validate {
+        let full = measure(a, prediction.layers)?;
+        let error = prediction.predicted_peak_bytes / full.peak_bytes as f64 - 1.0;
+        out["full_depth"] = serde_json::to_value(&full).map_err(|e| e.to_string())?;
+        out["full_depth_peak_gib"] = json!(full.peak_bytes as f64 / GIB);
+        out["prediction_error"] = Value::from(error);
+    }
+    if !a.json {
+        let p = &prediction;
+        eprintln!(
+            "{} at {} x {}, r {}, {:?}: predicted peak {:.2} GiB = base weights {:.2} + adapters and grads {:.2} + optimizer state {:.2} + checkpoints {:.2} + working set and runtime {:.2}",
+            probe.architecture.name(),
+            probe.batch_size,
+            probe.seq_len,
+            probe.lora_r,
+            probe.checkpointing,
+            p.predicted_peak_bytes / GIB,
+            p.base_weight_bytes / GIB,
+            p.adapter_and_grad_bytes / GIB,
+            p.optimizer_state_bytes / GIB,
+            p.checkpoint_bytes / GIB,
+            p.other_bytes / GIB,
+        );
+        if let Some(e) = out["prediction_error"].as_f64() {
+            eprintln!(
+                "full depth measured {:.2} GiB: prediction off by {:+.1} %",
+                out["full_depth_peak_gib"].as_f64().unwrap_or(f64::NAN),
+                100.0 * e
+            );
+        }
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
