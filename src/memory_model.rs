@@ -6,8 +6,8 @@
 //! gradients and optimizer state, and the checkpointed input — or, without checkpointing, every
 //! activation of the layer). [`measure_step_peak`] builds the architecture's exact shapes with
 //! random NF4 weights at one and at two decoder layers and runs real training steps on the
-//! device; [`predict`] fits fixed + N × per-layer from the two and splits the prediction into
-//! its components.
+//! device; [`predict`] extends the two-layer peak by what each further layer keeps and splits
+//! the prediction into its components.
 //!
 //! ```
 //! use medify_qlora::memory_model::Architecture;
@@ -156,7 +156,8 @@ pub struct StepPeak {
     pub base_weight_bytes: u64,
     /// Adapter parameters.
     pub trainable_params: u64,
-    /// Optimizer state bytes (on the host on accelerators: paged AdamW).
+    /// Optimizer state bytes in the measured memory: all of it on the CPU, what paged AdamW keeps
+    /// resident on an accelerator.
     pub optimizer_state_bytes: u64,
     /// Seconds per training step.
     pub seconds_per_step: f64,
@@ -218,7 +219,11 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
         peak_bytes,
         base_weight_bytes: report.device_bytes as u64,
         trainable_params: summary.trainable as u64,
-        optimizer_state_bytes: optim.memory().state_bytes as u64,
+        optimizer_state_bytes: if crate::quant::is_flex(&device) {
+            optim.memory().state_bytes
+        } else {
+            optim.memory().resident_bytes
+        },
         seconds_per_step,
         loss,
     })
@@ -250,17 +255,22 @@ fn synthetic_batch(
 pub struct MemoryPrediction {
     /// Decoder layers of the whole model.
     pub layers: usize,
-    /// Fitted: the peak without decoder layers.
+    /// The peak without decoder layers: `two-layer peak − 2 × per_layer`.
     pub fixed_bytes: f64,
-    /// Fitted: what each decoder layer adds.
+    /// What each decoder layer adds to the peak. With checkpointing, the exact sum of what a
+    /// layer keeps (4-bit weights, adapter weights and gradients, optimizer state, checkpointed
+    /// input: its working set is not kept, so it is part of the fixed cost); without, the
+    /// measured difference between the two runs (all of a layer's activations stay).
     pub per_layer_bytes: f64,
+    /// The two-layer peak minus the one-layer peak, for comparison.
+    pub measured_per_layer_bytes: f64,
     /// `fixed + layers × per_layer`.
     pub predicted_peak_bytes: f64,
     /// All base weights (4-bit layers, dense embedding and head).
     pub base_weight_bytes: f64,
     /// Adapter weights and their gradients (f32).
     pub adapter_and_grad_bytes: f64,
-    /// Optimizer state (paged AdamW: host memory on accelerators, counted here on the CPU).
+    /// Optimizer state in the measured memory.
     pub optimizer_state_bytes: f64,
     /// Saved decoder-layer inputs (checkpointing), f32.
     pub checkpoint_bytes: f64,
@@ -269,8 +279,8 @@ pub struct MemoryPrediction {
     pub other_bytes: f64,
 }
 
-/// Fits fixed + N × per-layer from measurements at one and two layers and predicts the whole
-/// model of `probe.architecture`.
+/// Predicts the whole model of `probe.architecture` from measurements at one and two layers
+/// (see [`MemoryPrediction::per_layer_bytes`] for how a layer's share is found).
 pub fn predict(probe: &MemoryProbe, one: &StepPeak, two: &StepPeak) -> Result<MemoryPrediction> {
     if (one.layers, two.layers) != (1, 2) {
         return Err(FinetuneError::Config {
@@ -283,26 +293,33 @@ pub fn predict(probe: &MemoryProbe, one: &StepPeak, two: &StepPeak) -> Result<Me
     }
     let config = probe.architecture.config();
     let n = config.num_hidden_layers as f64;
-    let linear = |a: f64, b: f64| a + (n - 1.0) * (b - a);
-    let per_layer = two.peak_bytes as f64 - one.peak_bytes as f64;
-    let fixed = one.peak_bytes as f64 - per_layer;
-    let predicted = fixed + n * per_layer;
-    let base = linear(one.base_weight_bytes as f64, two.base_weight_bytes as f64);
-    let params = linear(one.trainable_params as f64, two.trainable_params as f64);
-    let state = linear(
-        one.optimizer_state_bytes as f64,
-        two.optimizer_state_bytes as f64,
-    );
-    let checkpoints = if probe.checkpointing == Checkpointing::Off {
+    let step = |a: u64, b: u64| b as f64 - a as f64;
+    let base_per = step(one.base_weight_bytes, two.base_weight_bytes);
+    let params_per = step(one.trainable_params, two.trainable_params);
+    let state_per = step(one.optimizer_state_bytes, two.optimizer_state_bytes);
+    let checkpoint_per = if probe.checkpointing == Checkpointing::Off {
         0.0
     } else {
-        n * (probe.batch_size * probe.seq_len * config.hidden_size * 4) as f64
+        (probe.batch_size * probe.seq_len * config.hidden_size * 4) as f64
     };
-    let adapters = params * 4.0 * 2.0;
+    let measured_per_layer = step(one.peak_bytes, two.peak_bytes);
+    let per_layer = if probe.checkpointing == Checkpointing::Off {
+        measured_per_layer
+    } else {
+        base_per + params_per * 8.0 + state_per + checkpoint_per
+    };
+    let fixed = two.peak_bytes as f64 - 2.0 * per_layer;
+    let predicted = fixed + n * per_layer;
+    let along = |at_two: u64, per: f64| at_two as f64 + (n - 2.0) * per;
+    let base = along(two.base_weight_bytes, base_per);
+    let adapters = along(two.trainable_params, params_per) * 8.0;
+    let state = along(two.optimizer_state_bytes, state_per);
+    let checkpoints = n * checkpoint_per;
     Ok(MemoryPrediction {
         layers: config.num_hidden_layers,
         fixed_bytes: fixed,
         per_layer_bytes: per_layer,
+        measured_per_layer_bytes: measured_per_layer,
         predicted_peak_bytes: predicted,
         base_weight_bytes: base,
         adapter_and_grad_bytes: adapters,
@@ -343,29 +360,40 @@ mod tests {
     }
 
     #[test]
-    fn the_fit_is_linear_in_layers_and_its_parts_add_up() {
+    fn the_prediction_adds_what_each_layer_keeps() {
         let at = |layers: u64| StepPeak {
             layers: layers as usize,
-            peak_bytes: 1000 + 300 * layers,
+            peak_bytes: 1_000_000 + 300_000 * layers,
             base_weight_bytes: 500 + 100 * layers,
             trainable_params: 10 * layers,
             optimizer_state_bytes: 80 * layers,
             seconds_per_step: 1.0,
             loss: 10.0,
         };
+        let ckpt = 16.0 * 2048.0 * 4.0;
         let p = predict(&probe(), &at(1), &at(2)).unwrap();
         assert_eq!(p.layers, 22);
-        assert_eq!((p.fixed_bytes, p.per_layer_bytes), (1000.0, 300.0));
-        assert_eq!(p.predicted_peak_bytes, 1000.0 + 22.0 * 300.0);
+        // Checkpointing: a layer keeps its weights, adapter + grad, state and input.
+        let per = 100.0 + 10.0 * 8.0 + 80.0 + ckpt;
+        assert_eq!(p.per_layer_bytes, per);
+        assert_eq!(p.measured_per_layer_bytes, 300_000.0);
+        assert_eq!(p.predicted_peak_bytes, 1_600_000.0 + 20.0 * per);
         assert_eq!(p.base_weight_bytes, 500.0 + 22.0 * 100.0);
         assert_eq!(p.adapter_and_grad_bytes, 22.0 * 10.0 * 8.0);
-        assert_eq!(p.checkpoint_bytes, 22.0 * 16.0 * 2048.0 * 4.0);
+        assert_eq!(p.checkpoint_bytes, 22.0 * ckpt);
         let parts = p.base_weight_bytes
             + p.adapter_and_grad_bytes
             + p.optimizer_state_bytes
             + p.checkpoint_bytes
             + p.other_bytes;
         assert!((parts - p.predicted_peak_bytes).abs() < 1e-6);
+        // Without checkpointing a layer's activations stay: the measured difference counts.
+        let plain = MemoryProbe {
+            checkpointing: Checkpointing::Off,
+            ..probe()
+        };
+        let q = predict(&plain, &at(1), &at(2)).unwrap();
+        assert_eq!(q.predicted_peak_bytes, 1_000_000.0 + 22.0 * 300_000.0);
         assert!(predict(&probe(), &at(2), &at(3)).is_err());
     }
 
