@@ -60,7 +60,18 @@ pub fn load_base(
         Some(q) => LoadOptions::quantized(q),
         None => LoadOptions::dense(),
     };
-    let (model, tokenizer, report) = load_pretrained(path, device, &options)?;
+    load_base_with(path, device, &options, template)
+}
+
+/// [`load_base`] with every loading option (4-bit quantization and the compute dtype);
+/// [`crate::FinetuneConfig::load_options`] gives a run's.
+pub fn load_base_with(
+    path: &Path,
+    device: &Device,
+    options: &LoadOptions,
+    template: Option<&str>,
+) -> Result<BaseModel> {
+    let (model, tokenizer, report) = load_pretrained(path, device, options)?;
     let encoder = if path.is_dir() {
         ChatEncoder::from_dir(path, template)?
     } else {

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DatasetConfig;
 use crate::error::{FinetuneError, Result};
 use crate::lora::{LoraConfig, TargetModules};
-use crate::models::Checkpointing;
+use crate::models::{Checkpointing, ComputeDtype, LoadOptions};
 use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, StateBits, Warmup};
 use crate::quant::{QuantConfig, QuantType};
 
@@ -68,6 +68,10 @@ pub struct FinetuneConfig {
     pub gradient_checkpointing: bool,
     /// With gradient checkpointing on an accelerator, keep the saved layer inputs in host memory.
     pub offload_checkpoints: bool,
+    /// Activation and matmul dtype (QLoRA's `bnb_4bit_compute_dtype`); unset: the device's
+    /// default (bf16 on CUDA, f16 on Vulkan, f32 on the CPU). Adapters and optimizer state stay
+    /// f32.
+    pub compute_dtype: Option<ComputeDtype>,
     /// Longest sequence in tokens.
     pub max_len: usize,
     /// Pack several examples into each sequence (attention stays within an example).
@@ -118,6 +122,7 @@ impl Default for FinetuneConfig {
             grad_accum: 16,
             gradient_checkpointing: true,
             offload_checkpoints: false,
+            compute_dtype: None,
             max_len: 512,
             packing: false,
             epochs: 1,
@@ -142,6 +147,22 @@ fn bad(field: &str, reason: impl Into<String>) -> FinetuneError {
 }
 
 impl FinetuneConfig {
+    /// How the base loads for this run on `device`: 4-bit settings and the compute dtype, checked
+    /// against the device.
+    pub fn load_options(&self, device: &burn::tensor::Device) -> Result<LoadOptions> {
+        let dtype = self
+            .compute_dtype
+            .unwrap_or_else(|| ComputeDtype::default_for(device));
+        dtype
+            .check(device)
+            .map_err(|e| bad("compute_dtype", e.to_string()))?;
+        let options = match self.quant_config()? {
+            Some(q) => LoadOptions::quantized(q),
+            None => LoadOptions::dense(),
+        };
+        Ok(options.with_compute_dtype(dtype))
+    }
+
     /// What a training step keeps for backward, from `gradient_checkpointing` and
     /// `offload_checkpoints`.
     pub fn checkpointing(&self) -> Checkpointing {

@@ -56,7 +56,7 @@ mod plot;
 mod text_metrics;
 mod trainer;
 
-pub use base::{BaseModel, gguf_chat_encoder, load_base};
+pub use base::{BaseModel, gguf_chat_encoder, load_base, load_base_with};
 pub use chat::{Chat, DISCLAIMER, Reply};
 pub use config::FinetuneConfig;
 pub use error::{FinetuneError, Result};

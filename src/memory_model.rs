@@ -25,7 +25,9 @@ use serde_json::json;
 
 use crate::error::{FinetuneError, Result};
 use crate::lora::{LoraConfig, LoraExt, TargetModules};
-use crate::models::{CausalLm, Checkpointing, LlamaConfig, LoadOptions, RandomWeights, TokenBatch};
+use crate::models::{
+    CausalLm, Checkpointing, ComputeDtype, LlamaConfig, LoadOptions, RandomWeights, TokenBatch,
+};
 use crate::optim::{AdamWConfig, PagedAdamW};
 use crate::quant::QuantConfig;
 
@@ -140,6 +142,8 @@ pub struct MemoryProbe {
     pub lora_r: usize,
     /// What a step keeps for backward.
     pub checkpointing: Checkpointing,
+    /// Activation and matmul dtype (adapters and optimizer state stay f32).
+    pub compute_dtype: ComputeDtype,
     /// Training steps run (the optimizer state exists from the first step's end on).
     pub steps: usize,
 }
@@ -172,7 +176,8 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
     config.num_hidden_layers = layers;
     let device = device.clone().autodiff();
     let source = RandomWeights::new(config.clone(), 17);
-    let options = LoadOptions::quantized(QuantConfig::default());
+    let options =
+        LoadOptions::quantized(QuantConfig::default()).with_compute_dtype(probe.compute_dtype);
     let (mut model, report) = CausalLm::load(&source, &config, &device, &options)?;
     let lora = LoraConfig::new(probe.lora_r, 16.0)
         .with_targets(TargetModules::AllLinear)
@@ -272,7 +277,7 @@ pub struct MemoryPrediction {
     pub adapter_and_grad_bytes: f64,
     /// Optimizer state in the measured memory.
     pub optimizer_state_bytes: f64,
-    /// Saved decoder-layer inputs (checkpointing), f32.
+    /// Saved decoder-layer inputs (checkpointing), in the compute dtype.
     pub checkpoint_bytes: f64,
     /// The rest: one layer's working set (all layers' activations without checkpointing), one
     /// logits chunk, the runtime.
@@ -300,7 +305,8 @@ pub fn predict(probe: &MemoryProbe, one: &StepPeak, two: &StepPeak) -> Result<Me
     let checkpoint_per = if probe.checkpointing == Checkpointing::Off {
         0.0
     } else {
-        (probe.batch_size * probe.seq_len * config.hidden_size * 4) as f64
+        let bytes = probe.compute_dtype.dtype().size();
+        (probe.batch_size * probe.seq_len * config.hidden_size * bytes) as f64
     };
     let measured_per_layer = step(one.peak_bytes, two.peak_bytes);
     let per_layer = if probe.checkpointing == Checkpointing::Off {
@@ -340,6 +346,7 @@ mod tests {
             seq_len: 16,
             lora_r: 4,
             checkpointing: Checkpointing::Layers,
+            compute_dtype: ComputeDtype::F32,
             steps: 1,
         }
     }

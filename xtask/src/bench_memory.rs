@@ -4,7 +4,7 @@
 
 use clap::Args as ClapArgs;
 use medify_qlora::memory_model::{Architecture, MemoryProbe, StepPeak, measure_step_peak, predict};
-use medify_qlora::models::Checkpointing;
+use medify_qlora::models::{Checkpointing, ComputeDtype};
 use serde_json::{Value, json};
 
 use crate::bench_models::json_child;
@@ -30,9 +30,10 @@ pub struct Args {
     /// Keep every activation for backward.
     #[arg(long)]
     no_gradient_checkpointing: bool,
-    /// Activation and matmul dtype. Only f32 runs today; f16/bf16 are refused with a message.
-    #[arg(long, default_value = "f32")]
-    compute_dtype: String,
+    /// Activation and matmul dtype: f32, f16 or bf16 (default: the device's, as the trainer
+    /// picks it). Refused when the device lacks it.
+    #[arg(long)]
+    compute_dtype: Option<ComputeDtype>,
     /// Training steps per measurement.
     #[arg(long, default_value_t = 2)]
     steps: usize,
@@ -51,12 +52,11 @@ pub struct Args {
 }
 
 fn probe(a: &Args) -> Result<MemoryProbe, String> {
-    if a.compute_dtype != "f32" {
-        return Err(format!(
-            "--compute-dtype {}: 16-bit compute is not implemented yet; the measurement runs in f32",
-            a.compute_dtype
-        ));
-    }
+    let device = device_named(&a.device)?;
+    let compute_dtype = a
+        .compute_dtype
+        .unwrap_or_else(|| ComputeDtype::default_for(&device));
+    compute_dtype.check(&device).map_err(|e| e.to_string())?;
     if a.seq_len < 2 || a.batch_size == 0 {
         return Err("--seq-len must be at least 2 and --batch-size at least 1".into());
     }
@@ -65,6 +65,7 @@ fn probe(a: &Args) -> Result<MemoryProbe, String> {
         batch_size: a.batch_size,
         seq_len: a.seq_len,
         lora_r: a.lora_r,
+        compute_dtype,
         checkpointing: if a.no_gradient_checkpointing {
             Checkpointing::Off
         } else {
@@ -74,14 +75,14 @@ fn probe(a: &Args) -> Result<MemoryProbe, String> {
     })
 }
 
-fn measure(a: &Args, layers: usize) -> Result<StepPeak, String> {
+fn measure(a: &Args, probe: &MemoryProbe, layers: usize) -> Result<StepPeak, String> {
     let mut argv: Vec<String> = vec!["bench-memory".into()];
     for (flag, value) in [
         ("--arch", a.arch.clone()),
         ("--seq-len", a.seq_len.to_string()),
         ("--batch-size", a.batch_size.to_string()),
         ("--lora-r", a.lora_r.to_string()),
-        ("--compute-dtype", a.compute_dtype.clone()),
+        ("--compute-dtype", probe.compute_dtype.to_string()),
         ("--steps", a.steps.to_string()),
         ("--device", a.device.clone()),
         ("--child-layers", layers.to_string()),
@@ -109,19 +110,18 @@ pub fn run(a: &Args) -> Result<(), String> {
         );
         return Ok(());
     }
-    let one = measure(a, 1)?;
-    let two = measure(a, 2)?;
+    let one = measure(a, &probe, 1)?;
+    let two = measure(a, &probe, 2)?;
     let prediction = predict(&probe, &one, &two).map_err(|e| e.to_string())?;
     let mut out = json!({
         "probe": probe,
         "device": a.device,
-        "compute_dtype": a.compute_dtype,
         "measured": [one, two],
         "prediction": prediction,
         "predicted_peak_gib": prediction.predicted_peak_bytes / GIB,
     });
     if a.validate {
-        let full = measure(a, prediction.layers)?;
+        let full = measure(a, &probe, prediction.layers)?;
         let error = prediction.predicted_peak_bytes / full.peak_bytes as f64 - 1.0;
         out["full_depth"] = serde_json::to_value(&full).map_err(|e| e.to_string())?;
         out["full_depth_peak_gib"] = json!(full.peak_bytes as f64 / GIB);
@@ -130,12 +130,13 @@ pub fn run(a: &Args) -> Result<(), String> {
     if !a.json {
         let p = &prediction;
         eprintln!(
-            "{} at {} x {}, r {}, {:?}: predicted peak {:.2} GiB = base weights {:.2} + adapters and grads {:.2} + optimizer state {:.2} + checkpoints {:.2} + working set and runtime {:.2}",
+            "{} at {} x {}, r {}, {:?}, {}: predicted peak {:.2} GiB = base weights {:.2} + adapters and grads {:.2} + optimizer state {:.2} + checkpoints {:.2} + working set and runtime {:.2}",
             probe.architecture.name(),
             probe.batch_size,
             probe.seq_len,
             probe.lora_r,
             probe.checkpointing,
+            probe.compute_dtype,
             p.predicted_peak_bytes / GIB,
             p.base_weight_bytes / GIB,
             p.adapter_and_grad_bytes / GIB,

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args as ClapArgs;
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare, read_records};
-use medify_qlora::{FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base};
+use medify_qlora::models::ComputeDtype;
+use medify_qlora::{FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base_with};
 
 use crate::device::device_named;
 
@@ -121,6 +122,10 @@ pub struct Args {
     /// Keep every activation for backward: faster, far more memory.
     #[arg(long)]
     no_gradient_checkpointing: bool,
+    /// Activation and matmul dtype: f32, f16 or bf16 (default: bf16 on CUDA, f16 on Vulkan, f32
+    /// on the CPU).
+    #[arg(long)]
+    compute_dtype: Option<ComputeDtype>,
     /// Keep the checkpointed layer inputs in host memory (on accelerators).
     #[arg(long, conflicts_with = "no_gradient_checkpointing")]
     offload_checkpoints: bool,
@@ -205,6 +210,9 @@ fn apply_flags(mut c: FinetuneConfig, a: &Args) -> FinetuneConfig {
         c.gradient_checkpointing = false;
     }
     c.offload_checkpoints |= a.offload_checkpoints;
+    if a.compute_dtype.is_some() {
+        c.compute_dtype = a.compute_dtype;
+    }
     if a.template.is_some() {
         c.template = a.template.clone();
     }
@@ -274,10 +282,10 @@ pub fn run(a: &Args) -> Result<(), String> {
             format!("{} base", config.quant)
         }
     );
-    let base = load_base(
+    let base = load_base_with(
         &model_path,
         &device,
-        config.quant_config().map_err(|e| e.to_string())?,
+        &config.load_options(&device).map_err(|e| e.to_string())?,
         config.template.as_deref(),
     )
     .map_err(|e| e.to_string())?;

@@ -11,7 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::LoraInit;
 use crate::error::{LoraError, Result};
-use crate::projection::{FrozenWeight, dense_matmul};
+use crate::projection::{FrozenWeight, cast_to, dense_matmul, to_f32};
 
 /// The adapter of one linear layer: `A [r, in]`, `B [out, r]`, an optional DoRA magnitude
 /// `m [out]`, and the scaling `s`. Only these tensors are parameters; the base stays frozen.
@@ -241,7 +241,7 @@ impl LoraAdapter {
     /// DoRA's `m / ||W + s·B A||_row` `[out]`, with the norm detached as PEFT does.
     pub(crate) fn dora_scale(&self, base: &FrozenWeight) -> Option<Tensor<1>> {
         let m = self.magnitude.as_ref()?.val();
-        let norm = row_norm(base.to_dense().detach() + self.delta()).detach();
+        let norm = row_norm(to_f32(base.to_dense().detach()) + self.delta()).detach();
         Some(m / norm)
     }
 
@@ -255,16 +255,15 @@ impl LoraAdapter {
         if self.magnitude.is_some() {
             return None;
         }
+        let dtype = x.dtype();
         let x = if self.dropping(&x) {
             dropout(x, self.dropout, self.masks.next_key())
         } else {
             x
         };
-        let down = dense_matmul(x, &self.lora_a.val());
-        Some(dense_matmul(
-            down.mul_scalar(self.scaling),
-            &self.lora_b.val(),
-        ))
+        let down = dense_matmul(to_f32(x), &self.lora_a.val());
+        let delta = dense_matmul(down.mul_scalar(self.scaling), &self.lora_b.val());
+        Some(cast_to(delta, dtype))
     }
 
     /// Adds the adapter's contribution to `base_out = x Wᵀ` (without bias), from the activations:
@@ -281,12 +280,14 @@ impl LoraAdapter {
         } else {
             x
         };
+        // The adapter computes in f32 (its weights' dtype) whatever the compute dtype is.
+        let dtype = base_out.dtype();
         let a = self.lora_a.val();
         let b = self.lora_b.val();
         // The scaling goes on the rank-r activations, r/out of the work of scaling the update.
-        let down = dense_matmul(x.clone(), &a);
+        let down = dense_matmul(to_f32(x.clone()), &a);
         match self.dora_scale(base) {
-            None => base_out + dense_matmul(down.mul_scalar(self.scaling), &b),
+            None => base_out + cast_to(dense_matmul(down.mul_scalar(self.scaling), &b), dtype),
             Some(scale) => {
                 // PEFT: result + (scale - 1) * (x Wᵀ) + scale * s * lora(x), where x Wᵀ is taken
                 // on the dropped-out input while training.
@@ -297,9 +298,9 @@ impl LoraAdapter {
                 };
                 let update = dense_matmul(down, &b);
                 let scale = scale.unsqueeze::<D>();
-                base_out
-                    + base_dropped * scale.clone().sub_scalar(1.0)
-                    + update * scale.mul_scalar(self.scaling)
+                let extra = to_f32(base_dropped) * scale.clone().sub_scalar(1.0)
+                    + update * scale.mul_scalar(self.scaling);
+                base_out + cast_to(extra, dtype)
             }
         }
     }

@@ -42,4 +42,4 @@ pub use error::{LoraError, Result};
 pub use model::{
     ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraExt, LoraModel, LoraSummary, MergeReport, write_atomic,
 };
-pub use projection::{FrozenWeight, MergeOutcome, Projection, dense_matmul};
+pub use projection::{FrozenWeight, MergeOutcome, Projection, cast_to, dense_matmul, to_f32};

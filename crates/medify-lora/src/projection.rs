@@ -1,7 +1,7 @@
 //! A frozen linear layer over a dense or 4-bit weight.
 
 use burn::module::Module;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 use medify_quant::{Nf4Tensor, QuantConfig, QuantError};
 
 use crate::adapter::LoraAdapter;
@@ -40,7 +40,7 @@ impl FrozenWeight {
     /// by this frozen weight passes back to its input. A 4-bit weight is decoded for it, as its
     /// backward pass does.
     pub fn input_gradient<const D: usize>(&self, g: Tensor<D>) -> Tensor<D> {
-        let w = self.to_dense();
+        let w = cast_to(self.to_dense(), g.dtype());
         let mut dims = g.dims();
         let rows: usize = dims[..D - 1].iter().product();
         let [out, inp] = w.dims();
@@ -78,6 +78,17 @@ impl FrozenWeight {
     }
 }
 
+/// `x` in `dtype`, unchanged when it already is: the one cast between the compute dtype and the
+/// f32 of adapters, norms, softmax and loss.
+pub fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if x.dtype() == dtype { x } else { x.cast(dtype) }
+}
+
+/// `x` as f32 (see [`cast_to`]).
+pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    cast_to(x, DType::F32)
+}
+
 /// `x @ wᵀ` for a dense `[out, in]` weight, as one 2-D matmul: a broadcast batched matmul over a
 /// transposed view copies the whole weight on some backends (flex: 12x slower for one token).
 pub fn dense_matmul<const D: usize>(x: Tensor<D>, w: &Tensor<2>) -> Tensor<D> {
@@ -113,7 +124,7 @@ pub struct MergeOutcome {
 /// trainable LoRA adapter on top.
 ///
 /// ```
-/// use burn::tensor::{Device, Tensor};
+/// use burn::tensor::{DType, Device, Tensor};
 /// use medify_lora::{LoraAdapter, Projection};
 /// let device = Device::flex();
 /// let mut p = Projection::dense(Tensor::<2>::ones([3, 4], &device), None);
@@ -335,12 +346,17 @@ fn merged_weight(
     adapter: &LoraAdapter,
     base: &FrozenWeight,
 ) -> (Tensor<2>, Option<Tensor<1>>) {
-    let sum = w + adapter.delta();
+    // Summed in f32, returned in the base's dtype.
+    let dtype = w.dtype();
+    let sum = to_f32(w) + adapter.delta();
     match adapter.dora_scale(base) {
         Some(scale) => {
             let scale = scale.detach();
-            (sum * scale.clone().unsqueeze_dim::<2>(1), Some(scale))
+            (
+                cast_to(sum * scale.clone().unsqueeze_dim::<2>(1), dtype),
+                Some(scale),
+            )
         }
-        None => (sum, None),
+        None => (cast_to(sum, dtype), None),
     }
 }

@@ -64,7 +64,10 @@ impl Saved {
     fn restore(self, device: &Device) -> Tensor<3> {
         match self {
             Saved::Device(x) => x,
-            Saved::Host(data) => Tensor::from_data(data, device),
+            Saved::Host(data) => {
+                let dtype = data.dtype();
+                Tensor::from_data(data, (device, dtype))
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{silu, softmax, tanh};
-use medify_lora::Projection;
+use medify_lora::{Projection, cast_to, to_f32};
 
 use crate::config::Activation;
 use crate::fused::KernelPath;
@@ -30,8 +30,11 @@ impl RmsNorm {
         }
     }
 
-    /// Normalizes over the last dimension.
+    /// Normalizes over the last dimension, in f32 for a 16-bit input (then cast back before the
+    /// scale, as transformers' Llama does).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = to_f32(x);
         let rms = x
             .clone()
             .square()
@@ -44,7 +47,7 @@ impl RmsNorm {
         } else {
             self.weight.clone()
         };
-        x * rms * w.unsqueeze::<D>()
+        cast_to(x * rms, dtype) * w.unsqueeze::<D>()
     }
 }
 
@@ -220,7 +223,10 @@ impl Attention {
         let probs = if ctx.kernels.fused_on(&scores.device()) {
             crate::fused::masked_softmax(scores, ctx.mask.clone(), scale as f32)
         } else {
-            softmax(scores.mul_scalar(scale) + ctx.mask.clone(), 4)
+            // In f32 whatever the compute dtype, as transformers does (the mask is f32 too).
+            let dtype = scores.dtype();
+            let p = softmax(to_f32(scores).mul_scalar(scale) + ctx.mask.clone(), 4);
+            cast_to(p, dtype)
         };
         let probs = probs.reshape([b, kvh, g * s, t]);
         let out = probs

@@ -24,6 +24,7 @@
 mod adapt;
 mod checkpoint;
 mod config;
+mod dtype;
 mod error;
 mod eval;
 mod fused;
@@ -41,6 +42,7 @@ pub mod weights;
 
 pub use checkpoint::{Checkpointing, MicroBatchGradients};
 pub use config::{Activation, BnbQuantization, Family, LlamaConfig, RopeScaling};
+pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};
 pub use eval::{EvalReport, read_text_records};
 pub use fused::{FusedOps, KernelPath, masked_softmax, supports_fused, swiglu};

@@ -7,6 +7,7 @@ use medify_lora::Projection;
 use medify_quant::{Nf4Tensor, Packed4Bit, QuantConfig};
 
 use crate::config::{Family, LlamaConfig};
+use crate::dtype::ComputeDtype;
 use crate::error::{ModelError, Result};
 use crate::gguf::GgufSource;
 use crate::layers::{Attention, DecoderLayer, Mlp, RmsNorm};
@@ -19,6 +20,9 @@ pub struct LoadOptions {
     /// Quantize dense linear weights to 4 bits while loading (QLoRA's frozen base). Weights
     /// already stored in 4 bits (bitsandbytes checkpoints) stay as they are either way.
     pub quantize: Option<QuantConfig>,
+    /// The dtype dense weights are stored in on the device and activations computed in
+    /// (QLoRA's `bnb_4bit_compute_dtype`); checked against the device when loading.
+    pub compute_dtype: ComputeDtype,
 }
 
 impl LoadOptions {
@@ -32,7 +36,14 @@ impl LoadOptions {
     pub fn quantized(config: QuantConfig) -> LoadOptions {
         LoadOptions {
             quantize: Some(config),
+            compute_dtype: ComputeDtype::F32,
         }
+    }
+
+    /// The same options computing in `dtype`.
+    pub fn with_compute_dtype(mut self, dtype: ComputeDtype) -> LoadOptions {
+        self.compute_dtype = dtype;
+        self
     }
 }
 
@@ -85,9 +96,16 @@ impl Builder<'_> {
         }
     }
 
+    /// Places dense values on the device in the compute dtype (converted on the host, so only
+    /// the 16-bit copy is uploaded).
     fn upload<const D: usize>(&mut self, values: Vec<f32>, shape: [usize; D]) -> Tensor<D> {
-        self.report.device_bytes += values.len() * 4;
-        Tensor::from_data(TensorData::new(values, shape), self.device)
+        let dtype = self.options.compute_dtype.dtype();
+        self.report.device_bytes += values.len() * dtype.size();
+        let mut data = TensorData::new(values, shape);
+        if dtype != burn::tensor::DType::F32 {
+            data = data.convert_dtype(dtype);
+        }
+        Tensor::from_data(data, (self.device, dtype))
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<Option<Tensor<1>>> {
@@ -217,6 +235,7 @@ impl CausalLm {
         device: &Device,
         options: &LoadOptions,
     ) -> Result<(CausalLm, LoadReport)> {
+        options.compute_dtype.check(device)?;
         let required = required_names(config);
         let absent: Vec<&String> = required.iter().filter(|n| !source.contains(n)).collect();
         if !absent.is_empty() {

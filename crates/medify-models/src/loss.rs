@@ -18,6 +18,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use medify_lora::{cast_to, to_f32};
 
 /// Bytes of logits one chunk may hold (the scratch buffer's size).
 pub const CHUNK_BYTES: usize = 64 << 20;
@@ -98,6 +99,7 @@ fn tensor_lm_loss(
     let vocab = weight.dims()[0];
     let tracked = hidden.is_tracked();
     let autodiff = hidden.is_autodiff();
+    let dtype = hidden.dtype();
     let h = hidden.clone().inner();
     let w = weight.inner();
     let wt = w.clone().transpose();
@@ -112,18 +114,22 @@ fn tensor_lm_loss(
         let rows = Tensor::<1, Int>::from_data(TensorData::new(rows, [m]), &h.device());
         let t = Tensor::<2, Int>::from_data(TensorData::new(picked, [m, 1]), &h.device());
         let s = Tensor::<2>::from_data(TensorData::new(scale, [m, 1]), &h.device());
-        let logp = log_softmax(h.clone().select(0, rows.clone()).matmul(wt.clone()), 1);
+        // Logits in the compute dtype, their log-softmax and gradient in f32.
+        let z = h.clone().select(0, rows.clone()).matmul(wt.clone());
+        let logp = log_softmax(to_f32(z), 1);
         sum = sum + (logp.clone().gather(1, t.clone()) * s.clone()).sum().neg();
         if let Some(g) = grad.take() {
             let dz = (logp.exp() * s.clone()).scatter(1, t, s.neg(), IndexingUpdateOp::Add);
-            grad = Some(g.select_assign(0, rows, dz.matmul(w.clone()), IndexingUpdateOp::Add));
+            let dh = to_f32(cast_to(dz, dtype).matmul(w.clone()));
+            grad = Some(g.select_assign(0, rows, dh, IndexingUpdateOp::Add));
         }
     }
     let sum = if autodiff { sum.autodiff() } else { sum };
     match grad {
         Some(g) => {
-            let surrogate = (hidden * g).sum();
-            sum + surrogate.clone() - surrogate.detach()
+            let surrogate = (hidden * cast_to(g, dtype)).sum();
+            // Exactly zero, with the gradient G in `hidden`.
+            sum + to_f32(surrogate.clone() - surrogate.detach())
         }
         None => sum,
     }
@@ -231,7 +237,8 @@ mod flex {
         let (h, w, wt) = (f32s(&hidden), f32s(&weight), f32s(&weights));
         let mut grad = with_grad.then(|| vec![0f32; n * d]);
         let loss = host_loss(&h, &w, d, &targets, &wt, grad.as_deref_mut());
-        let loss = from_f32(vec![loss as f32], vec![1], dtype);
+        // The sum stays f32 whatever the compute dtype (a 16-bit sum would lose whole units).
+        let loss = from_f32(vec![loss as f32], vec![1], burn::tensor::DType::F32);
         (loss, grad.map(|g| from_f32(g, vec![n, d], dtype)))
     }
 
@@ -281,6 +288,7 @@ mod autodiff {
             let Some(node) = node else { return };
             let grad = ops.state;
             let shape = grad.shape();
+            let upstream = B::float_cast(upstream, grad.dtype().into());
             let upstream = B::float_expand(B::float_reshape(upstream, [1, 1].into()), shape);
             grads.register::<B>(node.id, B::float_mul(grad, upstream));
         }

@@ -191,6 +191,11 @@ impl CausalLm {
         self.kernels
     }
 
+    /// The dtype activations and dense weights are in (see [`crate::ComputeDtype`]).
+    pub fn compute_dtype(&self) -> crate::ComputeDtype {
+        crate::ComputeDtype::from_dtype(self.embed_tokens.dtype()).unwrap_or_default()
+    }
+
     /// The model's hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         &self.config
@@ -265,9 +270,10 @@ impl CausalLm {
             .clone()
             .unwrap_or_else(|| vec![(past as u32..(past + s) as u32).collect(); b]);
         let (cos, sin) = self.rope.tables(&positions, &device);
+        let dtype = self.embed_tokens.dtype();
         let ctx = AttentionContext {
-            cos,
-            sin,
+            cos: medify_lora::cast_to(cos, dtype),
+            sin: medify_lora::cast_to(sin, dtype),
             mask: self.mask(batch, cache),
             kernels: self.kernels,
         };
@@ -400,7 +406,7 @@ impl CausalLm {
     ) -> Tensor<1> {
         let [b, s1, _] = hidden.dims();
         let device = self.device();
-        let logp = log_softmax(self.logits(hidden), 2);
+        let logp = log_softmax(medify_lora::to_f32(self.logits(hidden)), 2);
         let idx = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, s1, 1]), &device);
         let w = Tensor::<3>::from_data(TensorData::new(weights, [b, s1, 1]), &device);
         (logp.gather(2, idx) * w).sum().neg()
