@@ -4,14 +4,14 @@
 //! 5 % (f16, 11 significant bits) or 10 % (bf16, 8 bits) of the largest f32 gradient of its
 //! tensor. A dtype the device lacks is refused by name.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device};
 use medify_qlora::lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
-use medify_qlora::models::{
-    CausalLm, Checkpointing, ComputeDtype, IGNORE_INDEX, LoadOptions, TokenBatch,
-};
+use medify_qlora::models::{CausalLm, Checkpointing, ComputeDtype, LoadOptions, TokenBatch};
 use medify_qlora::optim::{AdamWConfig, PagedAdamW};
 use medify_qlora::quant::QuantConfig;
 
@@ -35,23 +35,7 @@ fn load(device: &Device, dtype: ComputeDtype) -> CausalLm {
 }
 
 fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<i64>>) {
-    let ids: Vec<Vec<u32>> = (0..2)
-        .map(|b| {
-            (0..20)
-                .map(|i| ((i * 131 + b * 977 + 7) % vocab) as u32)
-                .collect()
-        })
-        .collect();
-    let labels = ids
-        .iter()
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(i, &t)| if i < 4 { IGNORE_INDEX } else { t as i64 })
-                .collect()
-        })
-        .collect();
-    (TokenBatch::new(ids), labels)
+    common::prompt_masked_batch(vocab, 2, 20, 4)
 }
 
 fn grads(model: &CausalLm, g: &GradientsParams) -> Vec<Vec<f32>> {

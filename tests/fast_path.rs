@@ -6,36 +6,21 @@
 //! untied heads, SwiGLU and GeGLU, with masked (prompt) labels and left padding; the
 //! counter-based dropout must draw the same masks on every backend.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use medify_qlora::lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
-use medify_qlora::models::{CausalLm, IGNORE_INDEX, KernelPath, LoadOptions, TokenBatch};
+use medify_qlora::models::{CausalLm, KernelPath, LoadOptions, TokenBatch};
 use medify_qlora::quant::{DropoutKey, QuantConfig, dropout};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-/// Two rows of pseudo-random ids, the first five labels of each masked like a prompt.
 fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<i64>>) {
-    let ids: Vec<Vec<u32>> = (0..2)
-        .map(|b| {
-            (0..24)
-                .map(|i| ((i * 131 + b * 977 + 7) % vocab) as u32)
-                .collect()
-        })
-        .collect();
-    let labels = ids
-        .iter()
-        .map(|r| {
-            r.iter()
-                .enumerate()
-                .map(|(i, &t)| if i < 5 { IGNORE_INDEX } else { t as i64 })
-                .collect()
-        })
-        .collect();
-    (TokenBatch::new(ids), labels)
+    common::prompt_masked_batch(vocab, 2, 24, 5)
 }
 
 fn adapter_grads(model: &CausalLm, loss: Tensor<1>) -> Vec<(String, Vec<f32>)> {

@@ -4,11 +4,12 @@
 
 use clap::Args as ClapArgs;
 use medify_qlora::memory_model::{Architecture, MemoryProbe, StepPeak, measure_step_peak, predict};
-use medify_qlora::models::{Checkpointing, ComputeDtype};
+use medify_qlora::models::ComputeDtype;
 use serde_json::{Value, json};
 
 use crate::bench_models::json_child;
 use crate::device::device_named;
+use crate::memory_flags::MemoryFlags;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -24,16 +25,8 @@ pub struct Args {
     /// LoRA rank (all linear layers).
     #[arg(long, default_value_t = 16)]
     lora_r: usize,
-    /// Layer-level gradient checkpointing (the trainer's default).
-    #[arg(long, overrides_with = "no_gradient_checkpointing")]
-    gradient_checkpointing: bool,
-    /// Keep every activation for backward.
-    #[arg(long)]
-    no_gradient_checkpointing: bool,
-    /// Activation and matmul dtype: f32, f16 or bf16 (default: the device's, as the trainer
-    /// picks it). Refused when the device lacks it.
-    #[arg(long)]
-    compute_dtype: Option<ComputeDtype>,
+    #[command(flatten)]
+    memory: MemoryFlags,
     /// Training steps per measurement.
     #[arg(long, default_value_t = 2)]
     steps: usize,
@@ -54,6 +47,7 @@ pub struct Args {
 fn probe(a: &Args) -> Result<MemoryProbe, String> {
     let device = device_named(&a.device)?;
     let compute_dtype = a
+        .memory
         .compute_dtype
         .unwrap_or_else(|| ComputeDtype::default_for(&device));
     compute_dtype.check(&device).map_err(|e| e.to_string())?;
@@ -66,11 +60,7 @@ fn probe(a: &Args) -> Result<MemoryProbe, String> {
         seq_len: a.seq_len,
         lora_r: a.lora_r,
         compute_dtype,
-        checkpointing: if a.no_gradient_checkpointing {
-            Checkpointing::Off
-        } else {
-            Checkpointing::Layers
-        },
+        checkpointing: a.memory.checkpointing(true),
         steps: a.steps,
     })
 }
@@ -90,9 +80,7 @@ fn measure(a: &Args, probe: &MemoryProbe, layers: usize) -> Result<StepPeak, Str
         argv.push(flag.into());
         argv.push(value);
     }
-    if a.no_gradient_checkpointing {
-        argv.push("--no-gradient-checkpointing".into());
-    }
+    argv.extend(a.memory.checkpoint_args());
     let v = json_child(&argv, &format!("{layers}-layer measurement"))?;
     serde_json::from_value(v).map_err(|e| e.to_string())
 }

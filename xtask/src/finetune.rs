@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args as ClapArgs;
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare, read_records};
-use medify_qlora::models::ComputeDtype;
+use medify_qlora::models::Checkpointing;
 use medify_qlora::{FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base_with};
 
 use crate::device::device_named;
+use crate::memory_flags::MemoryFlags;
 
 /// The embedded default data: general-health Q&A pairs written for the project.
 const DEFAULT_DATA: &str = include_str!("../../fixtures/medical_qa/medical_qa.jsonl");
@@ -116,19 +117,8 @@ pub struct Args {
     /// since every step does this many forward and backward passes).
     #[arg(long)]
     grad_accum: Option<usize>,
-    /// Keep only each layer's input and recompute layers in backward (the default).
-    #[arg(long, overrides_with = "no_gradient_checkpointing")]
-    gradient_checkpointing: bool,
-    /// Keep every activation for backward: faster, far more memory.
-    #[arg(long)]
-    no_gradient_checkpointing: bool,
-    /// Activation and matmul dtype: f32, f16 or bf16 (default: bf16 on CUDA, f16 on Vulkan, f32
-    /// on the CPU).
-    #[arg(long)]
-    compute_dtype: Option<ComputeDtype>,
-    /// Keep the checkpointed layer inputs in host memory (on accelerators).
-    #[arg(long, conflicts_with = "no_gradient_checkpointing")]
-    offload_checkpoints: bool,
+    #[command(flatten)]
+    memory: MemoryFlags,
     /// Longest sequence in tokens.
     #[arg(long)]
     max_len: Option<usize>,
@@ -203,15 +193,16 @@ fn apply_flags(mut c: FinetuneConfig, a: &Args) -> FinetuneConfig {
     c.use_rslora |= a.rslora;
     c.use_dora |= a.dora;
     c.packing |= a.packing;
-    if a.gradient_checkpointing {
-        c.gradient_checkpointing = true;
+    match a.memory.checkpointing(c.gradient_checkpointing) {
+        Checkpointing::Off => c.gradient_checkpointing = false,
+        Checkpointing::Layers => c.gradient_checkpointing = true,
+        Checkpointing::LayersOffloaded => {
+            c.gradient_checkpointing = true;
+            c.offload_checkpoints = true;
+        }
     }
-    if a.no_gradient_checkpointing {
-        c.gradient_checkpointing = false;
-    }
-    c.offload_checkpoints |= a.offload_checkpoints;
-    if a.compute_dtype.is_some() {
-        c.compute_dtype = a.compute_dtype;
+    if a.memory.compute_dtype.is_some() {
+        c.compute_dtype = a.memory.compute_dtype;
     }
     if a.template.is_some() {
         c.template = a.template.clone();

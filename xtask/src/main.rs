@@ -10,6 +10,7 @@ mod chat;
 mod device;
 mod fetch;
 mod finetune;
+mod memory_flags;
 mod merge;
 mod models;
 mod preview;
