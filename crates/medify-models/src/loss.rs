@@ -46,8 +46,8 @@ pub trait LmLossOps: Backend {
 
 /// The weighted cross-entropy sum of next-token predictions from final hidden states, never
 /// forming the logits. `weight` is the (frozen) output embedding `[vocab, d]`; the result is
-/// differentiable in `hidden` only. Runs on every device: a fused host kernel on Flex, chunked
-/// tensor ops elsewhere; at most [`CHUNK_BYTES`] of logits exist at once either way.
+/// differentiable in `hidden` only. Runs on every device: a fused host kernel on Flex in f32,
+/// chunked tensor ops otherwise; at most [`CHUNK_BYTES`] of logits exist at once either way.
 ///
 /// ```
 /// use burn::tensor::{Device, Tensor, TensorData, activation::log_softmax};
@@ -67,7 +67,9 @@ pub fn chunked_lm_loss(
     weights: &[f32],
 ) -> Tensor<1> {
     let device = hidden.device();
-    if !medify_quant::is_flex(&device) {
+    // The host kernel reads f32: a 16-bit head would be copied to f32 whole (2 GB for Llama 3's),
+    // so 16-bit compute takes the tensor path, which upcasts one logits chunk at a time.
+    if !medify_quant::is_flex(&device) || weight.dtype() != burn::tensor::DType::F32 {
         return tensor_lm_loss(hidden, weight, targets, weights);
     }
     let n = targets.len();
