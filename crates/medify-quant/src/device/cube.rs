@@ -38,13 +38,15 @@ fn decode_absmax_kernel(
     out[i] = scaled + offset;
 }
 
+/// Decodes into any float type: the 4-bit matmul's wide path writes the compute dtype directly.
 #[cube(launch)]
-fn dequantize_kernel(
+fn dequantize_kernel<F: Float>(
     packed: &Tensor<u32>,
     absmax: &Tensor<f32>,
     code: &Tensor<f32>,
-    out: &mut Tensor<f32>,
+    out: &mut Tensor<F>,
     blocksize: u32,
+    #[define(F)] _dtype: ElemType,
 ) {
     let w = ABSOLUTE_POS;
     let n = out.len();
@@ -59,7 +61,7 @@ fn dequantize_kernel(
         let e = base + j as usize;
         if e < n {
             let nib = (word >> ((j ^ 1u32) * 4u32)) & 15u32;
-            out[e] = code[nib as usize] * absmax[e / bs];
+            out[e] = F::cast_from(code[nib as usize] * absmax[e / bs]);
         }
     }
 }
@@ -105,6 +107,39 @@ fn matmul_kernel<F: Float>(
     out[pos] = F::cast_from(acc);
 }
 
+/// The dense `[rows, cols]` weight in `dtype`, decoded on the device.
+fn dequantize_as(
+    packed: CubeTensor,
+    absmax: CubeTensor,
+    code: CubeTensor,
+    rows: usize,
+    cols: usize,
+    blocksize: usize,
+    dtype: DType,
+) -> CubeTensor {
+    let out = empty_device_dtype(
+        packed.client.clone(),
+        packed.device.clone(),
+        Shape::new([rows, cols]),
+        dtype,
+    );
+    let units = (rows * cols).div_ceil(8);
+    let cube_dim = CubeDim::new(&out.client, units.max(1));
+    let cube_count = calculate_cube_count_elemwise(&out.client, units.max(1), cube_dim);
+    dequantize_kernel::launch(
+        &out.client,
+        cube_count,
+        cube_dim,
+        into_contiguous(packed).into_tensor_arg(),
+        into_contiguous(absmax).into_tensor_arg(),
+        into_contiguous(code).into_tensor_arg(),
+        out.clone().into_tensor_arg(),
+        blocksize as u32,
+        dtype_to_storage_type(dtype),
+    );
+    out
+}
+
 impl Quant4Ops for CubeBackend {
     fn q4_decode_absmax(
         codes: CubeTensor,
@@ -142,26 +177,7 @@ impl Quant4Ops for CubeBackend {
         cols: usize,
         blocksize: usize,
     ) -> CubeTensor {
-        let out = empty_device_dtype(
-            packed.client.clone(),
-            packed.device.clone(),
-            Shape::new([rows, cols]),
-            DType::F32,
-        );
-        let units = (rows * cols).div_ceil(8);
-        let cube_dim = CubeDim::new(&out.client, units.max(1));
-        let cube_count = calculate_cube_count_elemwise(&out.client, units.max(1), cube_dim);
-        dequantize_kernel::launch(
-            &out.client,
-            cube_count,
-            cube_dim,
-            into_contiguous(packed).into_tensor_arg(),
-            into_contiguous(absmax).into_tensor_arg(),
-            into_contiguous(code).into_tensor_arg(),
-            out.clone().into_tensor_arg(),
-            blocksize as u32,
-        );
-        out
+        dequantize_as(packed, absmax, code, rows, cols, blocksize, DType::F32)
     }
 
     fn q4_matmul(
@@ -179,8 +195,7 @@ impl Quant4Ops for CubeBackend {
         let mut out_dims = dims.clone();
         out_dims[rank - 1] = out_features;
         if m > FUSED_MAX_ROWS || k % 8 != 0 {
-            let dense = Self::q4_dequantize(packed, absmax, code, out_features, k, blocksize);
-            let dense = Self::float_cast(dense, x.dtype.into());
+            let dense = dequantize_as(packed, absmax, code, out_features, k, blocksize, x.dtype);
             let x2 = Self::float_reshape(x, Shape::new([m, k]));
             let y = Self::float_matmul(x2, Self::float_transpose(dense));
             return Self::float_reshape(y, Shape::from(out_dims));
