@@ -56,9 +56,9 @@ pub fn load_base(
     quant: Option<QuantConfig>,
     template: Option<&str>,
 ) -> Result<BaseModel> {
-    let options = match quant {
-        Some(q) => LoadOptions::quantized(q),
-        None => LoadOptions::dense(),
+    let options = LoadOptions {
+        quantize: quant,
+        ..LoadOptions::default()
     };
     load_base_with(path, device, &options, template)
 }

@@ -156,21 +156,16 @@ impl FinetuneConfig {
         dtype
             .check(device)
             .map_err(|e| bad("compute_dtype", e.to_string()))?;
-        let options = match self.quant_config()? {
-            Some(q) => LoadOptions::quantized(q),
-            None => LoadOptions::dense(),
-        };
-        Ok(options.with_compute_dtype(dtype))
+        Ok(LoadOptions {
+            quantize: self.quant_config()?,
+            compute_dtype: dtype,
+        })
     }
 
     /// What a training step keeps for backward, from `gradient_checkpointing` and
     /// `offload_checkpoints`.
     pub fn checkpointing(&self) -> Checkpointing {
-        match (self.gradient_checkpointing, self.offload_checkpoints) {
-            (false, _) => Checkpointing::Off,
-            (true, false) => Checkpointing::Layers,
-            (true, true) => Checkpointing::LayersOffloaded,
-        }
+        Checkpointing::from_flags(self.gradient_checkpointing, self.offload_checkpoints)
     }
 
     /// Reads a JSON config; unknown fields are errors naming them.

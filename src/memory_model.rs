@@ -183,7 +183,7 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
         .with_targets(TargetModules::AllLinear)
         .with_dropout(0.05);
     let summary = model.add_adapters(&lora)?;
-    let (batch, labels) = synthetic_batch(&config, probe.batch_size, probe.seq_len);
+    let (batch, labels) = synthetic_batch(config.vocab_size, probe.batch_size, probe.seq_len);
     let mut optim = PagedAdamW::new(
         AdamWConfig::paged_adamw_32bit()
             .with_weight_decay(0.0)
@@ -234,13 +234,10 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
     })
 }
 
-/// `batch` rows of `seq_len` pseudo-random ids, every label predicted.
-fn synthetic_batch(
-    config: &LlamaConfig,
-    batch: usize,
-    seq_len: usize,
-) -> (TokenBatch, Vec<Vec<i64>>) {
-    let vocab = config.vocab_size as u64;
+/// `batch` rows of `seq_len` pseudo-random ids below `vocab`, every label predicted: the batch
+/// the training benchmarks measure on.
+pub fn synthetic_batch(vocab: usize, batch: usize, seq_len: usize) -> (TokenBatch, Vec<Vec<i64>>) {
+    let vocab = vocab as u64;
     let ids: Vec<Vec<u32>> = (0..batch as u64)
         .map(|b| {
             (0..seq_len as u64)

@@ -7,7 +7,8 @@ use std::time::Instant;
 
 use clap::Args as ClapArgs;
 use medify_qlora::lora::{LoraConfig, LoraExt, TargetModules};
-use medify_qlora::models::{Checkpointing, LoadOptions, TokenBatch, load_pretrained};
+use medify_qlora::memory_model::synthetic_batch;
+use medify_qlora::models::{Checkpointing, LoadOptions, load_pretrained};
 use medify_qlora::optim::{AdamWConfig, PagedAdamW};
 use medify_qlora::quant::QuantConfig;
 use serde_json::{Value, json};
@@ -162,19 +163,7 @@ fn train(args: &Args, name: &str) -> Result<Value, String> {
         .with_targets(TargetModules::AllLinear)
         .with_dropout(0.05);
     let summary = model.add_adapters(&config).map_err(|e| e.to_string())?;
-    let vocab = model.config().vocab_size as u32;
-    let ids: Vec<Vec<u32>> = (0..args.batch_size)
-        .map(|b| {
-            (0..args.seq_len as u32)
-                .map(|i| (i * 7919 + b as u32 * 104_729 + 13) % vocab)
-                .collect()
-        })
-        .collect();
-    let labels: Vec<Vec<i64>> = ids
-        .iter()
-        .map(|r| r.iter().map(|&t| t as i64).collect())
-        .collect();
-    let batch = TokenBatch::new(ids);
+    let (batch, labels) = synthetic_batch(model.config().vocab_size, args.batch_size, args.seq_len);
     // The trainer's optimizer: paged AdamW 32-bit, no decay, clip 0.3 (QLoRA's settings).
     let mut optim = PagedAdamW::new(
         AdamWConfig::paged_adamw_32bit()

@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args as ClapArgs;
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare, read_records};
-use medify_qlora::models::Checkpointing;
 use medify_qlora::{FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base_with};
 
 use crate::device::device_named;
@@ -193,14 +192,8 @@ fn apply_flags(mut c: FinetuneConfig, a: &Args) -> FinetuneConfig {
     c.use_rslora |= a.rslora;
     c.use_dora |= a.dora;
     c.packing |= a.packing;
-    match a.memory.checkpointing(c.gradient_checkpointing) {
-        Checkpointing::Off => c.gradient_checkpointing = false,
-        Checkpointing::Layers => c.gradient_checkpointing = true,
-        Checkpointing::LayersOffloaded => {
-            c.gradient_checkpointing = true;
-            c.offload_checkpoints = true;
-        }
-    }
+    c.gradient_checkpointing = a.memory.enabled(c.gradient_checkpointing);
+    c.offload_checkpoints |= a.memory.offload_checkpoints;
     if a.memory.compute_dtype.is_some() {
         c.compute_dtype = a.memory.compute_dtype;
     }

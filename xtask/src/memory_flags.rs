@@ -21,14 +21,14 @@ pub struct MemoryFlags {
 }
 
 impl MemoryFlags {
+    /// Whether checkpointing is on, over a default of on or off.
+    pub fn enabled(&self, default_on: bool) -> bool {
+        (default_on || self.gradient_checkpointing) && !self.no_gradient_checkpointing
+    }
+
     /// What the flags ask for, over a default of checkpointing on or off.
     pub fn checkpointing(&self, default_on: bool) -> Checkpointing {
-        let on = (default_on || self.gradient_checkpointing) && !self.no_gradient_checkpointing;
-        match (on, self.offload_checkpoints) {
-            (false, _) => Checkpointing::Off,
-            (true, false) => Checkpointing::Layers,
-            (true, true) => Checkpointing::LayersOffloaded,
-        }
+        Checkpointing::from_flags(self.enabled(default_on), self.offload_checkpoints)
     }
 
     /// The checkpointing flags as arguments again (for a child process).

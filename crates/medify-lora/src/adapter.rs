@@ -255,15 +255,26 @@ impl LoraAdapter {
         if self.magnitude.is_some() {
             return None;
         }
-        let dtype = x.dtype();
-        let x = if self.dropping(&x) {
-            dropout(x, self.dropout, self.masks.next_key())
+        let (x, _) = self.drop_input(x);
+        Some(self.plain_delta(x))
+    }
+
+    /// The adapter's input after dropout (one mask drawn while training), and whether it dropped.
+    fn drop_input<const D: usize>(&self, x: Tensor<D>) -> (Tensor<D>, bool) {
+        if self.dropping(&x) {
+            (dropout(x, self.dropout, self.masks.next_key()), true)
         } else {
-            x
-        };
+            (x, false)
+        }
+    }
+
+    /// `s · (x Aᵀ) Bᵀ` in f32 (the adapter's dtype), returned in `x`'s dtype. The scaling goes on
+    /// the rank-r activations, r/out of the work of scaling the update.
+    fn plain_delta<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
         let down = dense_matmul(to_f32(x), &self.lora_a.val());
         let delta = dense_matmul(down.mul_scalar(self.scaling), &self.lora_b.val());
-        Some(cast_to(delta, dtype))
+        cast_to(delta, dtype)
     }
 
     /// Adds the adapter's contribution to `base_out = x Wᵀ` (without bias), from the activations:
@@ -274,35 +285,27 @@ impl LoraAdapter {
         base_out: Tensor<D>,
         base: &FrozenWeight,
     ) -> Tensor<D> {
-        let dropping = self.dropping(&x);
-        let x = if dropping {
-            dropout(x, self.dropout, self.masks.next_key())
-        } else {
-            x
+        let (x, dropping) = self.drop_input(x);
+        let Some(scale) = self.dora_scale(base) else {
+            return base_out + self.plain_delta(x);
         };
-        // The adapter computes in f32 (its weights' dtype) whatever the compute dtype is.
+        // DoRA, in f32 (the adapter's dtype) whatever the compute dtype is. PEFT:
+        // result + (scale - 1) * (x Wᵀ) + scale * s * lora(x), where x Wᵀ is taken on the
+        // dropped-out input while training.
         let dtype = base_out.dtype();
-        let a = self.lora_a.val();
-        let b = self.lora_b.val();
-        // The scaling goes on the rank-r activations, r/out of the work of scaling the update.
-        let down = dense_matmul(to_f32(x.clone()), &a);
-        match self.dora_scale(base) {
-            None => base_out + cast_to(dense_matmul(down.mul_scalar(self.scaling), &b), dtype),
-            Some(scale) => {
-                // PEFT: result + (scale - 1) * (x Wᵀ) + scale * s * lora(x), where x Wᵀ is taken
-                // on the dropped-out input while training.
-                let base_dropped = if dropping {
-                    base.matmul(x)
-                } else {
-                    base_out.clone()
-                };
-                let update = dense_matmul(down, &b);
-                let scale = scale.unsqueeze::<D>();
-                let extra = to_f32(base_dropped) * scale.clone().sub_scalar(1.0)
-                    + update * scale.mul_scalar(self.scaling);
-                base_out + cast_to(extra, dtype)
-            }
-        }
+        let update = dense_matmul(
+            dense_matmul(to_f32(x.clone()), &self.lora_a.val()),
+            &self.lora_b.val(),
+        );
+        let base_dropped = if dropping {
+            base.matmul(x)
+        } else {
+            base_out.clone()
+        };
+        let scale = scale.unsqueeze::<D>();
+        let extra = to_f32(base_dropped) * scale.clone().sub_scalar(1.0)
+            + update * scale.mul_scalar(self.scaling);
+        base_out + cast_to(extra, dtype)
     }
 
     /// Replaces the factors (and magnitude), keeping parameter ids so optimizer state still

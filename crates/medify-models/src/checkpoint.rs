@@ -35,6 +35,17 @@ pub enum Checkpointing {
     LayersOffloaded,
 }
 
+impl Checkpointing {
+    /// The mode two switches name: checkpointing on or off, and offloading what it keeps.
+    pub fn from_flags(enabled: bool, offload: bool) -> Checkpointing {
+        match (enabled, offload) {
+            (false, _) => Checkpointing::Off,
+            (true, false) => Checkpointing::Layers,
+            (true, true) => Checkpointing::LayersOffloaded,
+        }
+    }
+}
+
 /// One micro-batch's loss and the gradients of `scale · loss_sum` in every trainable parameter.
 #[derive(Debug)]
 pub struct MicroBatchGradients {

@@ -287,14 +287,24 @@ impl DecoderLayer {
         ctx: &AttentionContext,
         cache: Option<&mut Option<LayerCache>>,
     ) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), ctx, cache);
+        let h = self.attention_residual(x, ctx, cache);
         h.clone()
             + self
                 .mlp
                 .forward_with(self.post_attention_layernorm.forward(h), ctx.kernels)
+    }
+
+    /// `x + attention(norm(x))`: the first half of the block, the MLP's residual input.
+    fn attention_residual(
+        &self,
+        x: Tensor<3>,
+        ctx: &AttentionContext,
+        cache: Option<&mut Option<LayerCache>>,
+    ) -> Tensor<3> {
+        x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), ctx, cache)
     }
 
     /// A scalar whose gradients equal those of `Σ forward(x) ⊙ g` (see
@@ -306,10 +316,7 @@ impl DecoderLayer {
         ctx: &AttentionContext,
         g: Tensor<3>,
     ) -> Tensor<1> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), ctx, None);
+        let h = self.attention_residual(x, ctx, None);
         let hidden = self.mlp.activations(
             self.post_attention_layernorm.forward(h.clone()),
             ctx.kernels,
