@@ -167,6 +167,10 @@ pub struct StepPeak {
     pub seconds_per_step: f64,
     /// Mean loss of the last step (a sanity check: random weights give about ln(vocab)).
     pub loss: f64,
+    /// Whether host and device memory were one (the CPU backend): then the peak includes what
+    /// an accelerator keeps in host memory.
+    #[serde(default)]
+    pub host_is_device: bool,
 }
 
 /// Builds `probe`'s architecture with `layers` decoder layers of random NF4 weights on `device`
@@ -231,6 +235,7 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
         },
         seconds_per_step,
         loss,
+        host_is_device: crate::quant::is_flex(&device),
     })
 }
 
@@ -279,6 +284,12 @@ pub struct MemoryPrediction {
     /// The rest: one layer's working set (all layers' activations without checkpointing), one
     /// logits chunk, the runtime.
     pub other_bytes: f64,
+    /// The peak on an accelerator's memory: the prediction less what stays in host memory there
+    /// (paged AdamW's state, and the saved layer inputs with `--offload-checkpoints`). Equal to
+    /// the prediction when it was measured on an accelerator; from a CPU measurement it is a
+    /// projection (the CPU's runtime share stands in for the accelerator's).
+    #[serde(default)]
+    pub accelerator_peak_bytes: f64,
 }
 
 /// Predicts the whole model of `probe.architecture` from measurements at one and two layers
@@ -318,6 +329,12 @@ pub fn predict(probe: &MemoryProbe, one: &StepPeak, two: &StepPeak) -> Result<Me
     let adapters = along(two.trainable_params, params_per) * 8.0;
     let state = along(two.optimizer_state_bytes, state_per);
     let checkpoints = n * checkpoint_per;
+    let host_resident = if two.host_is_device {
+        let offloaded = probe.checkpointing == Checkpointing::LayersOffloaded;
+        state + if offloaded { checkpoints } else { 0.0 }
+    } else {
+        0.0
+    };
     Ok(MemoryPrediction {
         layers: config.num_hidden_layers,
         fixed_bytes: fixed,
@@ -329,6 +346,7 @@ pub fn predict(probe: &MemoryProbe, one: &StepPeak, two: &StepPeak) -> Result<Me
         optimizer_state_bytes: state,
         checkpoint_bytes: checkpoints,
         other_bytes: predicted - base - adapters - state - checkpoints,
+        accelerator_peak_bytes: predicted - host_resident,
     })
 }
 
@@ -373,6 +391,7 @@ mod tests {
             optimizer_state_bytes: 80 * layers,
             seconds_per_step: 1.0,
             loss: 10.0,
+            host_is_device: true,
         };
         let ckpt = 16.0 * 2048.0 * 4.0;
         let p = predict(&probe(), &at(1), &at(2)).unwrap();

@@ -140,6 +140,13 @@ fn layer_checkpointing_gives_the_plain_gradients_with_dropout() {
         );
         let layers = step(&model, Checkpointing::Layers);
         assert_close(&format!("{variant} checkpointed"), &layers, &plain, 1e-6);
+        // A tile budget of a few rows makes every layer take the tiled backward: MLP and
+        // projections in row tiles (each drawing its slice of the dropout mask), attention in
+        // query tiles.
+        let mut tiled = load(variant, options, &device, dora);
+        tiled.set_tile_bytes(4 * 4 * tiled.config().intermediate_size);
+        let tiles = step(&tiled, Checkpointing::Layers);
+        assert_close(&format!("{variant} tiled"), &tiles, &plain, 1e-6);
         // Offloading is a no-op on the CPU, but the mode is accepted.
         let offloaded = step(&model, Checkpointing::LayersOffloaded);
         assert_close(&format!("{variant} offloaded"), &offloaded, &plain, 1e-6);
@@ -182,6 +189,10 @@ fn chunked_loss_and_checkpointing_on_wgpu() {
     assert_close("wgpu chunked vs full cross-entropy", &chunked, &full, 1e-6);
     assert_close("wgpu checkpointed", &layers, &chunked, 1e-6);
     assert_close("wgpu offloaded checkpoints", &offloaded, &chunked, 1e-6);
+    model.set_tile_bytes(4 * 4 * model.config().intermediate_size);
+    let tiled = step(&model, Checkpointing::Layers);
+    assert_close("wgpu tiled checkpoints", &tiled, &chunked, 1e-6);
+    model.set_tile_bytes(medify_qlora::models::DEFAULT_TILE_BYTES);
     // Evaluation (no autodiff) takes the chunked path too and agrees with the full logits.
     let plain = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
     let mut eval = load("llama", &nf4, &plain, false);

@@ -107,6 +107,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         "measured": [one, two],
         "prediction": prediction,
         "predicted_peak_gib": prediction.predicted_peak_bytes / GIB,
+        "accelerator_peak_gib": prediction.accelerator_peak_bytes / GIB,
     });
     if a.validate {
         let full = measure(a, &probe, prediction.layers)?;
@@ -132,6 +133,17 @@ pub fn run(a: &Args) -> Result<(), String> {
             p.checkpoint_bytes / GIB,
             p.other_bytes / GIB,
         );
+        if one.host_is_device {
+            eprintln!(
+                "on an accelerator (paged AdamW's state{} in host memory): {:.2} GiB",
+                if probe.checkpointing == medify_qlora::models::Checkpointing::LayersOffloaded {
+                    " and the offloaded checkpoints"
+                } else {
+                    ""
+                },
+                p.accelerator_peak_bytes / GIB
+            );
+        }
         if let Some(e) = out["prediction_error"].as_f64() {
             eprintln!(
                 "full depth measured {:.2} GiB: prediction off by {:+.1} %",

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::{Flag, Module, Param};
 use burn::tensor::{Device, Tensor, TensorData};
-use medify_quant::{DropoutKey, dropout};
+use medify_quant::{DropoutKey, dropout_at};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -59,6 +59,8 @@ struct DropoutStream {
 struct DropoutPosition {
     seed: AtomicU64,
     calls: AtomicU64,
+    /// Where in the call's (row-major) mask the next input starts; reset after each call.
+    offset: AtomicU64,
 }
 
 impl DropoutStream {
@@ -68,16 +70,19 @@ impl DropoutStream {
             position: Arc::new(DropoutPosition {
                 seed: AtomicU64::new(seed),
                 calls: AtomicU64::new(0),
+                offset: AtomicU64::new(0),
             }),
         }
     }
 
-    fn next_key(&self) -> DropoutKey {
-        DropoutKey {
+    /// The next call's key and the element its input starts at.
+    fn next_key(&self) -> (DropoutKey, u64) {
+        let key = DropoutKey {
             seed: self.position.seed.load(Ordering::Relaxed),
             stream: self.stream,
             counter: self.position.calls.fetch_add(1, Ordering::Relaxed),
-        }
+        };
+        (key, self.position.offset.swap(0, Ordering::Relaxed))
     }
 }
 
@@ -135,8 +140,17 @@ impl LoraAdapter {
     /// step before each step, so a resumed run (whose adapters were read back from PEFT files,
     /// which do not record a seed) draws exactly the masks the original run drew.
     pub fn seek_dropout(&self, seed: u64, position: u64) {
-        self.masks.position.seed.store(seed, Ordering::Relaxed);
-        self.masks.position.calls.store(position, Ordering::Relaxed);
+        self.seek_dropout_within(seed, position, 0);
+    }
+
+    /// [`LoraAdapter::seek_dropout`] for a forward pass over a slice of the input that mask
+    /// `position` was drawn for: the slice starts at row-major element `offset` of that input
+    /// and gets its part of the mask. A recomputation in row chunks seeks before every chunk.
+    pub fn seek_dropout_within(&self, seed: u64, position: u64, offset: u64) {
+        let p = &self.masks.position;
+        p.seed.store(seed, Ordering::Relaxed);
+        p.calls.store(position, Ordering::Relaxed);
+        p.offset.store(offset, Ordering::Relaxed);
     }
 
     /// Where this adapter's dropout stream stands, as `(seed, position)` for
@@ -262,7 +276,8 @@ impl LoraAdapter {
     /// The adapter's input after dropout (one mask drawn while training), and whether it dropped.
     fn drop_input<const D: usize>(&self, x: Tensor<D>) -> (Tensor<D>, bool) {
         if self.dropping(&x) {
-            (dropout(x, self.dropout, self.masks.next_key()), true)
+            let (key, offset) = self.masks.next_key();
+            (dropout_at(x, self.dropout, key, offset), true)
         } else {
             (x, false)
         }

@@ -83,7 +83,8 @@ impl Saved {
     }
 }
 
-/// Moves the gradients of a module's trainable parameters out of `grads` into `out`.
+/// Moves the gradients of a module's trainable parameters out of `grads` into `out`, adding to
+/// what `out` holds already (a tiled backward contributes to a parameter once per tile).
 struct CollectGrads<'a> {
     grads: &'a mut Gradients,
     out: &'a mut GradientsParams,
@@ -95,12 +96,16 @@ impl ModuleVisitor for CollectGrads<'_> {
             return;
         }
         if let Some(g) = param.val().grad_remove(self.grads) {
+            let g = match self.out.remove::<D>(param.id) {
+                Some(prev) => prev + g,
+                None => g,
+            };
             self.out.register(param.id, g);
         }
     }
 }
 
-fn collect(module: &impl Module, grads: &mut Gradients, out: &mut GradientsParams) {
+pub(crate) fn collect(module: &impl Module, grads: &mut Gradients, out: &mut GradientsParams) {
     module.visit(&mut CollectGrads { grads, out });
 }
 
@@ -190,6 +195,15 @@ impl CausalLm {
             let (input, marks) = saved.pop().ok_or_else(no_gradient)?;
             rewind_dropout(layer, &marks);
             let input = input.restore(&device);
+            let [b, s, _] = input.dims();
+            if layer.needs_tiles(b, s, &ctx) {
+                let grad =
+                    layer.tiled_backward(input, &ctx, upstream.clone(), &marks, i > 0, &mut out)?;
+                if let Some(grad) = grad {
+                    upstream = grad;
+                }
+                continue;
+            }
             let input = if i > 0 { input.require_grad() } else { input };
             let surrogate = layer.backprop_surrogate(input.clone(), &ctx, upstream.clone());
             let mut grads = surrogate.backward();
@@ -206,6 +220,6 @@ impl CausalLm {
     }
 }
 
-fn no_gradient() -> ModelError {
+pub(crate) fn no_gradient() -> ModelError {
     ModelError::InvalidRequest("checkpointed backward lost a layer's gradient".into())
 }

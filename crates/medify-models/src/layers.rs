@@ -135,6 +135,89 @@ pub struct AttentionContext {
     pub mask: Tensor<5>,
     /// Fused kernels or burn's ops.
     pub kernels: KernelPath,
+    /// Bytes one tile of attention scores (and of the checkpointed backward's row tiles) may
+    /// take: longer inputs are processed in query (row) tiles so no `[seq × seq]` score matrix
+    /// of the whole input exists at once.
+    pub tile_bytes: usize,
+}
+
+impl AttentionContext {
+    /// Queries per attention tile for `rows` query rows (batch × heads) over `keys` keys: the
+    /// f32 scores of one tile stay within `tile_bytes`.
+    pub(crate) fn query_tile(&self, rows: usize, keys: usize) -> usize {
+        (self.tile_bytes / (rows * keys * 4).max(1)).max(1)
+    }
+}
+
+/// Causal attention of `q` `[batch, heads, n, head_dim]`, the queries at positions
+/// `first .. first + n` of this pass, over `k`, `v` `[batch, kv_heads, t, head_dim]`, in query
+/// tiles of `tile`: a query sees only keys up to its own position (every mask here is causal),
+/// so each tile stops at its last query's key. Returns `[batch, heads, n, head_dim]`.
+pub(crate) fn attend(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    ctx: &AttentionContext,
+    first: usize,
+    tile: usize,
+) -> Tensor<4> {
+    let [_, _, n, _] = q.dims();
+    let [.., s, t] = ctx.mask.dims();
+    let past = t - s;
+    if n == 0 {
+        return q;
+    }
+    let mut outs = Vec::with_capacity(n.div_ceil(tile.max(1)));
+    let mut start = 0;
+    while start < n {
+        let len = tile.min(n - start);
+        let keys = past + first + start + len;
+        outs.push(attend_tile(
+            q.clone().narrow(2, start, len),
+            k.clone().narrow(2, 0, keys),
+            v.clone().narrow(2, 0, keys),
+            ctx.mask
+                .clone()
+                .narrow(3, first + start, len)
+                .narrow(4, 0, keys),
+            ctx.kernels,
+        ));
+        start += len;
+    }
+    match outs.len() {
+        1 => outs.remove(0),
+        _ => Tensor::cat(outs, 2),
+    }
+}
+
+/// One tile: softmax(q kᵀ / √d + mask) v, the mask `[batch, 1, 1, n, keys]`.
+fn attend_tile(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<5>,
+    kernels: KernelPath,
+) -> Tensor<4> {
+    let [b, h, s, d] = q.dims();
+    let [_, kvh, t, _] = k.dims();
+    let g = h / kvh;
+    // Query heads kv·g .. kv·g+g-1 share key/value head kv (transformers' repeat_kv order),
+    // so grouping the queries avoids materialising repeated keys and values.
+    let q = q.reshape([b, kvh, g * s, d]);
+    let scale = (d as f64).powf(-0.5);
+    let scores = q.matmul(k.swap_dims(2, 3)).reshape([b, kvh, g, s, t]);
+    let probs = if kernels.fused_on(&scores.device()) {
+        crate::fused::masked_softmax(scores, mask, scale as f32)
+    } else {
+        // In f32 whatever the compute dtype, as transformers does (the mask is f32 too).
+        let dtype = scores.dtype();
+        let p = softmax(to_f32(scores).mul_scalar(scale) + mask, 4);
+        cast_to(p, dtype)
+    };
+    probs
+        .reshape([b, kvh, g * s, t])
+        .matmul(v)
+        .reshape([b, h, s, d])
 }
 
 /// Grouped-query self-attention (multi-head when kv heads = heads, multi-query when 1).
@@ -175,6 +258,21 @@ impl Attention {
         }
     }
 
+    /// Query heads.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// Key/value heads.
+    pub fn kv_heads(&self) -> usize {
+        self.kv_heads
+    }
+
+    /// Features per head.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+
     /// Attends `x` `[batch, seq, hidden]` over the cached keys plus its own.
     ///
     pub fn forward(
@@ -213,25 +311,8 @@ impl Attention {
                 values: v.clone(),
             });
         }
-        let t = k.dims()[2];
-        let g = h / kvh;
-        // Query heads kv·g .. kv·g+g-1 share key/value head kv (transformers' repeat_kv order),
-        // so grouping the queries avoids materialising repeated keys and values.
-        let q = q.reshape([b, kvh, g * s, d]);
-        let scale = (d as f64).powf(-0.5);
-        let scores = q.matmul(k.swap_dims(2, 3)).reshape([b, kvh, g, s, t]);
-        let probs = if ctx.kernels.fused_on(&scores.device()) {
-            crate::fused::masked_softmax(scores, ctx.mask.clone(), scale as f32)
-        } else {
-            // In f32 whatever the compute dtype, as transformers does (the mask is f32 too).
-            let dtype = scores.dtype();
-            let p = softmax(to_f32(scores).mul_scalar(scale) + ctx.mask.clone(), 4);
-            cast_to(p, dtype)
-        };
-        let probs = probs.reshape([b, kvh, g * s, t]);
-        let out = probs
-            .matmul(v)
-            .reshape([b, h, s, d])
+        let tile = ctx.query_tile(b * h, k.dims()[2]);
+        let out = attend(q, k, v, ctx, 0, tile)
             .swap_dims(1, 2)
             .reshape([b, s, h * d]);
         self.o_proj.forward(out)

@@ -156,7 +156,12 @@ pub struct CausalLm {
     rope: Rope,
     #[module(skip)]
     kernels: KernelPath,
+    #[module(skip)]
+    tile_bytes: usize,
 }
+
+/// The default working-set budget of one tile (see [`CausalLm::set_tile_bytes`]).
+pub const DEFAULT_TILE_BYTES: usize = 64 << 20;
 
 impl CausalLm {
     /// Assembles a model from its parts (the loaders do this from checkpoints).
@@ -176,7 +181,23 @@ impl CausalLm {
             config,
             rope,
             kernels: KernelPath::Fast,
+            tile_bytes: DEFAULT_TILE_BYTES,
         }
+    }
+
+    /// Bounds the working set of long inputs: attention runs in query tiles whose f32 scores
+    /// take at most `bytes`, and a checkpointed backward recomputes a layer in row tiles whose
+    /// widest activation takes about that much (when the whole layer would not fit in it), so no
+    /// `[seq × seq]` scores or `[tokens × intermediate]` activations of a whole batch exist at
+    /// once. Results do not depend on it beyond float rounding; smaller tiles cost some speed.
+    /// Default [`DEFAULT_TILE_BYTES`] (64 MiB).
+    pub fn set_tile_bytes(&mut self, bytes: usize) {
+        self.tile_bytes = bytes.max(1);
+    }
+
+    /// The tile budget in use (see [`CausalLm::set_tile_bytes`]).
+    pub fn tile_bytes(&self) -> usize {
+        self.tile_bytes
     }
 
     /// Chooses fused CPU kernels (the default) or burn's own ops for the softmax, SwiGLU and the
@@ -276,6 +297,7 @@ impl CausalLm {
             sin: medify_lora::cast_to(sin, dtype),
             mask: self.mask(batch, cache),
             kernels: self.kernels,
+            tile_bytes: self.tile_bytes,
         };
         let flat: Vec<i64> = batch.ids.iter().flatten().map(|&t| t as i64).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(flat, [b * s]), &device);

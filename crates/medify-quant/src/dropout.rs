@@ -74,7 +74,8 @@ pub fn dropout_threshold(p: f64) -> u32 {
     Autodiff
 )]
 pub trait DropoutOps: Backend {
-    /// `x · mask · scale`, the mask from [`dropout_hash`] against `threshold`.
+    /// `x · mask · scale`, the mask from [`dropout_hash`] against `threshold`, element `i`
+    /// hashed as `offset + i` (so a slice of a tensor can draw its part of the whole's mask).
     #[fusion(dtype = x, shape = x)]
     fn hashed_dropout(
         x: FloatTensor<Self>,
@@ -82,6 +83,7 @@ pub trait DropoutOps: Backend {
         k2: u32,
         threshold: u32,
         scale: f32,
+        offset: u32,
     ) -> FloatTensor<Self>;
 }
 
@@ -100,6 +102,23 @@ pub trait DropoutOps: Backend {
 /// assert_eq!(dropout(x, 0.25, key).into_data().try_into_vec::<f32>().unwrap(), y); // same key, same mask
 /// ```
 pub fn dropout<const D: usize>(x: Tensor<D>, p: f64, key: DropoutKey) -> Tensor<D> {
+    dropout_at(x, p, key, 0)
+}
+
+/// [`dropout`] for a contiguous slice of a larger tensor that starts at (row-major) element
+/// `offset` of it: the slice gets exactly its part of the whole tensor's mask, so a
+/// recomputation can run in row chunks and still draw the masks the full pass drew.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use medify_quant::{DropoutKey, dropout, dropout_at};
+/// let x = Tensor::<2>::ones([8, 16], &Device::flex());
+/// let key = DropoutKey { seed: 3, stream: 1, counter: 4 };
+/// let whole = dropout(x.clone(), 0.5, key).narrow(0, 5, 3);
+/// let part = dropout_at(x.narrow(0, 5, 3), 0.5, key, 5 * 16);
+/// assert_eq!(part.into_data(), whole.into_data());
+/// ```
+pub fn dropout_at<const D: usize>(x: Tensor<D>, p: f64, key: DropoutKey, offset: u64) -> Tensor<D> {
     if p <= 0.0 {
         return x;
     }
@@ -111,6 +130,8 @@ pub fn dropout<const D: usize>(x: Tensor<D>, p: f64, key: DropoutKey) -> Tensor<
         k2,
         dropout_threshold(p),
         scale,
+        // Indices wrap at 2^32 in the kernels, so the offset does too.
+        offset as u32,
     ))
 }
 
@@ -141,6 +162,7 @@ mod flex {
             k2: u32,
             threshold: u32,
             scale: f32,
+            offset: u32,
         ) -> FlexTensor {
             let shape = x.layout().shape().to_vec();
             let dtype = x.dtype();
@@ -150,7 +172,7 @@ mod flex {
                 .zip(xs.par_chunks(CHUNK))
                 .enumerate()
                 .for_each(|(c, (o, x))| {
-                    let base = (c * CHUNK) as u32;
+                    let base = offset.wrapping_add((c * CHUNK) as u32);
                     mask_chunk(o, x, base, k1, k2, threshold, scale)
                 });
             from_f32(out, shape, dtype)
@@ -188,13 +210,14 @@ mod cube {
         k2: u32,
         threshold: u32,
         scale: f32,
+        offset: u32,
         #[define(F)] _dtype: ElemType,
     ) {
         let i = ABSOLUTE_POS;
         if i >= out.len() {
             terminate!();
         }
-        let h = fmix32(fmix32((i as u32) ^ k1) + k2);
+        let h = fmix32(fmix32(((i as u32) + offset) ^ k1) + k2);
         if h >= threshold {
             out[i] = x[i] * F::cast_from(scale);
         } else {
@@ -209,6 +232,7 @@ mod cube {
             k2: u32,
             threshold: u32,
             scale: f32,
+            offset: u32,
         ) -> CubeTensor {
             let x = into_contiguous(x);
             let out = empty_device_dtype(
@@ -231,6 +255,7 @@ mod cube {
                 k2,
                 threshold,
                 scale,
+                offset,
                 dtype_to_storage_type(dtype),
             );
             out
@@ -256,6 +281,7 @@ mod autodiff {
         k2: u32,
         threshold: u32,
         scale: f32,
+        offset: u32,
     }
 
     #[derive(Debug)]
@@ -270,7 +296,7 @@ mod autodiff {
             let Some(node) = node else { return };
             let k = ops.state;
             // d(x · mask · s)/dx = mask · s: the same op on the gradient.
-            let dx = B::hashed_dropout(grad, k.k1, k.k2, k.threshold, k.scale);
+            let dx = B::hashed_dropout(grad, k.k1, k.k2, k.threshold, k.scale, k.offset);
             grads.register::<B>(node.id, dx);
         }
     }
@@ -282,12 +308,14 @@ mod autodiff {
             k2: u32,
             threshold: u32,
             scale: f32,
+            offset: u32,
         ) -> FloatTensor<Self> {
             let keys = Keys {
                 k1,
                 k2,
                 threshold,
                 scale,
+                offset,
             };
             match DropoutBackward
                 .prepare::<C>([x.node()])
@@ -295,7 +323,8 @@ mod autodiff {
                 .stateful()
             {
                 OpsKind::Tracked(prep) => {
-                    let out = B::hashed_dropout(x.primitive().clone(), k1, k2, threshold, scale);
+                    let out =
+                        B::hashed_dropout(x.primitive().clone(), k1, k2, threshold, scale, offset);
                     prep.finish(keys, out)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(B::hashed_dropout(
@@ -304,6 +333,7 @@ mod autodiff {
                     k2,
                     threshold,
                     scale,
+                    offset,
                 )),
             }
         }

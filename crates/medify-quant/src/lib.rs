@@ -34,7 +34,7 @@ pub mod simd;
 
 pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_unsigned_map};
 pub use device::{Nf4Tensor, Quant4Ops, is_flex, linear_4bit};
-pub use dropout::{DropoutKey, DropoutOps, dropout};
+pub use dropout::{DropoutKey, DropoutOps, dropout, dropout_at};
 pub use error::QuantError;
 pub use host_kernels::{PackedView, Rhs, Scales, gemm_f32, matmul_4bit};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};
