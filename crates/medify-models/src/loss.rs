@@ -88,6 +88,69 @@ fn chunk_rows(vocab: usize) -> usize {
     (CHUNK_BYTES / (4 * vocab.max(1))).clamp(8, 1024)
 }
 
+/// The output embedding's two products with a chunk of rows. Flex multiplies 16-bit matrices by
+/// converting both to f32 first, which for a whole head is a transient copy of 2 GB (Llama 3's
+/// 128k × 4096) per chunk; there the products run over vocabulary slices of [`CHUNK_BYTES`] of
+/// f32 weight each, so only one slice is converted at a time. Devices with native 16-bit
+/// matmuls use the whole head.
+struct Head {
+    w: Tensor<2>,
+    /// Vocabulary rows per slice; the whole vocabulary where no conversion happens.
+    slice: usize,
+}
+
+impl Head {
+    fn new(w: Tensor<2>) -> Head {
+        let [vocab, d] = w.dims();
+        let converts = medify_quant::is_flex(&w.device()) && w.dtype() != burn::tensor::DType::F32;
+        let slice = if converts {
+            (CHUNK_BYTES / (4 * d.max(1))).clamp(1, vocab.max(1))
+        } else {
+            vocab.max(1)
+        };
+        Head { w, slice }
+    }
+
+    fn slices(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        let vocab = self.w.dims()[0];
+        (0..vocab.div_ceil(self.slice))
+            .map(move |i| (i * self.slice, self.slice.min(vocab - i * self.slice)))
+    }
+
+    /// `h Wᵀ` `[m, vocab]`, in f32 when sliced (the dtype flex would compute in anyway).
+    fn logits(&self, h: Tensor<2>) -> Tensor<2> {
+        if self.slice >= self.w.dims()[0] {
+            return h.matmul(self.w.clone().transpose());
+        }
+        let h = to_f32(h);
+        let parts = self
+            .slices()
+            .map(|(start, len)| {
+                h.clone()
+                    .matmul(to_f32(self.w.clone().narrow(0, start, len)).transpose())
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    /// `dz W` `[m, d]` in f32.
+    fn input_gradient(&self, dz: Tensor<2>) -> Tensor<2> {
+        if self.slice >= self.w.dims()[0] {
+            return to_f32(dz.matmul(self.w.clone()));
+        }
+        let (m, d) = (dz.dims()[0], self.w.dims()[1]);
+        let dz = to_f32(dz);
+        self.slices()
+            .map(|(start, len)| {
+                dz.clone()
+                    .narrow(1, start, len)
+                    .matmul(to_f32(self.w.clone().narrow(0, start, len)))
+            })
+            .reduce(|a, b| a + b)
+            .unwrap_or_else(|| Tensor::zeros([m, d], &self.w.device()))
+    }
+}
+
 /// [`chunked_lm_loss`] from burn's tensor ops, for backends without the host kernel: each chunk's
 /// logits, log-softmax and gradient `w·(softmax − onehot)·W` are computed off the autodiff graph
 /// and dropped before the next chunk; only the `[n, d]` gradient is kept.
@@ -103,8 +166,7 @@ fn tensor_lm_loss(
     let autodiff = hidden.is_autodiff();
     let dtype = hidden.dtype();
     let h = hidden.clone().inner();
-    let w = weight.inner();
-    let wt = w.clone().transpose();
+    let head = Head::new(weight.inner());
     let active: Vec<usize> = (0..n).filter(|&i| weights[i] != 0.0).collect();
     let mut sum = Tensor::<1>::zeros([1], &h.device());
     let mut grad = tracked.then(|| Tensor::<2>::zeros([n, d], &h.device()));
@@ -117,12 +179,12 @@ fn tensor_lm_loss(
         let t = Tensor::<2, Int>::from_data(TensorData::new(picked, [m, 1]), &h.device());
         let s = Tensor::<2>::from_data(TensorData::new(scale, [m, 1]), &h.device());
         // Logits in the compute dtype, their log-softmax and gradient in f32.
-        let z = h.clone().select(0, rows.clone()).matmul(wt.clone());
+        let z = head.logits(h.clone().select(0, rows.clone()));
         let logp = log_softmax(to_f32(z), 1);
         sum = sum + (logp.clone().gather(1, t.clone()) * s.clone()).sum().neg();
         if let Some(g) = grad.take() {
             let dz = (logp.exp() * s.clone()).scatter(1, t, s.neg(), IndexingUpdateOp::Add);
-            let dh = to_f32(cast_to(dz, dtype).matmul(w.clone()));
+            let dh = head.input_gradient(cast_to(dz, dtype));
             grad = Some(g.select_assign(0, rows, dh, IndexingUpdateOp::Add));
         }
     }
@@ -348,6 +410,41 @@ mod autodiff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vocabulary_slices_give_the_whole_heads_products() {
+        use burn::tensor::{DType, Device};
+        let (m, d, v) = (6, 8, 37);
+        let device = Device::flex();
+        let make = |n: usize, cols: usize, k: usize| {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * k % 13) as f32 - 6.0) / 7.0)
+                .collect();
+            Tensor::<2>::from_data(TensorData::new(x, [n, cols]), &device)
+        };
+        let w = make(v, d, 29);
+        let (h, dz) = (make(m, d, 31), make(m, v, 17));
+        let whole = Head {
+            w: w.clone(),
+            slice: v,
+        };
+        for (slice, dtype) in [(5, DType::F32), (37, DType::F32), (4, DType::BF16)] {
+            let sliced = Head {
+                w: cast_to(w.clone(), dtype),
+                slice,
+            };
+            let z = to_f32(sliced.logits(cast_to(h.clone(), dtype)));
+            let g = to_f32(sliced.input_gradient(cast_to(dz.clone(), dtype)));
+            let tol = if dtype == DType::F32 { 1e-5 } else { 5e-2 };
+            for (got, want) in [
+                (z, whole.logits(h.clone())),
+                (g, whole.input_gradient(dz.clone())),
+            ] {
+                let diff = (got - want).abs().max().into_scalar::<f32>();
+                assert!(diff <= tol, "slice {slice} {dtype:?}: {diff}");
+            }
+        }
+    }
 
     #[test]
     fn host_kernel_matches_a_direct_computation() {
