@@ -193,10 +193,10 @@ impl CausalLm {
         // Backward layer by layer: recompute, then back-propagate `upstream` through it.
         for (i, layer) in self.layers.iter().enumerate().rev() {
             let (input, marks) = saved.pop().ok_or_else(no_gradient)?;
-            rewind_dropout(layer, &marks);
             let input = input.restore(&device);
             let [b, s, _] = input.dims();
             if layer.needs_tiles(b, s, &ctx) {
+                // Rewinds each adapter's stream itself, once per tile.
                 let grad =
                     layer.tiled_backward(input, &ctx, upstream.clone(), &marks, i > 0, &mut out)?;
                 if let Some(grad) = grad {
@@ -204,6 +204,7 @@ impl CausalLm {
                 }
                 continue;
             }
+            rewind_dropout(layer, &marks);
             let input = if i > 0 { input.require_grad() } else { input };
             let surrogate = layer.backprop_surrogate(input.clone(), &ctx, upstream.clone());
             let mut grads = surrogate.backward();

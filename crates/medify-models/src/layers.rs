@@ -167,23 +167,21 @@ pub(crate) fn attend(
     if n == 0 {
         return q;
     }
-    let mut outs = Vec::with_capacity(n.div_ceil(tile.max(1)));
-    let mut start = 0;
-    while start < n {
-        let len = tile.min(n - start);
-        let keys = past + first + start + len;
-        outs.push(attend_tile(
-            q.clone().narrow(2, start, len),
-            k.clone().narrow(2, 0, keys),
-            v.clone().narrow(2, 0, keys),
-            ctx.mask
-                .clone()
-                .narrow(3, first + start, len)
-                .narrow(4, 0, keys),
-            ctx.kernels,
-        ));
-        start += len;
-    }
+    let mut outs: Vec<Tensor<4>> = crate::tiled::tiles(n, tile)
+        .map(|(start, len)| {
+            let keys = past + first + start + len;
+            attend_tile(
+                q.clone().narrow(2, start, len),
+                k.clone().narrow(2, 0, keys),
+                v.clone().narrow(2, 0, keys),
+                ctx.mask
+                    .clone()
+                    .narrow(3, first + start, len)
+                    .narrow(4, 0, keys),
+                ctx.kernels,
+            )
+        })
+        .collect();
     match outs.len() {
         1 => outs.remove(0),
         _ => Tensor::cat(outs, 2),

@@ -111,10 +111,8 @@ impl Head {
         Head { w, slice }
     }
 
-    fn slices(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let vocab = self.w.dims()[0];
-        (0..vocab.div_ceil(self.slice))
-            .map(move |i| (i * self.slice, self.slice.min(vocab - i * self.slice)))
+    fn slices(&self) -> impl Iterator<Item = (usize, usize)> {
+        crate::tiled::tiles(self.w.dims()[0], self.slice)
     }
 
     /// `h Wᵀ` `[m, vocab]`, in f32 when sliced (the dtype flex would compute in anyway).

@@ -29,8 +29,8 @@ use crate::error::Result;
 use crate::layers::{AttentionContext, DecoderLayer, attend};
 use crate::rope::apply_rope;
 
-/// Row ranges `[start, start + len)` covering `0..n` in tiles of at most `tile`.
-fn tiles(n: usize, tile: usize) -> impl Iterator<Item = (usize, usize)> {
+/// Ranges `(start, len)` covering `0..n` in tiles of at most `tile`.
+pub(crate) fn tiles(n: usize, tile: usize) -> impl Iterator<Item = (usize, usize)> {
     let tile = tile.max(1);
     (0..n.div_ceil(tile)).map(move |i| (i * tile, tile.min(n - i * tile)))
 }
@@ -51,16 +51,19 @@ impl DecoderLayer {
     /// Whether a recompute of this layer over `[b, s]` tokens needs tiles to stay within the
     /// budget: its MLP activations or attention scores are larger than one tile.
     pub(crate) fn needs_tiles(&self, b: usize, s: usize, ctx: &AttentionContext) -> bool {
-        let widest = self.mlp.gate_proj.dims()[0].max(self.mlp.down_proj.dims()[0]);
-        let mlp = b * s * widest * 4;
+        let mlp = b * s * self.widest_features() * 4;
         let scores = b * self.self_attn.heads() * s * s * 4;
         mlp.max(scores) > ctx.tile_bytes
     }
 
     /// Rows per MLP / projection tile: the widest activation of a tile within the budget.
     fn row_tile(&self, ctx: &AttentionContext) -> usize {
-        let widest = self.mlp.gate_proj.dims()[0].max(self.mlp.down_proj.dims()[0]);
-        (ctx.tile_bytes / (widest * 4)).max(1)
+        (ctx.tile_bytes / (self.widest_features() * 4)).max(1)
+    }
+
+    /// Features of the widest per-token activation (the MLP's intermediate, or the hidden size).
+    fn widest_features(&self) -> usize {
+        self.mlp.gate_proj.dims()[0].max(self.mlp.down_proj.dims()[0])
     }
 
     /// Back-propagates `g` (`∂loss/∂output`, `[b, s, hidden]`) through this layer at input `x`,
@@ -85,6 +88,7 @@ impl DecoderLayer {
         let rewind = |i: usize, start: usize| seek_rows(projections[i].1, mark(i), start);
         let row_tile = self.row_tile(ctx);
         let x = x.detach();
+        let x_rows = x.clone().reshape([1, n, hidden]);
 
         // 1. Off the graph: the attention inputs and output and the MLP's input, drawing each
         // adapter's dropout mask for the whole input, as the first pass did.
@@ -105,8 +109,7 @@ impl DecoderLayer {
             .swap_dims(1, 2)
             .reshape([1, n, h * d])
             .detach();
-        let mid =
-            (x.clone().reshape([1, n, hidden]) + off.self_attn.o_proj.forward(a.clone())).detach();
+        let mid = (x_rows.clone() + off.self_attn.o_proj.forward(a.clone())).detach();
         let g = g.reshape([1, n, hidden]);
 
         // 2. The MLP half: ∂/∂h of Σ (h + mlp(norm(h))) · g.
@@ -178,7 +181,7 @@ impl DecoderLayer {
         let adapted = projections[..3].iter().any(|(_, p)| p.lora().is_some());
         for (start, len) in tiles(n, row_tile).filter(|_| input_grad || adapted) {
             (0..3).for_each(|i| rewind(i, start));
-            let x_t = rows(&x.clone().reshape([1, n, hidden]), start, len);
+            let x_t = rows(&x_rows, start, len);
             let x_t = if input_grad { x_t.require_grad() } else { x_t };
             let normed = self.input_layernorm.forward(x_t.clone());
             let (cos_t, sin_t) = (
