@@ -263,14 +263,6 @@ impl LlamaConfig {
         let hidden_size = f.usize_req("hidden_size")?;
         let heads = f.usize_req("num_attention_heads")?;
         let kv_heads = f.usize_opt("num_key_value_heads")?.unwrap_or(heads);
-        if kv_heads == 0 || heads % kv_heads != 0 {
-            return Err(ModelError::config(
-                origin,
-                format!(
-                    "num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})"
-                ),
-            ));
-        }
         let head_dim = match f.usize_opt("head_dim")? {
             Some(d) => d,
             None if hidden_size % heads == 0 => hidden_size / heads,
@@ -283,12 +275,6 @@ impl LlamaConfig {
                 ));
             }
         };
-        if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(ModelError::config(
-                origin,
-                format!("head_dim must be even and positive, got {head_dim}"),
-            ));
-        }
         let act_name = match family {
             // transformers' Gemma reads hidden_activation first, defaulting to the tanh GELU.
             Family::Gemma => f
@@ -298,15 +284,7 @@ impl LlamaConfig {
         };
         let (rope_theta, rope_scaling) = read_rope(&f)?;
         let sliding_window = match family {
-            Family::Mistral => match f.usize_opt("sliding_window")? {
-                Some(0) => {
-                    return Err(ModelError::config(
-                        origin,
-                        "sliding_window must be positive or null",
-                    ));
-                }
-                w => w,
-            },
+            Family::Mistral => f.usize_opt("sliding_window")?,
             _ => None,
         };
         let config = LlamaConfig {
@@ -334,6 +312,7 @@ impl LlamaConfig {
             pad_token_id: f.token_ids("pad_token_id")?.first().copied(),
             quantization: read_quantization(&f)?,
         };
+        config.validate(origin)?;
         Ok(config)
     }
 
@@ -443,6 +422,92 @@ impl LlamaConfig {
     }
 }
 
+/// The largest dimension a config may name: 2^24 (Llama 3.1-405B's widest is 2^17). A
+/// header that claims more is corrupt, and trusting it would size allocations by a lie.
+const MAX_DIMENSION: usize = 1 << 24;
+
+impl LlamaConfig {
+    /// Checks what every loader relies on, whichever file the config came from (`config.json`
+    /// or GGUF metadata): positive sizes no larger than [`MAX_DIMENSION`], heads that divide
+    /// into key/value groups, an even head width for RoPE, finite positive epsilon, RoPE base
+    /// and scaling factors. `origin` names the file in the error.
+    ///
+    /// ```
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama3");
+    /// let mut cfg = medify_models::LlamaConfig::from_file(format!("{dir}/config.json")).unwrap();
+    /// assert!(cfg.validate("config.json").is_ok());
+    /// cfg.head_dim = 7;
+    /// assert!(cfg.validate("config.json").unwrap_err().to_string().contains("head_dim"));
+    /// ```
+    pub fn validate(&self, origin: &str) -> Result<()> {
+        let bad = |msg: String| Err(ModelError::config(origin, msg));
+        let dims = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (name, v) in dims {
+            if v == 0 || v > MAX_DIMENSION {
+                return bad(format!("{name} must be in 1..={MAX_DIMENSION}, got {v}"));
+            }
+        }
+        if self.max_position_embeddings == 0 {
+            return bad("max_position_embeddings must be positive".into());
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return bad(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(format!(
+                "head_dim must be even for rotary embeddings, got {}",
+                self.head_dim
+            ));
+        }
+        let positive = |name: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                bad(format!("{name} must be finite and positive, got {v}"))
+            }
+        };
+        positive("rms_norm_eps", self.rms_norm_eps)?;
+        positive("rope_theta", self.rope_theta)?;
+        match self.rope_scaling {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => positive("rope scaling factor", factor)?,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                positive("rope scaling factor", factor)?;
+                positive("rope scaling low_freq_factor", low_freq_factor)?;
+                positive(
+                    "rope scaling original_max_position_embeddings",
+                    original_max_position_embeddings,
+                )?;
+                if !(high_freq_factor > low_freq_factor) {
+                    return bad(format!(
+                        "rope scaling llama3: high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"
+                    ));
+                }
+            }
+        }
+        if self.sliding_window == Some(0) {
+            return bad("sliding_window must be positive or null".into());
+        }
+        Ok(())
+    }
+}
+
 fn detect_family(f: &Fields<'_>) -> Result<Family> {
     let arch = f
         .get("architectures")
@@ -509,17 +574,10 @@ fn read_rope(f: &Fields<'_>) -> Result<(f64, RopeScaling)> {
             Some(k) => Some(k),
             None => pf.str_opt("type")?,
         };
+        // Values are range-checked once, in `LlamaConfig::validate`.
         let factor = || -> Result<f64> {
-            let v = pf
-                .f64_opt("factor")?
-                .ok_or_else(|| ModelError::config(origin, "rope scaling: missing field factor"))?;
-            if v <= 0.0 {
-                return Err(ModelError::config(
-                    origin,
-                    format!("rope scaling: factor must be positive, got {v}"),
-                ));
-            }
-            Ok(v)
+            pf.f64_opt("factor")?
+                .ok_or_else(|| ModelError::config(origin, "rope scaling: missing field factor"))
         };
         scaling = match kind.unwrap_or("default") {
             "default" => RopeScaling::Default,
@@ -533,20 +591,10 @@ fn read_rope(f: &Fields<'_>) -> Result<(f64, RopeScaling)> {
                         )
                     })
                 };
-                let low = need("low_freq_factor")?;
-                let high = need("high_freq_factor")?;
-                if high <= low {
-                    return Err(ModelError::config(
-                        origin,
-                        format!(
-                            "rope scaling llama3: high_freq_factor ({high}) must exceed low_freq_factor ({low})"
-                        ),
-                    ));
-                }
                 RopeScaling::Llama3 {
                     factor: factor()?,
-                    low_freq_factor: low,
-                    high_freq_factor: high,
+                    low_freq_factor: need("low_freq_factor")?,
+                    high_freq_factor: need("high_freq_factor")?,
                     original_max_position_embeddings: need("original_max_position_embeddings")?,
                 }
             }

@@ -347,7 +347,16 @@ impl GgufSource {
             .ok_or_else(|| ModelError::weights(&origin, format!("no tensor {gguf_name}")))?;
         let ty = GgmlType::from_id(info.type_id)
             .map_err(|m| ModelError::weights(&origin, format!("{gguf_name}: {m}")))?;
-        let numel: usize = info.shape.iter().product();
+        let numel = info
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| {
+                ModelError::weights(
+                    &origin,
+                    format!("{gguf_name}: shape {:?} overflows", info.shape),
+                )
+            })?;
         let (per_block, block_bytes) = ty.block();
         let row = info.shape.last().copied().unwrap_or(1);
         if row % per_block != 0 {
@@ -356,10 +365,9 @@ impl GgufSource {
                 format!("{gguf_name}: rows of {row} do not split into blocks of {per_block}"),
             ));
         }
-        let len = numel / per_block * block_bytes;
-        let bytes = info
-            .offset
-            .checked_add(len)
+        let bytes = (numel / per_block)
+            .checked_mul(block_bytes)
+            .and_then(|len| info.offset.checked_add(len))
             .and_then(|end| self.mmap.get(info.offset..end))
             .ok_or_else(|| {
                 ModelError::weights(
@@ -506,12 +514,6 @@ fn config_from_metadata(
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
     let kv_heads = get_u("attention.head_count_kv").unwrap_or(heads);
-    if kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(ModelError::config(
-            origin,
-            format!("{heads} attention heads are not a multiple of {kv_heads} kv heads"),
-        ));
-    }
     let head_dim = get_u("attention.key_length")
         .or_else(|| get_u("rope.dimension_count"))
         .unwrap_or(hidden / heads);
@@ -521,7 +523,11 @@ fn config_from_metadata(
     };
     let vocab = get_u("vocab_size")
         .or(tokens_len)
-        .or_else(|| tensors.get("token_embd.weight").map(|t| t.shape[0]))
+        .or_else(|| {
+            tensors
+                .get("token_embd.weight")
+                .and_then(|t| t.shape.first().copied())
+        })
         .ok_or_else(|| ModelError::config(origin, "GGUF metadata gives no vocabulary size"))?;
     let rope_scaling = match meta
         .get(&key("rope.scaling.type"))
@@ -542,7 +548,7 @@ fn config_from_metadata(
         }
     };
     let id = |k: &str| meta.get(k).and_then(GgufValue::as_u64).map(|v| v as u32);
-    Ok(LlamaConfig {
+    let config = LlamaConfig {
         family: Family::Llama,
         vocab_size: vocab,
         hidden_size: hidden,
@@ -570,7 +576,9 @@ fn config_from_metadata(
         eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: id("tokenizer.ggml.padding_token_id"),
         quantization: None,
-    })
+    };
+    config.validate(origin)?;
+    Ok(config)
 }
 
 impl WeightSource for GgufSource {
@@ -600,7 +608,15 @@ impl WeightSource for GgufSource {
             None
         };
         if let Some(heads) = heads {
-            let rows = shape[0];
+            let rows = match shape.as_slice() {
+                [rows, ..] if *rows > 0 => *rows,
+                _ => {
+                    return Err(ModelError::weights(
+                        self.origin(),
+                        format!("{gguf_name}: shape {shape:?} has no rows to split into heads"),
+                    ));
+                }
+            };
             let cols = values.len() / rows.max(1);
             if rows % (2 * heads) != 0 {
                 return Err(ModelError::weights(
@@ -617,6 +633,104 @@ impl WeightSource for GgufSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A minimal GGUF v3 file: u32/u64 metadata and F32 tensors given as (name, GGUF-order
+    /// dims, values).
+    fn gguf_file(
+        meta: &[(&str, u64)],
+        tensors: &[(&str, Vec<u64>, Vec<f32>)],
+    ) -> tempfile::NamedTempFile {
+        let mut b = Vec::new();
+        let s = |b: &mut Vec<u8>, t: &str| {
+            b.extend((t.len() as u64).to_le_bytes());
+            b.extend(t.as_bytes());
+        };
+        b.extend(b"GGUF");
+        b.extend(3u32.to_le_bytes());
+        b.extend((tensors.len() as u64).to_le_bytes());
+        b.extend((meta.len() as u64 + 1).to_le_bytes());
+        s(&mut b, "general.architecture");
+        b.extend(8u32.to_le_bytes());
+        s(&mut b, "llama");
+        for (k, v) in meta {
+            s(&mut b, k);
+            b.extend(10u32.to_le_bytes());
+            b.extend(v.to_le_bytes());
+        }
+        let mut offset = 0u64;
+        for (name, dims, values) in tensors {
+            s(&mut b, name);
+            b.extend((dims.len() as u32).to_le_bytes());
+            for d in dims {
+                b.extend(d.to_le_bytes());
+            }
+            b.extend(0u32.to_le_bytes()); // F32
+            b.extend(offset.to_le_bytes());
+            offset += 4 * values.len() as u64;
+        }
+        b.resize(b.len().div_ceil(32) * 32, 0);
+        for (_, _, values) in tensors {
+            for v in values {
+                b.extend(v.to_le_bytes());
+            }
+        }
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, &b).unwrap();
+        f
+    }
+
+    const META: [(&str, u64); 5] = [
+        ("llama.embedding_length", 8),
+        ("llama.attention.head_count", 2),
+        ("llama.feed_forward_length", 16),
+        ("llama.block_count", 1),
+        ("llama.vocab_size", 4),
+    ];
+
+    #[test]
+    fn a_minimal_file_opens_and_its_q_weight_loads() {
+        let f = gguf_file(&META, &[("blk.0.attn_q.weight", vec![8, 8], vec![0.5; 64])]);
+        let src = GgufSource::open(f.path()).unwrap();
+        assert_eq!(src.config().head_dim, 4);
+        let w = src.load("model.layers.0.self_attn.q_proj.weight").unwrap();
+        assert!(matches!(w, HostWeight::Dense { ref shape, .. } if shape == &[8, 8]));
+    }
+
+    #[test]
+    fn scalar_tensors_where_matrices_belong_are_errors() {
+        // No vocabulary size in the metadata, and an embedding table with no dimensions.
+        let f = gguf_file(&META[..4], &[("token_embd.weight", vec![], vec![1.0])]);
+        let e = GgufSource::open(f.path())
+            .err()
+            .expect("no vocabulary size");
+        assert!(e.to_string().contains("vocabulary"), "{e}");
+        let f = gguf_file(&META, &[("blk.0.attn_k.weight", vec![], vec![1.0])]);
+        let src = GgufSource::open(f.path()).unwrap();
+        let e = src
+            .load("model.layers.0.self_attn.k_proj.weight")
+            .unwrap_err();
+        assert!(e.to_string().contains("no rows"), "{e}");
+    }
+
+    #[test]
+    fn lying_shapes_and_configs_are_errors() {
+        let huge = 1u64 << 40;
+        let f = gguf_file(
+            &META,
+            &[("blk.0.attn_q.weight", vec![huge, huge], vec![0.0])],
+        );
+        // each dimension is larger than the file: refused when the table is read
+        assert!(GgufSource::open(f.path()).is_err());
+        let mut meta = META.to_vec();
+        meta.push(("llama.attention.key_length", 3));
+        let f = gguf_file(&meta, &[]);
+        let e = GgufSource::open(f.path()).err().expect("odd head_dim");
+        assert!(e.to_string().contains("head_dim"), "{e}");
+        let mut meta = META.to_vec();
+        meta.push(("llama.attention.head_count_kv", 0));
+        let f = gguf_file(&meta, &[]);
+        assert!(GgufSource::open(f.path()).is_err());
+    }
 
     #[test]
     fn unpermute_inverts_llama_cpp_interleave() {
