@@ -17,5 +17,7 @@ pub use encode::{
 };
 pub use error::{DataError, Result};
 pub use record::{Example, Message, Role, SourcedExample};
-pub use sources::{FieldMap, InputFormat, ReadOptions, ReadReport, read_records};
+pub use sources::{
+    FieldMap, FileKind, InputFormat, ReadOptions, ReadReport, read_records, read_records_from,
+};
 pub use template::{BUILTIN_TEMPLATES, ChatTemplate, SpecialTokens};

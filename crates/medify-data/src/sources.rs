@@ -10,7 +10,8 @@ use crate::error::{DataError, Result, io_err};
 use crate::record::{Example, Message, Role, SourcedExample};
 
 /// The shape of the records in a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum InputFormat {
     /// Decide from the first record of each file.
     #[default]
@@ -45,7 +46,8 @@ impl InputFormat {
 /// Renames of the fields each format reads, e.g. `question=Patient,answer=Doctor` for a CSV.
 /// Canonical names: `messages role content conversations from value instruction input output
 /// question answer text system`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct FieldMap(BTreeMap<String, String>);
 
 const CANONICAL: [&str; 14] = [
@@ -122,6 +124,35 @@ pub struct ReadReport {
     pub skipped: Vec<(String, String)>,
 }
 
+/// How one file's bytes are laid out, from its extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// One JSON object per line (any other extension).
+    Jsonl,
+    /// Comma-separated with a header row (`.csv`).
+    Csv,
+    /// Tab-separated with a header row (`.tsv`).
+    Tsv,
+    /// MedQuAD's XML (`.xml`).
+    MedquadXml,
+}
+
+impl FileKind {
+    /// The kind a file's extension names (case-insensitive); JSONL when it names none of them.
+    pub fn from_path(path: &Path) -> FileKind {
+        let ext = path
+            .extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        match ext.as_str() {
+            "csv" => FileKind::Csv,
+            "tsv" => FileKind::Tsv,
+            "xml" => FileKind::MedquadXml,
+            _ => FileKind::Jsonl,
+        }
+    }
+}
+
 /// Reads a JSONL file, a CSV file (by extension `.csv`/`.tsv`), an XML file or a directory of
 /// MedQuAD XML files.
 ///
@@ -152,20 +183,56 @@ pub fn read_records(path: &Path, options: &ReadOptions) -> Result<ReadReport> {
             });
         }
         for f in files {
-            read_medquad_xml(&f, &mut report)?;
+            let text = std::fs::read_to_string(&f).map_err(io_err(&f))?;
+            read_text(&text, &f, FileKind::MedquadXml, options, &mut report)?;
         }
     } else {
-        let ext = path
-            .extension()
-            .map(|e| e.to_string_lossy().to_ascii_lowercase())
-            .unwrap_or_default();
-        match ext.as_str() {
-            "csv" => read_csv(path, b',', options, &mut report)?,
-            "tsv" => read_csv(path, b'\t', options, &mut report)?,
-            "xml" => read_medquad_xml(path, &mut report)?,
-            _ => read_jsonl(path, options, &mut report)?,
-        }
+        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+        read_text(&text, path, FileKind::from_path(path), options, &mut report)?;
     }
+    finish(report, path)
+}
+
+/// Reads records from any reader (an embedded string, a network body, stdin); `name` stands
+/// for the source in errors and in each record's origin.
+///
+/// ```
+/// use medify_data::{read_records_from, FileKind, ReadOptions, Example};
+/// let csv = "question,answer\nWhat is asthma?,A lung disease.\n";
+/// let report = read_records_from(csv.as_bytes(), "upload.csv".as_ref(), FileKind::Csv,
+///     &ReadOptions::default()).unwrap();
+/// assert_eq!(report.records[0].example, Example::qa("What is asthma?", "A lung disease."));
+/// assert_eq!(report.records[0].origin, "upload.csv:2");
+/// ```
+pub fn read_records_from(
+    mut reader: impl std::io::Read,
+    name: &Path,
+    kind: FileKind,
+    options: &ReadOptions,
+) -> Result<ReadReport> {
+    let mut text = String::new();
+    reader.read_to_string(&mut text).map_err(io_err(name))?;
+    let mut report = ReadReport::default();
+    read_text(&text, name, kind, options, &mut report)?;
+    finish(report, name)
+}
+
+fn read_text(
+    text: &str,
+    path: &Path,
+    kind: FileKind,
+    options: &ReadOptions,
+    report: &mut ReadReport,
+) -> Result<()> {
+    match kind {
+        FileKind::Csv => read_csv(text, path, b',', options, report),
+        FileKind::Tsv => read_csv(text, path, b'\t', options, report),
+        FileKind::MedquadXml => read_medquad_xml(text, path, report),
+        FileKind::Jsonl => read_jsonl(text, path, options, report),
+    }
+}
+
+fn finish(report: ReadReport, path: &Path) -> Result<ReadReport> {
     if report.records.is_empty() {
         return Err(DataError::File {
             path: path.to_path_buf(),
@@ -175,8 +242,12 @@ pub fn read_records(path: &Path, options: &ReadOptions) -> Result<ReadReport> {
     Ok(report)
 }
 
-fn read_jsonl(path: &Path, options: &ReadOptions, report: &mut ReadReport) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+fn read_jsonl(
+    text: &str,
+    path: &Path,
+    options: &ReadOptions,
+    report: &mut ReadReport,
+) -> Result<()> {
     let mut format = options.format;
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -201,6 +272,7 @@ fn read_jsonl(path: &Path, options: &ReadOptions, report: &mut ReadReport) -> Re
 }
 
 fn read_csv(
+    text: &str,
     path: &Path,
     delimiter: u8,
     options: &ReadOptions,
@@ -209,11 +281,7 @@ fn read_csv(
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(false)
-        .from_path(path)
-        .map_err(|e| DataError::File {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        .from_reader(text.as_bytes());
     let headers = reader
         .headers()
         .map_err(|e| DataError::File {
@@ -239,9 +307,8 @@ fn read_csv(
     Ok(())
 }
 
-fn read_medquad_xml(path: &Path, report: &mut ReadReport) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    let doc = roxmltree::Document::parse(&text).map_err(|e| DataError::File {
+fn read_medquad_xml(text: &str, path: &Path, report: &mut ReadReport) -> Result<()> {
+    let doc = roxmltree::Document::parse(text).map_err(|e| DataError::File {
         path: path.to_path_buf(),
         message: format!("malformed XML: {e}"),
     })?;
