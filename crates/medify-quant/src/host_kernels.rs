@@ -15,21 +15,118 @@ const TILE_ROWS: usize = 64;
 /// Output features handled by one parallel task in the streaming path.
 const STREAM_ROWS_PER_TASK: usize = 32;
 
-/// A packed 4-bit weight `[out_features, in_features]` as the kernels read it.
+/// A packed 4-bit weight `[out_features, in_features]` as the kernels read it. Built only by
+/// [`PackedView::new`], which checks every buffer against the shape once, so the SIMD kernels'
+/// unchecked loads stay inside the buffers whatever safe code passes in.
+///
+/// ```
+/// use medify_quant::{PackedView, Scales, QuantType, matmul_4bit};
+/// let words = [0x7777_7777u32; 2]; // 16 codes of 7 (NF4's zero) for a [2, 8] weight
+/// let view = PackedView::new(&words, Scales::F32(&[1.0]), QuantType::Nf4.code(), 2, 8, 64).unwrap();
+/// let mut out = [1.0f32; 2];
+/// matmul_4bit(&[1.0; 8], 1, &view, &mut out);
+/// assert_eq!(out, [0.0, 0.0]);
+/// // a shape the buffers cannot hold is refused
+/// assert!(PackedView::new(&words, Scales::F32(&[1.0]), QuantType::Nf4.code(), 4, 8, 64).is_err());
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct PackedView<'a> {
     /// bitsandbytes bytes as little-endian `u32` words.
-    pub words: &'a [u32],
+    words: &'a [u32],
     /// One scale per block.
-    pub absmax: Scales<'a>,
+    absmax: Scales<'a>,
     /// The 16 code values.
-    pub code: &'a [f32; 16],
+    code: &'a [f32; 16],
     /// Rows of the weight.
-    pub out_features: usize,
+    out_features: usize,
     /// Columns of the weight.
-    pub in_features: usize,
+    in_features: usize,
     /// Elements per block.
-    pub blocksize: usize,
+    blocksize: usize,
+}
+
+impl<'a> PackedView<'a> {
+    /// Checks that `words` hold `out_features * in_features` codes and `absmax` one scale per
+    /// block of `blocksize` (for nested scales: one code per block and one nested scale per
+    /// 256 blocks). Longer buffers are fine (devices pad them).
+    pub fn new(
+        words: &'a [u32],
+        absmax: Scales<'a>,
+        code: &'a [f32; 16],
+        out_features: usize,
+        in_features: usize,
+        blocksize: usize,
+    ) -> Result<PackedView<'a>, crate::QuantError> {
+        let short = |what: &str, expected: usize, actual: usize| {
+            Err(crate::QuantError::LengthMismatch {
+                what: format!("4-bit weight [{out_features}, {in_features}]: {what}"),
+                expected,
+                actual,
+            })
+        };
+        if blocksize == 0 {
+            return Err(crate::QuantError::InvalidBlocksize(0));
+        }
+        let Some(numel) = out_features.checked_mul(in_features) else {
+            return short("element count", usize::MAX, 0);
+        };
+        if words.len() < numel.div_ceil(8) {
+            return short("packed words", numel.div_ceil(8), words.len());
+        }
+        let blocks = numel.div_ceil(blocksize);
+        match absmax {
+            Scales::F32(a) if a.len() < blocks => return short("absmax", blocks, a.len()),
+            Scales::Nested {
+                codes,
+                nested_absmax,
+                ..
+            } => {
+                if codes.len() < blocks {
+                    return short("absmax codes", blocks, codes.len());
+                }
+                let nested = blocks.div_ceil(crate::NESTED_BLOCKSIZE);
+                if nested_absmax.len() < nested {
+                    return short("nested absmax", nested, nested_absmax.len());
+                }
+            }
+            Scales::F32(_) => {}
+        }
+        Ok(PackedView {
+            words,
+            absmax,
+            code,
+            out_features,
+            in_features,
+            blocksize,
+        })
+    }
+
+    /// Rows of the weight.
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// Columns of the weight.
+    pub fn in_features(&self) -> usize {
+        self.in_features
+    }
+
+    /// Elements per block.
+    pub fn blocksize(&self) -> usize {
+        self.blocksize
+    }
+
+    /// The same weight with other scales (e.g. nested instead of decoded), checked again.
+    pub fn with_scales(&self, absmax: Scales<'a>) -> Result<PackedView<'a>, crate::QuantError> {
+        PackedView::new(
+            self.words,
+            absmax,
+            self.code,
+            self.out_features,
+            self.in_features,
+            self.blocksize,
+        )
+    }
 }
 
 /// Per-block scales as the kernels read them: plain f32, or double-quantized and decoded on
@@ -90,7 +187,16 @@ fn nibble(words: &[u32], e: usize) -> usize {
 
 impl PackedView<'_> {
     /// Decodes rows `[r0, r0 + rows)` into `out` (`rows * in_features` values).
+    ///
+    /// # Panics
+    /// If the rows lie outside the weight or `out` is shorter than they are.
     pub fn decode_rows(&self, r0: usize, rows: usize, out: &mut [f32]) {
+        assert!(
+            r0.checked_add(rows)
+                .is_some_and(|end| end <= self.out_features),
+            "decode_rows: rows {r0}..{r0}+{rows} of a weight with {} rows",
+            self.out_features
+        );
         let k = self.in_features;
         let start = r0 * k;
         let out = &mut out[..rows * k];
@@ -181,10 +287,19 @@ mod avx512_decode {
 }
 
 /// `out[m, n] = x[m, k] @ W^T` for a packed `W [n, k]`; `out` is overwritten.
+///
+/// # Panics
+/// If `x` is not `[m, in_features]` or `out` not `[m, out_features]`.
 pub fn matmul_4bit(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     let (n, k) = (w.out_features, w.in_features);
-    assert_eq!(x.len(), m * k, "x must be [m, in_features]");
-    assert_eq!(out.len(), m * n, "out must be [m, out_features]");
+    assert!(
+        m.checked_mul(k) == Some(x.len()),
+        "x must be [m, in_features]"
+    );
+    assert!(
+        m.checked_mul(n) == Some(out.len()),
+        "out must be [m, out_features]"
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -362,8 +477,9 @@ pub fn gemm_f32(
     k: usize,
     layout: Rhs,
 ) {
+    let fits = |len: usize, a: usize, b: usize| a.checked_mul(b).is_some_and(|need| len >= need);
     assert!(
-        out.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n,
+        fits(out.len(), m, n) && fits(lhs.len(), m, k) && fits(rhs.len(), k, n),
         "gemm_f32: slices too short for [{m}, {k}] x [{k}, {n}]"
     );
     if m == 0 || n == 0 {
@@ -591,14 +707,15 @@ mod tests {
         let p = Packed4Bit::quantize(&vals, &[n, k], &cfg).unwrap();
         let dense = p.dequantize();
         let (words, absmax) = kernel_inputs(&p);
-        let view = PackedView {
-            words: &words,
-            absmax: Scales::F32(&absmax),
-            code: p.state.quant_type.code(),
-            out_features: n,
-            in_features: k,
+        let view = PackedView::new(
+            &words,
+            Scales::F32(&absmax),
+            p.state.quant_type.code(),
+            n,
+            k,
             blocksize,
-        };
+        )
+        .unwrap();
         let x: Vec<f32> = (0..m * k)
             .map(|i| ((i * 40503) % 97) as f32 / 48.0 - 1.0)
             .collect();
@@ -606,15 +723,14 @@ mod tests {
         matmul_4bit(&x, m, &view, &mut out);
         if let crate::Absmax::Double(nq) = &p.state.absmax {
             let table: [f32; 256] = std::array::from_fn(|i| nq.code[i]);
-            let nested = PackedView {
-                absmax: Scales::Nested {
+            let nested = view
+                .with_scales(Scales::Nested {
                     codes: &nq.codes,
                     nested_absmax: &nq.nested_absmax,
                     code: &table,
                     offset: nq.offset,
-                },
-                ..view
-            };
+                })
+                .unwrap();
             let mut out2 = vec![0f32; m * n];
             matmul_4bit(&x, m, &nested, &mut out2);
             assert_eq!(out, out2, "nested scales decode to the same values");
@@ -646,6 +762,31 @@ mod tests {
     }
 
     #[test]
+    fn views_the_buffers_cannot_hold_are_refused() {
+        let code = crate::QuantType::Nf4.code();
+        let words = [0u32; 8]; // 64 codes
+        let ok = |n, k, bs, scales| PackedView::new(&words, scales, code, n, k, bs).is_ok();
+        assert!(ok(4, 16, 64, Scales::F32(&[1.0])));
+        assert!(!ok(4, 17, 64, Scales::F32(&[1.0, 1.0])), "65 codes in 64");
+        assert!(!ok(8, 8, 32, Scales::F32(&[1.0])), "two blocks, one scale");
+        assert!(!ok(4, 16, 0, Scales::F32(&[1.0])));
+        assert!(
+            !ok(usize::MAX, 2, 64, Scales::F32(&[1.0])),
+            "overflowing shape"
+        );
+        let table = [0f32; 256];
+        let nested = |codes: &'static [u8], nested_absmax: &'static [f32]| Scales::Nested {
+            codes,
+            nested_absmax,
+            code: Box::leak(Box::new(table)),
+            offset: 0.0,
+        };
+        assert!(ok(4, 16, 32, nested(&[0, 0], &[1.0])));
+        assert!(!ok(4, 16, 32, nested(&[0], &[1.0])));
+        assert!(!ok(4, 16, 32, nested(&[0, 0], &[])));
+    }
+
+    #[test]
     fn decode_matches_host_codec_bit_for_bit() {
         for (n, k, bs) in [(5, 64, 64), (3, 100, 32), (4, 13, 64), (7, 192, 128)] {
             let vals: Vec<f32> = (0..n * k)
@@ -654,14 +795,15 @@ mod tests {
             let cfg = QuantConfig::default().with_blocksize(bs);
             let p = Packed4Bit::quantize(&vals, &[n, k], &cfg).unwrap();
             let (words, absmax) = kernel_inputs(&p);
-            let view = PackedView {
-                words: &words,
-                absmax: Scales::F32(&absmax),
-                code: p.state.quant_type.code(),
-                out_features: n,
-                in_features: k,
-                blocksize: bs,
-            };
+            let view = PackedView::new(
+                &words,
+                Scales::F32(&absmax),
+                p.state.quant_type.code(),
+                n,
+                k,
+                bs,
+            )
+            .unwrap();
             let mut out = vec![0f32; n * k];
             view.decode_all(&mut out);
             let want = p.dequantize();

@@ -19,6 +19,12 @@ fn code16(t: &FlexTensor) -> [f32; 16] {
     std::array::from_fn(|i| v[i])
 }
 
+/// Backend ops return tensors, not results, as burn's own do: buffers that do not fit the
+/// shape they are given stop here with the reason, before any kernel reads them.
+fn checked<T>(view: Result<T, crate::QuantError>) -> T {
+    view.unwrap_or_else(|e| panic!("4-bit kernel given inconsistent buffers: {e}"))
+}
+
 impl Quant4Ops for Flex {
     fn q4_decode_absmax(
         codes: FlexTensor,
@@ -51,14 +57,14 @@ impl Quant4Ops for Flex {
         let words = u32s(&packed);
         let absmax = f32s(&absmax);
         let code = code16(&code);
-        let view = PackedView {
-            words: &words,
-            absmax: Scales::F32(&absmax),
-            code: &code,
-            out_features: rows,
-            in_features: cols,
+        let view = checked(PackedView::new(
+            &words,
+            Scales::F32(&absmax),
+            &code,
+            rows,
+            cols,
             blocksize,
-        };
+        ));
         let mut out = vec![0f32; rows * cols];
         view.decode_all(&mut out);
         FlexTensor::from_data(TensorData::new(out, [rows, cols]))
@@ -123,14 +129,14 @@ fn matmul(
     let xs = f32s(&x);
     let words = u32s(packed);
     let code = code16(code);
-    let view = PackedView {
-        words: &words,
+    let view = checked(PackedView::new(
+        &words,
         absmax,
-        code: &code,
+        &code,
         out_features,
-        in_features: k,
+        k,
         blocksize,
-    };
+    ));
     let mut out = vec![0f32; m * out_features];
     matmul_4bit(&xs, m, &view, &mut out);
     let mut shape = dims;
