@@ -17,6 +17,19 @@ use medify_qlora::quant::Packed4Bit;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
+/// With `MEDIFY_WRITE_FIXTURES` set, rewrites a committed fixture and stops the test: comparing
+/// a fixture with what was just written into it would prove nothing, so a rewrite never passes.
+/// Run the Python script that records the reference again, then the tests without the variable.
+fn rewrite_fixture(path: &std::path::Path, write: impl FnOnce()) {
+    if std::env::var_os("MEDIFY_WRITE_FIXTURES").is_some() {
+        write();
+        panic!(
+            "rewrote {} (MEDIFY_WRITE_FIXTURES); rerun without it to check against the fixture",
+            path.display()
+        );
+    }
+}
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
@@ -291,9 +304,9 @@ fn adapter_saved_here_loads_in_peft() {
     model.save_adapter(&tmp, &config, true).unwrap();
 
     let committed = fixtures().join("lora/rust_saved");
-    if std::env::var_os("MEDIFY_WRITE_FIXTURES").is_some() {
+    rewrite_fixture(&committed, || {
         model.save_adapter(&committed, &config, true).unwrap();
-    }
+    });
     // The same seed gives the same adapter, written the same way, as the one PEFT loaded.
     let (cfg, tensors) = read_all(&tmp);
     let (want_cfg, want_tensors) = read_all(&committed);
@@ -458,10 +471,10 @@ fn merged_models_save_as_dense_hugging_face_directories() {
     let out = tmp.join("qlora_bf16");
     q.save_pretrained(&out, SaveDtype::BF16, false).unwrap();
     let committed = fixtures().join("lora/rust_merged");
-    if std::env::var_os("MEDIFY_WRITE_FIXTURES").is_some() {
+    rewrite_fixture(&committed, || {
         q.save_pretrained(&committed, SaveDtype::BF16, true)
             .unwrap();
-    }
+    });
     for file in ["model.safetensors", "config.json"] {
         assert!(
             std::fs::read(out.join(file)).unwrap() == std::fs::read(committed.join(file)).unwrap(),
