@@ -146,7 +146,57 @@ fn bad(field: &str, reason: impl Into<String>) -> FinetuneError {
     }
 }
 
+/// Settings a resumed run may change: how long it runs, how often it evaluates and saves, and
+/// how memory is spent. The rest define the run's mathematics and data, so they stay.
+pub const RESUMABLE_SETTINGS: [&str; 9] = [
+    "max_steps",
+    "epochs",
+    "eval_every",
+    "save_every",
+    "keep_last",
+    "gradient_checkpointing",
+    "offload_checkpoints",
+    "optimizer_budget_mib",
+    "compute_dtype",
+];
+
 impl FinetuneConfig {
+    /// The configuration a resumed run uses: `self` (the checkpoint's) with the
+    /// [`RESUMABLE_SETTINGS`] taken from `requested`. Any other setting in which they differ is
+    /// refused, naming it, rather than silently ignored. A larger `max_steps` (or more `epochs`)
+    /// extends the run; as in transformers' Trainer, the learning-rate schedule is then computed
+    /// over the new length from the resumed step on.
+    ///
+    /// ```
+    /// use medify_qlora::FinetuneConfig;
+    /// let saved = FinetuneConfig { max_steps: Some(10), ..FinetuneConfig::default() };
+    /// let longer = FinetuneConfig { max_steps: Some(20), ..saved.clone() };
+    /// assert_eq!(saved.resumed_with(&longer).unwrap().max_steps, Some(20));
+    /// let other_lr = FinetuneConfig { learning_rate: 1e-3, ..saved.clone() };
+    /// assert!(saved.resumed_with(&other_lr).unwrap_err().to_string().contains("learning_rate"));
+    /// ```
+    pub fn resumed_with(&self, requested: &FinetuneConfig) -> Result<FinetuneConfig> {
+        let as_map = |c: &FinetuneConfig| match serde_json::to_value(c) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => serde_json::Map::new(),
+        };
+        let (saved, wanted) = (as_map(self), as_map(requested));
+        for (field, value) in &wanted {
+            let old = saved.get(field).unwrap_or(&serde_json::Value::Null);
+            if old != value && !RESUMABLE_SETTINGS.contains(&field.as_str()) {
+                return Err(FinetuneError::ResumeConflict {
+                    field: field.clone(),
+                    saved: old.to_string(),
+                    requested: value.to_string(),
+                    changeable: RESUMABLE_SETTINGS.join(", "),
+                });
+            }
+        }
+        let config = requested.clone();
+        config.validate()?;
+        Ok(config)
+    }
+
     /// How the base loads for this run on `device`: 4-bit settings and the compute dtype, checked
     /// against the device.
     pub fn load_options(&self, device: &burn::tensor::Device) -> Result<LoadOptions> {

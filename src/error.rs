@@ -60,6 +60,40 @@ pub enum FinetuneError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A resumed run's model or data is not what the run trained on.
+    #[error(
+        "the {what} differs from the one this run trained on: {detail}. Pass the original \
+         --{what}, or --allow-source-change if the change is intended"
+    )]
+    SourceChanged {
+        /// `model` or `data`.
+        what: &'static str,
+        /// What differs.
+        detail: String,
+    },
+    /// A resumed run's recorded model or data is no longer where it was.
+    #[error("the run's {what} {path} is gone; pass --{what} with its new location")]
+    SourceMissing {
+        /// `model` or `data`.
+        what: &'static str,
+        /// The recorded path.
+        path: PathBuf,
+    },
+    /// A setting given for a resumed run that cannot change mid-run.
+    #[error(
+        "`{field}` cannot change when resuming ({saved} in the checkpoint, {requested} asked for); \
+         only {changeable} may"
+    )]
+    ResumeConflict {
+        /// The setting.
+        field: String,
+        /// The checkpoint's value.
+        saved: String,
+        /// The requested value.
+        requested: String,
+        /// The settings a resumed run may change.
+        changeable: String,
+    },
     /// Nothing to train or evaluate on.
     #[error("{0}")]
     NoData(String),

@@ -53,18 +53,23 @@ mod evaluate;
 mod memory;
 pub mod memory_model;
 mod plot;
+mod sources;
 mod text_metrics;
 mod trainer;
 
 pub use base::{BaseModel, gguf_chat_encoder, load_base, load_base_with};
 pub use chat::{Chat, DISCLAIMER, Reply};
-pub use config::FinetuneConfig;
+pub use config::{FinetuneConfig, RESUMABLE_SETTINGS};
 pub use error::{FinetuneError, Result};
 pub use evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
 pub use memory::{
     StepMemory, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
 };
 pub use plot::write_loss_plot;
+pub use sources::{
+    AdapterBase, BaseQuantization, DataOrigin, DataSource, EMBEDDED_MEDICAL_QA, Fingerprint,
+    ModelSource, RunSources, SOURCES_FILE,
+};
 pub use text_metrics::{TextScores, bleu, score_answers};
 pub use trainer::{TrainData, TrainSummary, Trainer, TrainerOptions};
 

@@ -26,6 +26,7 @@ use crate::evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
 use crate::lora::{LoraConfig, LoraExt, LoraSummary};
 use crate::models::CausalLm;
 use crate::optim::{LrSchedule, PagedAdamW};
+use crate::sources::{BaseQuantization, RunSources};
 
 /// Sequences to train and validate on, already tokenized with labels.
 #[derive(Debug, Clone, Default)]
@@ -85,6 +86,10 @@ pub struct TrainerOptions {
     pub progress: bool,
     /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Where the base model and the data came from: written beside every adapter and
+    /// checkpoint (with the base's quantization), named in `adapter_config.json` as
+    /// `base_model_name_or_path`, and what a resumed run is checked against.
+    pub sources: Option<RunSources>,
 }
 
 impl TrainerOptions {
@@ -95,6 +100,7 @@ impl TrainerOptions {
             overwrite: false,
             progress: false,
             interrupt: None,
+            sources: None,
         }
     }
 }
@@ -166,11 +172,15 @@ impl Trainer {
             ));
         }
         checkpoint::prepare_run_dir(&options.out_dir, options.overwrite)?;
-        let lora = config.lora_config()?;
+        let mut lora = config.lora_config()?;
+        if let Some(sources) = &options.sources {
+            lora.base_model_name_or_path
+                .get_or_insert_with(|| sources.model.name_or_path.clone());
+        }
         let summary = model.add_adapters(&lora)?;
         model.set_adapters_training(true);
         checkpoint::write_json(&options.out_dir.join(CONFIG_FILE), &config)?;
-        Self::assemble(
+        let trainer = Self::assemble(
             config,
             lora,
             model,
@@ -178,18 +188,45 @@ impl Trainer {
             options,
             TrainState::default(),
             Some(summary),
-        )
+        )?;
+        trainer.write_sources(&trainer.options.out_dir)?;
+        Ok(trainer)
     }
 
     /// Continues the run saved in `checkpoint_dir` with `model` (the same base, without
     /// adapters). The checkpoint's configuration is used; the result equals an uninterrupted run.
+    /// [`RunSources::for_resume`] finds the model and data the run was on.
     pub fn resume(
         checkpoint_dir: &Path,
+        model: CausalLm,
+        data: TrainData,
+        options: TrainerOptions,
+    ) -> Result<Trainer> {
+        let (config, _) = checkpoint::read_checkpoint(checkpoint_dir)?;
+        Self::resume_with(checkpoint_dir, &config, model, data, options)
+    }
+
+    /// [`resume`](Self::resume) with settings changed as [`FinetuneConfig::resumed_with`]
+    /// allows: e.g. a larger `max_steps` extends the run. `max_steps` below the checkpoint's
+    /// step is refused.
+    pub fn resume_with(
+        checkpoint_dir: &Path,
+        requested: &FinetuneConfig,
         mut model: CausalLm,
         data: TrainData,
         options: TrainerOptions,
     ) -> Result<Trainer> {
-        let (config, state) = checkpoint::read_checkpoint(checkpoint_dir)?;
+        let (saved, state) = checkpoint::read_checkpoint(checkpoint_dir)?;
+        let config = saved.resumed_with(requested)?;
+        if let Some(max) = config.max_steps.filter(|&m| m < state.step) {
+            return Err(FinetuneError::Config {
+                field: "max_steps".into(),
+                reason: format!(
+                    "{max} is below the checkpoint's step {}; the run is already past it",
+                    state.step
+                ),
+            });
+        }
         let (lora, summary) = model.load_adapter(checkpoint_dir)?;
         model.set_adapters_training(true);
         std::fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
@@ -205,7 +242,29 @@ impl Trainer {
                 reason: format!("does not fit the adapter: {e}"),
             })?;
         trainer.last_checkpoint = Some(checkpoint_dir.to_path_buf());
+        trainer.write_sources(&trainer.options.out_dir)?;
+        checkpoint::write_json(&trainer.options.out_dir.join(CONFIG_FILE), &trainer.config)?;
         Ok(trainer)
+    }
+
+    /// Writes the run's sources, with the base's quantization, into `dir` (when known).
+    fn write_sources(&self, dir: &Path) -> Result<()> {
+        let Some(sources) = &self.options.sources else {
+            return Ok(());
+        };
+        let mut sources = sources.clone();
+        sources.model.quantization = Some(BaseQuantization {
+            quant: self.config.quant.clone(),
+            blocksize: self.config.quant_blocksize,
+            double_quant: self.config.double_quant,
+        });
+        sources.write(dir)
+    }
+
+    /// Saves the adapter (and the run's sources beside it) into `dir`.
+    fn save_adapter_to(&self, dir: &Path) -> Result<()> {
+        self.model().save_adapter(dir, &self.lora, true)?;
+        self.write_sources(dir)
     }
 
     fn assemble(
@@ -241,7 +300,7 @@ impl Trainer {
     pub fn model(&self) -> &CausalLm {
         self.model
             .as_ref()
-            .expect("the model is only taken during a step")
+            .expect("the model is only taken during the optimizer step")
     }
 
     /// Gives the model back (e.g. to merge or chat after training).
@@ -318,7 +377,7 @@ impl Trainer {
             .map(|idx| idx.iter().map(|&i| self.data.train[i].clone()).collect())
             .collect();
         let tokens: usize = rows.iter().flatten().map(predicted_tokens).sum();
-        let model = self.model.take().expect("model present");
+        let model = self.model();
         // Masks are numbered by step, so a resumed run draws the same ones.
         model.seek_dropout(self.config.seed, step << DROPOUT_CALLS_PER_STEP_BITS);
         let mut accumulator = GradientsAccumulator::<CausalLm>::new();
@@ -329,32 +388,31 @@ impl Trainer {
             }
             let batch = Batch::collate(batch_rows, self.data.pad_id);
             let scale = 1.0 / tokens.max(1) as f32;
-            let checkpointing = self.config.checkpointing();
-            let out = match model.loss_gradients(
+            let out = model.loss_gradients(
                 &token_batch(&batch),
                 &batch.labels,
                 scale,
-                checkpointing,
-            ) {
-                Ok(out) => out,
-                Err(e) => {
-                    self.model = Some(model);
-                    return Err(e.into());
-                }
-            };
-            accumulator.accumulate(&model, out.grads);
+                self.config.checkpointing(),
+            )?;
+            accumulator.accumulate(model, out.grads);
             loss_sum += out.loss_sum;
         }
         let loss = loss_sum / tokens.max(1) as f64;
         if !loss.is_finite() {
-            self.model = Some(model);
             return Err(FinetuneError::NonFiniteLoss {
                 step,
                 loss,
                 last_checkpoint: self.last_checkpoint.clone(),
             });
         }
+        // The optimizer's only failure (state that does not fit) is checked while the trainer
+        // still holds the model, so an error leaves the trainer whole and usable.
+        self.optimizer.check_module(model)?;
         let lr = self.schedule.lr_at(self.state.step);
+        let model = self
+            .model
+            .take()
+            .expect("the model is only taken for the optimizer step");
         let (model, report) = self.optimizer.step(lr, model, accumulator.grads())?;
         self.model = Some(model);
         self.state.step = step;
@@ -371,9 +429,8 @@ impl Trainer {
             .join(CHECKPOINTS_DIR)
             .join(format!("step-{:06}", self.state.step));
         std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(io_err(&dir))?;
-        let model = self.model.as_ref().expect("model present");
         checkpoint::write_dir_atomic(&dir, |tmp| {
-            model.save_adapter(tmp, &self.lora, true)?;
+            self.save_adapter_to(tmp)?;
             self.optimizer.save(&tmp.join(OPTIMIZER_FILE), true)?;
             checkpoint::write_json(&tmp.join(STATE_FILE), &self.state)?;
             checkpoint::write_json(&tmp.join(CONFIG_FILE), &self.config)
@@ -402,11 +459,8 @@ impl Trainer {
         let better = self.state.best_eval.is_none_or(|(_, best)| r.loss < best);
         if better && self.state.step > 0 {
             self.state.best_eval = Some((self.state.step, r.loss));
-            let model = self.model.as_ref().expect("model present");
             let dir = self.options.out_dir.join(BEST_DIR);
-            checkpoint::write_dir_atomic(&dir, |tmp| {
-                Ok(model.save_adapter(tmp, &self.lora, true)?)
-            })?;
+            checkpoint::write_dir_atomic(&dir, |tmp| self.save_adapter_to(tmp))?;
         }
         Ok(Some(r))
     }
@@ -486,7 +540,7 @@ impl Trainer {
         };
         let out = self.options.out_dir.clone();
         if !interrupted {
-            self.model().save_adapter(&out, &self.lora, true)?;
+            self.save_adapter_to(&out)?;
         }
         let summary = TrainSummary {
             steps: self.state.step,

@@ -10,7 +10,8 @@ use medify_qlora::data::{ReadOptions, prepare, read_records};
 use medify_qlora::lora::LoraExt;
 use medify_qlora::models::SaveDtype;
 use medify_qlora::{
-    FinetuneConfig, FinetuneError, TrainData, Trainer, TrainerOptions, evaluate, load_base,
+    AdapterBase, DataSource, FinetuneConfig, FinetuneError, ModelSource, RunSources, TrainData,
+    Trainer, TrainerOptions, evaluate, load_base,
 };
 
 fn root() -> PathBuf {
@@ -90,13 +91,25 @@ fn finetune_evaluate_merge_and_resume() {
         data.validation.len()
     );
 
-    // Train.
+    // Train, recording where model and data came from.
     let out = out_dir("run");
+    let sources = RunSources {
+        model: ModelSource::new(&tiny(), Some("medify/tiny-llama")).unwrap(),
+        data: DataSource::file(
+            &root().join("fixtures/medical_qa/medical_qa.jsonl"),
+            &ReadOptions::default(),
+        )
+        .unwrap(),
+    };
+    let options = |dir: &Path| TrainerOptions {
+        sources: Some(sources.clone()),
+        ..TrainerOptions::new(dir)
+    };
     let mut trainer = Trainer::new(
         config.clone(),
         quantized_base().model,
         data.clone(),
-        TrainerOptions::new(&out),
+        options(&out),
     )
     .unwrap();
     assert!(trainer.adapter_summary().unwrap().trainable > 0);
@@ -118,9 +131,24 @@ fn finetune_evaluate_merge_and_resume() {
         "train_summary.json",
         "finetune_config.json",
         "best/adapter_model.safetensors",
+        "run_sources.json",
+        "best/run_sources.json",
+        "checkpoints/step-000004/run_sources.json",
     ] {
         assert!(out.join(f).is_file(), "{f} missing");
     }
+    // PEFT's AutoPeftModel finds the base by this name.
+    let adapter_config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        adapter_config["base_model_name_or_path"],
+        "medify/tiny-llama"
+    );
+    // eval, chat and merge load the adapter over the base it trained on, held the same way.
+    let recorded_base = AdapterBase::resolve(Some(&out), None, None).unwrap();
+    assert_eq!(recorded_base.model, std::path::absolute(tiny()).unwrap());
+    assert_eq!(recorded_base.quant, config.quant_config().unwrap());
     let checkpoints = medify_qlora::checkpoint::list_checkpoints(&out);
     let names: Vec<_> = checkpoints
         .iter()
@@ -174,13 +202,18 @@ fn finetune_evaluate_merge_and_resume() {
         eval_with.loss
     );
 
-    // Resuming from the step-4 checkpoint reproduces the final adapter bit for bit.
+    // Resuming from the step-4 checkpoint, with the model and data it records (content
+    // checked), reproduces the final adapter bit for bit.
+    let recorded = RunSources::read(&checkpoints[0]).unwrap().unwrap();
+    let resumed_sources = recorded.for_resume(None, None, false).unwrap();
+    assert_eq!(resumed_sources.model.path, sources.model.path);
+    assert_eq!(resumed_sources.data, sources.data);
     let out2 = out_dir("resumed");
     let mut resumed = Trainer::resume(
         &checkpoints[0],
         quantized_base().model,
         data.clone(),
-        TrainerOptions::new(&out2),
+        options(&out2),
     )
     .unwrap();
     assert_eq!(resumed.state().step, 4);
@@ -191,6 +224,43 @@ fn finetune_evaluate_merge_and_resume() {
         tensors(&out.join("adapter_model.safetensors"))
     );
     assert_eq!(summary2.eval_after.unwrap().loss, after.loss);
+
+    // Settings given with a resume apply or are refused: a larger max_steps extends the run;
+    // a smaller one than the step reached, or a different learning rate, is an error.
+    let last = checkpoints[1].clone();
+    let resume_with = |c: &FinetuneConfig| {
+        Trainer::resume_with(
+            &last,
+            c,
+            quantized_base().model,
+            data.clone(),
+            options(&out2),
+        )
+    };
+    let e = resume_with(&FinetuneConfig {
+        learning_rate: 0.5,
+        ..config.clone()
+    })
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&e, FinetuneError::ResumeConflict { field, .. } if field == "learning_rate"),
+        "{e}"
+    );
+    let e = resume_with(&FinetuneConfig {
+        max_steps: Some(6),
+        ..config.clone()
+    })
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("max_steps"), "{e}");
+    let mut extended = resume_with(&FinetuneConfig {
+        max_steps: Some(10),
+        ..config.clone()
+    })
+    .unwrap();
+    assert_eq!((extended.state().step, extended.total_steps()), (8, 10));
+    assert_eq!(extended.train().unwrap().steps, 10);
 
     // A second run into the same directory is refused; nothing there is touched.
     let e = Trainer::new(

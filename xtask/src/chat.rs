@@ -11,19 +11,15 @@ use medify_qlora::{Chat, load_base};
 use serde_json::json;
 
 use crate::device::device_named;
-use crate::models::Quant;
+use crate::models::ModelArgs;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Model: Hugging Face directory or GGUF file.
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    base: ModelArgs,
     /// PEFT adapter directory to apply.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Hold the base in 4 bits (use the quantization the adapter was trained over).
-    #[arg(long, value_enum, default_value = "none")]
-    quant: Quant,
     /// Built-in chat template instead of the model's.
     #[arg(long)]
     template: Option<String>,
@@ -54,14 +50,12 @@ pub struct Args {
     /// Leave out the safety disclaimer.
     #[arg(long)]
     no_disclaimer: bool,
-    /// flex, wgpu, cuda or auto.
-    #[arg(long, default_value = "auto")]
-    device: String,
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    let device = device_named(&a.device)?;
-    let mut base = load_base(&a.model, &device, a.quant.config(), a.template.as_deref())
+    let device = device_named(&a.base.device)?;
+    let from = a.base.base(a.adapter.as_deref())?;
+    let mut base = load_base(&from.model, &device, from.quant, a.template.as_deref())
         .map_err(|e| e.to_string())?;
     if let Some(dir) = &a.adapter {
         base.model.load_adapter(dir).map_err(|e| e.to_string())?;
@@ -102,7 +96,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     }
     eprintln!(
         "Chat with {} (empty line or Ctrl-D to quit, /reset to start over).",
-        a.model.display()
+        from.model.display()
     );
     let stdin = std::io::stdin();
     loop {

@@ -6,14 +6,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args as ClapArgs;
-use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare, read_records};
-use medify_qlora::{FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base_with};
+use medify_qlora::checkpoint::read_checkpoint;
+use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare};
+use medify_qlora::{
+    DataSource, FinetuneConfig, ModelSource, RunSources, TrainData, Trainer, TrainerOptions,
+    load_base_with,
+};
 
 use crate::device::device_named;
 use crate::memory_flags::MemoryFlags;
 
-/// The embedded default data: general-health Q&A pairs written for the project.
-const DEFAULT_DATA: &str = include_str!("../../fixtures/medical_qa/medical_qa.jsonl");
+/// What the embedded default model is on the Hugging Face Hub (`base_model_name_or_path`).
+const SMOLLM2_HUB_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -25,15 +29,21 @@ pub struct Args {
     /// Default: the embedded medical Q&A set.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Run directory: adapter, metrics.jsonl, loss.png, checkpoints/.
-    #[arg(long)]
-    out: PathBuf,
+    /// Run directory: adapter, metrics.jsonl, loss.png, checkpoints/. With --resume, the
+    /// checkpoint's run directory by default.
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
     /// Write into a non-empty --out (replaces the trainer's own files only).
     #[arg(long)]
     overwrite: bool,
-    /// Continue from a checkpoint directory (its settings are used).
+    /// Continue from a checkpoint directory: its model, data and settings are used. Flags that
+    /// may change mid-run (--max-steps, --epochs, --eval-every, --save-every, --keep-last and
+    /// the memory flags) apply; any other that differs is refused.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// With --resume: accept a --model or --data whose content differs from the run's.
+    #[arg(long, requires = "resume")]
+    allow_source_change: bool,
     /// A JSON file of FinetuneConfig settings; the flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -43,12 +53,12 @@ pub struct Args {
     /// System prompt for conversations without one.
     #[arg(long)]
     system: Option<String>,
-    /// Record format: auto, messages, sharegpt, alpaca, qa, text.
-    #[arg(long, default_value = "auto")]
-    format: String,
+    /// Record format: auto, messages, sharegpt, alpaca, qa, text (default auto).
+    #[arg(long)]
+    format: Option<String>,
     /// Field renames, e.g. question=Patient,answer=Doctor.
-    #[arg(long, default_value = "")]
-    fields: String,
+    #[arg(long)]
+    fields: Option<String>,
     /// Skip invalid records instead of stopping.
     #[arg(long)]
     skip_invalid: bool,
@@ -225,7 +235,40 @@ fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
+fn read_options(a: &Args) -> Result<ReadOptions, String> {
+    let format = a.format.as_deref().unwrap_or("auto");
+    Ok(ReadOptions {
+        format: InputFormat::parse(format).ok_or_else(|| {
+            format!("unknown --format {format:?} (auto, messages, sharegpt, alpaca, qa, text)")
+        })?,
+        fields: FieldMap::parse(a.fields.as_deref().unwrap_or("")).map_err(|e| e.to_string())?,
+        skip_invalid: a.skip_invalid,
+    })
+}
+
+fn model_source(path: Option<&PathBuf>) -> Result<ModelSource, String> {
+    let source = match path {
+        Some(p) => ModelSource::new(p, None),
+        None => ModelSource::new(&crate::fetch::smollm2(None)?, Some(SMOLLM2_HUB_ID)),
+    };
+    source.map_err(|e| e.to_string())
+}
+
+fn data_source(a: &Args) -> Result<Option<DataSource>, String> {
+    let options = read_options(a)?;
+    match &a.data {
+        Some(p) => DataSource::file(p, &options)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None if a.format.is_some() || a.fields.is_some() || a.skip_invalid => {
+            Err("--format, --fields and --skip-invalid describe --data; give it too".into())
+        }
+        None => Ok(None),
+    }
+}
+
+/// A new run: the flags over --config (or the demo's or the default settings).
+fn new_run(a: &Args) -> Result<(FinetuneConfig, RunSources), String> {
     let demo = a.model.is_none() && a.data.is_none();
     let base_config = match &a.config {
         Some(path) => {
@@ -236,26 +279,93 @@ pub fn run(a: &Args) -> Result<(), String> {
         None if demo => demo_config(),
         None => FinetuneConfig::default(),
     };
-    let mut config = apply_flags(base_config, a);
-    if let Some(ckpt) = &a.resume {
-        let (saved, _) =
-            medify_qlora::checkpoint::read_checkpoint(ckpt).map_err(|e| e.to_string())?;
-        config = saved;
-    }
+    let config = apply_flags(base_config, a);
     config.validate().map_err(|e| e.to_string())?;
-    let model_path = match &a.model {
-        Some(p) => p.clone(),
-        None => crate::fetch::smollm2(None)?,
+    let data = data_source(a)?.unwrap_or_else(DataSource::embedded);
+    Ok((
+        config,
+        RunSources {
+            model: model_source(a.model.as_ref())?,
+            data,
+        },
+    ))
+}
+
+/// A resumed run: the checkpoint's settings with the flags given, and its recorded sources
+/// (or the ones given, when their content is the same or the change is allowed).
+fn resumed_run(a: &Args, ckpt: &std::path::Path) -> Result<(FinetuneConfig, RunSources), String> {
+    let (saved, _) = read_checkpoint(ckpt).map_err(|e| e.to_string())?;
+    let requested = match &a.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            FinetuneConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => saved.clone(),
     };
-    let data_path = match &a.data {
-        Some(p) => p.clone(),
+    // Checked now, before the model loads; the trainer checks again against the same file.
+    let config = saved
+        .resumed_with(&apply_flags(requested, a))
+        .map_err(|e| e.to_string())?;
+    let data = data_source(a)?;
+    let sources = match RunSources::read(ckpt).map_err(|e| e.to_string())? {
+        Some(recorded) => {
+            let model = match &a.model {
+                Some(p) => Some(model_source(Some(p))?),
+                // the embedded default, gone from the cache: fetch it again
+                None if recorded.model.name_or_path == SMOLLM2_HUB_ID
+                    && !recorded.model.path.exists() =>
+                {
+                    Some(model_source(None)?)
+                }
+                None => None,
+            };
+            recorded
+                .for_resume(model, data, a.allow_source_change)
+                .map_err(|e| e.to_string())?
+        }
         None => {
-            let p = std::env::temp_dir()
-                .join(format!("medify-medical-qa-{}.jsonl", std::process::id()));
-            std::fs::write(&p, DEFAULT_DATA).map_err(|e| format!("{}: {e}", p.display()))?;
-            p
+            eprintln!(
+                "warning: {} does not record its model and data (it predates {}); using the ones given or the defaults, unchecked",
+                ckpt.display(),
+                medify_qlora::SOURCES_FILE
+            );
+            RunSources {
+                model: model_source(a.model.as_ref())?,
+                data: data.unwrap_or_else(DataSource::embedded),
+            }
         }
     };
+    Ok((config, sources))
+}
+
+/// The run directory of `run/checkpoints/step-N`.
+fn run_dir_of(ckpt: &std::path::Path) -> Result<PathBuf, String> {
+    let parent = ckpt
+        .parent()
+        .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
+    parent
+        .and_then(|p| p.parent())
+        .map(|p| p.to_path_buf())
+        .ok_or_else(|| {
+            format!(
+                "{} is not inside a run's checkpoints/ directory; pass --out",
+                ckpt.display()
+            )
+        })
+}
+
+pub fn run(a: &Args) -> Result<(), String> {
+    let (config, sources) = match &a.resume {
+        Some(ckpt) => resumed_run(a, ckpt)?,
+        None => new_run(a)?,
+    };
+    let out = match (&a.out, &a.resume) {
+        (Some(out), _) => out.clone(),
+        (None, Some(ckpt)) => run_dir_of(ckpt)?,
+        (None, None) => return Err("--out is required".into()),
+    };
+    let model_path = sources.model.path.clone();
     let device = device_named(&a.device)?.autodiff();
     eprintln!(
         "loading {} ({})",
@@ -277,25 +387,8 @@ pub fn run(a: &Args) -> Result<(), String> {
         .encoder
         .clone()
         .with_system_prompt(config.system_prompt.clone());
-    let options = ReadOptions {
-        format: InputFormat::parse(&a.format).ok_or_else(|| {
-            format!(
-                "unknown --format {:?} (auto, messages, sharegpt, alpaca, qa, text)",
-                a.format
-            )
-        })?,
-        fields: FieldMap::parse(&a.fields).map_err(|e| e.to_string())?,
-        skip_invalid: a.skip_invalid,
-    };
-    let shown = if a.data.is_some() {
-        data_path.display().to_string()
-    } else {
-        "the embedded medical Q&A set".into()
-    };
-    let read = read_records(&data_path, &options).map_err(|e| e.to_string())?;
-    if a.data.is_none() {
-        let _ = std::fs::remove_file(&data_path);
-    }
+    let shown = sources.data.describe();
+    let read = sources.data.read().map_err(|e| e.to_string())?;
     let prepared =
         prepare(read.records, &encoder, &config.dataset_config()).map_err(|e| e.to_string())?;
     let data = TrainData::from_prepared(&prepared, &config, encoder.pad_id());
@@ -306,13 +399,14 @@ pub fn run(a: &Args) -> Result<(), String> {
         data.validation.len()
     );
     let options = TrainerOptions {
-        out_dir: a.out.clone(),
+        out_dir: out.clone(),
         overwrite: a.overwrite,
         progress: !a.quiet,
         interrupt: Some(interrupt_flag()),
+        sources: Some(sources),
     };
     let mut trainer = match &a.resume {
-        Some(ckpt) => Trainer::resume(ckpt, base.model, data, options),
+        Some(ckpt) => Trainer::resume_with(ckpt, &config, base.model, data, options),
         None => Trainer::new(config, base.model, data, options),
     }
     .map_err(|e| e.to_string())?;
@@ -346,7 +440,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     } else {
         eprintln!(
             "adapter, metrics.jsonl and loss.png written to {}",
-            a.out.display()
+            out.display()
         );
     }
     println!(

@@ -9,40 +9,39 @@ use medify_qlora::lora::LoraExt;
 use medify_qlora::models::SaveDtype;
 
 use crate::device::device_named;
-use crate::models::Quant;
+use crate::models::ModelArgs;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
-    /// Base model: Hugging Face directory or GGUF file.
-    #[arg(long)]
-    model: PathBuf,
+    #[command(flatten)]
+    base: ModelArgs,
     /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     adapter: PathBuf,
     /// Output directory (must not exist or be empty, unless --overwrite).
     #[arg(long)]
     out: PathBuf,
-    /// Weight dtype of the merged model: f32, f16 or bf16.
-    #[arg(long, default_value = "bf16")]
-    dtype: String,
-    /// The base the adapter was trained over: nf4/fp4 merges into the dequantized 4-bit
-    /// weights (what QLoRA trained against), none into the original dense weights.
-    #[arg(long, value_enum, default_value = "nf4")]
-    quant: Quant,
+    /// Weight dtype of the merged model: f32, f16 or bf16. Default: the base's own (its
+    /// config.json's dtype), bf16 when it names none (GGUF).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Replace an existing non-empty output directory.
     #[arg(long)]
     overwrite: bool,
-    /// flex, wgpu, cuda or auto.
-    #[arg(long, default_value = "flex")]
-    device: String,
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    let dtype = SaveDtype::parse(&a.dtype)
-        .ok_or_else(|| format!("unknown --dtype {:?} (f32, f16, bf16)", a.dtype))?;
-    let device = device_named(&a.device)?;
-    let mut base =
-        load_base(&a.model, &device, a.quant.config(), None).map_err(|e| e.to_string())?;
+    // nf4/fp4 merges into the dequantized 4-bit weights (what QLoRA trained against), none
+    // into the original dense weights; by default the base the adapter's record names.
+    let device = device_named(&a.base.device)?;
+    let from = a.base.base(Some(&a.adapter))?;
+    let dtype = match &a.dtype {
+        Some(d) => {
+            SaveDtype::parse(d).ok_or_else(|| format!("unknown --dtype {d:?} (f32, f16, bf16)"))?
+        }
+        None => SaveDtype::of_checkpoint(&from.model).unwrap_or(SaveDtype::BF16),
+    };
+    let mut base = load_base(&from.model, &device, from.quant, None).map_err(|e| e.to_string())?;
     let (_, summary) = base
         .model
         .load_adapter(&a.adapter)

@@ -10,7 +10,7 @@ use medify_qlora::data::{
 use medify_qlora::lora::LoraExt;
 use medify_qlora::models::{GenerationConfig, LoadOptions, TextStreamer, load_pretrained};
 use medify_qlora::quant::{QuantConfig, QuantType};
-use medify_qlora::{evaluate, load_base, score_answers};
+use medify_qlora::{AdapterBase, evaluate, load_base, score_answers};
 
 use crate::device::device_named;
 
@@ -33,30 +33,45 @@ impl Quant {
             Quant::Fp4 => Some(QuantConfig::default().with_quant_type(QuantType::Fp4)),
         }
     }
-
-    fn options(self) -> LoadOptions {
-        match self {
-            Quant::None => LoadOptions::dense(),
-            Quant::Nf4 => LoadOptions::quantized(QuantConfig::default()),
-            Quant::Fp4 => {
-                LoadOptions::quantized(QuantConfig::default().with_quant_type(QuantType::Fp4))
-            }
-        }
-    }
 }
 
 /// Shared model options.
 #[derive(ClapArgs, Debug)]
 pub struct ModelArgs {
     /// A Hugging Face model directory (safetensors, dense or bitsandbytes 4-bit) or a .gguf file.
+    /// With an adapter our trainer wrote: the base it trained over, by default.
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// Device: flex (CPU), wgpu, cuda, or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Hold linear layers in 4 bits while loading dense checkpoints.
-    #[arg(long, value_enum, default_value = "none")]
-    pub quant: Quant,
+    /// Hold linear layers in 4 bits while loading dense checkpoints. Default: with an adapter
+    /// our trainer wrote, the quantization it trained over; otherwise none (as stored).
+    #[arg(long, value_enum)]
+    pub quant: Option<Quant>,
+}
+
+impl ModelArgs {
+    /// The base to load, with `adapter`'s record filling what was not given.
+    pub fn base(&self, adapter: Option<&std::path::Path>) -> Result<AdapterBase, String> {
+        let base = AdapterBase::resolve(
+            adapter,
+            self.model.as_deref(),
+            self.quant.map(Quant::config),
+        )
+        .map_err(|e| e.to_string())?;
+        if base.from_record {
+            eprintln!(
+                "base from the adapter's record: {} ({})",
+                base.model.display(),
+                base.quant.map_or("dense".to_string(), |q| format!(
+                    "{:?} blocksize {}",
+                    q.quant_type, q.blocksize
+                ))
+            );
+        }
+        Ok(base)
+    }
 }
 
 /// `generate`: continue a prompt without any chat template.
@@ -133,8 +148,13 @@ pub struct EvalArgs {
 
 pub fn generate(args: &GenerateArgs) -> Result<(), String> {
     let device = device_named(&args.model.device)?;
-    let (model, tok, _) = load_pretrained(&args.model.model, &device, &args.model.quant.options())
-        .map_err(|e| e.to_string())?;
+    let base = args.model.base(None)?;
+    let options = match base.quant {
+        Some(q) => LoadOptions::quantized(q),
+        None => LoadOptions::dense(),
+    };
+    let (model, tok, _) =
+        load_pretrained(&base.model, &device, &options).map_err(|e| e.to_string())?;
     let prompt = tok.encode(&args.prompt, true).map_err(|e| e.to_string())?;
     let cfg = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
@@ -172,13 +192,9 @@ pub fn generate(args: &GenerateArgs) -> Result<(), String> {
 
 pub fn eval(args: &EvalArgs) -> Result<(), String> {
     let device = device_named(&args.model.device)?;
-    let mut base = load_base(
-        &args.model.model,
-        &device,
-        args.model.quant.config(),
-        args.template.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
+    let from = args.model.base(args.adapter.as_deref())?;
+    let mut base = load_base(&from.model, &device, from.quant, args.template.as_deref())
+        .map_err(|e| e.to_string())?;
     if let Some(dir) = &args.adapter {
         base.model.load_adapter(dir).map_err(|e| e.to_string())?;
     }

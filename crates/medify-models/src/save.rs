@@ -38,6 +38,27 @@ impl SaveDtype {
         }
     }
 
+    /// The dtype a Hugging Face model directory says its weights are in (`dtype`, or the
+    /// older `torch_dtype`, of its `config.json`), when it names one of ours. `None` for a GGUF
+    /// file, a directory without it, or an unreadable config (loading reports those).
+    ///
+    /// ```
+    /// use medify_models::SaveDtype;
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama3");
+    /// assert!(SaveDtype::of_checkpoint(dir.as_ref()).is_some());
+    /// assert_eq!(SaveDtype::of_checkpoint("model.gguf".as_ref()), None);
+    /// ```
+    pub fn of_checkpoint(path: &std::path::Path) -> Option<SaveDtype> {
+        let text = std::fs::read_to_string(path.join("config.json")).ok()?;
+        let config: serde_json::Value = serde_json::from_str(&text).ok()?;
+        ["dtype", "torch_dtype"].iter().find_map(|k| {
+            config
+                .get(*k)
+                .and_then(|v| v.as_str())
+                .and_then(SaveDtype::parse)
+        })
+    }
+
     /// transformers' name (`torch_dtype`).
     pub fn torch_name(self) -> &'static str {
         match self {
