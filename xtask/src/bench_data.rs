@@ -22,8 +22,8 @@ pub struct Args {
     #[arg(long)]
     template: Option<String>,
     /// Longest sequence in tokens.
-    #[arg(long, default_value_t = 1024)]
-    max_length: usize,
+    #[arg(long, alias = "max-length", default_value_t = 1024)]
+    max_len: usize,
 }
 
 pub fn run(args: &Args) -> Result<(), String> {
@@ -34,7 +34,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let records = read.records;
     let n = records.len();
     let config = DatasetConfig {
-        max_len: args.max_length,
+        max_len: args.max_len,
         ..DatasetConfig::default()
     };
     let time_prepare = |threads: Option<usize>| -> Result<(f64, usize, usize), String> {

@@ -25,13 +25,13 @@ pub struct Args {
     #[arg(long, default_value = "flex")]
     pub(crate) device: String,
     /// LoRA rank (all linear layers are adapted).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long = "lora-r", alias = "rank", default_value_t = 16)]
     pub(crate) rank: usize,
     /// Sequences per step.
     #[arg(long, default_value_t = 2)]
     pub(crate) batch_size: usize,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long = "max-len", alias = "seq-len", default_value_t = 128)]
     pub(crate) seq_len: usize,
     /// Optimizer steps measured (after one warm-up step).
     #[arg(long, default_value_t = 3)]
@@ -218,9 +218,9 @@ fn child(args: &Args, base: &str) -> Result<Value, String> {
     for (flag, value) in [
         ("--device", args.device.clone()),
         ("--child", base.to_string()),
-        ("--rank", args.rank.to_string()),
+        ("--lora-r", args.rank.to_string()),
         ("--batch-size", args.batch_size.to_string()),
-        ("--seq-len", args.seq_len.to_string()),
+        ("--max-len", args.seq_len.to_string()),
         ("--steps", args.steps.to_string()),
     ] {
         argv.push(flag.into());
@@ -339,13 +339,13 @@ pub struct TrainArgs {
     #[arg(long, default_value = "flex")]
     device: String,
     /// LoRA rank (all linear layers are adapted).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long = "lora-r", alias = "rank", default_value_t = 64)]
     rank: usize,
     /// Sequences per step.
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long = "max-len", alias = "seq-len", default_value_t = 256)]
     seq_len: usize,
     /// Optimizer steps measured (after one warm-up step).
     #[arg(long, default_value_t = 2)]

@@ -17,7 +17,7 @@ pub struct Args {
     #[arg(long)]
     arch: String,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long = "max-len", alias = "seq-len", default_value_t = 512)]
     seq_len: usize,
     /// Sequences per micro-batch.
     #[arg(long, default_value_t = 1)]
@@ -52,7 +52,7 @@ fn probe(a: &Args) -> Result<MemoryProbe, String> {
         .unwrap_or_else(|| ComputeDtype::default_for(&device));
     compute_dtype.check(&device).map_err(|e| e.to_string())?;
     if a.seq_len < 2 || a.batch_size == 0 {
-        return Err("--seq-len must be at least 2 and --batch-size at least 1".into());
+        return Err("--max-len must be at least 2 and --batch-size at least 1".into());
     }
     Ok(MemoryProbe {
         architecture: a.arch.parse::<Architecture>().map_err(|e| e.to_string())?,
@@ -69,7 +69,7 @@ fn measure(a: &Args, probe: &MemoryProbe, layers: usize) -> Result<StepPeak, Str
     let mut argv: Vec<String> = vec!["bench-memory".into()];
     for (flag, value) in [
         ("--arch", a.arch.clone()),
-        ("--seq-len", a.seq_len.to_string()),
+        ("--max-len", a.seq_len.to_string()),
         ("--batch-size", a.batch_size.to_string()),
         ("--lora-r", a.lora_r.to_string()),
         ("--compute-dtype", probe.compute_dtype.to_string()),

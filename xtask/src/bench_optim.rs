@@ -26,13 +26,13 @@ pub struct Args {
     #[arg(long, default_value = "flex")]
     device: String,
     /// LoRA rank on all linear layers (QLoRA's default is 64).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long = "lora-r", alias = "rank", default_value_t = 64)]
     rank: usize,
     /// Timed steps per optimizer (after one warm-up step).
     #[arg(long, default_value_t = 5)]
     steps: usize,
     /// Device budget for PagedAdamW state in MiB (default: no limit).
-    #[arg(long)]
+    #[arg(long = "optimizer-budget-mib", alias = "budget-mib")]
     budget_mib: Option<u64>,
     /// Print JSON only.
     #[arg(long)]

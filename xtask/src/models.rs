@@ -110,7 +110,8 @@ pub struct GenerateArgs {
 pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A PEFT adapter directory to evaluate with (use the --quant it was trained over).
+    /// A PEFT adapter directory to evaluate with (over the base and quantization its
+    /// run_sources.json records, unless --model / --quant say otherwise).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
     /// Records: {"text"} JSONL (every token counts) or chat/Q&A records in any format `preview`
@@ -127,8 +128,8 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 8)]
     pub batch_size: usize,
     /// Tokens kept per record.
-    #[arg(long, default_value_t = 2048)]
-    pub max_length: usize,
+    #[arg(long, alias = "max-length", default_value_t = 2048)]
+    pub max_len: usize,
     /// Also answer every chat record's last question (greedy) and score the answers against
     /// the reference replies with BLEU and ROUGE-1/2/L.
     #[arg(long)]
@@ -212,7 +213,7 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
         })
         .collect();
     let config = DatasetConfig {
-        max_len: args.max_length,
+        max_len: args.max_len,
         dedupe: false,
         shuffle: false,
         validation_fraction: 0.0,

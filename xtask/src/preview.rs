@@ -35,8 +35,8 @@ pub struct Args {
     #[arg(long)]
     system: Option<String>,
     /// Longest sequence in tokens.
-    #[arg(long, default_value_t = 512)]
-    max_length: usize,
+    #[arg(long, alias = "max-length", default_value_t = 512)]
+    max_len: usize,
     /// Drop over-long records instead of keeping their start.
     #[arg(long)]
     drop_long: bool,
@@ -85,7 +85,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         records.truncate(n);
     }
     let config = DatasetConfig {
-        max_len: args.max_length,
+        max_len: args.max_len,
         truncation: if args.drop_long {
             Truncation::Drop
         } else {
