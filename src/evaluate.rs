@@ -36,7 +36,8 @@ pub fn predicted_tokens(seq: &Sequence) -> usize {
     seq.labels.iter().skip(1).filter(|&&l| l != IGNORE).count()
 }
 
-/// Evaluates `model` on `sequences` in batches of `batch_size`, with adapter dropout off.
+/// Evaluates `model` on `sequences` in batches of `batch_size`, with adapter dropout off. With
+/// no labelled token to predict the loss and perplexity are NaN.
 ///
 /// ```
 /// use burn::tensor::Device;
@@ -80,7 +81,12 @@ fn evaluate_inner(
         sum += out.sum.into_scalar::<f64>();
         tokens += out.tokens;
     }
-    let loss = sum / tokens.max(1) as f64;
+    // No predicted token: the loss is undefined, not zero (which would read as a perfect model).
+    let loss = if tokens == 0 {
+        f64::NAN
+    } else {
+        sum / tokens as f64
+    };
     Ok(EvalResult {
         loss,
         perplexity: loss.exp(),

@@ -330,14 +330,16 @@ impl Trainer {
         &self.state
     }
 
-    /// Validation loss of the current adapters (`None` without validation data).
+    /// Validation loss of the current adapters (`None` without validation data, or when no
+    /// validation row has a labelled token).
     pub fn evaluate(&self) -> Result<Option<EvalResult>> {
         if self.data.validation.is_empty() {
             return Ok(None);
         }
-        let model = self.model.as_ref().expect("model present");
         let batch = self.config.batch_size.max(4);
-        evaluate(model, &self.data.validation, self.data.pad_id, batch).map(Some)
+        let r = evaluate(self.model(), &self.data.validation, self.data.pad_id, batch)?;
+        // Validation rows with no labelled token (all cut by max_len) give no loss to track.
+        Ok((r.tokens > 0).then_some(r))
     }
 
     /// Micro-batches (indices into `train`) of one epoch, in its shuffled order.
