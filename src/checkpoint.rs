@@ -77,10 +77,9 @@ pub(crate) fn prepare_run_dir(dir: &Path, overwrite: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))
 }
 
-/// Writes `bytes` to a temporary sibling, then renames it over `path` (the LoRA crate's
-/// helper, which adapter files already use).
+/// Writes `bytes` crash-safely (the workspace's one writer, `medify_quant::atomic`).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    Ok(crate::lora::write_atomic(path, bytes)?)
+    crate::quant::atomic::write(path, bytes).map_err(io_err(path))
 }
 
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -123,7 +122,8 @@ pub(crate) fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()
     } else {
         std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
     }
-    Ok(())
+    // The files inside were fsynced as they were written; this makes the rename durable.
+    crate::quant::atomic::sync_parent(dir).map_err(io_err(dir))
 }
 
 /// Checkpoint directories of a run, oldest first.

@@ -2,7 +2,7 @@
 //! LoRA adapters folded in: what `merge_and_unload()` + `save_pretrained()` produce in Python.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::Tensor;
 use medify_lora::Projection;
@@ -173,35 +173,27 @@ impl CausalLm {
         while head.len() % 8 != 0 {
             head.push(b' ');
         }
-        let tmp = temp_name(&file);
-        let write = || -> std::io::Result<std::result::Result<(), String>> {
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        // A tensor that cannot be read back stops the write with its own message, not an
+        // I/O error; the file is then left as it was.
+        let mut unreadable = None;
+        let written = medify_quant::atomic::write_with(&file, |out| {
             out.write_all(&(head.len() as u64).to_le_bytes())?;
             out.write_all(&head)?;
             let mut buf = Vec::new();
             for (name, src) in &entries {
-                let values = match src.values() {
-                    Ok(v) => v,
-                    Err(e) => return Ok(Err(format!("reading {name} from the device: {e}"))),
-                };
+                let values = src.values().map_err(|e| {
+                    unreadable = Some(format!("reading {name} from the device: {e}"));
+                    std::io::Error::other("unreadable tensor")
+                })?;
                 dtype.encode(&values, &mut buf);
                 out.write_all(&buf)?;
             }
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            Ok(Ok(()))
-        };
-        match write() {
-            Ok(Ok(())) => {}
-            Ok(Err(message)) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(ModelError::weights(file.display().to_string(), message));
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(ModelError::io(&file, e));
-            }
+            Ok(())
+        });
+        if let Some(message) = unreadable {
+            return Err(ModelError::weights(file.display().to_string(), message));
         }
-        std::fs::rename(&tmp, &file).map_err(|e| ModelError::io(&file, e))?;
+        written.map_err(|e| ModelError::io(&file, e))?;
         let config = self.config().to_json(dtype.torch_name());
         write_json(&dir.join("config.json"), &config)?;
         self.write_generation_config(dir)
@@ -348,18 +340,8 @@ fn prepare_dir(dir: &Path, overwrite: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))
 }
 
-fn temp_name(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
-}
-
 fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_name(path);
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| ModelError::io(path, e))
+    medify_quant::atomic::write(path, bytes).map_err(|e| ModelError::io(path, e))
 }
 
 fn write_json(path: &Path, value: &Value) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Optimizer state files: one safetensors file, moments under the parameter's module path.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
@@ -224,18 +224,8 @@ fn json<T: Serialize>(value: &T) -> String {
 
 /// Writes `bytes` to a temporary sibling of `path`, then renames it into place.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "optimizer".into());
-    let tmp: PathBuf = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| OptimError::Io { path: p, source }
-    };
-    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io(path)(e)
+    medify_quant::atomic::write(path, bytes).map_err(|source| OptimError::Io {
+        path: path.to_path_buf(),
+        source,
     })
 }

@@ -16,7 +16,6 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
@@ -140,11 +139,7 @@ pub fn save_file(
         return Err(io("already exists; pass overwrite to replace it".into()));
     }
     let bytes = serialize(tensors)?;
-    let tmp = path.with_extension("safetensors.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(e.to_string()))?;
-    f.write_all(&bytes).map_err(|e| io(e.to_string()))?;
-    f.sync_all().map_err(|e| io(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(e.to_string()))
+    crate::atomic::write(path, &bytes).map_err(|e| io(e.to_string()))
 }
 
 /// Reads every 4-bit weight in a safetensors file, keyed by weight name (`"P.weight"`).

@@ -24,6 +24,7 @@ mod host_kernels;
 mod packed;
 mod quant_state;
 
+pub mod atomic;
 pub mod bench;
 pub mod bnb;
 pub mod device;
