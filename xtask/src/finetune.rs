@@ -267,15 +267,16 @@ fn data_source(a: &Args) -> Result<Option<DataSource>, String> {
     }
 }
 
+fn config_file(path: &std::path::Path) -> Result<FinetuneConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    FinetuneConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// A new run: the flags over --config (or the demo's or the default settings).
 fn new_run(a: &Args) -> Result<(FinetuneConfig, RunSources), String> {
     let demo = a.model.is_none() && a.data.is_none();
     let base_config = match &a.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            FinetuneConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        Some(path) => config_file(path)?,
         None if demo => demo_config(),
         None => FinetuneConfig::default(),
     };
@@ -296,11 +297,7 @@ fn new_run(a: &Args) -> Result<(FinetuneConfig, RunSources), String> {
 fn resumed_run(a: &Args, ckpt: &std::path::Path) -> Result<(FinetuneConfig, RunSources), String> {
     let (saved, _) = read_checkpoint(ckpt).map_err(|e| e.to_string())?;
     let requested = match &a.config {
-        Some(path) => {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            FinetuneConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))?
-        }
+        Some(path) => config_file(path)?,
         None => saved.clone(),
     };
     // Checked now, before the model loads; the trainer checks again against the same file.
