@@ -37,6 +37,17 @@ pub enum LoraError {
     /// The model already carries adapters, or carries none where some are needed.
     #[error("{0}")]
     State(String),
+    /// Merging or unmerging one layer failed; the cause is kept.
+    #[error("{action} `{module}`: {source}")]
+    Layer {
+        /// `merging` or `unmerging`.
+        action: &'static str,
+        /// Module path of the layer.
+        module: String,
+        /// What went wrong there.
+        #[source]
+        source: Box<LoraError>,
+    },
     /// An adapter file does not fit this model (other architecture, other shapes, missing keys).
     #[error("adapter {path} does not fit this model: {message}")]
     Mismatch {
@@ -78,4 +89,24 @@ pub type Result<T, E = LoraError> = std::result::Result<T, E>;
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> LoraError {
     let path = path.into();
     move |source| LoraError::Io { path, source }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_layer_error_keeps_its_cause() {
+        let e = LoraError::Layer {
+            action: "merging",
+            module: "model.layers.0.self_attn.q_proj".into(),
+            source: Box::new(LoraError::State("the adapter is already merged".into())),
+        };
+        assert_eq!(
+            e.to_string(),
+            "merging `model.layers.0.self_attn.q_proj`: the adapter is already merged"
+        );
+        let cause = std::error::Error::source(&e).expect("kept");
+        assert_eq!(cause.to_string(), "the adapter is already merged");
+    }
 }

@@ -197,9 +197,11 @@ pub trait LoraExt: LoraModel {
             if proj.lora().is_none() || proj.is_merged() {
                 continue;
             }
-            let outcome = proj
-                .merge()
-                .map_err(|e| LoraError::State(format!("merging `{path}`: {e}")))?;
+            let outcome = proj.merge().map_err(|e| LoraError::Layer {
+                action: "merging",
+                module: path.clone(),
+                source: Box::new(e),
+            })?;
             report.merged += 1;
             if outcome.requantized {
                 report.requantized += 1;
@@ -228,8 +230,11 @@ pub trait LoraExt: LoraModel {
         let mut n = 0;
         for (path, proj) in self.linear_layers_mut() {
             if proj.is_merged() {
-                proj.unmerge()
-                    .map_err(|e| LoraError::State(format!("unmerging `{path}`: {e}")))?;
+                proj.unmerge().map_err(|e| LoraError::Layer {
+                    action: "unmerging",
+                    module: path.clone(),
+                    source: Box::new(e),
+                })?;
                 n += 1;
             }
         }
