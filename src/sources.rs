@@ -99,6 +99,23 @@ impl Fingerprint {
     }
 }
 
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} bytes, fnv1a64 {}", self.bytes, self.fnv1a64)
+    }
+}
+
+/// The fingerprint of a recorded `path` now, or the error saying it is gone.
+fn fingerprint_now(what: &'static str, path: &Path) -> Result<Fingerprint> {
+    if !path.exists() {
+        return Err(FinetuneError::SourceMissing {
+            what,
+            path: path.to_path_buf(),
+        });
+    }
+    Fingerprint::of_path(path)
+}
+
 fn hash_file(path: &Path, h: &mut Fnv) -> Result<u64> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(path).map_err(io_err(path))?;
@@ -385,31 +402,20 @@ impl RunSources {
             |what: &'static str, detail: String| FinetuneError::SourceChanged { what, detail };
         let model = match model {
             Some(m) => m,
-            None => {
-                let path = &self.model.path;
-                if !path.exists() {
-                    return Err(FinetuneError::SourceMissing {
-                        what: "model",
-                        path: path.clone(),
-                    });
-                }
-                ModelSource {
-                    fingerprint: Fingerprint::of_path(path)?,
-                    ..self.model.clone()
-                }
-            }
+            None => ModelSource {
+                fingerprint: fingerprint_now("model", &self.model.path)?,
+                ..self.model.clone()
+            },
         };
         if model.fingerprint != self.model.fingerprint && !allow_change {
             return Err(changed(
                 "model",
                 format!(
-                    "the run trained on {} ({} bytes, fnv1a64 {}); {} is {} bytes, fnv1a64 {}",
+                    "the run trained on {} ({}); {} is {}",
                     self.model.path.display(),
-                    self.model.fingerprint.bytes,
-                    self.model.fingerprint.fnv1a64,
+                    self.model.fingerprint,
                     model.path.display(),
-                    model.fingerprint.bytes,
-                    model.fingerprint.fnv1a64
+                    model.fingerprint
                 ),
             ));
         }
@@ -420,28 +426,17 @@ impl RunSources {
                     fingerprint: Fingerprint::of_bytes(EMBEDDED_MEDICAL_QA.as_bytes()),
                     ..self.data.clone()
                 },
-                DataOrigin::File { path } => {
-                    if !path.exists() {
-                        return Err(FinetuneError::SourceMissing {
-                            what: "data",
-                            path: path.clone(),
-                        });
-                    }
-                    DataSource {
-                        fingerprint: Fingerprint::of_path(path)?,
-                        ..self.data.clone()
-                    }
-                }
+                DataOrigin::File { path } => DataSource {
+                    fingerprint: fingerprint_now("data", path)?,
+                    ..self.data.clone()
+                },
             },
         };
         if !data.same_as(&self.data) && !allow_change {
             let how = if data.fingerprint != self.data.fingerprint {
                 format!(
-                    "its content differs ({} bytes, fnv1a64 {} recorded; {} bytes, fnv1a64 {} now)",
-                    self.data.fingerprint.bytes,
-                    self.data.fingerprint.fnv1a64,
-                    data.fingerprint.bytes,
-                    data.fingerprint.fnv1a64
+                    "its content differs ({} recorded; {} now)",
+                    self.data.fingerprint, data.fingerprint
                 )
             } else {
                 format!(
