@@ -72,11 +72,7 @@ pub fn load_base_with(
     template: Option<&str>,
 ) -> Result<BaseModel> {
     let (model, tokenizer, report) = load_pretrained(path, device, options)?;
-    let encoder = if path.is_dir() {
-        ChatEncoder::from_dir(path, template)?
-    } else {
-        gguf_chat_encoder(&tokenizer, path, template)?
-    };
+    let encoder = chat_encoder(&tokenizer, template)?;
     Ok(BaseModel {
         model,
         tokenizer,
@@ -86,28 +82,27 @@ pub fn load_base_with(
     })
 }
 
-/// The chat encoder of a GGUF model: its tokenizer with the chat template from its metadata, or
-/// the built-in `template` when one is named.
+/// The chat encoder of a tokenizer: the model's own chat template, or the built-in `template`
+/// when one is named, with the tokenizer's special tokens. The tokenizer is the one the model
+/// loaded, so training records, prompts and generation share one set of ids.
 ///
 /// ```
-/// use medify_qlora::gguf_chat_encoder;
-/// use medify_qlora::models::{GgufSource, ModelTokenizer};
-/// let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama.gguf"));
-/// let tok = ModelTokenizer::from_gguf(&GgufSource::open(path).unwrap()).unwrap();
-/// assert!(gguf_chat_encoder(&tok, path, Some("chatml")).is_ok());
+/// use medify_qlora::chat_encoder;
+/// use medify_qlora::models::ModelTokenizer;
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama");
+/// let tok = ModelTokenizer::load(dir).unwrap();
+/// let encoder = chat_encoder(&tok, Some("chatml")).unwrap();
+/// assert_eq!(encoder.template().name(), "chatml");
 /// ```
-pub fn gguf_chat_encoder(
-    tokenizer: &ModelTokenizer,
-    path: &Path,
-    template: Option<&str>,
-) -> Result<ChatEncoder> {
+pub fn chat_encoder(tokenizer: &ModelTokenizer, template: Option<&str>) -> Result<ChatEncoder> {
     let chat = match (template, &tokenizer.chat_template) {
         (Some(name), _) => ChatTemplate::builtin(name)?,
-        (None, Some(t)) => ChatTemplate::new(&path.display().to_string(), t)?,
+        (None, Some(t)) => ChatTemplate::new(tokenizer.chat_template_origin(), t)?,
         (None, None) => {
             return Err(crate::data::DataError::Invalid(format!(
-                "{} has no chat template; pass a built-in template name (chatml, llama3, …)",
-                path.display()
+                "{} has no chat template; pass a built-in template name ({})",
+                tokenizer.chat_template_origin(),
+                crate::data::BUILTIN_TEMPLATES.join(", ")
             ))
             .into());
         }
@@ -116,7 +111,19 @@ pub fn gguf_chat_encoder(
         bos: tokenizer.bos_token.clone(),
         eos: tokenizer.eos_token.clone(),
         pad: tokenizer.pad_token.clone(),
-        unk: None,
+        unk: tokenizer.unk_token.clone(),
     };
     Ok(ChatEncoder::new(tokenizer.inner().clone(), chat, specials))
+}
+
+/// The chat encoder of a tokenizer or model directory or a `.gguf` file, without loading the
+/// weights (for previews and data preparation).
+///
+/// ```
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama.gguf");
+/// let encoder = medify_qlora::load_chat_encoder(path.as_ref(), Some("chatml")).unwrap();
+/// assert!(encoder.tokenizer().get_vocab_size(true) > 0);
+/// ```
+pub fn load_chat_encoder(path: &Path, template: Option<&str>) -> Result<ChatEncoder> {
+    chat_encoder(&ModelTokenizer::load(path)?, template)
 }

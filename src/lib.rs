@@ -57,7 +57,7 @@ mod sources;
 mod text_metrics;
 mod trainer;
 
-pub use base::{BaseModel, gguf_chat_encoder, load_base, load_base_with};
+pub use base::{BaseModel, chat_encoder, load_base, load_base_with, load_chat_encoder};
 pub use chat::{Chat, DISCLAIMER, Reply};
 pub use config::{FinetuneConfig, RESUMABLE_SETTINGS};
 pub use error::{FinetuneError, Result};

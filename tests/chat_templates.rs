@@ -6,9 +6,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use medify_qlora::data::{
-    ChatEncoder, ChatTemplate, Example, IGNORE, Message, Role, SpecialTokens,
-};
+use medify_qlora::data::{ChatTemplate, Example, IGNORE, Message, Role, SpecialTokens};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
@@ -78,7 +76,7 @@ fn every_family_renders_tokenizes_and_masks_like_transformers() {
     assert_eq!(families.len(), 6);
     for (family, f) in families {
         let dir = family_dir(family, "families");
-        let enc = ChatEncoder::from_dir(&dir, None).unwrap();
+        let enc = medify_qlora::load_chat_encoder(&dir, None).unwrap();
         let model_tokenizer = medify_qlora::models::ModelTokenizer::from_dir(&dir).unwrap();
         for (case, c) in f["cases"].as_object().unwrap() {
             let what = format!("{family}/{case}");
@@ -173,8 +171,8 @@ fn builtin_templates_render_like_the_official_ones() {
         ("smollm2-instruct", "chatml", &["system"]),
     ] {
         let dir = family_dir(family, "builtin");
-        let official = ChatEncoder::from_dir(&dir, None).unwrap();
-        let ours = ChatEncoder::from_dir(&dir, Some(builtin)).unwrap();
+        let official = medify_qlora::load_chat_encoder(&dir, None).unwrap();
+        let ours = medify_qlora::load_chat_encoder(&dir, Some(builtin)).unwrap();
         for case in cases {
             let ex = Example::Chat(messages(&r[family]["cases"][case]["messages"]));
             assert_eq!(

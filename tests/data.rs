@@ -16,7 +16,7 @@ fn data(name: &str) -> PathBuf {
 }
 
 fn encoder() -> ChatEncoder {
-    ChatEncoder::from_dir(
+    medify_qlora::load_chat_encoder(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny_models/llama"),
         None,
     )

@@ -9,7 +9,6 @@ use medify_qlora::data::{
     ChatEncoder, DatasetConfig, FieldMap, IGNORE, InputFormat, ReadOptions, Truncation, prepare,
     read_records,
 };
-use medify_qlora::models::{GgufSource, ModelTokenizer};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -53,12 +52,7 @@ pub struct Args {
 
 /// A `ChatEncoder` for a tokenizer directory, a model directory or a GGUF file.
 pub fn encoder_for(path: &Path, template: Option<&str>) -> Result<ChatEncoder, String> {
-    if path.is_dir() {
-        return ChatEncoder::from_dir(path, template).map_err(|e| e.to_string());
-    }
-    let source = GgufSource::open(path).map_err(|e| e.to_string())?;
-    let tok = ModelTokenizer::from_gguf(&source).map_err(|e| e.to_string())?;
-    medify_qlora::gguf_chat_encoder(&tok, path, template).map_err(|e| e.to_string())
+    medify_qlora::load_chat_encoder(path, template).map_err(|e| e.to_string())
 }
 
 pub fn run(args: &Args) -> Result<(), String> {

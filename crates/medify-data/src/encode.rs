@@ -2,12 +2,10 @@
 //! tokens again, and labels only the assistant replies and the end-of-turn token(s) closing them.
 
 use std::ops::Range;
-use std::path::Path;
 
-use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::error::{DataError, Result, io_err};
+use crate::error::{DataError, Result};
 use crate::record::{Example, Message, Role};
 use crate::template::{ChatTemplate, SpecialTokens};
 
@@ -76,64 +74,6 @@ pub struct ChatEncoder {
     fold_system: bool,
 }
 
-/// transformers 5 does not use a Llama/Mistral SentencePiece tokenizer's `tokenizer.json` as is:
-/// `LlamaTokenizer` drops the normalizer (prepend "▁", spaces to "▁") and pre-tokenizes with
-/// Metaspace instead (prepend scheme "always", or "first" with `legacy: false`; no split), so
-/// text after a special token gets no extra "▁" (e.g. `</s> [INST]` in Mistral's template).
-/// The same here, so ids match what the Python stack trains on.
-pub fn transformers_pre_tokenization(mut tokenizer: Tokenizer, config: &Value) -> Tokenizer {
-    use tokenizers::decoders::byte_fallback::ByteFallback;
-    use tokenizers::decoders::fuse::Fuse;
-    use tokenizers::decoders::sequence::Sequence;
-    use tokenizers::decoders::strip::Strip;
-    use tokenizers::normalizers::replace::Replace;
-    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
-    use tokenizers::{DecoderWrapper, NormalizerWrapper};
-
-    let class = config
-        .get("tokenizer_class")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    if class != "LlamaTokenizer" && class != "LlamaTokenizerFast" {
-        return tokenizer;
-    }
-    let add_prefix_space = config
-        .get("add_prefix_space")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    let legacy = config
-        .get("legacy")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
-    let scheme = match (add_prefix_space, legacy) {
-        (false, _) => PrependScheme::Never,
-        (true, true) => PrependScheme::Always,
-        (true, false) => PrependScheme::First,
-    };
-    let mut decoders: Vec<DecoderWrapper> = Vec::new();
-    if let Ok(r) = Replace::new("▁", " ") {
-        decoders.push(r.into());
-    }
-    decoders.push(ByteFallback::default().into());
-    decoders.push(Fuse::default().into());
-    if add_prefix_space {
-        decoders.push(Strip::new(' ', 1, 0).into());
-    }
-    tokenizer
-        .with_normalizer(None::<NormalizerWrapper>)
-        .with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)))
-        .with_decoder(Some(Sequence::new(decoders)));
-    tokenizer
-}
-
-fn token_string(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
-        _ => None,
-    }
-}
-
 impl ChatEncoder {
     /// An encoder from a tokenizer, a template and the special tokens.
     pub fn new(
@@ -160,35 +100,6 @@ impl ChatEncoder {
             system_prompt: None,
             fold_system,
         }
-    }
-
-    /// Reads `tokenizer.json` and `tokenizer_config.json` from a model or tokenizer directory.
-    /// `template` names a built-in template to use instead of (or for lack of) the file's.
-    pub fn from_dir(dir: &Path, template: Option<&str>) -> Result<ChatEncoder> {
-        let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| DataError::Tokenizer(format!("{}: {e}", tok_path.display())))?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        let text = std::fs::read_to_string(&cfg_path).map_err(io_err(&cfg_path))?;
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| DataError::File {
-            path: cfg_path.clone(),
-            message: format!("invalid JSON: {e}"),
-        })?;
-        let tokenizer = transformers_pre_tokenization(tokenizer, &cfg);
-        let specials = TokenizerSpecials {
-            bos: token_string(cfg.get("bos_token")),
-            eos: token_string(cfg.get("eos_token")),
-            pad: token_string(cfg.get("pad_token")),
-            unk: token_string(cfg.get("unk_token")),
-        };
-        let template = match template {
-            Some(name) => ChatTemplate::builtin(name)?,
-            None => ChatTemplate::from_tokenizer_config(&cfg_path)?.ok_or_else(|| DataError::File {
-                path: cfg_path.clone(),
-                message: "no chat_template; pass a built-in template name (chatml, tinyllama, llama2, llama3, mistral, gemma)".into(),
-            })?,
-        };
-        Ok(ChatEncoder::new(tokenizer, template, specials))
     }
 
     /// Adds `prompt` as the system turn of every conversation that has none. Templates without a

@@ -12,9 +12,7 @@ pub use dataset::{
     Batch, DatasetConfig, EncodedExample, PrepareReport, PreparedData, Sequence, Truncation, pack,
     prepare, unpacked,
 };
-pub use encode::{
-    ChatEncoder, Encoded, IGNORE, Rendered, TokenizerSpecials, transformers_pre_tokenization,
-};
+pub use encode::{ChatEncoder, Encoded, IGNORE, Rendered, TokenizerSpecials};
 pub use error::{DataError, Result};
 pub use record::{Example, Message, Role, SourcedExample};
 pub use sources::{

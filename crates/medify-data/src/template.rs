@@ -2,12 +2,9 @@
 //! (trim_blocks, lstrip_blocks, `raise_exception`, `bos_token`, `eos_token`,
 //! `add_generation_prompt`, Python string methods), or a built-in one by name.
 
-use std::path::Path;
-
 use minijinja::{Environment, Error, ErrorKind, context};
-use serde_json::Value;
 
-use crate::error::{DataError, Result, io_err};
+use crate::error::{DataError, Result};
 use crate::record::{Message, Role};
 
 const CHATML: &str = "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}\
@@ -192,40 +189,6 @@ impl ChatTemplate {
             }
         };
         ChatTemplate::new(name, source)
-    }
-
-    /// The `chat_template` of a `tokenizer_config.json` (a string, or a list of named templates
-    /// of which `default` is taken), or `None` when it has none.
-    pub fn from_tokenizer_config(path: &Path) -> Result<Option<ChatTemplate>> {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        let cfg: Value = serde_json::from_str(&text).map_err(|e| DataError::File {
-            path: path.to_path_buf(),
-            message: format!("invalid JSON: {e}"),
-        })?;
-        let name = path.display().to_string();
-        match cfg.get("chat_template") {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => ChatTemplate::new(&name, s).map(Some),
-            Some(Value::Array(list)) => {
-                let chosen = list
-                    .iter()
-                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                    .or_else(|| list.first())
-                    .and_then(|t| t.get("template"))
-                    .and_then(Value::as_str);
-                match chosen {
-                    Some(s) => ChatTemplate::new(&name, s).map(Some),
-                    None => Err(DataError::File {
-                        path: path.to_path_buf(),
-                        message: "field chat_template: a list without a usable template".into(),
-                    }),
-                }
-            }
-            Some(v) => Err(DataError::File {
-                path: path.to_path_buf(),
-                message: format!("field chat_template must be a string, got {v}"),
-            }),
-        }
     }
 
     /// The template's name (built-in name or the file it came from).

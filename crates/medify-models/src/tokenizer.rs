@@ -39,11 +39,14 @@ pub struct ModelTokenizer {
     pub eos_token: Option<String>,
     /// Padding token (None when the tokenizer defines none).
     pub pad_token: Option<String>,
+    /// Unknown-token (None when the tokenizer defines none).
+    pub unk_token: Option<String>,
     /// The Jinja chat template, if the model ships one.
     pub chat_template: Option<String>,
     /// Tokens that end generation: eos, generation_config's eos list, and end-of-turn markers.
     pub stop_ids: Vec<u32>,
     origin: String,
+    template_origin: String,
 }
 
 impl std::fmt::Debug for ModelTokenizer {
@@ -77,6 +80,74 @@ fn read_json(path: &Path) -> Result<Option<Value>> {
             path: path.into(),
             source,
         })
+}
+
+/// The `chat_template` of a `tokenizer_config.json`: a string, or a list of named templates of
+/// which transformers takes the one called `default` (else the first).
+fn config_chat_template(cfg: &Value, path: &Path) -> Result<Option<String>> {
+    let bad = |message: String| ModelError::Tokenizer {
+        origin: path.display().to_string(),
+        message,
+    };
+    match cfg.get("chat_template") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(Value::Array(list)) => list
+            .iter()
+            .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+            .or_else(|| list.first())
+            .and_then(|t| t.get("template"))
+            .and_then(Value::as_str)
+            .map(|t| Some(t.to_string()))
+            .ok_or_else(|| bad("field chat_template: a list without a usable template".into())),
+        Some(v) => Err(bad(format!(
+            "field chat_template must be a string or a list of named templates, got {v}"
+        ))),
+    }
+}
+
+/// transformers 5 does not use a Llama/Mistral SentencePiece tokenizer's `tokenizer.json` as is:
+/// `LlamaTokenizer` drops the normalizer (prepend "▁", spaces to "▁") and pre-tokenizes with
+/// Metaspace instead (prepend scheme "always", or "first" with `legacy: false`; no split), so
+/// text after a special token gets no extra "▁" (e.g. `</s> [INST]` in Mistral's template).
+/// The same here, so ids match what the Python stack trains on.
+fn transformers_pre_tokenization(mut tokenizer: Tokenizer, config: &Value) -> Tokenizer {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::replace::Replace;
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    use tokenizers::{DecoderWrapper, NormalizerWrapper};
+
+    let class = config
+        .get("tokenizer_class")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if class != "LlamaTokenizer" && class != "LlamaTokenizerFast" {
+        return tokenizer;
+    }
+    let flag = |key: &str| config.get(key).and_then(Value::as_bool).unwrap_or(true);
+    let add_prefix_space = flag("add_prefix_space");
+    let scheme = match (add_prefix_space, flag("legacy")) {
+        (false, _) => PrependScheme::Never,
+        (true, true) => PrependScheme::Always,
+        (true, false) => PrependScheme::First,
+    };
+    let mut decoders: Vec<DecoderWrapper> = Vec::new();
+    if let Ok(r) = Replace::new("▁", " ") {
+        decoders.push(r.into());
+    }
+    decoders.push(ByteFallback::default().into());
+    decoders.push(Fuse::default().into());
+    if add_prefix_space {
+        decoders.push(Strip::new(' ', 1, 0).into());
+    }
+    tokenizer
+        .with_normalizer(None::<NormalizerWrapper>)
+        .with_pre_tokenizer(Some(Metaspace::new('▁', scheme, false)))
+        .with_decoder(Some(DecoderSequence::new(decoders)));
+    tokenizer
 }
 
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
@@ -116,33 +187,34 @@ impl ModelTokenizer {
             origin: origin.clone(),
             message: e.to_string(),
         })?;
-        let cfg = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or(Value::Null);
-        // As transformers 5 (and the chat encoder of `medify-data`) tokenizes, so prompts here
-        // get the ids the model was trained on.
-        let tokenizer = medify_data::transformers_pre_tokenization(tokenizer, &cfg);
-        let chat_template = match cfg.get("chat_template") {
-            Some(Value::String(s)) => Some(s.clone()),
-            // Several named templates: transformers uses the one called "default".
-            Some(Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
-                .and_then(|t| t.get("template"))
-                .and_then(Value::as_str)
-                .map(str::to_string),
-            _ => None,
-        };
-        let chat_template = match chat_template {
-            Some(t) => Some(t),
-            None => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
+        // As transformers 5 tokenizes, so prompts and training records get the ids the Python
+        // stack gives them.
+        let tokenizer = transformers_pre_tokenization(tokenizer, &cfg);
+        // A separate chat_template.jinja (what transformers 5 saves) takes priority over the
+        // template in tokenizer_config.json, as transformers loads them.
+        let jinja_path = dir.join("chat_template.jinja");
+        let (chat_template, template_origin) = if jinja_path.is_file() {
+            let text =
+                std::fs::read_to_string(&jinja_path).map_err(|e| ModelError::io(&jinja_path, e))?;
+            (Some(text), jinja_path.display().to_string())
+        } else {
+            (
+                config_chat_template(&cfg, &cfg_path)?,
+                cfg_path.display().to_string(),
+            )
         };
         let mut tok = ModelTokenizer {
             tokenizer,
             bos_token: token_text(cfg.get("bos_token")),
             eos_token: token_text(cfg.get("eos_token")),
             pad_token: token_text(cfg.get("pad_token")),
+            unk_token: token_text(cfg.get("unk_token")),
             chat_template,
             stop_ids: Vec::new(),
             origin,
+            template_origin,
         };
         let mut stops: BTreeSet<u32> = BTreeSet::new();
         if let Some(gen_cfg) = read_json(&dir.join("generation_config.json"))? {
@@ -155,6 +227,22 @@ impl ModelTokenizer {
         }
         tok.finish_stops(stops);
         Ok(tok)
+    }
+
+    /// The tokenizer of a Hugging Face model or tokenizer directory, or of a `.gguf` file.
+    ///
+    /// ```
+    /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama.gguf");
+    /// let tok = medify_models::ModelTokenizer::load(path).unwrap();
+    /// assert!(tok.vocab_size() > 0);
+    /// ```
+    pub fn load(path: impl AsRef<Path>) -> Result<ModelTokenizer> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            ModelTokenizer::from_dir(path)
+        } else {
+            ModelTokenizer::from_gguf(&GgufSource::open(path)?)
+        }
     }
 
     /// Builds the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`): byte-level BPE
@@ -290,8 +378,10 @@ impl ModelTokenizer {
             bos_token: bos,
             eos_token: name(id("tokenizer.ggml.eos_token_id")),
             pad_token: name(id("tokenizer.ggml.padding_token_id")),
+            unk_token: name(id("tokenizer.ggml.unknown_token_id")),
             chat_template: source.chat_template().map(str::to_string),
             stop_ids: Vec::new(),
+            template_origin: origin.clone(),
             origin,
         };
         let mut stops = BTreeSet::new();
@@ -341,17 +431,25 @@ impl ModelTokenizer {
         self.tokenizer.token_to_id(token)
     }
 
-    /// Id of the padding token to use for batches: the pad token, else unk, else eos.
+    /// Id of the padding token to use for batches: the pad token when it exists and is not eos
+    /// (so eos stays learnable), else unk, else eos. Padding is masked either way.
     pub fn pad_id(&self) -> u32 {
-        [
-            self.pad_token.as_deref(),
-            Some("<unk>"),
-            self.eos_token.as_deref(),
-        ]
-        .into_iter()
-        .flatten()
-        .find_map(|t| self.token_id(t))
-        .unwrap_or(0)
+        let id = |t: &Option<String>| t.as_deref().and_then(|s| self.token_id(s));
+        let eos = id(&self.eos_token);
+        match id(&self.pad_token) {
+            Some(p) if Some(p) != eos => p,
+            _ => id(&self.unk_token).or(eos).unwrap_or(0),
+        }
+    }
+
+    /// Where the tokenizer came from (its `tokenizer.json`, or the GGUF file).
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The file the chat template came from (for messages and template names).
+    pub fn chat_template_origin(&self) -> &str {
+        &self.template_origin
     }
 
     /// Vocabulary size including added tokens.
@@ -367,4 +465,75 @@ impl ModelTokenizer {
 
 fn vocab_id(tokens: &[String], t: &str) -> u32 {
     tokens.iter().position(|x| x == t).unwrap_or(0) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer_dir(config: &Value) -> tempfile::TempDir {
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny_models/llama");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            fixture.join("tokenizer.json"),
+            dir.path().join("tokenizer.json"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("tokenizer_config.json"),
+            serde_json::to_vec(config).unwrap(),
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn chat_template_comes_from_the_config_or_the_jinja_file_which_wins() {
+        let named = serde_json::json!({"chat_template": [
+            {"name": "tool_use", "template": "T"}, {"name": "default", "template": "D"}]});
+        let dir = tokenizer_dir(&named);
+        let tok = ModelTokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(tok.chat_template.as_deref(), Some("D"));
+        assert!(
+            tok.chat_template_origin()
+                .ends_with("tokenizer_config.json")
+        );
+
+        let unnamed = serde_json::json!({"chat_template": [{"name": "x", "template": "X"}]});
+        let dir = tokenizer_dir(&unnamed);
+        std::fs::write(dir.path().join("chat_template.jinja"), "J").unwrap();
+        let tok = ModelTokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(tok.chat_template.as_deref(), Some("J"));
+        assert!(tok.chat_template_origin().ends_with("chat_template.jinja"));
+        std::fs::remove_file(dir.path().join("chat_template.jinja")).unwrap();
+        let tok = ModelTokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(tok.chat_template.as_deref(), Some("X"));
+    }
+
+    #[test]
+    fn a_chat_template_of_the_wrong_type_names_the_file() {
+        for bad in [
+            serde_json::json!({"chat_template": 7}),
+            serde_json::json!({"chat_template": [{"name": "default"}]}),
+        ] {
+            let dir = tokenizer_dir(&bad);
+            let err = ModelTokenizer::from_dir(dir.path())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("tokenizer_config.json") && err.contains("chat_template"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn pad_prefers_a_pad_token_other_than_eos() {
+        let dir = tokenizer_dir(&serde_json::json!({
+            "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>"}));
+        let tok = ModelTokenizer::from_dir(dir.path()).unwrap();
+        assert_eq!(Some(tok.pad_id()), tok.token_id("<unk>"));
+        assert_ne!(tok.token_id("<unk>"), tok.token_id("</s>"));
+    }
 }
