@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Batch, IGNORE, Sequence};
 use crate::error::Result;
 use crate::lora::LoraExt;
-use crate::models::{CausalLm, TokenBatch};
+use crate::models::{CausalLm, Label, TokenBatch};
 
 /// Token-weighted next-token cross-entropy over the labelled tokens of some sequences.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -29,6 +29,18 @@ pub fn token_batch(batch: &Batch) -> TokenBatch {
         attention_mask: Some(batch.attention_mask.clone()),
         segments: Some(batch.segments.clone()),
     }
+}
+
+/// The model's labels of a collated batch: the data's [`IGNORE`] (transformers' `-100`, on
+/// prompts and padding) becomes `None`, which the loss skips; any other value that is not a
+/// token id becomes one past every vocabulary, which the loss refuses.
+pub fn batch_labels(batch: &Batch) -> Vec<Vec<Label>> {
+    let label = |l: i64| (l != IGNORE).then(|| u32::try_from(l).unwrap_or(u32::MAX));
+    batch
+        .labels
+        .iter()
+        .map(|row| row.iter().map(|&l| label(l)).collect())
+        .collect()
 }
 
 /// Tokens a sequence contributes to the loss (labels are shifted: the first never counts).
@@ -77,7 +89,7 @@ fn evaluate_inner(
             continue;
         }
         let batch = Batch::collate(chunk, pad_id);
-        let out = model.loss(&token_batch(&batch), &batch.labels)?;
+        let out = model.loss(&token_batch(&batch), &batch_labels(&batch))?;
         sum += out.sum.into_scalar::<f64>();
         tokens += out.tokens;
     }

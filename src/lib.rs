@@ -61,7 +61,7 @@ pub use base::{BaseModel, chat_encoder, load_base, load_base_with, load_chat_enc
 pub use chat::{Chat, DISCLAIMER, Reply};
 pub use config::{FinetuneConfig, RESUMABLE_SETTINGS};
 pub use error::{FinetuneError, Result};
-pub use evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
+pub use evaluate::{EvalResult, batch_labels, evaluate, predicted_tokens, token_batch};
 pub use memory::{
     StepMemory, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
 };

@@ -26,7 +26,8 @@ use serde_json::json;
 use crate::error::{FinetuneError, Result};
 use crate::lora::{LoraConfig, LoraExt, TargetModules};
 use crate::models::{
-    CausalLm, Checkpointing, ComputeDtype, LlamaConfig, LoadOptions, RandomWeights, TokenBatch,
+    CausalLm, Checkpointing, ComputeDtype, Label, LlamaConfig, LoadOptions, RandomWeights,
+    TokenBatch,
 };
 use crate::optim::{AdamWConfig, PagedAdamW};
 use crate::quant::QuantConfig;
@@ -241,7 +242,11 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
 
 /// `batch` rows of `seq_len` pseudo-random ids below `vocab`, every label predicted: the batch
 /// the training benchmarks measure on.
-pub fn synthetic_batch(vocab: usize, batch: usize, seq_len: usize) -> (TokenBatch, Vec<Vec<i64>>) {
+pub fn synthetic_batch(
+    vocab: usize,
+    batch: usize,
+    seq_len: usize,
+) -> (TokenBatch, Vec<Vec<Label>>) {
     let vocab = vocab as u64;
     let ids: Vec<Vec<u32>> = (0..batch as u64)
         .map(|b| {
@@ -252,7 +257,7 @@ pub fn synthetic_batch(vocab: usize, batch: usize, seq_len: usize) -> (TokenBatc
         .collect();
     let labels = ids
         .iter()
-        .map(|r| r.iter().map(|&t| t as i64).collect())
+        .map(|r| r.iter().map(|&t| Some(t)).collect())
         .collect();
     (TokenBatch::new(ids), labels)
 }

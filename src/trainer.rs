@@ -22,7 +22,7 @@ use crate::checkpoint::{
 use crate::config::FinetuneConfig;
 use crate::data::{Batch, PreparedData, Sequence, pack, unpacked};
 use crate::error::{FinetuneError, Result, io_err};
-use crate::evaluate::{EvalResult, evaluate, predicted_tokens, token_batch};
+use crate::evaluate::{EvalResult, batch_labels, evaluate, predicted_tokens, token_batch};
 use crate::lora::{LoraConfig, LoraExt, LoraSummary};
 use crate::models::CausalLm;
 use crate::optim::{LrSchedule, PagedAdamW};
@@ -392,7 +392,7 @@ impl Trainer {
             let scale = 1.0 / tokens.max(1) as f32;
             let out = model.loss_gradients(
                 &token_batch(&batch),
-                &batch.labels,
+                &batch_labels(&batch),
                 scale,
                 self.config.checkpointing(),
             )?;

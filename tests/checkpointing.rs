@@ -8,9 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
 use medify_qlora::lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
-use medify_qlora::models::{
-    CausalLm, Checkpointing, IGNORE_INDEX, KernelPath, LoadOptions, TokenBatch,
-};
+use medify_qlora::models::{CausalLm, Checkpointing, KernelPath, Label, LoadOptions, TokenBatch};
 use medify_qlora::quant::QuantConfig;
 
 fn fixtures() -> PathBuf {
@@ -18,7 +16,7 @@ fn fixtures() -> PathBuf {
 }
 
 /// Two left-padded rows of pseudo-random ids, the first labels masked like a prompt.
-fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<i64>>) {
+fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<Label>>) {
     let seqs: Vec<Vec<u32>> = [20usize, 16]
         .iter()
         .enumerate()
@@ -38,13 +36,7 @@ fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<i64>>) {
             r.iter()
                 .zip(m)
                 .enumerate()
-                .map(|(i, (&t, &real))| {
-                    if !real || i < 8 {
-                        IGNORE_INDEX
-                    } else {
-                        t as i64
-                    }
-                })
+                .map(|(i, (&t, &real))| (real && i >= 8).then_some(t))
                 .collect()
         })
         .collect();

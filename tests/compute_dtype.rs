@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device};
 use medify_qlora::lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
-use medify_qlora::models::{CausalLm, Checkpointing, ComputeDtype, LoadOptions, TokenBatch};
+use medify_qlora::models::{CausalLm, Checkpointing, ComputeDtype, Label, LoadOptions, TokenBatch};
 use medify_qlora::optim::{AdamWConfig, PagedAdamW};
 use medify_qlora::quant::QuantConfig;
 
@@ -34,7 +34,7 @@ fn load(device: &Device, dtype: ComputeDtype) -> CausalLm {
     model
 }
 
-fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<i64>>) {
+fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<Label>>) {
     common::prompt_masked_batch(vocab, 2, 20, 4)
 }
 

@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use medify_qlora::lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
-use medify_qlora::models::{CausalLm, KernelPath, LoadOptions, TokenBatch};
+use medify_qlora::models::{CausalLm, KernelPath, Label, LoadOptions, TokenBatch};
 use medify_qlora::quant::{DropoutKey, QuantConfig, dropout};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<i64>>) {
+fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<Label>>) {
     common::prompt_masked_batch(vocab, 2, 24, 5)
 }
 

@@ -405,7 +405,9 @@ fn packed_rows_train_like_separate_examples() {
     model.add_adapters(&lora).unwrap();
     let run = |rows: &[medify_qlora::data::Sequence]| {
         let batch = Batch::collate(rows, base.encoder.pad_id());
-        let out = model.loss(&token_batch(&batch), &batch.labels).unwrap();
+        let out = model
+            .loss(&token_batch(&batch), &medify_qlora::batch_labels(&batch))
+            .unwrap();
         let sum = out.sum.clone().into_scalar::<f64>();
         let grads = burn::optim::GradientsParams::from_grads(out.sum.backward(), &model);
         (sum, out.tokens, adapter_grads(&model, &grads))

@@ -65,7 +65,7 @@ fn load(variant: &str, device: &Device) -> CausalLm {
 }
 
 fn loss_tensor(model: &CausalLm, ids: &[u32]) -> Tensor<1> {
-    let labels = vec![ids.iter().map(|&t| t as i64).collect::<Vec<_>>()];
+    let labels = vec![ids.iter().map(|&t| Some(t)).collect::<Vec<_>>()];
     model
         .loss(&TokenBatch::new(vec![ids.to_vec()]), &labels)
         .unwrap()

@@ -38,7 +38,7 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 fn seq_loss(model: &CausalLm, ids: &[u32]) -> f64 {
-    let labels = vec![ids.iter().map(|&t| t as i64).collect::<Vec<_>>()];
+    let labels = vec![ids.iter().map(|&t| Some(t)).collect::<Vec<_>>()];
     let out = model
         .loss(&TokenBatch::new(vec![ids.to_vec()]), &labels)
         .unwrap();

@@ -1,6 +1,6 @@
 //! Helpers the cross-crate tests share.
 
-use medify_qlora::models::{IGNORE_INDEX, TokenBatch};
+use medify_qlora::models::{Label, TokenBatch};
 
 /// `rows` rows of `len` pseudo-random ids below `vocab`, the first `prompt` labels of each
 /// masked like a prompt's.
@@ -9,7 +9,7 @@ pub fn prompt_masked_batch(
     rows: usize,
     len: usize,
     prompt: usize,
-) -> (TokenBatch, Vec<Vec<i64>>) {
+) -> (TokenBatch, Vec<Vec<Label>>) {
     let ids: Vec<Vec<u32>> = (0..rows)
         .map(|b| {
             (0..len)
@@ -22,7 +22,7 @@ pub fn prompt_masked_batch(
         .map(|r| {
             r.iter()
                 .enumerate()
-                .map(|(i, &t)| if i < prompt { IGNORE_INDEX } else { t as i64 })
+                .map(|(i, &t)| (i >= prompt).then_some(t))
                 .collect()
         })
         .collect();

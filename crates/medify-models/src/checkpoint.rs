@@ -19,7 +19,7 @@ use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
 use crate::error::{ModelError, Result};
 use crate::layers::DecoderLayer;
-use crate::model::{CausalLm, TokenBatch};
+use crate::model::{CausalLm, Label, TokenBatch};
 
 /// What a training step keeps for backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -51,7 +51,7 @@ impl Checkpointing {
 pub struct MicroBatchGradients {
     /// The weighted cross-entropy sum over predicted tokens.
     pub loss_sum: f64,
-    /// Predicted tokens (labels other than `IGNORE_INDEX` after the shift).
+    /// Predicted tokens (labels that are `Some` after the shift).
     pub tokens: usize,
     /// Gradients by parameter id, as `GradientsParams::from_grads` gives them.
     pub grads: GradientsParams,
@@ -140,7 +140,7 @@ impl CausalLm {
     /// let (mut model, _) = CausalLm::from_pretrained(dir, &device, &LoadOptions::default()).unwrap();
     /// model.add_adapters(&LoraConfig::default()).unwrap();
     /// let batch = TokenBatch::new(vec![vec![1, 5, 9, 4]]);
-    /// let labels = vec![vec![-100, 5, 9, 4]];
+    /// let labels = vec![vec![None, Some(5), Some(9), Some(4)]];
     /// let out = model.loss_gradients(&batch, &labels, 1.0 / 3.0, Checkpointing::Layers).unwrap();
     /// assert_eq!(out.tokens, 3);
     /// assert!(!out.grads.is_empty());
@@ -148,7 +148,7 @@ impl CausalLm {
     pub fn loss_gradients(
         &self,
         batch: &TokenBatch,
-        labels: &[Vec<i64>],
+        labels: &[Vec<Label>],
         scale: f32,
         checkpointing: Checkpointing,
     ) -> Result<MicroBatchGradients> {

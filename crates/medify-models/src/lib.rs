@@ -50,7 +50,7 @@ pub use gguf::GgufSource;
 pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, RmsNorm};
 pub use loader::{LoadOptions, LoadReport};
 pub use loss::{CHUNK_BYTES, LmLossOps, chunked_lm_loss};
-pub use model::{CausalLm, DEFAULT_TILE_BYTES, IGNORE_INDEX, KvCache, LossOutput, TokenBatch};
+pub use model::{CausalLm, DEFAULT_TILE_BYTES, KvCache, Label, LossOutput, TokenBatch};
 pub use random::RandomWeights;
 pub use rope::Rope;
 pub use save::SaveDtype;

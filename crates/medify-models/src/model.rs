@@ -15,8 +15,9 @@ use crate::rope::Rope;
 /// with nothing to attend (a left-padding query) stays finite.
 const MASKED: f32 = -1.0e30;
 
-/// Label value that excludes a position from the loss (PyTorch's `ignore_index`).
-pub const IGNORE_INDEX: i64 = -100;
+/// What a position is trained to predict: a token id, or `None` where the loss skips it (prompt,
+/// padding; the label transformers writes as `-100`, PyTorch's `ignore_index`).
+pub type Label = Option<u32>;
 
 /// A rectangular batch of token ids plus what attention needs to know about them.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,7 +136,7 @@ pub struct LossOutput {
     pub loss: Tensor<1>,
     /// Sum over predicted tokens.
     pub sum: Tensor<1>,
-    /// Number of predicted tokens (labels other than [`IGNORE_INDEX`] after the shift).
+    /// Number of predicted tokens (labels that are `Some` after the shift).
     pub tokens: usize,
 }
 
@@ -377,8 +378,8 @@ impl CausalLm {
     }
 
     /// Next-token cross-entropy: position `i` predicts `labels[i + 1]`, as transformers shifts;
-    /// labels equal to [`IGNORE_INDEX`] are skipped.
-    pub fn loss(&self, batch: &TokenBatch, labels: &[Vec<i64>]) -> Result<LossOutput> {
+    /// `None` labels are skipped.
+    pub fn loss(&self, batch: &TokenBatch, labels: &[Vec<Label>]) -> Result<LossOutput> {
         let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
         let hidden = self.forward_hidden(batch, None)?;
         let sum = self.loss_sum(hidden, targets, weights);
@@ -434,12 +435,12 @@ impl CausalLm {
         (logp.gather(2, idx) * w).sum().neg()
     }
 
-    /// Shifted targets and their weights (0 for [`IGNORE_INDEX`]), with the count of predicted
+    /// Shifted targets and their weights (0 where the label is `None`), with the count of predicted
     /// tokens; checks the labels' shape and range.
     pub(crate) fn loss_targets(
         &self,
         batch: &TokenBatch,
-        labels: &[Vec<i64>],
+        labels: &[Vec<Label>],
     ) -> Result<(Vec<i64>, Vec<f32>, usize)> {
         let [b, s] = batch.dims();
         if labels.len() != b || labels.iter().any(|l| l.len() != s) {
@@ -457,16 +458,20 @@ impl CausalLm {
         let mut weights = Vec::with_capacity(b * (s - 1));
         for row in labels {
             for &l in &row[1..] {
-                if l == IGNORE_INDEX {
-                    targets.push(0i64);
-                    weights.push(0f32);
-                } else if l < 0 || l as usize >= vocab {
-                    return Err(ModelError::InvalidRequest(format!(
-                        "label {l} is outside the vocabulary (size {vocab})"
-                    )));
-                } else {
-                    targets.push(l);
-                    weights.push(1.0);
+                match l {
+                    None => {
+                        targets.push(0i64);
+                        weights.push(0f32);
+                    }
+                    Some(t) if t as usize >= vocab => {
+                        return Err(ModelError::InvalidRequest(format!(
+                            "label {t} is outside the vocabulary (size {vocab})"
+                        )));
+                    }
+                    Some(t) => {
+                        targets.push(i64::from(t));
+                        weights.push(1.0);
+                    }
                 }
             }
         }
