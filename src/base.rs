@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 
 use crate::data::{ChatEncoder, ChatTemplate, TokenizerSpecials};
-use crate::error::Result;
+use crate::error::{FinetuneError, Result, io_err};
 use crate::models::{
     CausalLm, LoadOptions, LoadReport, ModelTokenizer, SaveDtype, load_pretrained,
 };
@@ -27,15 +27,61 @@ pub struct BaseModel {
     pub path: PathBuf,
 }
 
+/// The files [`BaseModel::save_merged`] writes: with `overwrite`, a directory holding only these
+/// is replaced; anything else in it (another model's `chat_template.jinja`, a user's notes) stops
+/// the save, so nothing is mixed into or lost from a directory that is not a merge's.
+pub const MERGED_FILES: [&str; 5] = [
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+];
+
 impl BaseModel {
     /// Writes a dense Hugging Face directory: the model with its adapters merged (4-bit bases
     /// decoded) in `dtype`, plus the tokenizer files and chat template, so transformers and
-    /// [`load_base`] open it directly.
+    /// [`load_base`] open it directly. An existing non-empty `dir` is refused unless `overwrite`
+    /// is set and it holds only [`MERGED_FILES`]; each file is replaced atomically, so an
+    /// interrupted save leaves every file whole (old or new).
     pub fn save_merged(&self, dir: &Path, dtype: SaveDtype, overwrite: bool) -> Result<()> {
-        self.model.save_pretrained(dir, dtype, overwrite)?;
+        check_merge_target(dir, overwrite)?;
+        self.model.save_pretrained(dir, dtype, true)?;
         self.tokenizer.save_pretrained(dir)?;
         Ok(())
     }
+}
+
+fn check_merge_target(dir: &Path, overwrite: bool) -> Result<()> {
+    if dir.is_file() {
+        let source = std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "is a file, not a directory",
+        );
+        return Err(io_err(dir)(source));
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir))?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    if !names.is_empty() && !overwrite {
+        return Err(FinetuneError::WouldOverwrite(dir.to_path_buf()));
+    }
+    names.retain(|n| !MERGED_FILES.contains(&n.as_str()));
+    names.sort();
+    if !names.is_empty() {
+        return Err(FinetuneError::ForeignFiles {
+            dir: dir.to_path_buf(),
+            files: names,
+        });
+    }
+    Ok(())
 }
 
 /// Loads a Hugging Face directory (safetensors, dense or bitsandbytes 4-bit) or a GGUF file.
@@ -126,4 +172,35 @@ pub fn chat_encoder(tokenizer: &ModelTokenizer, template: Option<&str>) -> Resul
 /// ```
 pub fn load_chat_encoder(path: &Path, template: Option<&str>) -> Result<ChatEncoder> {
     chat_encoder(&ModelTokenizer::load(path)?, template)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_merge_replaces_only_a_directory_of_its_own_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("merged");
+        check_merge_target(&dir, false).unwrap(); // new
+        std::fs::create_dir(&dir).unwrap();
+        check_merge_target(&dir, false).unwrap(); // empty
+        for f in MERGED_FILES {
+            std::fs::write(dir.join(f), "old").unwrap();
+        }
+        let err = check_merge_target(&dir, false).unwrap_err();
+        assert!(matches!(err, FinetuneError::WouldOverwrite(_)), "{err}");
+        check_merge_target(&dir, true).unwrap();
+        std::fs::write(dir.join("chat_template.jinja"), "x").unwrap();
+        std::fs::write(dir.join("NOTES.md"), "mine").unwrap();
+        let err = check_merge_target(&dir, true).unwrap_err().to_string();
+        assert!(err.contains("(NOTES.md, chat_template.jinja)"), "{err}");
+        // Refusing changed nothing.
+        assert_eq!(std::fs::read_to_string(dir.join("NOTES.md")).unwrap(), "mine");
+        assert_eq!(std::fs::read_to_string(dir.join("config.json")).unwrap(), "old");
+        let file = root.path().join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let err = check_merge_target(&file, true).unwrap_err().to_string();
+        assert!(err.contains("a-file") && err.contains("not a directory"), "{err}");
+    }
 }

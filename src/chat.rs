@@ -114,7 +114,8 @@ impl<'a> Chat<'a> {
         self.history.clear();
     }
 
-    /// Answers `user`, calling `on_text` with each new piece of text as it is generated.
+    /// Answers `user`, calling `on_text` with each new piece of text as it is generated; the
+    /// question and the answer join the history.
     pub fn respond(&mut self, user: &str, on_text: &mut dyn FnMut(&str)) -> Result<Reply> {
         let mut messages = Vec::new();
         if let Some(s) = &self.system {
@@ -122,10 +123,20 @@ impl<'a> Chat<'a> {
         }
         messages.extend(self.history.iter().cloned());
         messages.push(Message::new(Role::User, user));
-        let prompt = self.encoder.generation_prompt(&messages)?;
+        let reply = self.answer(&messages, on_text)?;
+        self.history.push(Message::new(Role::User, user));
+        self.history
+            .push(Message::new(Role::Assistant, reply.text.trim().to_string()));
+        Ok(reply)
+    }
+
+    /// The next assistant turn of `conversation` (given whole; the history and system prompt of
+    /// this chat are not used and not changed), streamed to `on_text` as it is generated.
+    pub fn answer(&self, conversation: &[Message], on_text: &mut dyn FnMut(&str)) -> Result<Reply> {
+        let prompt = self.encoder.generation_prompt(conversation)?;
         let ids = self.tokenizer.encode(&prompt, false)?;
         let mut streamer = TextStreamer::new(self.tokenizer);
-        let stops = self.generation.stop_ids.clone();
+        let stops = &self.generation.stop_ids;
         let out = self
             .model
             .generate(&[ids], &self.generation, &mut |_, id| {
@@ -138,9 +149,6 @@ impl<'a> Chat<'a> {
             })?;
         let ids = out.into_iter().next().map(|g| g.ids).unwrap_or_default();
         let text = self.tokenizer.decode(&ids, true)?;
-        self.history.push(Message::new(Role::User, user));
-        self.history
-            .push(Message::new(Role::Assistant, text.trim().to_string()));
         Ok(Reply {
             ids,
             text,

@@ -26,8 +26,21 @@ pub enum FinetuneError {
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
     /// The output exists and overwriting was not asked for.
-    #[error("{0} is not empty; pass --overwrite (TrainerOptions::overwrite) to write into it")]
+    #[error("{0} is not empty; pass --overwrite (the `overwrite` option) to write into it")]
     WouldOverwrite(PathBuf),
+    /// An output directory to be replaced holds files the write would not replace.
+    #[error(
+        "{} holds files a merge does not write ({}); refusing to replace it: choose an empty or \
+         new directory",
+        dir.display(),
+        files.join(", ")
+    )]
+    ForeignFiles {
+        /// The directory.
+        dir: PathBuf,
+        /// The files that are not the write's own.
+        files: Vec<String>,
+    },
     /// The loss became NaN or infinite; training stopped without applying that step.
     #[error(
         "the loss is not finite at step {step} ({loss}); training stopped. {}",

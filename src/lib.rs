@@ -44,6 +44,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod answers;
 mod base;
 mod chat;
 pub mod checkpoint;
@@ -57,7 +58,10 @@ mod sources;
 mod text_metrics;
 mod trainer;
 
-pub use base::{BaseModel, chat_encoder, load_base, load_base_with, load_chat_encoder};
+pub use answers::{AnswerCase, AnswerReport, ScoredAnswer, score_generated_answers};
+pub use base::{
+    BaseModel, MERGED_FILES, chat_encoder, load_base, load_base_with, load_chat_encoder,
+};
 pub use chat::{Chat, DISCLAIMER, Reply};
 pub use config::{FinetuneConfig, RESUMABLE_SETTINGS};
 pub use error::{FinetuneError, Result};

@@ -25,7 +25,8 @@ pub struct Args {
     /// config.json's dtype), bf16 when it names none (GGUF).
     #[arg(long)]
     dtype: Option<String>,
-    /// Replace an existing non-empty output directory.
+    /// Replace the merged model in an existing output directory (one that holds only the files a
+    /// merge writes; anything else there is refused).
     #[arg(long)]
     overwrite: bool,
 }
@@ -47,23 +48,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         .load_adapter(&a.adapter)
         .map_err(|e| e.to_string())?;
     eprintln!("{summary}");
-    if a.overwrite {
-        // Only what a merge writes; anything else in the directory is left alone (and then
-        // the save refuses the non-empty directory with a clear message).
-        for f in [
-            "model.safetensors",
-            "config.json",
-            "generation_config.json",
-            "tokenizer.json",
-            "tokenizer_config.json",
-        ] {
-            let p = a.out.join(f);
-            if p.is_file() {
-                std::fs::remove_file(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            }
-        }
-    }
-    base.save_merged(&a.out, dtype, false)
+    base.save_merged(&a.out, dtype, a.overwrite)
         .map_err(|e| e.to_string())?;
     eprintln!("merged model written to {}", a.out.display());
     Ok(())

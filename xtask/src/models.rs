@@ -4,13 +4,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args as ClapArgs, ValueEnum};
-use medify_qlora::data::{
-    DatasetConfig, Example, Message, ReadOptions, Role, prepare, read_records, unpacked,
-};
+use medify_qlora::data::{DatasetConfig, ReadOptions, prepare, read_records, unpacked};
 use medify_qlora::lora::LoraExt;
 use medify_qlora::models::{GenerationConfig, LoadOptions, TextStreamer, load_pretrained};
 use medify_qlora::quant::{QuantConfig, QuantType};
-use medify_qlora::{AdapterBase, evaluate, load_base, score_answers};
+use medify_qlora::{AdapterBase, AnswerCase, Chat, evaluate, load_base, score_generated_answers};
 
 use crate::device::device_named;
 
@@ -201,17 +199,7 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
     }
     let encoder = base.encoder.clone().with_system_prompt(args.system.clone());
     let read = read_records(&args.data, &ReadOptions::default()).map_err(|e| e.to_string())?;
-    // Questions and reference answers for --generate: each chat record's last assistant turn.
-    let pairs: Vec<(Vec<Message>, String)> = read
-        .records
-        .iter()
-        .filter_map(|r| match &r.example {
-            Example::Chat(m) if m.last().is_some_and(|t| t.role == Role::Assistant) => {
-                Some((m[..m.len() - 1].to_vec(), m[m.len() - 1].content.clone()))
-            }
-            _ => None,
-        })
-        .collect();
+    let cases = AnswerCase::from_records(&read.records);
     let config = DatasetConfig {
         max_len: args.max_len,
         dedupe: false,
@@ -231,59 +219,28 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
     let mut out = serde_json::to_value(report).map_err(|e| e.to_string())?;
     let mut scores = None;
     if args.generate {
-        let gen_cfg = GenerationConfig {
-            max_new_tokens: args.max_new_tokens,
-            repetition_penalty: args.repetition_penalty,
-            stop_ids: base.tokenizer.stop_ids.clone(),
-            ..GenerationConfig::default()
-        };
-        let (mut answers, mut references) = (Vec::new(), Vec::new());
-        for (i, (prompt, reference)) in pairs.iter().enumerate() {
-            let text = encoder
-                .generation_prompt(prompt)
-                .map_err(|e| e.to_string())?;
-            let ids = base
-                .tokenizer
-                .encode(&text, false)
-                .map_err(|e| e.to_string())?;
-            let g = base
-                .model
-                .generate(&[ids], &gen_cfg, &mut |_, _| true)
-                .map_err(|e| e.to_string())?;
-            let ids = g.into_iter().next().map(|g| g.ids).unwrap_or_default();
-            answers.push(
-                base.tokenizer
-                    .decode(&ids, true)
-                    .map_err(|e| e.to_string())?
-                    .trim()
-                    .to_string(),
-            );
-            references.push(reference.clone());
+        let chat = Chat::new(&base.model, &base.tokenizer, &encoder)
+            .with_disclaimer(false)
+            .with_generation(GenerationConfig {
+                max_new_tokens: args.max_new_tokens,
+                repetition_penalty: args.repetition_penalty,
+                ..GenerationConfig::default()
+            });
+        let total = cases.len();
+        let answered = score_generated_answers(&chat, &cases, &mut |i, a| {
             if !args.json {
-                eprintln!("[{}/{}] {}", i + 1, pairs.len(), answers[i]);
+                eprintln!("[{}/{total}] {}", i + 1, a.answer);
             }
-        }
-        let s = score_answers(&answers, &references);
+        })
+        .map_err(|e| e.to_string())?;
+        let s = answered.scores;
         out["bleu"] = s.bleu.into();
         out["rouge1"] = s.rouge1.into();
         out["rouge2"] = s.rouge2.into();
         out["rougeL"] = s.rouge_l.into();
         out["generated"] = s.records.into();
         // What was asked and answered, for reading the scores against the text.
-        out["answers"] = pairs
-            .iter()
-            .zip(&answers)
-            .map(|((prompt, reference), answer)| {
-                let question = prompt
-                    .iter()
-                    .rev()
-                    .find(|m| m.role == Role::User)
-                    .map(|m| m.content.as_str())
-                    .unwrap_or("");
-                serde_json::json!({"question": question, "reference": reference, "answer": answer})
-            })
-            .collect::<Vec<_>>()
-            .into();
+        out["answers"] = serde_json::to_value(&answered.answers).map_err(|e| e.to_string())?;
         scores = Some(s);
     }
     if args.json {

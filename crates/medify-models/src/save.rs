@@ -314,6 +314,7 @@ impl ModelTokenizer {
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
             "pad_token": self.pad_token,
+            "unk_token": self.unk_token,
             "chat_template": self.chat_template,
             "clean_up_tokenization_spaces": false,
         });
