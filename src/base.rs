@@ -196,11 +196,20 @@ mod tests {
         let err = check_merge_target(&dir, true).unwrap_err().to_string();
         assert!(err.contains("(NOTES.md, chat_template.jinja)"), "{err}");
         // Refusing changed nothing.
-        assert_eq!(std::fs::read_to_string(dir.join("NOTES.md")).unwrap(), "mine");
-        assert_eq!(std::fs::read_to_string(dir.join("config.json")).unwrap(), "old");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("NOTES.md")).unwrap(),
+            "mine"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("config.json")).unwrap(),
+            "old"
+        );
         let file = root.path().join("a-file");
         std::fs::write(&file, "x").unwrap();
         let err = check_merge_target(&file, true).unwrap_err().to_string();
-        assert!(err.contains("a-file") && err.contains("not a directory"), "{err}");
+        assert!(
+            err.contains("a-file") && err.contains("not a directory"),
+            "{err}"
+        );
     }
 }

@@ -9,6 +9,128 @@ use crate::models::{Checkpointing, ComputeDtype, LoadOptions};
 use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, StateBits, Warmup};
 use crate::quant::{QuantConfig, QuantType};
 
+/// How the frozen base's linear layers are held: QLoRA's 4-bit codes, or dense (plain LoRA).
+///
+/// ```
+/// use medify_qlora::BaseQuant;
+/// assert_eq!("NF4".parse::<BaseQuant>().unwrap(), BaseQuant::Nf4);
+/// assert_eq!(serde_json::to_string(&BaseQuant::Dense).unwrap(), "\"none\"");
+/// assert!("int8".parse::<BaseQuant>().unwrap_err().to_string().contains("nf4, fp4, none"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum BaseQuant {
+    /// 4-bit NormalFloat (QLoRA's choice).
+    #[default]
+    #[serde(rename = "nf4")]
+    Nf4,
+    /// bitsandbytes' 4-bit float.
+    #[serde(rename = "fp4")]
+    Fp4,
+    /// Dense weights, as stored.
+    #[serde(rename = "none", alias = "dense")]
+    Dense,
+}
+
+impl BaseQuant {
+    /// The 4-bit code, or `None` for a dense base.
+    pub fn quant_type(self) -> Option<QuantType> {
+        match self {
+            BaseQuant::Nf4 => Some(QuantType::Nf4),
+            BaseQuant::Fp4 => Some(QuantType::Fp4),
+            BaseQuant::Dense => None,
+        }
+    }
+
+    /// QLoRA's 4-bit settings (block size 64, double quantization) with this code.
+    pub fn default_config(self) -> Option<QuantConfig> {
+        self.quant_type()
+            .map(|t| QuantConfig::default().with_quant_type(t))
+    }
+
+    /// The name in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaseQuant::Nf4 => "nf4",
+            BaseQuant::Fp4 => "fp4",
+            BaseQuant::Dense => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for BaseQuant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for BaseQuant {
+    type Err = FinetuneError;
+
+    fn from_str(s: &str) -> Result<BaseQuant> {
+        match s.to_ascii_lowercase().as_str() {
+            "nf4" => Ok(BaseQuant::Nf4),
+            "fp4" => Ok(BaseQuant::Fp4),
+            "none" | "dense" => Ok(BaseQuant::Dense),
+            other => Err(bad(
+                "quant",
+                format!("`{other}` is not one of nf4, fp4, none"),
+            )),
+        }
+    }
+}
+
+/// The optimizer, by the name transformers' `optim` gives it.
+///
+/// ```
+/// use medify_qlora::Optimizer;
+/// assert_eq!("paged_adamw_8bit".parse::<Optimizer>().unwrap(), Optimizer::PagedAdamW8bit);
+/// assert_eq!(Optimizer::default().to_string(), "paged_adamw_32bit");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Optimizer {
+    /// Paged AdamW with f32 moments (the QLoRA paper's).
+    #[default]
+    #[serde(rename = "paged_adamw_32bit")]
+    PagedAdamW32bit,
+    /// Paged AdamW with blockwise 8-bit moments.
+    #[serde(rename = "paged_adamw_8bit")]
+    PagedAdamW8bit,
+}
+
+impl Optimizer {
+    /// The state precision.
+    pub fn state_bits(self) -> StateBits {
+        match self {
+            Optimizer::PagedAdamW32bit => StateBits::ThirtyTwo,
+            Optimizer::PagedAdamW8bit => StateBits::Eight,
+        }
+    }
+}
+
+impl std::fmt::Display for Optimizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Optimizer::PagedAdamW32bit => "paged_adamw_32bit",
+            Optimizer::PagedAdamW8bit => "paged_adamw_8bit",
+        })
+    }
+}
+
+impl std::str::FromStr for Optimizer {
+    type Err = FinetuneError;
+
+    fn from_str(s: &str) -> Result<Optimizer> {
+        match s.parse::<StateBits>() {
+            Ok(StateBits::ThirtyTwo) => Ok(Optimizer::PagedAdamW32bit),
+            Ok(StateBits::Eight) => Ok(Optimizer::PagedAdamW8bit),
+            Err(_) => Err(bad(
+                "optimizer",
+                format!("`{s}` is not paged_adamw_32bit or paged_adamw_8bit"),
+            )),
+        }
+    }
+}
+
 /// A fine-tuning run. `Default` is QLoRA (Dettmers et al. 2023): NF4 with double quantization,
 /// r = 64, alpha = 16, dropout 0.05 on all linear layers, paged AdamW 32-bit at 2e-4 constant
 /// with 3% warmup, max grad norm 0.3, no weight decay, effective batch 16.
@@ -25,7 +147,7 @@ use crate::quant::{QuantConfig, QuantType};
 #[serde(default)]
 pub struct FinetuneConfig {
     /// `nf4` or `fp4` for the frozen base (`none` keeps it dense: plain LoRA).
-    pub quant: String,
+    pub quant: BaseQuant,
     /// Values per 4-bit absmax block.
     pub quant_blocksize: usize,
     /// Quantize the absmax values again (double quantization).
@@ -36,18 +158,19 @@ pub struct FinetuneConfig {
     pub lora_alpha: f64,
     /// Dropout on the adapters' input.
     pub lora_dropout: f64,
-    /// `all-linear`, or comma-separated module names (`q_proj,v_proj`).
-    pub target_modules: String,
+    /// Layers that get adapters, in PEFT's JSON form: `"all-linear"`, a list of module names
+    /// (`["q_proj", "v_proj"]`), or a regular expression over the whole module path.
+    pub target_modules: TargetModules,
     /// Rank-stabilised scaling.
     pub use_rslora: bool,
     /// Weight-decomposed LoRA.
     pub use_dora: bool,
     /// `paged_adamw_32bit` or `paged_adamw_8bit`.
-    pub optimizer: String,
+    pub optimizer: Optimizer,
     /// Peak learning rate.
     pub learning_rate: f64,
     /// `constant`, `linear` or `cosine`.
-    pub lr_schedule: String,
+    pub lr_schedule: ScheduleKind,
     /// Warmup as a share of all steps (used when `warmup_steps` is unset).
     pub warmup_ratio: f64,
     /// Warmup in steps.
@@ -101,18 +224,18 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         FinetuneConfig {
-            quant: "nf4".into(),
+            quant: BaseQuant::Nf4,
             quant_blocksize: 64,
             double_quant: true,
             lora_r: 64,
             lora_alpha: 16.0,
             lora_dropout: 0.05,
-            target_modules: "all-linear".into(),
+            target_modules: TargetModules::AllLinear,
             use_rslora: false,
             use_dora: false,
-            optimizer: "paged_adamw_32bit".into(),
+            optimizer: Optimizer::PagedAdamW32bit,
             learning_rate: 2e-4,
-            lr_schedule: "constant".into(),
+            lr_schedule: ScheduleKind::Constant,
             warmup_ratio: 0.03,
             warmup_steps: None,
             weight_decay: 0.0,
@@ -229,8 +352,19 @@ impl FinetuneConfig {
                 return Err(bad(k, "unknown setting"));
             }
         }
-        let config: FinetuneConfig =
-            serde_json::from_value(value).map_err(|e| bad("(file)", e.to_string()))?;
+        let config: FinetuneConfig = serde_json::from_value(value.clone()).map_err(|e| {
+            // Name the setting whose value does not fit: try each one alone over the defaults.
+            let field = value.as_object().and_then(|obj| {
+                obj.iter().find_map(|(k, v)| {
+                    let mut one = known.as_object()?.clone();
+                    one.insert(k.clone(), v.clone());
+                    serde_json::from_value::<FinetuneConfig>(serde_json::Value::Object(one))
+                        .err()
+                        .map(|_| k.clone())
+                })
+            });
+            bad(field.as_deref().unwrap_or("(file)"), e.to_string())
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -278,11 +412,8 @@ impl FinetuneConfig {
 
     /// The base's quantization, or `None` for a dense base.
     pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
-        let quant_type = match self.quant.as_str() {
-            "none" | "dense" => return Ok(None),
-            other => other
-                .parse::<QuantType>()
-                .map_err(|_| bad("quant", format!("`{other}` is not one of nf4, fp4, none")))?,
+        let Some(quant_type) = self.quant.quant_type() else {
+            return Ok(None);
         };
         let b = self.quant_blocksize;
         if !(b.is_power_of_two() && (32..=4096).contains(&b)) {
@@ -300,23 +431,9 @@ impl FinetuneConfig {
 
     /// The adapters' configuration.
     pub fn lora_config(&self) -> Result<LoraConfig> {
-        let targets = match self.target_modules.trim() {
-            "all-linear" => TargetModules::AllLinear,
-            list => {
-                let names: Vec<&str> = list
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                if names.is_empty() {
-                    return Err(bad("target_modules", "names no module"));
-                }
-                TargetModules::names(&names)
-            }
-        };
         let config = LoraConfig::new(self.lora_r, self.lora_alpha)
             .with_dropout(self.lora_dropout)
-            .with_targets(targets)
+            .with_targets(self.target_modules.clone())
             .with_rslora(self.use_rslora)
             .with_dora(self.use_dora)
             .with_seed(self.seed);
@@ -336,17 +453,8 @@ impl FinetuneConfig {
 
     /// The optimizer's configuration.
     pub fn adamw_config(&self) -> Result<AdamWConfig> {
-        let bits: StateBits = self.optimizer.parse().map_err(|_| {
-            bad(
-                "optimizer",
-                format!(
-                    "`{}` is not paged_adamw_32bit or paged_adamw_8bit",
-                    self.optimizer
-                ),
-            )
-        })?;
         let config = AdamWConfig::default()
-            .with_state_bits(bits)
+            .with_state_bits(self.optimizer.state_bits())
             .with_weight_decay(self.weight_decay)
             .with_max_grad_norm((self.max_grad_norm > 0.0).then_some(self.max_grad_norm))
             .with_device_budget(self.optimizer_budget_mib.map(|m| m << 20));
@@ -358,17 +466,12 @@ impl FinetuneConfig {
 
     /// The learning-rate schedule over `total_steps`.
     pub fn schedule(&self, total_steps: u64) -> Result<LrSchedule> {
-        let kind: ScheduleKind = self.lr_schedule.parse().map_err(|_| {
-            bad(
-                "lr_schedule",
-                format!("`{}` is not constant, linear or cosine", self.lr_schedule),
-            )
-        })?;
         let warmup = match self.warmup_steps {
             Some(n) => Warmup::Steps(n),
             None => Warmup::Ratio(self.warmup_ratio),
         };
-        let s = LrSchedule::new(kind, self.learning_rate, total_steps).with_warmup(warmup);
+        let s =
+            LrSchedule::new(self.lr_schedule, self.learning_rate, total_steps).with_warmup(warmup);
         s.validate()
             .map_err(|e| bad("learning_rate", e.to_string()))?;
         Ok(s)
@@ -408,6 +511,34 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().unwrap_err().to_string().contains("grad_accum"));
+        let e = FinetuneConfig::from_json(r#"{"seed": 1, "lr_schedule": 3}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`lr_schedule`"), "{e}");
+    }
+
+    #[test]
+    fn choices_are_typed_and_read_in_peft_form() {
+        let c = FinetuneConfig::from_json(
+            r#"{"quant": "none", "optimizer": "paged_adamw_8bit", "lr_schedule": "cosine",
+                "target_modules": ["q_proj", "v_proj"]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.quant_config().unwrap(), None);
+        assert_eq!(c.adamw_config().unwrap().state_bits, StateBits::Eight);
+        assert_eq!(c.lr_schedule, ScheduleKind::Cosine);
+        assert_eq!(
+            c.lora_config().unwrap().target_modules,
+            TargetModules::names(&["q_proj", "v_proj"])
+        );
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(
+            json["target_modules"],
+            serde_json::json!(["q_proj", "v_proj"])
+        );
+        assert_eq!(json["quant"], "none");
+        let regex = FinetuneConfig::from_json(r#"{"target_modules": ".*\\.(q|v)_proj"}"#).unwrap();
+        assert!(matches!(regex.target_modules, TargetModules::Regex(_)));
     }
 
     #[test]

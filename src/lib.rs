@@ -63,7 +63,7 @@ pub use base::{
     BaseModel, MERGED_FILES, chat_encoder, load_base, load_base_with, load_chat_encoder,
 };
 pub use chat::{Chat, DISCLAIMER, Reply};
-pub use config::{FinetuneConfig, RESUMABLE_SETTINGS};
+pub use config::{BaseQuant, FinetuneConfig, Optimizer, RESUMABLE_SETTINGS};
 pub use error::{FinetuneError, Result};
 pub use evaluate::{EvalResult, batch_labels, evaluate, predicted_tokens, token_batch};
 pub use memory::{

@@ -141,7 +141,7 @@ fn hash_file(path: &Path, h: &mut Fnv) -> Result<u64> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseQuantization {
     /// `nf4`, `fp4` or `none`.
-    pub quant: String,
+    pub quant: crate::BaseQuant,
     /// 4-bit block size.
     pub blocksize: usize,
     /// Whether block scales were quantized again.
@@ -152,7 +152,7 @@ impl BaseQuantization {
     /// The 4-bit settings to load the base with again (`None`: dense).
     pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
         crate::FinetuneConfig {
-            quant: self.quant.clone(),
+            quant: self.quant,
             quant_blocksize: self.blocksize,
             double_quant: self.double_quant,
             ..crate::FinetuneConfig::default()
@@ -549,7 +549,7 @@ mod tests {
         std::fs::write(d.join("m.gguf"), b"weights").unwrap();
         let mut model = ModelSource::new(&d.join("m.gguf"), None).unwrap();
         model.quantization = Some(BaseQuantization {
-            quant: "fp4".into(),
+            quant: crate::BaseQuant::Fp4,
             blocksize: 128,
             double_quant: false,
         });
@@ -582,7 +582,7 @@ mod tests {
         std::fs::write(d.join("m.gguf"), b"weights").unwrap();
         let mut model = ModelSource::new(&d.join("m.gguf"), None).unwrap();
         model.quantization = Some(BaseQuantization {
-            quant: "nf4".into(),
+            quant: crate::BaseQuant::Nf4,
             blocksize: 64,
             double_quant: true,
         });

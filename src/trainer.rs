@@ -254,7 +254,7 @@ impl Trainer {
         };
         let mut sources = sources.clone();
         sources.model.quantization = Some(BaseQuantization {
-            quant: self.config.quant.clone(),
+            quant: self.config.quant,
             blocksize: self.config.quant_blocksize,
             double_quant: self.config.double_quant,
         });

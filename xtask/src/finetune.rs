@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::Args as ClapArgs;
 use medify_qlora::checkpoint::read_checkpoint;
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare};
+use medify_qlora::lora::TargetModules;
+use medify_qlora::optim::ScheduleKind;
 use medify_qlora::{
-    DataSource, FinetuneConfig, ModelSource, RunSources, TrainData, Trainer, TrainerOptions,
-    load_base_with,
+    BaseQuant, DataSource, FinetuneConfig, ModelSource, Optimizer, RunSources, TrainData, Trainer,
+    TrainerOptions, load_base_with,
 };
 
 use crate::device::device_named;
@@ -70,7 +72,7 @@ pub struct Args {
     quiet: bool,
     /// nf4, fp4 or none (dense base: plain LoRA).
     #[arg(long)]
-    quant: Option<String>,
+    quant: Option<BaseQuant>,
     /// 4-bit block size.
     #[arg(long)]
     blocksize: Option<usize>,
@@ -86,9 +88,9 @@ pub struct Args {
     /// LoRA dropout.
     #[arg(long)]
     lora_dropout: Option<f64>,
-    /// all-linear or comma-separated module names.
+    /// all-linear or comma-separated module names (a regex: target_modules in --config).
     #[arg(long)]
-    target_modules: Option<String>,
+    target_modules: Option<TargetModules>,
     /// rsLoRA scaling.
     #[arg(long)]
     rslora: bool,
@@ -97,13 +99,13 @@ pub struct Args {
     dora: bool,
     /// paged_adamw_32bit or paged_adamw_8bit.
     #[arg(long)]
-    optimizer: Option<String>,
+    optimizer: Option<Optimizer>,
     /// Peak learning rate.
     #[arg(long)]
     lr: Option<f64>,
     /// constant, linear or cosine.
     #[arg(long)]
-    schedule: Option<String>,
+    schedule: Option<ScheduleKind>,
     /// Warmup share of all steps.
     #[arg(long)]
     warmup_ratio: Option<f64>,
@@ -367,7 +369,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     eprintln!(
         "loading {} ({})",
         model_path.display(),
-        if config.quant == "none" {
+        if config.quant == BaseQuant::Dense {
             "dense".into()
         } else {
             format!("{} base", config.quant)

@@ -3,35 +3,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use clap::{Args as ClapArgs, ValueEnum};
+use clap::Args as ClapArgs;
 use medify_qlora::data::{DatasetConfig, ReadOptions, prepare, read_records, unpacked};
 use medify_qlora::lora::LoraExt;
 use medify_qlora::models::{GenerationConfig, LoadOptions, TextStreamer, load_pretrained};
-use medify_qlora::quant::{QuantConfig, QuantType};
-use medify_qlora::{AdapterBase, AnswerCase, Chat, evaluate, load_base, score_generated_answers};
+use medify_qlora::{
+    AdapterBase, AnswerCase, BaseQuant, Chat, evaluate, load_base, score_generated_answers,
+};
 
 use crate::device::device_named;
-
-/// How the linear layers are held on the device.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Quant {
-    /// As stored (bitsandbytes 4-bit stays 4-bit, dense stays dense).
-    None,
-    /// NF4 with double quantization (QLoRA's base).
-    Nf4,
-    /// FP4 with double quantization.
-    Fp4,
-}
-
-impl Quant {
-    pub fn config(self) -> Option<QuantConfig> {
-        match self {
-            Quant::None => None,
-            Quant::Nf4 => Some(QuantConfig::default()),
-            Quant::Fp4 => Some(QuantConfig::default().with_quant_type(QuantType::Fp4)),
-        }
-    }
-}
 
 /// Shared model options.
 #[derive(ClapArgs, Debug)]
@@ -43,10 +23,11 @@ pub struct ModelArgs {
     /// Device: flex (CPU), wgpu, cuda, or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Hold linear layers in 4 bits while loading dense checkpoints. Default: with an adapter
-    /// our trainer wrote, the quantization it trained over; otherwise none (as stored).
-    #[arg(long, value_enum)]
-    pub quant: Option<Quant>,
+    /// nf4, fp4 or none: hold linear layers in 4 bits while loading dense checkpoints. Default:
+    /// with an adapter our trainer wrote, the quantization it trained over; otherwise none (as
+    /// stored).
+    #[arg(long)]
+    pub quant: Option<BaseQuant>,
 }
 
 impl ModelArgs {
@@ -55,7 +36,7 @@ impl ModelArgs {
         let base = AdapterBase::resolve(
             adapter,
             self.model.as_deref(),
-            self.quant.map(Quant::config),
+            self.quant.map(BaseQuant::default_config),
         )
         .map_err(|e| e.to_string())?;
         if base.from_record {

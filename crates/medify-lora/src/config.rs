@@ -31,12 +31,90 @@ impl TargetModules {
         TargetModules::names(&["q_proj", "k_proj", "v_proj", "o_proj"])
     }
 
+    /// PEFT's JSON form: `"all-linear"`, a list of names, or any other string as a regular
+    /// expression over the whole module path.
+    pub fn to_json(&self) -> Value {
+        match self {
+            TargetModules::Names(n) => json!(n),
+            TargetModules::Regex(r) => json!(r),
+            TargetModules::AllLinear => json!("all-linear"),
+        }
+    }
+
+    /// Reads PEFT's JSON form (see [`TargetModules::to_json`]); the error says what is wrong.
+    pub fn from_json(value: &Value) -> std::result::Result<TargetModules, String> {
+        match value {
+            Value::String(s) if s.eq_ignore_ascii_case("all-linear") => {
+                Ok(TargetModules::AllLinear)
+            }
+            Value::String(s) => Ok(TargetModules::Regex(s.clone())),
+            Value::Array(items) => items
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| format!("must hold strings, got {v}"))
+                })
+                .collect::<std::result::Result<_, _>>()
+                .map(TargetModules::Names),
+            v => Err(format!("must be a list or a string, got {v}")),
+        }
+    }
+
     pub(crate) fn describe(&self) -> String {
         match self {
             TargetModules::Names(n) => format!("{n:?}"),
             TargetModules::Regex(r) => format!("regex {r:?}"),
             TargetModules::AllLinear => "\"all-linear\"".into(),
         }
+    }
+}
+
+/// `all-linear`, or comma-separated module names (`q_proj,v_proj`): the command-line form.
+///
+/// ```
+/// use medify_lora::TargetModules;
+/// assert_eq!("all-linear".parse::<TargetModules>().unwrap(), TargetModules::AllLinear);
+/// assert_eq!("q_proj, v_proj".parse::<TargetModules>().unwrap(),
+///     TargetModules::names(&["q_proj", "v_proj"]));
+/// assert!(" , ".parse::<TargetModules>().is_err());
+/// ```
+impl std::str::FromStr for TargetModules {
+    type Err = LoraError;
+
+    fn from_str(s: &str) -> Result<TargetModules> {
+        if s.trim().eq_ignore_ascii_case("all-linear") {
+            return Ok(TargetModules::AllLinear);
+        }
+        let names: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Err(LoraError::InvalidConfig(format!(
+                "target modules {s:?} name no module (all-linear, or names such as q_proj,v_proj)"
+            )));
+        }
+        Ok(TargetModules::names(&names))
+    }
+}
+
+impl serde::Serialize for TargetModules {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serde::Serialize::serialize(&self.to_json(), serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TargetModules {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        TargetModules::from_json(&value).map_err(serde::de::Error::custom)
     }
 }
 
@@ -271,8 +349,7 @@ impl LoraConfig {
     /// adapter; `"all-linear"` is written as their names, as PEFT does.
     pub fn to_peft_json(&self, adapted: &[String]) -> Value {
         let target = match &self.target_modules {
-            TargetModules::Names(n) => json!(n),
-            TargetModules::Regex(r) => json!(r),
+            TargetModules::Names(_) | TargetModules::Regex(_) => self.target_modules.to_json(),
             TargetModules::AllLinear => {
                 let mut names: Vec<&str> = adapted
                     .iter()
@@ -405,28 +482,11 @@ impl LoraConfig {
         let r = field_usize("r")?.unwrap_or(8);
         let alpha = field_f64("lora_alpha")?.unwrap_or(8.0);
         let target_modules = match obj.get("target_modules") {
-            Some(Value::String(s)) if s.eq_ignore_ascii_case("all-linear") => {
-                TargetModules::AllLinear
-            }
-            Some(Value::String(s)) => TargetModules::Regex(s.clone()),
-            Some(Value::Array(items)) => TargetModules::Names(
-                items
-                    .iter()
-                    .map(|v| {
-                        v.as_str().map(str::to_string).ok_or_else(|| {
-                            bad(format!("field `target_modules` must hold strings, got {v}"))
-                        })
-                    })
-                    .collect::<Result<_>>()?,
-            ),
             None | Some(Value::Null) => {
                 return Err(bad("field `target_modules` is missing".into()));
             }
-            Some(v) => {
-                return Err(bad(format!(
-                    "field `target_modules` must be a list or a string, got {v}"
-                )));
-            }
+            Some(v) => TargetModules::from_json(v)
+                .map_err(|e| bad(format!("field `target_modules` {e}")))?,
         };
         let init = match obj.get("init_lora_weights") {
             None | Some(Value::Null) | Some(Value::Bool(true)) => LoraInit::KaimingUniform,
