@@ -433,9 +433,9 @@ impl FinetuneConfig {
     pub fn lora_config(&self) -> Result<LoraConfig> {
         let config = LoraConfig::new(self.lora_r, self.lora_alpha)
             .with_dropout(self.lora_dropout)
-            .with_targets(self.target_modules.clone())
-            .with_rslora(self.use_rslora)
-            .with_dora(self.use_dora)
+            .with_target_modules(self.target_modules.clone())
+            .with_use_rslora(self.use_rslora)
+            .with_use_dora(self.use_dora)
             .with_seed(self.seed);
         config.validate().map_err(|e| bad("lora", e.to_string()))?;
         Ok(config)

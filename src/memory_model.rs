@@ -185,7 +185,7 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
         LoadOptions::quantized(QuantConfig::default()).with_compute_dtype(probe.compute_dtype);
     let (mut model, report) = CausalLm::load(&source, &config, &device, &options)?;
     let lora = LoraConfig::new(probe.lora_r, 16.0)
-        .with_targets(TargetModules::AllLinear)
+        .with_target_modules(TargetModules::AllLinear)
         .with_dropout(0.05);
     let summary = model.add_adapters(&lora)?;
     let (batch, labels) = synthetic_batch(config.vocab_size, probe.batch_size, probe.seq_len);

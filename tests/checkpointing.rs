@@ -49,10 +49,10 @@ fn load(variant: &str, options: &LoadOptions, device: &Device, dora: bool) -> Ca
     model
         .add_adapters(
             &LoraConfig::new(4, 8.0)
-                .with_targets(TargetModules::AllLinear)
+                .with_target_modules(TargetModules::AllLinear)
                 .with_init(LoraInit::Random)
                 .with_dropout(0.1)
-                .with_dora(dora)
+                .with_use_dora(dora)
                 .with_seed(11),
         )
         .unwrap();

@@ -25,7 +25,7 @@ fn load(device: &Device, dtype: ComputeDtype) -> CausalLm {
     model
         .add_adapters(
             &LoraConfig::new(4, 8.0)
-                .with_targets(TargetModules::AllLinear)
+                .with_target_modules(TargetModules::AllLinear)
                 .with_init(LoraInit::Random)
                 .with_dropout(0.1)
                 .with_seed(5),

@@ -49,7 +49,7 @@ fn check(variant: &str, options: &LoadOptions) {
     model
         .add_adapters(
             &LoraConfig::new(4, 8.0)
-                .with_targets(TargetModules::AllLinear)
+                .with_target_modules(TargetModules::AllLinear)
                 .with_init(LoraInit::Random)
                 .with_seed(11),
         )

@@ -266,9 +266,9 @@ fn gradients_of_a_and_b_match_peft() {
 
 fn rust_adapter_config() -> LoraConfig {
     LoraConfig::new(4, 8.0)
-        .with_targets(TargetModules::AllLinear)
-        .with_rslora(true)
-        .with_dora(true)
+        .with_target_modules(TargetModules::AllLinear)
+        .with_use_rslora(true)
+        .with_use_dora(true)
         .with_init(LoraInit::Random)
         .with_seed(7)
 }
@@ -366,7 +366,7 @@ fn bad_configs_and_foreign_adapters_get_clear_errors() {
     let e = err(model.add_adapters(&LoraConfig::new(0, 8.0)));
     assert!(e.contains("r must be at least 1"), "{e}");
     let e = err(model.add_adapters(
-        &LoraConfig::new(4, 8.0).with_targets(TargetModules::names(&["q_proj", "qkv_proj"])),
+        &LoraConfig::new(4, 8.0).with_target_modules(TargetModules::names(&["q_proj", "qkv_proj"])),
     ));
     assert!(
         e.contains("qkv_proj") && e.contains("q_proj, up_proj"),
@@ -514,7 +514,7 @@ fn qlora_training_lowers_loss(device: &Device) {
     let summary = model
         .add_adapters(
             &LoraConfig::new(8, 16.0)
-                .with_targets(TargetModules::AllLinear)
+                .with_target_modules(TargetModules::AllLinear)
                 .with_dropout(0.05)
                 .with_seed(3),
         )

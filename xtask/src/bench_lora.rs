@@ -160,7 +160,7 @@ fn train(args: &Args, name: &str) -> Result<Value, String> {
         load_pretrained(&args.model, &device, &options).map_err(|e| e.to_string())?;
     let load_peak = peak_rss();
     let config = LoraConfig::new(args.rank, 2.0 * args.rank as f64)
-        .with_targets(TargetModules::AllLinear)
+        .with_target_modules(TargetModules::AllLinear)
         .with_dropout(0.05);
     let summary = model.add_adapters(&config).map_err(|e| e.to_string())?;
     let (batch, labels) = synthetic_batch(model.config().vocab_size, args.batch_size, args.seq_len);

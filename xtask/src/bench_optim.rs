@@ -122,7 +122,7 @@ fn load(args: &Args, device: &Device) -> Result<CausalLm, String> {
     let options = LoadOptions::quantized(QuantConfig::default());
     let (mut model, _, _) =
         load_pretrained(&args.model, device, &options).map_err(|e| e.to_string())?;
-    let config = LoraConfig::new(args.rank, 16.0).with_targets(TargetModules::AllLinear);
+    let config = LoraConfig::new(args.rank, 16.0).with_target_modules(TargetModules::AllLinear);
     model.add_adapters(&config).map_err(|e| e.to_string())?;
     Ok(model)
 }

@@ -3,10 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use burn::config::Config;
 use regex::Regex;
 use serde_json::{Map, Value, json};
 
-use crate::error::{LoraError, Result, io_err};
+// Not `Result`: burn's `Config` derive expands to code that names `Result` unqualified.
+use crate::error::{LoraError, Result as LoraResult, io_err};
 
 /// Which linear layers get an adapter, with PEFT's matching rules.
 #[derive(Debug, Clone, PartialEq)]
@@ -82,7 +84,7 @@ impl TargetModules {
 impl std::str::FromStr for TargetModules {
     type Err = LoraError;
 
-    fn from_str(s: &str) -> Result<TargetModules> {
+    fn from_str(s: &str) -> LoraResult<TargetModules> {
         if s.trim().eq_ignore_ascii_case("all-linear") {
             return Ok(TargetModules::AllLinear);
         }
@@ -119,7 +121,7 @@ impl<'de> serde::Deserialize<'de> for TargetModules {
 }
 
 /// How adapter factors start.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum LoraInit {
     /// PEFT's default (`init_lora_weights: true`): A ~ U(±1/√in) (kaiming-uniform, a = √5), B = 0,
     /// so the adapted model starts equal to the base.
@@ -137,71 +139,60 @@ pub enum LoraInit {
 /// The configuration of a LoRA adapter.
 ///
 /// Defaults follow PEFT (`r = 8`, `alpha = 8`, no dropout, attention projections);
-/// [`LoraConfig::qlora`] gives the QLoRA paper's recipe.
+/// [`LoraConfig::qlora`] gives the QLoRA paper's recipe. `LoraConfig::new(r, alpha)` and the
+/// `with_*` builders come from burn's `Config` derive; [`LoraConfig::to_peft_json`] and
+/// [`LoraConfig::from_peft_json`] read and write PEFT's `adapter_config.json`.
 ///
 /// ```
 /// use medify_lora::{LoraConfig, TargetModules};
-/// let config = LoraConfig::qlora().with_rank(16).with_rslora(true);
+/// let config = LoraConfig { r: 16, ..LoraConfig::qlora() }.with_use_rslora(true);
 /// assert_eq!(config.target_modules, TargetModules::AllLinear);
 /// assert_eq!(config.scaling_for(16, 16.0), 4.0); // alpha / sqrt(r)
 /// ```
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Config, Debug, PartialEq)]
 pub struct LoraConfig {
     /// Rank of the update.
     pub r: usize,
     /// `lora_alpha`: the update is scaled by `alpha / r` (or `alpha / sqrt(r)` with rsLoRA).
     pub alpha: f64,
     /// Dropout on the adapter's input while training.
+    #[config(default = 0.0)]
     pub dropout: f64,
     /// Which layers to adapt.
+    #[config(default = "TargetModules::attention()")]
     pub target_modules: TargetModules,
     /// Rank-stabilised scaling `alpha / sqrt(r)`.
+    #[config(default = false)]
     pub use_rslora: bool,
     /// Weight-decomposed LoRA (a learned per-row magnitude).
+    #[config(default = false)]
     pub use_dora: bool,
     /// Initialisation of the factors.
+    #[config(default = "LoraInit::KaimingUniform")]
     pub init: LoraInit,
     /// Only adapt these layer indices (PEFT's `layers_to_transform`; applies to name targets).
     pub layers_to_transform: Option<Vec<usize>>,
     /// Per-module rank overrides, keyed by a name or regex suffix (PEFT's `rank_pattern`).
+    #[config(default = "BTreeMap::new()")]
     pub rank_pattern: BTreeMap<String, usize>,
     /// Per-module alpha overrides (PEFT's `alpha_pattern`).
+    #[config(default = "BTreeMap::new()")]
     pub alpha_pattern: BTreeMap<String, f64>,
     /// Seed of the factor initialisation.
+    #[config(default = 0)]
     pub seed: u64,
     /// Written to `base_model_name_or_path` so PEFT knows which base the adapter belongs to.
     pub base_model_name_or_path: Option<String>,
 }
 
 impl Default for LoraConfig {
+    /// PEFT's defaults: r = 8, alpha = 8.
     fn default() -> Self {
-        LoraConfig {
-            r: 8,
-            alpha: 8.0,
-            dropout: 0.0,
-            target_modules: TargetModules::attention(),
-            use_rslora: false,
-            use_dora: false,
-            init: LoraInit::KaimingUniform,
-            layers_to_transform: None,
-            rank_pattern: BTreeMap::new(),
-            alpha_pattern: BTreeMap::new(),
-            seed: 0,
-            base_model_name_or_path: None,
-        }
+        LoraConfig::new(8, 8.0)
     }
 }
 
 impl LoraConfig {
-    /// A config with rank `r` and `alpha`, PEFT defaults elsewhere.
-    pub fn new(r: usize, alpha: f64) -> LoraConfig {
-        LoraConfig {
-            r,
-            alpha,
-            ..LoraConfig::default()
-        }
-    }
-
     /// The QLoRA paper's adapter: r = 64, alpha = 16, dropout 0.05, all linear layers.
     pub fn qlora() -> LoraConfig {
         LoraConfig {
@@ -211,60 +202,6 @@ impl LoraConfig {
             target_modules: TargetModules::AllLinear,
             ..LoraConfig::default()
         }
-    }
-
-    /// Sets the rank.
-    pub fn with_rank(mut self, r: usize) -> Self {
-        self.r = r;
-        self
-    }
-
-    /// Sets alpha.
-    pub fn with_alpha(mut self, alpha: f64) -> Self {
-        self.alpha = alpha;
-        self
-    }
-
-    /// Sets the dropout probability.
-    pub fn with_dropout(mut self, dropout: f64) -> Self {
-        self.dropout = dropout;
-        self
-    }
-
-    /// Sets the target modules.
-    pub fn with_targets(mut self, targets: TargetModules) -> Self {
-        self.target_modules = targets;
-        self
-    }
-
-    /// Switches rsLoRA scaling.
-    pub fn with_rslora(mut self, on: bool) -> Self {
-        self.use_rslora = on;
-        self
-    }
-
-    /// Switches DoRA.
-    pub fn with_dora(mut self, on: bool) -> Self {
-        self.use_dora = on;
-        self
-    }
-
-    /// Sets the initialisation.
-    pub fn with_init(mut self, init: LoraInit) -> Self {
-        self.init = init;
-        self
-    }
-
-    /// Restricts adaptation to some layer indices.
-    pub fn with_layers(mut self, layers: Vec<usize>) -> Self {
-        self.layers_to_transform = Some(layers);
-        self
-    }
-
-    /// Sets the seed of the initialisation.
-    pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
-        self
     }
 
     /// The factor the update is multiplied by for rank `r` and `alpha`.
@@ -277,7 +214,7 @@ impl LoraConfig {
     }
 
     /// Checks the values that make no sense whatever the model.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> LoraResult<()> {
         if self.r == 0 || self.rank_pattern.values().any(|&r| r == 0) {
             return Err(LoraError::InvalidConfig(
                 "r must be at least 1 (r = 0 adapts nothing)".into(),
@@ -307,7 +244,7 @@ impl LoraConfig {
     }
 
     /// Whether the module at `path` gets an adapter. `output_layer` is excluded by `AllLinear`.
-    pub fn targets(&self, path: &str, output_layer: Option<&str>) -> Result<bool> {
+    pub fn targets(&self, path: &str, output_layer: Option<&str>) -> LoraResult<bool> {
         let found = match &self.target_modules {
             TargetModules::AllLinear => return Ok(Some(path) != output_layer),
             TargetModules::Regex(r) => return Ok(full_regex(r)?.is_match(path)),
@@ -327,7 +264,7 @@ impl LoraConfig {
     }
 
     /// Rank and alpha for the module at `path`, after `rank_pattern` / `alpha_pattern`.
-    pub fn rank_and_alpha(&self, path: &str) -> Result<(usize, f64)> {
+    pub fn rank_and_alpha(&self, path: &str) -> LoraResult<(usize, f64)> {
         let mut r = self.r;
         for (p, &v) in &self.rank_pattern {
             if suffix_regex(p)?.is_match(path) {
@@ -393,7 +330,7 @@ impl LoraConfig {
 
     /// Reads PEFT's `adapter_config.json`. Settings this crate cannot honour (bias training,
     /// `modules_to_save`, fan-in-fan-out layers, other PEFT methods) are errors naming the field.
-    pub fn from_peft_json(value: &Value, path: &Path) -> Result<LoraConfig> {
+    pub fn from_peft_json(value: &Value, path: &Path) -> LoraResult<LoraConfig> {
         let bad = |message: String| LoraError::Format {
             path: path.to_path_buf(),
             message,
@@ -452,7 +389,7 @@ impl LoraConfig {
                 ));
             }
         }
-        let field_usize = |name: &str| -> Result<Option<usize>> {
+        let field_usize = |name: &str| -> LoraResult<Option<usize>> {
             match obj.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
@@ -462,7 +399,7 @@ impl LoraConfig {
                 }),
             }
         };
-        let field_f64 = |name: &str| -> Result<Option<f64>> {
+        let field_f64 = |name: &str| -> LoraResult<Option<f64>> {
             match obj.get(name) {
                 None | Some(Value::Null) => Ok(None),
                 Some(v) => v
@@ -471,7 +408,7 @@ impl LoraConfig {
                     .ok_or_else(|| bad(format!("field `{name}` must be a number, got {v}"))),
             }
         };
-        let field_bool = |name: &str| -> Result<bool> {
+        let field_bool = |name: &str| -> LoraResult<bool> {
             match obj.get(name) {
                 None | Some(Value::Null) => Ok(false),
                 Some(v) => v
@@ -515,7 +452,7 @@ impl LoraConfig {
                                 ))
                             })
                         })
-                        .collect::<Result<_>>()?,
+                        .collect::<LoraResult<_>>()?,
                 ),
                 Some(v) => {
                     return Err(bad(format!(
@@ -523,7 +460,7 @@ impl LoraConfig {
                     )));
                 }
             };
-        let pattern = |name: &str| -> Result<BTreeMap<String, f64>> {
+        let pattern = |name: &str| -> LoraResult<BTreeMap<String, f64>> {
             match obj.get(name) {
                 None | Some(Value::Null) => Ok(BTreeMap::new()),
                 Some(Value::Object(m)) => m
@@ -550,7 +487,7 @@ impl LoraConfig {
                     )))
                 }
             })
-            .collect::<Result<_>>()?;
+            .collect::<LoraResult<_>>()?;
         let config = LoraConfig {
             r,
             alpha,
@@ -573,7 +510,7 @@ impl LoraConfig {
     }
 
     /// Reads `adapter_config.json` from a file.
-    pub fn from_file(path: impl AsRef<Path>) -> Result<LoraConfig> {
+    pub fn from_file(path: impl AsRef<Path>) -> LoraResult<LoraConfig> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
         let value: Value = serde_json::from_str(&text).map_err(|e| LoraError::Format {
@@ -602,12 +539,12 @@ fn number(x: f64) -> Value {
     }
 }
 
-fn full_regex(pattern: &str) -> Result<Regex> {
+fn full_regex(pattern: &str) -> LoraResult<Regex> {
     Regex::new(&format!("^(?:{pattern})$"))
         .map_err(|e| LoraError::InvalidConfig(format!("target_modules regex {pattern:?}: {e}")))
 }
 
-fn suffix_regex(pattern: &str) -> Result<Regex> {
+fn suffix_regex(pattern: &str) -> LoraResult<Regex> {
     Regex::new(&format!("^(?:.*\\.)?(?:{pattern})$"))
         .map_err(|e| LoraError::InvalidConfig(format!("pattern {pattern:?}: {e}")))
 }
@@ -631,20 +568,20 @@ mod tests {
         let c = LoraConfig::default();
         assert!(c.targets(Q, Some("lm_head")).unwrap());
         assert!(!c.targets("model.layers.3.mlp.up_proj", None).unwrap());
-        let c = c.with_targets(TargetModules::names(&["self_attn.q_proj"]));
+        let c = c.with_target_modules(TargetModules::names(&["self_attn.q_proj"]));
         assert!(c.targets(Q, None).unwrap());
-        let c = c.with_targets(TargetModules::names(&["proj"]));
+        let c = c.with_target_modules(TargetModules::names(&["proj"]));
         assert!(
             !c.targets(Q, None).unwrap(),
             "suffix must be a whole segment"
         );
-        let c = c.with_targets(TargetModules::Regex(r".*\.(q|v)_proj".into()));
+        let c = c.with_target_modules(TargetModules::Regex(r".*\.(q|v)_proj".into()));
         assert!(c.targets(Q, None).unwrap());
         assert!(!c.targets("model.layers.3.self_attn.k_proj", None).unwrap());
-        let c = c.with_targets(TargetModules::AllLinear);
+        let c = c.with_target_modules(TargetModules::AllLinear);
         assert!(c.targets(Q, Some("lm_head")).unwrap());
         assert!(!c.targets("lm_head", Some("lm_head")).unwrap());
-        let c = LoraConfig::default().with_layers(vec![0, 3]);
+        let c = LoraConfig::default().with_layers_to_transform(Some(vec![0, 3]));
         assert!(c.targets(Q, None).unwrap());
         assert!(!c.targets("model.layers.1.self_attn.q_proj", None).unwrap());
         assert_eq!(layer_index("model.layers.12.mlp.up_proj"), Some(12));
@@ -665,7 +602,9 @@ mod tests {
 
     #[test]
     fn peft_json_round_trips() {
-        let mut c = LoraConfig::qlora().with_dora(true).with_layers(vec![1]);
+        let mut c = LoraConfig::qlora()
+            .with_use_dora(true)
+            .with_layers_to_transform(Some(vec![1]));
         c.rank_pattern.insert("down_proj".into(), 16);
         let adapted = vec![Q.to_string(), "model.layers.3.mlp.down_proj".to_string()];
         let v = c.to_peft_json(&adapted);
@@ -717,7 +656,7 @@ mod tests {
         );
         assert!(
             LoraConfig::default()
-                .with_targets(TargetModules::Regex("(".into()))
+                .with_target_modules(TargetModules::Regex("(".into()))
                 .validate()
                 .is_err()
         );

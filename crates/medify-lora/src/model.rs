@@ -107,12 +107,12 @@ pub struct MergeReport {
 ///
 /// let device = Device::flex();
 /// let mut model = Tiny { q_proj: Projection::dense(Tensor::<2>::ones([16, 16], &device), None) };
-/// let config = LoraConfig::new(2, 4.0).with_targets(TargetModules::names(&["q_proj"]));
+/// let config = LoraConfig::new(2, 4.0).with_target_modules(TargetModules::names(&["q_proj"]));
 /// let summary = model.add_adapters(&config).unwrap();
 /// assert_eq!(summary.trainable, 2 * (16 + 16));
 /// assert!(model.add_adapters(&config).is_err()); // already adapted
 /// // A name the model does not have is an error, not a silent no-op.
-/// let typo = LoraConfig::new(2, 4.0).with_targets(TargetModules::names(&["qproj"]));
+/// let typo = LoraConfig::new(2, 4.0).with_target_modules(TargetModules::names(&["qproj"]));
 /// assert!(model.add_adapters(&typo).unwrap_err().to_string().contains("qproj"));
 /// ```
 pub trait LoraExt: LoraModel {

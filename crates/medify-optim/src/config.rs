@@ -1,9 +1,11 @@
 //! Settings of [`PagedAdamW`](crate::PagedAdamW), with bitsandbytes' defaults.
 
+use burn::config::Config;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, invalid};
+// Not `Result`: burn's `Config` derive expands to code that names `Result` unqualified.
+use crate::error::{Result as OptimResult, invalid};
 
 /// Precision of the two Adam moments.
 ///
@@ -36,7 +38,7 @@ impl std::fmt::Display for StateBits {
 impl std::str::FromStr for StateBits {
     type Err = crate::OptimError;
 
-    fn from_str(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> OptimResult<Self> {
         match s {
             "32bit" | "32" | "paged_adamw_32bit" | "adamw_32bit" => Ok(StateBits::ThirtyTwo),
             "8bit" | "8" | "paged_adamw_8bit" | "adamw_8bit" => Ok(StateBits::Eight),
@@ -105,7 +107,8 @@ impl ParamGroup {
 
 /// AdamW settings. `Default` is bitsandbytes' `PagedAdamW32bit` (betas 0.9/0.999, eps 1e-8,
 /// weight decay 1e-2 applied after the update); the learning rate is given to each step so
-/// a schedule can drive it.
+/// a schedule can drive it. The `with_*` builders come from burn's `Config` derive, as does
+/// saving and loading the settings as JSON.
 ///
 /// ```
 /// use medify_optim::{AdamWConfig, StateBits};
@@ -113,43 +116,40 @@ impl ParamGroup {
 /// assert_eq!(c.state_bits, StateBits::Eight);
 /// c.validate().unwrap();
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Config, Debug, PartialEq)]
 pub struct AdamWConfig {
     /// Decay rates of the first and second moments.
+    #[config(default = "(0.9, 0.999)")]
     pub betas: (f64, f64),
     /// Added to the root of the second moment.
+    #[config(default = 1e-8)]
     pub eps: f64,
     /// Decoupled weight decay: `p *= 1 - lr * weight_decay` after the Adam update.
+    #[config(default = 1e-2)]
     pub weight_decay: f64,
     /// Precision of the moments.
+    #[config(default = "StateBits::ThirtyTwo")]
     pub state_bits: StateBits,
     /// Tensors with fewer elements keep f32 moments even in 8-bit mode (bitsandbytes: 4096).
+    #[config(default = 4096)]
     pub min_8bit_size: usize,
     /// Clip the global gradient norm to this value (QLoRA: 0.3).
     pub max_grad_norm: Option<f64>,
     /// Handling of NaN/inf gradients.
+    #[config(default = "NonFinite::SkipStep")]
     pub non_finite: NonFinite,
     /// Bytes of state allowed to stay on an accelerator between steps; the rest lives in host
     /// memory and is paged in for its parameter's update, least recently used out first.
     /// `None`: no limit. Ignored on CPU devices, where host memory is the device memory.
     pub device_budget: Option<u64>,
     /// Parameter groups, first match wins; unmatched parameters use the settings above.
+    #[config(default = "Vec::new()")]
     pub groups: Vec<ParamGroup>,
 }
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig {
-            betas: (0.9, 0.999),
-            eps: 1e-8,
-            weight_decay: 1e-2,
-            state_bits: StateBits::ThirtyTwo,
-            min_8bit_size: 4096,
-            max_grad_norm: None,
-            non_finite: NonFinite::SkipStep,
-            device_budget: None,
-            groups: Vec::new(),
-        }
+        AdamWConfig::new()
     }
 }
 
@@ -167,48 +167,6 @@ impl AdamWConfig {
         }
     }
 
-    /// Sets both betas.
-    pub fn with_betas(mut self, beta1: f64, beta2: f64) -> Self {
-        self.betas = (beta1, beta2);
-        self
-    }
-
-    /// Sets epsilon.
-    pub fn with_eps(mut self, eps: f64) -> Self {
-        self.eps = eps;
-        self
-    }
-
-    /// Sets the weight decay.
-    pub fn with_weight_decay(mut self, weight_decay: f64) -> Self {
-        self.weight_decay = weight_decay;
-        self
-    }
-
-    /// Sets the state precision.
-    pub fn with_state_bits(mut self, bits: StateBits) -> Self {
-        self.state_bits = bits;
-        self
-    }
-
-    /// Sets the global gradient-norm clip.
-    pub fn with_max_grad_norm(mut self, max: Option<f64>) -> Self {
-        self.max_grad_norm = max;
-        self
-    }
-
-    /// Sets the non-finite gradient policy.
-    pub fn with_non_finite(mut self, policy: NonFinite) -> Self {
-        self.non_finite = policy;
-        self
-    }
-
-    /// Sets the device budget in bytes.
-    pub fn with_device_budget(mut self, bytes: Option<u64>) -> Self {
-        self.device_budget = bytes;
-        self
-    }
-
     /// Appends a parameter group.
     pub fn with_group(mut self, group: ParamGroup) -> Self {
         self.groups.push(group);
@@ -216,11 +174,11 @@ impl AdamWConfig {
     }
 
     /// Checks every field and compiles the group patterns.
-    pub fn validate(&self) -> Result<()> {
+    pub fn validate(&self) -> OptimResult<()> {
         self.compiled_groups().map(|_| ())
     }
 
-    pub(crate) fn compiled_groups(&self) -> Result<Vec<(ParamGroup, Regex)>> {
+    pub(crate) fn compiled_groups(&self) -> OptimResult<Vec<(ParamGroup, Regex)>> {
         let (b1, b2) = self.betas;
         for (name, b) in [("betas.0", b1), ("betas.1", b2)] {
             if !(0.0..1.0).contains(&b) {
@@ -272,7 +230,7 @@ mod tests {
     #[test]
     fn bad_settings_name_their_field() {
         let e = AdamWConfig::default()
-            .with_betas(1.0, 0.9)
+            .with_betas((1.0, 0.9))
             .validate()
             .unwrap_err();
         assert!(e.to_string().contains("betas.0"), "{e}");
