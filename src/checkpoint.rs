@@ -99,13 +99,14 @@ pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
 }
 
 /// Fills a fresh temporary directory with `fill`, then renames it to `dir`, replacing an older
-/// `dir` only once the new one is complete.
+/// `dir` only once the new one is complete. On Linux the replacement is one atomic exchange of
+/// the two directories, so a process killed at any moment leaves `dir` whole (old or new).
 pub(crate) fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = dir.with_file_name(format!(".{name}{TMP_MARK}{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
     }
@@ -115,15 +116,84 @@ pub(crate) fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()
         return Err(e);
     }
     if dir.exists() {
-        let old = dir.with_file_name(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(dir, &old).map_err(io_err(dir))?;
-        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
-        std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        if exchange(&tmp, dir).is_ok() {
+            // `tmp` now holds the old directory.
+            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        } else {
+            let old = dir.with_file_name(format!(".{name}{OLD_MARK}{}", std::process::id()));
+            std::fs::rename(dir, &old).map_err(io_err(dir))?;
+            std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+            std::fs::remove_dir_all(&old).map_err(io_err(&old))?;
+        }
     } else {
         std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
     }
     // The files inside were fsynced as they were written; this makes the rename durable.
     crate::quant::atomic::sync_parent(dir).map_err(io_err(dir))
+}
+
+/// Marks of the hidden directories a writer leaves while it works: a half-written new
+/// directory, a replaced old one, one being deleted. A killed process can leave them behind;
+/// [`remove_leftovers`] clears them.
+const TMP_MARK: &str = ".tmp-";
+const OLD_MARK: &str = ".old-";
+const DELETING_MARK: &str = ".deleting-";
+
+/// Swaps two paths atomically (Linux `renameat2(RENAME_EXCHANGE)`).
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (a, b) = (c(a)?, c(b)?);
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
+/// Removes what killed writers left in a run directory and its checkpoints: hidden temporary,
+/// replaced and half-deleted directories of other processes. Checkpoints themselves are
+/// untouched.
+pub fn remove_leftovers(run_dir: &Path) -> Result<()> {
+    let ours = std::process::id().to_string();
+    for dir in [run_dir.to_path_buf(), run_dir.join(CHECKPOINTS_DIR)] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let leftover = name.starts_with('.')
+                && [TMP_MARK, OLD_MARK, DELETING_MARK].iter().any(|mark| {
+                    name.rsplit_once(mark)
+                        .is_some_and(|(_, pid)| pid != ours && pid.parse::<u32>().is_ok())
+                });
+            if leftover && entry.path().is_dir() {
+                let path = entry.path();
+                std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checkpoint directories of a run, oldest first.
@@ -143,12 +213,41 @@ pub fn list_checkpoints(run_dir: &Path) -> Vec<PathBuf> {
     found.into_iter().map(|(_, p)| p).collect()
 }
 
-/// Removes all but the newest `keep` checkpoints.
+/// The newest checkpoint of a run that reads back whole (what `--resume` should continue from
+/// after a crash), or `None` when there is none.
+pub fn latest_checkpoint(run_dir: &Path) -> Option<PathBuf> {
+    list_checkpoints(run_dir)
+        .into_iter()
+        .rev()
+        .find(|dir| read_checkpoint(dir).is_ok())
+}
+
+/// What `--resume PATH` continues: `PATH` itself when it is a checkpoint, or the newest whole
+/// checkpoint of the run directory `PATH`.
+pub fn checkpoint_to_resume(path: &Path) -> Result<PathBuf> {
+    if path.join(CHECKPOINTS_DIR).is_dir() && !path.join(STATE_FILE).is_file() {
+        return latest_checkpoint(path).ok_or_else(|| FinetuneError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: "this run has no checkpoint that reads back whole".into(),
+        });
+    }
+    read_checkpoint(path)?;
+    Ok(path.to_path_buf())
+}
+
+/// Removes all but the newest `keep` checkpoints. Each is first renamed out of the way, so a
+/// process killed while deleting leaves a hidden leftover, never a half-deleted checkpoint.
 pub(crate) fn prune_checkpoints(run_dir: &Path, keep: usize) -> Result<()> {
     let all = list_checkpoints(run_dir);
     let excess = all.len().saturating_sub(keep);
     for old in &all[..excess] {
-        std::fs::remove_dir_all(old).map_err(io_err(old))?;
+        let name = old
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let doomed = old.with_file_name(format!(".{name}{DELETING_MARK}{}", std::process::id()));
+        std::fs::rename(old, &doomed).map_err(io_err(old))?;
+        std::fs::remove_dir_all(&doomed).map_err(io_err(&doomed))?;
     }
     Ok(())
 }

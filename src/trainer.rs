@@ -172,6 +172,7 @@ impl Trainer {
             ));
         }
         checkpoint::prepare_run_dir(&options.out_dir, options.overwrite)?;
+        checkpoint::remove_leftovers(&options.out_dir)?;
         let mut lora = config.lora_config()?;
         if let Some(sources) = &options.sources {
             lora.base_model_name_or_path
@@ -230,6 +231,7 @@ impl Trainer {
         let (lora, summary) = model.load_adapter(checkpoint_dir)?;
         model.set_adapters_training(true);
         std::fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
+        checkpoint::remove_leftovers(&options.out_dir)?;
         let mut trainer = Self::assemble(config, lora, model, data, options, state, Some(summary))?;
         let state_file = checkpoint_dir.join(OPTIMIZER_FILE);
         trainer.optimizer.load_state(&state_file)?;

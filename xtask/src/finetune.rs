@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args as ClapArgs;
-use medify_qlora::checkpoint::read_checkpoint;
+use medify_qlora::checkpoint::{checkpoint_to_resume, read_checkpoint};
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare};
 use medify_qlora::lora::TargetModules;
 use medify_qlora::optim::ScheduleKind;
@@ -38,7 +38,8 @@ pub struct Args {
     /// Write into a non-empty --out (replaces the trainer's own files only).
     #[arg(long)]
     overwrite: bool,
-    /// Continue from a checkpoint directory: its model, data and settings are used. Flags that
+    /// Continue from a checkpoint directory, or from the newest whole checkpoint of a run
+    /// directory (after a crash): its model, data and settings are used. Flags that
     /// may change mid-run (--max-steps, --epochs, --eval-every, --save-every, --keep-last and
     /// the memory flags) apply; any other that differs is refused.
     #[arg(long)]
@@ -355,11 +356,20 @@ fn run_dir_of(ckpt: &std::path::Path) -> Result<PathBuf, String> {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    let (config, sources) = match &a.resume {
+    let resume = match &a.resume {
+        Some(path) => Some(checkpoint_to_resume(path).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    if let (Some(given), Some(ckpt)) = (&a.resume, &resume)
+        && given != ckpt
+    {
+        eprintln!("resuming from {}", ckpt.display());
+    }
+    let (config, sources) = match &resume {
         Some(ckpt) => resumed_run(a, ckpt)?,
         None => new_run(a)?,
     };
-    let out = match (&a.out, &a.resume) {
+    let out = match (&a.out, &resume) {
         (Some(out), _) => out.clone(),
         (None, Some(ckpt)) => run_dir_of(ckpt)?,
         (None, None) => return Err("--out is required".into()),
@@ -404,7 +414,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         interrupt: Some(interrupt_flag()),
         sources: Some(sources),
     };
-    let mut trainer = match &a.resume {
+    let mut trainer = match &resume {
         Some(ckpt) => Trainer::resume_with(ckpt, &config, base.model, data, options),
         None => Trainer::new(config, base.model, data, options),
     }
