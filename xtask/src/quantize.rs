@@ -18,12 +18,16 @@ pub struct Args {
     out: PathBuf,
     /// nf4 or fp4.
     #[arg(long, default_value = "nf4")]
-    quant: String,
+    quant: QuantType,
     /// Values per absmax block.
     #[arg(long, default_value_t = 64)]
     blocksize: usize,
-    /// Quantize the absmax values again (QLoRA's double quantization).
+    /// Turn double quantization (absmax values quantized again, QLoRA's default and finetune's)
+    /// off.
     #[arg(long)]
+    no_double_quant: bool,
+    /// The default; accepted for scripts written when it was opt-in.
+    #[arg(long, hide = true, conflicts_with = "no_double_quant")]
     double_quant: bool,
     /// Replace the model files in a non-empty --out.
     #[arg(long)]
@@ -31,14 +35,11 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    let quant_type: QuantType = a
-        .quant
-        .parse()
-        .map_err(|_| format!("unknown --quant {:?} (nf4, fp4)", a.quant))?;
+    let _ = a.double_quant; // the default either way
     let config = QuantConfig {
-        quant_type,
+        quant_type: a.quant,
         blocksize: a.blocksize,
-        double_quant: a.double_quant,
+        double_quant: !a.no_double_quant,
     };
     // Dense on the CPU: each weight is quantized once, on the host, from its original values.
     let (model, tokenizer, _) = load_pretrained(&a.model, &Device::flex(), &LoadOptions::dense())

@@ -241,7 +241,7 @@ impl ChatEncoder {
         let enc = self
             .tokenizer
             .encode(rendered.text.as_str(), add_special)
-            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+            .map_err(DataError::Tokenizer)?;
         let ids = enc.get_ids().to_vec();
         let offsets = enc.get_offsets();
         let mut labels: Vec<i64> = if add_special {

@@ -39,9 +39,9 @@ pub enum DataError {
         /// The template engine's message (including `raise_exception` text).
         message: String,
     },
-    /// The tokenizer failed or lacks a token the template needs.
+    /// The tokenizer failed on a rendered record.
     #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    Tokenizer(#[source] tokenizers::Error),
     /// A setting that cannot work.
     #[error("invalid option: {0}")]
     Invalid(String),
