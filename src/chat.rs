@@ -1,9 +1,11 @@
 //! [`Chat`]: multi-turn conversation with a (fine-tuned) model through its chat template, with
-//! a medical safety disclaimer after every answer.
+//! the medical safety layer: red-flag triage before the answer, an educational default system
+//! prompt, and a disclaimer after every answer.
 
 use crate::data::{ChatEncoder, Message, Role};
 use crate::error::Result;
 use crate::models::{CausalLm, GenerationConfig, ModelTokenizer, TextStreamer};
+use crate::safety::{DEFAULT_SYSTEM_PROMPT, Emergency, triage};
 
 /// Appended to every answer unless turned off: the model is not a clinician.
 pub const DISCLAIMER: &str = "This answer is general information from an AI model, not a \
@@ -19,15 +21,24 @@ pub struct Reply {
     pub text: String,
     /// The disclaimer that goes with it (`None` when turned off).
     pub disclaimer: Option<&'static str>,
+    /// Emergency routing for red flags in the user's message, shown before the answer (`None`
+    /// when there were none or triage is off).
+    pub emergency: Option<Emergency>,
 }
 
 impl Reply {
-    /// The answer followed by the disclaimer, as a user should see it.
+    /// The emergency message (if any), the answer and the disclaimer, as a user should see it.
     pub fn display_text(&self) -> String {
-        match self.disclaimer {
-            Some(d) => format!("{}\n\n{d}", self.text.trim_end()),
-            None => self.text.clone(),
+        let mut out = String::new();
+        if let Some(e) = &self.emergency {
+            out.push_str(&e.message);
+            out.push_str("\n\n");
         }
+        match self.disclaimer {
+            Some(d) => out.push_str(&format!("{}\n\n{d}", self.text.trim_end())),
+            None => out.push_str(&self.text),
+        }
+        out
     }
 }
 
@@ -43,6 +54,8 @@ impl Reply {
 /// assert!(reply.ids.len() <= 8);
 /// assert!(reply.display_text().contains("not a diagnosis"));
 /// assert_eq!(chat.history().len(), 2);
+/// let urgent = chat.respond("I have crushing chest pain and I'm sweating", &mut |_| {}).unwrap();
+/// assert!(urgent.display_text().starts_with("You mention chest pain"));
 /// ```
 pub struct Chat<'a> {
     model: &'a CausalLm,
@@ -52,10 +65,12 @@ pub struct Chat<'a> {
     system: Option<String>,
     generation: GenerationConfig,
     disclaimer: bool,
+    triage: bool,
 }
 
 impl<'a> Chat<'a> {
-    /// Greedy decoding, up to 256 new tokens, disclaimer on.
+    /// Greedy decoding, up to 256 new tokens, the educational [`DEFAULT_SYSTEM_PROMPT`],
+    /// red-flag triage and the disclaimer on.
     pub fn new(
         model: &'a CausalLm,
         tokenizer: &'a ModelTokenizer,
@@ -66,16 +81,17 @@ impl<'a> Chat<'a> {
             tokenizer,
             encoder,
             history: Vec::new(),
-            system: None,
+            system: Some(DEFAULT_SYSTEM_PROMPT.to_string()),
             generation: GenerationConfig {
                 stop_ids: tokenizer.stop_ids.clone(),
                 ..GenerationConfig::default()
             },
             disclaimer: true,
+            triage: true,
         }
     }
 
-    /// A system prompt for the whole conversation.
+    /// The system prompt of the whole conversation, replacing the default; `None` sends none.
     pub fn with_system(mut self, system: Option<String>) -> Self {
         self.system = system;
         self
@@ -104,6 +120,22 @@ impl<'a> Chat<'a> {
         self
     }
 
+    /// Turns red-flag triage (emergency routing before the answer) on or off.
+    pub fn with_triage(mut self, on: bool) -> Self {
+        self.triage = on;
+        self
+    }
+
+    /// The emergency routing for the last user turn of `conversation`, when triage is on and
+    /// it names a red flag (for showing it before the answer streams).
+    pub fn triage(&self, conversation: &[Message]) -> Option<Emergency> {
+        if !self.triage {
+            return None;
+        }
+        let user = conversation.iter().rev().find(|m| m.role == Role::User)?;
+        triage(&user.content)
+    }
+
     /// The turns so far (user and assistant).
     pub fn history(&self) -> &[Message] {
         &self.history
@@ -117,17 +149,23 @@ impl<'a> Chat<'a> {
     /// Answers `user`, calling `on_text` with each new piece of text as it is generated; the
     /// question and the answer join the history.
     pub fn respond(&mut self, user: &str, on_text: &mut dyn FnMut(&str)) -> Result<Reply> {
+        let messages = self.conversation_with(user);
+        let reply = self.answer(&messages, on_text)?;
+        self.history.push(Message::new(Role::User, user));
+        self.history
+            .push(Message::new(Role::Assistant, reply.text.trim().to_string()));
+        Ok(reply)
+    }
+
+    /// The system prompt, the history and `user`: what [`respond`](Self::respond) answers.
+    pub fn conversation_with(&self, user: &str) -> Vec<Message> {
         let mut messages = Vec::new();
         if let Some(s) = &self.system {
             messages.push(Message::new(Role::System, s.clone()));
         }
         messages.extend(self.history.iter().cloned());
         messages.push(Message::new(Role::User, user));
-        let reply = self.answer(&messages, on_text)?;
-        self.history.push(Message::new(Role::User, user));
-        self.history
-            .push(Message::new(Role::Assistant, reply.text.trim().to_string()));
-        Ok(reply)
+        messages
     }
 
     /// The next assistant turn of `conversation` (given whole; the history and system prompt of
@@ -153,6 +191,7 @@ impl<'a> Chat<'a> {
             ids,
             text,
             disclaimer: self.disclaimer.then_some(DISCLAIMER),
+            emergency: self.triage(conversation),
         })
     }
 }

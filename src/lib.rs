@@ -54,6 +54,7 @@ mod evaluate;
 mod memory;
 pub mod memory_model;
 mod plot;
+pub mod safety;
 mod sources;
 mod text_metrics;
 mod trainer;

@@ -23,13 +23,16 @@ pub struct Args {
     /// Built-in chat template instead of the model's.
     #[arg(long)]
     template: Option<String>,
-    /// System prompt.
-    #[arg(long)]
+    /// System prompt (default: an educational assistant that does not diagnose or prescribe).
+    #[arg(long, conflicts_with = "no_system_prompt")]
     system: Option<String>,
+    /// Send no system prompt at all.
+    #[arg(long)]
+    no_system_prompt: bool,
     /// Answer this once and exit (no interactive loop).
     #[arg(long)]
     prompt: Option<String>,
-    /// With --prompt: print {"ids": [...], "text": ...} only.
+    /// With --prompt: print {"ids", "text" (as shown), "answer" (the model's), "emergency"} only.
     #[arg(long)]
     json: bool,
     /// Sampling temperature; 0 is greedy.
@@ -69,12 +72,17 @@ pub fn run(a: &Args) -> Result<(), String> {
         ..GenerationConfig::default()
     };
     let mut chat = Chat::new(&base.model, &base.tokenizer, &base.encoder)
-        .with_system(a.system.clone())
         .with_generation(generation)
         .with_disclaimer(!a.no_disclaimer);
+    if a.system.is_some() || a.no_system_prompt {
+        chat = chat.with_system(a.system.clone());
+    }
     let mut stdout = std::io::stdout();
     if let Some(prompt) = &a.prompt {
         let json = a.json;
+        if !json && let Some(e) = chat.triage(&chat.conversation_with(prompt)) {
+            println!("{}\n", e.message);
+        }
         let reply = chat
             .respond(prompt, &mut |piece| {
                 if !json {
@@ -85,7 +93,11 @@ pub fn run(a: &Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         if json {
             let text = reply.display_text();
-            println!("{}", json!({"ids": reply.ids, "text": text}));
+            let flags = reply.emergency.as_ref().map(|e| e.flags.clone());
+            println!(
+                "{}",
+                json!({"ids": reply.ids, "text": text, "answer": reply.text, "emergency": flags})
+            );
         } else {
             match reply.disclaimer {
                 Some(d) => println!("\n\n{d}"),
@@ -115,6 +127,9 @@ pub fn run(a: &Args) -> Result<(), String> {
         if line.trim() == "/reset" {
             chat.clear();
             continue;
+        }
+        if let Some(e) = chat.triage(&chat.conversation_with(line.trim())) {
+            println!("\n!! {}", e.message);
         }
         print!("assistant> ");
         let _ = stdout.flush();
