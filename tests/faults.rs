@@ -13,7 +13,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 use medify_qlora::checkpoint::{latest_checkpoint, list_checkpoints, read_checkpoint};
 use medify_qlora::data::{ReadOptions, prepare, read_records};
-use medify_qlora::{FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base};
+use medify_qlora::{BaseModel, FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base};
 
 /// The child reads its run directory from here.
 const RUN_DIR_VAR: &str = "MEDIFY_FAULT_RUN_DIR";
@@ -43,23 +43,37 @@ fn config() -> FinetuneConfig {
     }
 }
 
-/// One life of the training process: a fresh run, or the continuation of the newest whole
-/// checkpoint when there is one.
-fn train(run_dir: &Path) -> medify_qlora::Result<()> {
-    let config = config();
-    let base = load_base(
+/// The tiny Llama as `config` holds it, on an autodiff CPU device.
+fn tiny_base(config: &FinetuneConfig) -> medify_qlora::Result<BaseModel> {
+    load_base(
         &root().join("fixtures/tiny_models/llama"),
         &Device::flex().autodiff(),
         config.quant_config()?,
         None,
-    )?;
+    )
+}
+
+/// The committed medical Q&A set, prepared for `base` as `config` says.
+fn medical_qa(base: &BaseModel, config: &FinetuneConfig) -> medify_qlora::Result<TrainData> {
     let records = read_records(
         &root().join("fixtures/medical_qa/medical_qa.jsonl"),
         &ReadOptions::default(),
     )?
     .records;
     let prepared = prepare(records, &base.encoder, &config.dataset_config())?;
-    let data = TrainData::from_prepared(&prepared, &config, base.encoder.pad_id());
+    Ok(TrainData::from_prepared(
+        &prepared,
+        config,
+        base.encoder.pad_id(),
+    ))
+}
+
+/// One life of the training process: a fresh run, or the continuation of the newest whole
+/// checkpoint when there is one.
+fn train(run_dir: &Path) -> medify_qlora::Result<()> {
+    let config = config();
+    let base = tiny_base(&config)?;
+    let data = medical_qa(&base, &config)?;
     let mut options = TrainerOptions::new(run_dir);
     options.overwrite = true;
     let mut trainer = match latest_checkpoint(run_dir) {
@@ -269,24 +283,9 @@ fn a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint() {
         save_every: 2,
         ..config()
     };
-    let model = || {
-        load_base(
-            &root().join("fixtures/tiny_models/llama"),
-            &Device::flex().autodiff(),
-            config.quant_config().unwrap(),
-            None,
-        )
-        .unwrap()
-    };
-    let first = model();
-    let records = read_records(
-        &root().join("fixtures/medical_qa/medical_qa.jsonl"),
-        &ReadOptions::default(),
-    )
-    .unwrap()
-    .records;
-    let prepared = prepare(records, &first.encoder, &config.dataset_config()).unwrap();
-    let data = TrainData::from_prepared(&prepared, &config, first.encoder.pad_id());
+    let model = || tiny_base(&config).unwrap().model;
+    let first = tiny_base(&config).unwrap();
+    let data = medical_qa(&first, &config).unwrap();
     let mut trainer = Trainer::new(
         config.clone(),
         first.model,
@@ -323,8 +322,8 @@ fn a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint() {
     let err = Trainer::resume_with(
         &ckpt,
         &longer,
-        model().model,
-        data,
+        model(),
+        data.clone(),
         TrainerOptions::new(&run),
     )
     .and_then(|mut t| t.train().map(|_| ()))
@@ -341,13 +340,7 @@ fn a_full_disk_is_a_clear_error_and_keeps_the_previous_checkpoint() {
     read_checkpoint(&ckpt).unwrap();
     // Once there is room again, the run continues from it.
     std::fs::remove_file(&ballast).unwrap();
-    let mut again = Trainer::resume_with(
-        &ckpt,
-        &longer,
-        model().model,
-        TrainData::from_prepared(&prepared, &config, model().encoder.pad_id()),
-        TrainerOptions::new(&run),
-    )
-    .unwrap();
+    let mut again =
+        Trainer::resume_with(&ckpt, &longer, model(), data, TrainerOptions::new(&run)).unwrap();
     assert_eq!(again.train().unwrap().steps, 4);
 }
