@@ -3,8 +3,9 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::batch::DecodeBatch;
 use crate::error::{ModelError, Result};
-use crate::model::{CausalLm, KvCache, TokenBatch};
+use crate::model::CausalLm;
 
 /// How to pick tokens. Defaults: greedy, 256 new tokens, no penalty.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +41,7 @@ impl Default for GenerationConfig {
 }
 
 impl GenerationConfig {
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::InvalidRequest(m));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
             return bad(format!(
@@ -195,69 +196,36 @@ impl CausalLm {
                 "every prompt needs at least one token".into(),
             ));
         }
-        let b = prompts.len();
-        let pad = self
-            .config()
-            .pad_token_id
-            .or(self.config().bos_token_id)
-            .unwrap_or(0);
-        let mut batch = TokenBatch::left_padded(prompts, pad);
-        let mut next_pos: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
-        let mut seen: Vec<Vec<u32>> = prompts.to_vec();
         let mut out: Vec<Generation> = vec![
             Generation {
                 ids: Vec::new(),
                 stop: StopReason::MaxTokens
             };
-            b
+            prompts.len()
         ];
-        let mut done = vec![false; b];
-        let mut cache = KvCache::new();
-        let mut samplers: Vec<Sampler> = (0..b)
-            .map(|i| {
-                Sampler::new(&GenerationConfig {
-                    seed: config.seed.wrapping_add(i as u64),
-                    ..config.clone()
-                })
-            })
-            .collect();
-        let vocab = self.config().vocab_size;
-        for _ in 0..config.max_new_tokens {
-            let logits = self.next_token_logits(&batch, Some(&mut cache))?;
-            let mut values = logits
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| ModelError::InvalidRequest(format!("reading logits: {e:?}")))?;
-            let mut step = Vec::with_capacity(b);
-            for r in 0..b {
-                if done[r] {
-                    step.push(pad);
-                    continue;
-                }
-                let row = &mut values[r * vocab..(r + 1) * vocab];
-                let id = samplers[r].pick(row, &seen[r]);
-                out[r].ids.push(id);
-                seen[r].push(id);
-                step.push(id);
-                if !on_token(r, id) {
-                    done[r] = true;
-                    out[r].stop = StopReason::Cancelled;
-                } else if config.stop_ids.contains(&id) {
-                    done[r] = true;
-                    out[r].stop = StopReason::StopToken;
-                }
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-            batch = TokenBatch {
-                ids: step.iter().map(|&t| vec![t]).collect(),
-                positions: Some(next_pos.iter().map(|&p| vec![p]).collect()),
-                attention_mask: None,
-                segments: None,
+        if config.max_new_tokens == 0 {
+            return Ok(out);
+        }
+        let mut batch = DecodeBatch::new(self);
+        let mut row_of = std::collections::HashMap::new();
+        for (i, prompt) in prompts.iter().enumerate() {
+            let seeded = GenerationConfig {
+                seed: config.seed.wrapping_add(i as u64),
+                ..config.clone()
             };
-            next_pos.iter_mut().for_each(|p| *p += 1);
+            row_of.insert(batch.admit(prompt.clone(), &seeded)?, i);
+        }
+        while !batch.is_empty() {
+            for token in batch.step()? {
+                let r = row_of[&token.sequence];
+                out[r].ids.push(token.id);
+                if !on_token(r, token.id) {
+                    out[r].stop = StopReason::Cancelled;
+                    batch.cancel(token.sequence);
+                } else if let Some(stop) = token.finished {
+                    out[r].stop = stop;
+                }
+            }
         }
         Ok(out)
     }

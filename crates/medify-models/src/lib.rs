@@ -22,6 +22,7 @@
 //! ```
 
 mod adapt;
+mod batch;
 mod checkpoint;
 mod config;
 mod dtype;
@@ -40,6 +41,7 @@ mod tiled;
 mod tokenizer;
 pub mod weights;
 
+pub use batch::{DecodeBatch, SequenceId, SequenceToken};
 pub use checkpoint::{Checkpointing, MicroBatchGradients};
 pub use config::{Activation, BnbQuantization, Family, LlamaConfig, RopeScaling};
 pub use dtype::ComputeDtype;

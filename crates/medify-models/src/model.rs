@@ -127,6 +127,109 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Sequences (rows) in the cache.
+    pub fn sequences(&self) -> usize {
+        self.key_valid.len()
+    }
+
+    /// Adds the sequences of `other` as new rows after this cache's. The shorter side is padded
+    /// at the front with masked keys, so every row keeps its tokens contiguous and
+    /// right-aligned (what continuous batching needs to decode them in one step).
+    pub fn append_rows(&mut self, mut other: KvCache) {
+        if self.sequences() == 0 {
+            *self = other;
+            return;
+        }
+        if other.sequences() == 0 {
+            return;
+        }
+        let width = self.len().max(other.len());
+        self.pad_front(width - self.len());
+        other.pad_front(width - other.len());
+        if self.layers.len() < other.layers.len() {
+            self.layers.resize(other.layers.len(), None);
+        }
+        for (mine, theirs) in self.layers.iter_mut().zip(other.layers) {
+            *mine = match (mine.take(), theirs) {
+                (Some(a), Some(b)) => Some(LayerCache {
+                    keys: Tensor::cat(vec![a.keys, b.keys], 0),
+                    values: Tensor::cat(vec![a.values, b.values], 0),
+                }),
+                (a, b) => a.or(b),
+            };
+        }
+        self.key_valid.extend(other.key_valid);
+        self.key_segments.extend(other.key_segments);
+    }
+
+    /// Keeps only the rows at `keep` (in that order), then drops the leading key columns that
+    /// no remaining row uses. Callers pass row indices they got from this cache.
+    pub(crate) fn retain_rows(&mut self, keep: &[usize]) {
+        let b = self.sequences();
+        debug_assert!(keep.iter().all(|&r| r < b), "row index out of range");
+        if keep.len() == b && keep.iter().enumerate().all(|(i, &r)| i == r) {
+            return;
+        }
+        if keep.is_empty() {
+            *self = KvCache::default();
+            return;
+        }
+        for layer in self.layers.iter_mut().flatten() {
+            let device = layer.keys.device();
+            let rows: Vec<i64> = keep.iter().map(|&r| r as i64).collect();
+            let index = Tensor::<1, Int>::from_data(TensorData::new(rows, [keep.len()]), &device);
+            layer.keys = layer.keys.clone().select(0, index.clone());
+            layer.values = layer.values.clone().select(0, index);
+        }
+        self.key_valid = keep.iter().map(|&r| self.key_valid[r].clone()).collect();
+        if self.key_segments.len() == b {
+            self.key_segments = keep.iter().map(|&r| self.key_segments[r].clone()).collect();
+        }
+        let unused = self
+            .key_valid
+            .iter()
+            .map(|row| row.iter().take_while(|v| !**v).count())
+            .min()
+            .unwrap_or(0);
+        if unused > 0 {
+            let t = self.len();
+            for layer in self.layers.iter_mut().flatten() {
+                layer.keys = layer.keys.clone().narrow(2, unused, t - unused);
+                layer.values = layer.values.clone().narrow(2, unused, t - unused);
+            }
+            for row in &mut self.key_valid {
+                row.drain(..unused);
+            }
+            for row in &mut self.key_segments {
+                row.drain(..unused.min(row.len()));
+            }
+        }
+    }
+
+    /// `n` masked key columns before every row's keys.
+    fn pad_front(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        for layer in self.layers.iter_mut().flatten() {
+            let [b, h, _, d] = layer.keys.dims();
+            let device = layer.keys.device();
+            let zeros = |like: &Tensor<4>| {
+                medify_lora::cast_to(Tensor::<4>::zeros([b, h, n, d], &device), like.dtype())
+            };
+            layer.keys = Tensor::cat(vec![zeros(&layer.keys), layer.keys.clone()], 2);
+            layer.values = Tensor::cat(vec![zeros(&layer.values), layer.values.clone()], 2);
+        }
+        for row in &mut self.key_valid {
+            row.splice(0..0, std::iter::repeat_n(false, n));
+        }
+        for row in &mut self.key_segments {
+            if !row.is_empty() {
+                row.splice(0..0, std::iter::repeat_n(u32::MAX, n));
+            }
+        }
+    }
 }
 
 /// Mean next-token cross-entropy of a batch, with the token count it averages over.
