@@ -269,9 +269,23 @@ pub fn triage(message: &str) -> Option<Emergency> {
     {
         flags.retain(|f| *f != RedFlag::ChestPain);
     }
-    let baby = ["baby", "infant", "newborn", "son", "daughter"]
-        .iter()
-        .any(|w| text.contains(w));
+    // Whole words: "son" must not match "person" or "season".
+    let baby = text.split(|c: char| !c.is_alphanumeric()).any(|w| {
+        [
+            "baby",
+            "babies",
+            "infant",
+            "infants",
+            "newborn",
+            "newborns",
+            "son",
+            "sons",
+            "daughter",
+            "daughters",
+            "twins",
+        ]
+        .contains(&w)
+    });
     if !flags.contains(&RedFlag::InfantFever)
         && baby
         && under_three_months(&text)
@@ -377,6 +391,10 @@ mod tests {
             RedFlag::InfantFever,
         ),
         (
+            "our 6-week-old twins both have a fever of 38.2",
+            RedFlag::InfantFever,
+        ),
+        (
             "our newborn feels hot and has a fever",
             RedFlag::InfantFever,
         ),
@@ -390,6 +408,7 @@ mod tests {
 
     /// Questions about topics and everyday complaints that must not trigger.
     const NEAR_MISSES: &[&str] = &[
+        "A person with a two-week-old tattoo has a mild fever",
         "What is a stroke?",
         "What are the symptoms of a heart attack?",
         "my chest workout hurts",
