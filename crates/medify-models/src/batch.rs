@@ -168,20 +168,13 @@ impl<'m> DecodeBatch<'m> {
             let logits = self
                 .model
                 .next_token_logits(&batch, Some(&mut self.cache))?;
-            let mut rows = std::mem::take(&mut self.rows);
-            let finished = sample_rows(
-                &mut rows,
-                logits,
-                self.model.config().vocab_size,
-                &mut tokens,
-            )?;
-            let keep: Vec<usize> = (0..rows.len()).filter(|i| !finished.contains(i)).collect();
-            self.cache.retain_rows(&keep);
-            self.rows = keep_rows(rows, &keep);
+            let rows = std::mem::take(&mut self.rows);
+            let vocab = self.model.config().vocab_size;
+            self.rows = advance(rows, logits, vocab, &mut self.cache, &mut tokens)?;
         }
         if !self.waiting.is_empty() {
             let waiting = std::mem::take(&mut self.waiting);
-            let (mut rows, prompts): (Vec<Row>, Vec<Vec<u32>>) = waiting.into_iter().unzip();
+            let (rows, prompts): (Vec<Row>, Vec<Vec<u32>>) = waiting.into_iter().unzip();
             let pad = self
                 .model
                 .config()
@@ -191,16 +184,10 @@ impl<'m> DecodeBatch<'m> {
             let batch = TokenBatch::left_padded(&prompts, pad);
             let mut cache = KvCache::new();
             let logits = self.model.next_token_logits(&batch, Some(&mut cache))?;
-            let finished = sample_rows(
-                &mut rows,
-                logits,
-                self.model.config().vocab_size,
-                &mut tokens,
-            )?;
-            let keep: Vec<usize> = (0..rows.len()).filter(|i| !finished.contains(i)).collect();
-            cache.retain_rows(&keep);
+            let vocab = self.model.config().vocab_size;
+            let joined = advance(rows, logits, vocab, &mut cache, &mut tokens)?;
             self.cache.append_rows(cache);
-            self.rows.extend(keep_rows(rows, &keep));
+            self.rows.extend(joined);
         }
         Ok(tokens)
     }
@@ -210,12 +197,23 @@ fn last(ids: &[u32]) -> u32 {
     ids.last().copied().unwrap_or(0)
 }
 
-fn keep_rows(rows: Vec<Row>, keep: &[usize]) -> Vec<Row> {
-    rows.into_iter()
+/// Samples each row's next token, then drops the finished rows from the batch and its cache.
+fn advance(
+    mut rows: Vec<Row>,
+    logits: burn::tensor::Tensor<2>,
+    vocab: usize,
+    cache: &mut KvCache,
+    tokens: &mut Vec<SequenceToken>,
+) -> Result<Vec<Row>> {
+    let finished = sample_rows(&mut rows, logits, vocab, tokens)?;
+    let keep: Vec<usize> = (0..rows.len()).filter(|i| !finished.contains(i)).collect();
+    cache.retain_rows(&keep);
+    Ok(rows
+        .into_iter()
         .enumerate()
         .filter(|(i, _)| keep.contains(i))
         .map(|(_, r)| r)
-        .collect()
+        .collect())
 }
 
 /// Samples each row's next token from `[rows, vocab]` logits; returns the rows that finished.
