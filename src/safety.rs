@@ -176,6 +176,7 @@ struct Patterns {
     topic_question: Regex,
     exercise: Regex,
     chest_alarm: Regex,
+    infant: Regex,
     infant_age: Regex,
     infant_fever: Regex,
 }
@@ -208,6 +209,8 @@ fn patterns() -> &'static Patterns {
             chest_alarm: build(
                 r"\b(?:sweat\w*|clammy|arm|jaw|neck|back|shoulder|nause\w*|short(?:ness)? of breath|breath\w*|faint\w*|dizz\w*|crush\w*|pressure|squeez\w*|heart attack|spreading|radiat\w*)\b",
             ),
+            // Whole words: "son" must not match "person" or "season".
+            infant: build(r"\b(?:bab(?:y|ies)|infants?|newborns?|sons?|daughters?|twins)\b"),
             infant_age: build(
                 r"\b(\d{1,2}|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)[- ](day|days|week|weeks|wk|wks|month|months|mo)[- ]old\b",
             ),
@@ -269,25 +272,8 @@ pub fn triage(message: &str) -> Option<Emergency> {
     {
         flags.retain(|f| *f != RedFlag::ChestPain);
     }
-    // Whole words: "son" must not match "person" or "season".
-    let baby = text.split(|c: char| !c.is_alphanumeric()).any(|w| {
-        [
-            "baby",
-            "babies",
-            "infant",
-            "infants",
-            "newborn",
-            "newborns",
-            "son",
-            "sons",
-            "daughter",
-            "daughters",
-            "twins",
-        ]
-        .contains(&w)
-    });
     if !flags.contains(&RedFlag::InfantFever)
-        && baby
+        && p.infant.is_match(&text)
         && under_three_months(&text)
         && p.infant_fever.is_match(&text)
     {
