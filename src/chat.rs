@@ -171,8 +171,7 @@ impl<'a> Chat<'a> {
     /// The next assistant turn of `conversation` (given whole; the history and system prompt of
     /// this chat are not used and not changed), streamed to `on_text` as it is generated.
     pub fn answer(&self, conversation: &[Message], on_text: &mut dyn FnMut(&str)) -> Result<Reply> {
-        let prompt = self.encoder.generation_prompt(conversation)?;
-        let ids = self.tokenizer.encode(&prompt, false)?;
+        let ids = self.prompt_ids(conversation)?;
         let mut streamer = TextStreamer::new(self.tokenizer);
         let stops = &self.generation.stop_ids;
         let out = self
@@ -186,6 +185,20 @@ impl<'a> Chat<'a> {
                 true
             })?;
         let ids = out.into_iter().next().map(|g| g.ids).unwrap_or_default();
+        self.reply(conversation, ids)
+    }
+
+    /// The token ids [`answer`](Self::answer) generates from: `conversation` rendered through
+    /// the chat template up to the assistant's turn. A server that batches many conversations
+    /// generates from these and finishes each with [`reply`](Self::reply).
+    pub fn prompt_ids(&self, conversation: &[Message]) -> Result<Vec<u32>> {
+        let prompt = self.encoder.generation_prompt(conversation)?;
+        Ok(self.tokenizer.encode(&prompt, false)?)
+    }
+
+    /// The [`Reply`] to `conversation` made of the generated `ids`: their text, the disclaimer
+    /// and the emergency routing, exactly as [`answer`](Self::answer) gives them.
+    pub fn reply(&self, conversation: &[Message], ids: Vec<u32>) -> Result<Reply> {
         let text = self.tokenizer.decode(&ids, true)?;
         Ok(Reply {
             ids,
@@ -193,5 +206,10 @@ impl<'a> Chat<'a> {
             disclaimer: self.disclaimer.then_some(DISCLAIMER),
             emergency: self.triage(conversation),
         })
+    }
+
+    /// The sampling settings answers are generated with (the tokenizer's stop ids included).
+    pub fn generation(&self) -> &GenerationConfig {
+        &self.generation
     }
 }

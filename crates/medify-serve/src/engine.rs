@@ -2,13 +2,11 @@
 //! step shares one forward pass. Requests arrive through a bounded queue (full → the caller
 //! answers 429); tokens go back through one channel per request, and a request whose receiver
 //! is gone (the client disconnected) is cancelled before the next step.
-//!
-//! DRAFT (issue 17): written, not yet compiled or tested.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use medify_qlora::models::{CausalLm, DecodeBatch, GenerationConfig, SequenceId, StopReason};
 use tokio::sync::mpsc;
@@ -26,8 +24,11 @@ pub enum Event {
 
 /// One generation request.
 pub struct Job {
+    /// Prompt token ids.
     pub prompt: Vec<u32>,
+    /// Sampling settings, stop ids and token budget.
     pub config: GenerationConfig,
+    /// Where the tokens go; dropping the receiver cancels the request.
     pub events: mpsc::UnboundedSender<Event>,
 }
 
@@ -52,8 +53,10 @@ impl Default for EngineConfig {
 /// Why a request was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// Every queue place is taken.
     #[error("the request queue is full; retry later")]
     QueueFull,
+    /// The engine has stopped.
     #[error("the server is shutting down")]
     Closed,
 }
@@ -63,6 +66,8 @@ pub enum SubmitError {
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
     abort: Arc<AtomicBool>,
+    running: Arc<AtomicUsize>,
+    disconnected: Arc<AtomicUsize>,
 }
 
 impl Engine {
@@ -74,11 +79,25 @@ impl Engine {
     ) -> std::io::Result<(Engine, std::thread::JoinHandle<()>)> {
         let (jobs, rx) = mpsc::channel(config.queue.max(1));
         let abort = Arc::new(AtomicBool::new(false));
-        let flag = abort.clone();
+        let running = Arc::new(AtomicUsize::new(0));
+        let disconnected = Arc::new(AtomicUsize::new(0));
+        let counters = Counters {
+            abort: abort.clone(),
+            running: running.clone(),
+            disconnected: disconnected.clone(),
+        };
         let handle = std::thread::Builder::new()
             .name("medify-engine".into())
-            .spawn(move || run(&model, rx, config.max_batch.max(1), &flag))?;
-        Ok((Engine { jobs, abort }, handle))
+            .spawn(move || run(&model, rx, config.max_batch.max(1), &counters))?;
+        Ok((
+            Engine {
+                jobs,
+                abort,
+                running,
+                disconnected,
+            },
+            handle,
+        ))
     }
 
     /// Queues a request without waiting.
@@ -89,17 +108,44 @@ impl Engine {
         })
     }
 
+    /// Sequences in the batch now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Requests cancelled so far because their receiver was dropped (the client went away).
+    pub fn disconnected(&self) -> usize {
+        self.disconnected.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting for a place in the batch.
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     /// Cancels every request in flight (after a shutdown's grace period).
     pub fn abort(&self) {
         self.abort.store(true, Ordering::SeqCst);
     }
 }
 
-fn run(model: &CausalLm, mut rx: mpsc::Receiver<Job>, max_batch: usize, abort: &AtomicBool) {
+struct Counters {
+    abort: Arc<AtomicBool>,
+    running: Arc<AtomicUsize>,
+    disconnected: Arc<AtomicUsize>,
+}
+
+fn run(model: &CausalLm, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
+    let Counters {
+        abort,
+        running,
+        disconnected,
+    } = counters;
     let mut batch = DecodeBatch::new(model);
     let mut live: HashMap<SequenceId, mpsc::UnboundedSender<Event>> = HashMap::new();
     let mut closing = false;
     loop {
+        running.store(live.len(), Ordering::Relaxed);
         if batch.is_empty() {
             if closing {
                 return;
@@ -127,9 +173,11 @@ fn run(model: &CausalLm, mut rx: mpsc::Receiver<Job>, max_batch: usize, abort: &
             let gone = tx.is_closed();
             if gone {
                 batch.cancel(*id);
+                disconnected.fetch_add(1, Ordering::Relaxed);
             }
             !gone
         });
+        running.store(live.len(), Ordering::Relaxed);
         if batch.is_empty() {
             continue;
         }
@@ -245,6 +293,16 @@ mod tests {
                 events: tx,
             })
             .unwrap();
+        let mut waited = 0;
+        while engine.disconnected() == 0 && waited < 500 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            waited += 1;
+        }
+        assert_eq!(
+            engine.disconnected(),
+            1,
+            "the dropped receiver was cancelled"
+        );
         for (i, rx) in receivers.into_iter().enumerate() {
             let (ids, end) = collect(rx);
             let want = model
@@ -264,6 +322,8 @@ mod tests {
         let engine = Engine {
             jobs,
             abort: Arc::new(AtomicBool::new(false)),
+            running: Arc::new(AtomicUsize::new(0)),
+            disconnected: Arc::new(AtomicUsize::new(0)),
         };
         let job = || Job {
             prompt: vec![1],
@@ -271,6 +331,7 @@ mod tests {
             events: mpsc::unbounded_channel().0,
         };
         engine.submit(job()).unwrap();
+        assert_eq!(engine.queued(), 1);
         assert!(matches!(engine.submit(job()), Err(SubmitError::QueueFull)));
     }
 }
