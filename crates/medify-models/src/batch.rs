@@ -283,7 +283,11 @@ mod tests {
                 segments: None,
             };
             let logits = model.next_token_logits(&batch, None).unwrap();
-            let mut values = logits.into_data().convert::<f32>().to_vec::<f32>().unwrap();
+            let mut values = logits
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap();
             let id = sampler.pick(&mut values, &seen);
             seen.push(id);
             out.push(id);

@@ -68,6 +68,9 @@ pub struct Engine {
     abort: Arc<AtomicBool>,
     running: Arc<AtomicUsize>,
     disconnected: Arc<AtomicUsize>,
+    /// Makes the next step panic (tests check the engine survives it).
+    #[cfg(test)]
+    panic_next: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -85,7 +88,11 @@ impl Engine {
             abort: abort.clone(),
             running: running.clone(),
             disconnected: disconnected.clone(),
+            #[cfg(test)]
+            panic_next: Arc::new(AtomicBool::new(false)),
         };
+        #[cfg(test)]
+        let panic_next = counters.panic_next.clone();
         let handle = std::thread::Builder::new()
             .name("medify-engine".into())
             .spawn(move || run(&model, rx, config.max_batch.max(1), &counters))?;
@@ -95,6 +102,8 @@ impl Engine {
                 abort,
                 running,
                 disconnected,
+                #[cfg(test)]
+                panic_next,
             },
             handle,
         ))
@@ -133,6 +142,8 @@ struct Counters {
     abort: Arc<AtomicBool>,
     running: Arc<AtomicUsize>,
     disconnected: Arc<AtomicUsize>,
+    #[cfg(test)]
+    panic_next: Arc<AtomicBool>,
 }
 
 fn run(model: &CausalLm, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
@@ -140,6 +151,7 @@ fn run(model: &CausalLm, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters
         abort,
         running,
         disconnected,
+        ..
     } = counters;
     let mut batch = DecodeBatch::new(model);
     let mut live: HashMap<SequenceId, mpsc::UnboundedSender<Event>> = HashMap::new();
@@ -181,7 +193,13 @@ fn run(model: &CausalLm, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters
         if batch.is_empty() {
             continue;
         }
-        match catch_unwind(AssertUnwindSafe(|| batch.step())) {
+        match catch_unwind(AssertUnwindSafe(|| {
+            #[cfg(test)]
+            if counters.panic_next.swap(false, Ordering::SeqCst) {
+                panic!("injected by a test");
+            }
+            batch.step()
+        })) {
             Ok(Ok(tokens)) => {
                 for t in tokens {
                     let Some(tx) = live.get(&t.sequence) else {
@@ -316,6 +334,50 @@ mod tests {
         thread.join().unwrap();
     }
 
+    /// A panic inside a step fails the requests in flight; the engine goes on serving.
+    #[test]
+    fn a_panic_fails_only_the_requests_in_flight() {
+        let model = tiny();
+        let (engine, thread) = Engine::start(model.clone(), EngineConfig::default()).unwrap();
+        let cfg = GenerationConfig {
+            max_new_tokens: 5,
+            ..Default::default()
+        };
+        engine.panic_next.store(true, Ordering::SeqCst);
+        let (tx, rx) = mpsc::unbounded_channel();
+        engine
+            .submit(Job {
+                prompt: vec![1, 5, 9],
+                config: cfg.clone(),
+                events: tx,
+            })
+            .unwrap();
+        assert_eq!(
+            collect(rx),
+            (
+                vec![],
+                Event::Failed("internal error during generation".into())
+            )
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        engine
+            .submit(Job {
+                prompt: vec![1, 5, 9],
+                config: cfg.clone(),
+                events: tx,
+            })
+            .unwrap();
+        let want = model
+            .generate(&[vec![1, 5, 9]], &cfg, &mut |_, _| true)
+            .unwrap();
+        assert_eq!(
+            collect(rx),
+            (want[0].ids.clone(), Event::Done(StopReason::MaxTokens))
+        );
+        drop(engine);
+        thread.join().unwrap();
+    }
+
     #[test]
     fn a_full_queue_is_refused() {
         let (jobs, _rx) = mpsc::channel(1);
@@ -324,6 +386,7 @@ mod tests {
             abort: Arc::new(AtomicBool::new(false)),
             running: Arc::new(AtomicUsize::new(0)),
             disconnected: Arc::new(AtomicUsize::new(0)),
+            panic_next: Arc::new(AtomicBool::new(false)),
         };
         let job = || Job {
             prompt: vec![1],
