@@ -6,6 +6,7 @@ mod bench_memory;
 mod bench_models;
 mod bench_optim;
 mod bench_quant;
+mod bench_serve;
 mod chat;
 mod device;
 mod fetch;
@@ -16,6 +17,7 @@ mod merge;
 mod models;
 mod preview;
 mod quantize;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -42,10 +44,14 @@ enum Command {
     BenchMemory(bench_memory::Args),
     /// Optimizer state bytes per parameter and step time: PagedAdamW 32/8-bit vs burn AdamW.
     BenchOptim(bench_optim::Args),
+    /// The chat server under 1/4/16 concurrent streaming clients: aggregate and per-client tok/s, TTFT.
+    BenchServe(bench_serve::Args),
     /// QLoRA fine-tuning; with no --model/--data, SmolLM2-135M-Instruct on the embedded medical Q&A set.
     Finetune(Box<finetune::Args>),
     /// Chat with a model (and adapter) through its chat template; answers end with a safety disclaimer.
     Chat(chat::Args),
+    /// OpenAI-compatible chat server and local web chat (batched decoding, safety layer).
+    Serve(serve::Args),
     /// Write a model as a bitsandbytes 4-bit Hugging Face directory.
     Quantize(quantize::Args),
     /// Merge a PEFT adapter into its base and write a dense Hugging Face directory.
@@ -78,6 +84,7 @@ fn main() {
         Command::BenchModels(args) => bench_models::run(&args),
         Command::BenchLora(args) => bench_lora::run(&args),
         Command::BenchData(args) => bench_data::run(&args),
+        Command::BenchServe(args) => bench_serve::run(&args),
         Command::BenchOptim(args) => bench_optim::run(&args),
         Command::BenchMemory(args) => bench_memory::run(&args),
         Command::BenchTrain(args) => bench_lora::run_train(&args),
@@ -87,6 +94,7 @@ fn main() {
         Command::Merge(args) => merge::run(&args),
         Command::Quantize(args) => quantize::run(&args),
         Command::Chat(args) => chat::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
         Command::Preview(args) => preview::run(&args),

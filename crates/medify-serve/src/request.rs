@@ -37,6 +37,10 @@ pub struct ChatRequest {
     /// Not OpenAI's (vLLM and llama.cpp servers take it too): CTRL-style penalty, 1 = off.
     #[serde(default)]
     pub repetition_penalty: Option<f32>,
+    /// Not OpenAI's (vLLM's): keep generating past end-of-turn tokens, up to `max_tokens`
+    /// (for benchmarks that need answers of a fixed length).
+    #[serde(default)]
+    pub ignore_eos: bool,
     #[serde(default)]
     pub logprobs: Option<bool>,
     #[serde(default)]

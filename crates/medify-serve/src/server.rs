@@ -383,7 +383,10 @@ fn accept(
         seed,
         ..GenerationConfig::default()
     });
-    let generation = chat.generation().clone();
+    let mut generation = chat.generation().clone();
+    if req.ignore_eos {
+        generation.stop_ids.clear();
+    }
     let emergency = chat.triage(&conversation);
     let inline = req.inline_safety_text();
     let (events_tx, events) = mpsc::unbounded_channel();
