@@ -3,7 +3,6 @@
 //! auth; concurrent clients; client disconnects; shutdown.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -11,7 +10,10 @@ use burn::tensor::Device;
 use medify_qlora::data::{Message, Role};
 use medify_qlora::models::GenerationConfig;
 use medify_qlora::{BaseModel, Chat, DISCLAIMER, Reply, load_base};
-use medify_serve::{EngineConfig, ServeConfig, Server};
+use medify_serve::{EngineConfig, ServeConfig};
+
+mod common;
+use common::agent;
 use serde_json::{Value, json};
 
 /// The tiny model's context window is 256 tokens and its tokenizer spends about one token per
@@ -33,67 +35,13 @@ fn reference() -> &'static BaseModel {
     BASE.get_or_init(base)
 }
 
-struct Running {
-    url: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Running {
-    fn start(config: ServeConfig) -> Running {
-        let config = ServeConfig {
-            system_prompt: Some(SYSTEM.into()),
-            ..config
-        };
-        let b = base();
-        let server = Server::new(b.model, b.tokenizer, b.encoder, config).unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                addr_tx.send(listener.local_addr()?).unwrap();
-                server
-                    .serve(listener, async move {
-                        let _ = stopped.await;
-                    })
-                    .await
-            })
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        Running {
-            url: format!("http://{addr}"),
-            stop: Some(stop),
-            thread: Some(thread),
-        }
-    }
-
-    fn shutdown(&mut self) -> std::io::Result<()> {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.thread.take().map_or(Ok(()), |t| t.join().unwrap())
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = self.shutdown();
-        }
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(120)))
-        .build()
-        .into()
+/// The tiny model behind a server with the tests' short system prompt.
+fn tiny_server(config: ServeConfig) -> common::Running {
+    let config = ServeConfig {
+        system_prompt: Some(SYSTEM.into()),
+        ..config
+    };
+    common::Running::start(base(), config)
 }
 
 /// POSTs `body` (JSON text) with optional bearer `key`; returns the status and body JSON.
@@ -209,7 +157,7 @@ fn finish_reason(reply: &Reply, max: usize) -> &'static str {
 
 #[test]
 fn answers_equal_chat_streaming_and_not() {
-    let server = Running::start(ServeConfig::default());
+    let server = tiny_server(ServeConfig::default());
     let cases: Vec<(Vec<(Role, &str)>, f32, Option<f32>, u64, usize)> = vec![
         (vec![(Role::User, "What is anemia?")], 0.8, Some(0.9), 3, 20),
         (
@@ -300,7 +248,7 @@ fn answers_equal_chat_streaming_and_not() {
 
 #[test]
 fn safety_text_apart_and_stop_strings() {
-    let server = Running::start(ServeConfig::default());
+    let server = tiny_server(ServeConfig::default());
     let messages = [(Role::User, "My baby is 6 weeks old and has a fever of 38.5")];
     let (reply, _) = chat_reply(&messages, 0.0, None, 0, 24);
     let body = json!({
@@ -342,7 +290,7 @@ fn safety_text_apart_and_stop_strings() {
 
 #[test]
 fn every_error_has_its_status_and_openai_shape() {
-    let server = Running::start(ServeConfig {
+    let server = tiny_server(ServeConfig {
         max_body_bytes: 64 * 1024,
         ..ServeConfig::default()
     });
@@ -428,7 +376,7 @@ fn every_error_has_its_status_and_openai_shape() {
 
 #[test]
 fn api_key_guards_the_api_only() {
-    let server = Running::start(ServeConfig {
+    let server = tiny_server(ServeConfig {
         api_key: Some("s3cret".into()),
         ..ServeConfig::default()
     });
@@ -447,7 +395,7 @@ fn api_key_guards_the_api_only() {
 
 #[test]
 fn concurrent_clients_each_get_their_own_answer() {
-    let server = Running::start(ServeConfig::default());
+    let server = tiny_server(ServeConfig::default());
     let questions = [
         "What is anemia?",
         "How do vaccines work?",
@@ -502,7 +450,7 @@ fn concurrent_clients_each_get_their_own_answer() {
 
 #[test]
 fn a_full_queue_answers_429_and_a_disconnect_cancels() {
-    let server = Running::start(ServeConfig {
+    let server = tiny_server(ServeConfig {
         engine: EngineConfig {
             max_batch: 1,
             queue: 1,
@@ -559,7 +507,7 @@ fn a_full_queue_answers_429_and_a_disconnect_cancels() {
 
 #[test]
 fn shutdown_finishes_requests_in_flight_then_returns() {
-    let mut server = Running::start(ServeConfig::default());
+    let mut server = tiny_server(ServeConfig::default());
     let messages = [(Role::User, "What is anemia?")];
     let (reply, _) = chat_reply(&messages, 0.0, None, 0, 60);
     let body = json!({"messages": messages_json(&messages), "temperature": 0, "max_tokens": 60, "stream": true});
