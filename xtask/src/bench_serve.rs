@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use medify_qlora::data::{Message, Role};
-use medify_qlora::load_base;
+use medify_qlora::{BaseQuant, load_base};
 use medify_qlora::models::GenerationConfig;
 use medify_qlora::safety::DEFAULT_SYSTEM_PROMPT;
 use medify_serve::{EngineConfig, ServeConfig, Server};
@@ -28,6 +28,9 @@ pub struct Args {
     /// Device to serve on.
     #[arg(long, default_value = "flex")]
     device: String,
+    /// nf4 or fp4: hold the linear layers in 4 bits (as `serve --quant`); default as stored.
+    #[arg(long)]
+    quant: Option<BaseQuant>,
     /// Concurrent streaming clients per round.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16])]
     clients: Vec<usize>,
@@ -129,7 +132,8 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
 
 pub fn run(a: &Args) -> Result<(), String> {
     let device = device_named(&a.device)?;
-    let base = load_base(&a.model, &device, None, None).map_err(|e| e.to_string())?;
+    let quant = a.quant.and_then(BaseQuant::default_config);
+    let base = load_base(&a.model, &device, quant, None).map_err(|e| e.to_string())?;
 
     // Baseline: one sequence through `generate`, same prompt rendering as the server's.
     let chat = medify_qlora::Chat::new(&base.model, &base.tokenizer, &base.encoder);
@@ -269,6 +273,7 @@ pub fn run(a: &Args) -> Result<(), String> {
             "bench": "serve",
             "model": a.model.display().to_string(),
             "device": a.device,
+            "quant": a.quant.map(BaseQuant::as_str),
             "max_tokens": a.max_tokens,
             "max_batch": a.max_batch,
             "direct_generate": direct,
