@@ -187,7 +187,7 @@ impl Drop for Browser {
 }
 
 /// Every assistant turn on the page, and whether an answer is streaming.
-const STATE: &str = "JSON.stringify({busy: document.getElementById('send').disabled, \
+const STATE: &str = "JSON.stringify({busy: document.getElementById('send')?.disabled ?? null, \
     turns: [...document.querySelectorAll('.turn.assistant')].map(t => ({\
       answer: t.querySelector('.answer').textContent, \
       disclaimer: t.querySelector('.disclaimer')?.textContent ?? null, \

@@ -449,7 +449,7 @@ fn concurrent_clients_each_get_their_own_answer() {
 }
 
 #[test]
-fn a_full_queue_answers_429_and_a_disconnect_cancels() {
+fn a_full_queue_answers_429() {
     let server = tiny_server(ServeConfig {
         engine: EngineConfig {
             max_batch: 1,
@@ -481,28 +481,61 @@ fn a_full_queue_answers_429_and_a_disconnect_cancels() {
     });
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(statuses.contains(&200), "{statuses:?}");
+}
 
-    // A streaming client that reads one event and hangs up is cancelled.
-    let resp = agent()
-        .post(format!("{url}/v1/chat/completions"))
-        .header("content-type", "application/json")
-        .send(body.replace("\"seed\": 1", "\"stream\": true"))
-        .unwrap();
-    let mut reader = BufReader::new(resp.into_body().into_reader());
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    assert!(line.starts_with("data: "), "{line}");
-    drop(reader);
-    let mut health = Value::Null;
-    for _ in 0..200 {
-        health = get(&url, "/health", None).1;
-        if health["disconnected"] == 1 {
-            break;
+#[test]
+fn a_client_that_hangs_up_is_cancelled() {
+    let server = tiny_server(ServeConfig {
+        engine: EngineConfig {
+            max_batch: 1,
+            queue: 8,
+        },
+        default_max_tokens: 10_000,
+        ..ServeConfig::default()
+    });
+    let url = server.url.clone();
+    let long = r#"{"messages": [{"role": "user", "content": "Tell me about the heart."}], "temperature": 1, "seed": 1, "repetition_penalty": 0.5, "ignore_eos": true}"#;
+    std::thread::scope(|s| {
+        // Three answers as long as the context allows, one at a time, ahead of the client below,
+        // so it hangs up while its request still waits and its first token comes after.
+        let ahead: Vec<_> = (0..3).map(|_| s.spawn(|| post(&url, long, None))).collect();
+        let mut health = Value::Null;
+        for _ in 0..400 {
+            health = get(&url, "/health", None).1;
+            if health["running"] == 1 && health["queued"] == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    assert_eq!(health["disconnected"], 1, "{health}");
-    assert_eq!(health["running"], 0, "{health}");
+        assert_eq!(health["queued"], 2, "{health}");
+        let resp = agent()
+            .post(format!("{url}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .send(long.replace("\"seed\": 1", "\"stream\": true"))
+            .unwrap();
+        let mut reader = BufReader::new(resp.into_body().into_reader());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("data: "),
+            "the first chunk comes at once: {line}"
+        );
+        drop(reader);
+        for h in ahead {
+            let (status, r) = h.join().unwrap();
+            assert_eq!(status, 200, "{r}");
+            assert_eq!(r["choices"][0]["finish_reason"], "length");
+        }
+        for _ in 0..400 {
+            health = get(&url, "/health", None).1;
+            if health["disconnected"] == 1 && health["running"] == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        assert_eq!(health["disconnected"], 1, "{health}");
+        assert_eq!(health["running"], 0, "{health}");
+    });
 }
 
 #[test]
