@@ -75,6 +75,13 @@ pub fn load_pretrained(
     options: &LoadOptions,
 ) -> Result<(CausalLm, ModelTokenizer, LoadReport)> {
     let path = path.as_ref();
+    if let Err(source) = std::fs::metadata(path) {
+        // Say so for the path given, not for a file looked for inside it.
+        return Err(ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        });
+    }
     if path.is_file() {
         // One parse of the GGUF header serves the tokenizer, the config and the weights.
         let source = GgufSource::open(path)?;
@@ -86,4 +93,27 @@ pub fn load_pretrained(
     let tokenizer = ModelTokenizer::from_dir(path)?;
     let (model, report) = CausalLm::from_pretrained(path, device, options)?;
     Ok((model, tokenizer, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(feature = "flex")]
+    #[test]
+    fn a_path_that_does_not_exist_is_named_as_such() {
+        let missing = Path::new("/nonexistent/model.gguf");
+        let err = load_pretrained(
+            missing,
+            &burn::tensor::Device::flex(),
+            &LoadOptions::dense(),
+        )
+        .err()
+        .expect("a missing path loads nothing");
+        assert!(
+            matches!(&err, ModelError::Io { path, source } if path == missing
+                && source.kind() == std::io::ErrorKind::NotFound),
+            "{err}"
+        );
+    }
 }
