@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args as ClapArgs;
 use medify_qlora::data::{Message, Role};
-use medify_qlora::{BaseQuant, load_base};
 use medify_qlora::models::GenerationConfig;
 use medify_qlora::safety::DEFAULT_SYSTEM_PROMPT;
+use medify_qlora::{BaseQuant, load_base};
 use medify_serve::{EngineConfig, ServeConfig, Server};
 use serde_json::{Value, json};
 
