@@ -5,13 +5,11 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use medify_qlora::lora::LoraExt;
+use medify_qlora::Chat;
 use medify_qlora::models::GenerationConfig;
-use medify_qlora::{Chat, load_base};
 use serde_json::json;
 
-use crate::device::device_named;
-use crate::models::ModelArgs;
+use crate::models::{ModelArgs, SystemArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -23,12 +21,8 @@ pub struct Args {
     /// Built-in chat template instead of the model's.
     #[arg(long)]
     template: Option<String>,
-    /// System prompt (default: an educational assistant that does not diagnose or prescribe).
-    #[arg(long, conflicts_with = "no_system_prompt")]
-    system: Option<String>,
-    /// Send no system prompt at all.
-    #[arg(long)]
-    no_system_prompt: bool,
+    #[command(flatten)]
+    system: SystemArgs,
     /// Answer this once and exit (no interactive loop).
     #[arg(long)]
     prompt: Option<String>,
@@ -56,13 +50,7 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    let device = device_named(&a.base.device)?;
-    let from = a.base.base(a.adapter.as_deref())?;
-    let mut base = load_base(&from.model, &device, from.quant, a.template.as_deref())
-        .map_err(|e| e.to_string())?;
-    if let Some(dir) = &a.adapter {
-        base.model.load_adapter(dir).map_err(|e| e.to_string())?;
-    }
+    let (base, from) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
     let generation = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
@@ -74,8 +62,8 @@ pub fn run(a: &Args) -> Result<(), String> {
     let mut chat = Chat::new(&base.model, &base.tokenizer, &base.encoder)
         .with_generation(generation)
         .with_disclaimer(!a.no_disclaimer);
-    if a.system.is_some() || a.no_system_prompt {
-        chat = chat.with_system(a.system.clone());
+    if let Some(system) = a.system.choice() {
+        chat = chat.with_system(system);
     }
     let mut stdout = std::io::stdout();
     if let Some(prompt) = &a.prompt {

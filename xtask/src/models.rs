@@ -8,7 +8,8 @@ use medify_qlora::data::{DatasetConfig, ReadOptions, prepare, read_records, unpa
 use medify_qlora::lora::LoraExt;
 use medify_qlora::models::{GenerationConfig, LoadOptions, TextStreamer, load_pretrained};
 use medify_qlora::{
-    AdapterBase, AnswerCase, BaseQuant, Chat, evaluate, load_base, score_generated_answers,
+    AdapterBase, AnswerCase, BaseModel, BaseQuant, Chat, evaluate, load_base,
+    score_generated_answers,
 };
 
 use crate::device::device_named;
@@ -50,6 +51,46 @@ impl ModelArgs {
             );
         }
         Ok(base)
+    }
+
+    /// Loads the base on `--device` (resolved as [`base`](Self::base) does) and applies
+    /// `adapter`: what `chat`, `serve` and `eval` talk to.
+    pub fn load(
+        &self,
+        adapter: Option<&std::path::Path>,
+        template: Option<&str>,
+    ) -> Result<(BaseModel, AdapterBase), String> {
+        let device = device_named(&self.device)?;
+        let from = self.base(adapter)?;
+        let mut base =
+            load_base(&from.model, &device, from.quant, template).map_err(|e| e.to_string())?;
+        if let Some(dir) = adapter {
+            base.model.load_adapter(dir).map_err(|e| e.to_string())?;
+        }
+        Ok((base, from))
+    }
+}
+
+/// The system prompt of `chat` and `serve`.
+#[derive(ClapArgs, Debug)]
+pub struct SystemArgs {
+    /// System prompt for conversations without one (default: an educational assistant that
+    /// does not diagnose or prescribe).
+    #[arg(long, conflicts_with = "no_system_prompt")]
+    pub system: Option<String>,
+    /// Send no system prompt at all.
+    #[arg(long)]
+    pub no_system_prompt: bool,
+}
+
+impl SystemArgs {
+    /// `None` keeps the default; `Some(None)` sends none; `Some(Some(text))` sends `text`.
+    pub fn choice(&self) -> Option<Option<String>> {
+        match (&self.system, self.no_system_prompt) {
+            (Some(s), _) => Some(Some(s.clone())),
+            (None, true) => Some(None),
+            (None, false) => None,
+        }
     }
 }
 
@@ -171,13 +212,9 @@ pub fn generate(args: &GenerateArgs) -> Result<(), String> {
 }
 
 pub fn eval(args: &EvalArgs) -> Result<(), String> {
-    let device = device_named(&args.model.device)?;
-    let from = args.model.base(args.adapter.as_deref())?;
-    let mut base = load_base(&from.model, &device, from.quant, args.template.as_deref())
-        .map_err(|e| e.to_string())?;
-    if let Some(dir) = &args.adapter {
-        base.model.load_adapter(dir).map_err(|e| e.to_string())?;
-    }
+    let (base, _) = args
+        .model
+        .load(args.adapter.as_deref(), args.template.as_deref())?;
     let encoder = base.encoder.clone().with_system_prompt(args.system.clone());
     let read = read_records(&args.data, &ReadOptions::default()).map_err(|e| e.to_string())?;
     let cases = AnswerCase::from_records(&read.records);

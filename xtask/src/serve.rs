@@ -5,12 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
-use medify_qlora::load_base;
-use medify_qlora::lora::LoraExt;
 use medify_serve::{EngineConfig, ServeConfig, Server, shutdown_signal};
 
-use crate::device::device_named;
-use crate::models::ModelArgs;
+use crate::models::{ModelArgs, SystemArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -35,13 +32,8 @@ pub struct Args {
     /// file or directory name).
     #[arg(long)]
     model_name: Option<String>,
-    /// System prompt for conversations without one (default: an educational assistant that does
-    /// not diagnose or prescribe).
-    #[arg(long, conflicts_with = "no_system_prompt")]
-    system: Option<String>,
-    /// Add no system prompt to conversations without one.
-    #[arg(long)]
-    no_system_prompt: bool,
+    #[command(flatten)]
+    system: SystemArgs,
     /// Leave out the safety disclaimer after answers.
     #[arg(long)]
     no_disclaimer: bool,
@@ -60,13 +52,7 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> Result<(), String> {
-    let device = device_named(&a.base.device)?;
-    let from = a.base.base(a.adapter.as_deref())?;
-    let mut base = load_base(&from.model, &device, from.quant, a.template.as_deref())
-        .map_err(|e| e.to_string())?;
-    if let Some(dir) = &a.adapter {
-        base.model.load_adapter(dir).map_err(|e| e.to_string())?;
-    }
+    let (base, from) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
     let named = a.adapter.as_deref().unwrap_or(&from.model);
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         named
@@ -81,11 +67,10 @@ pub fn run(a: &Args) -> Result<(), String> {
             .clone()
             .or_else(|| std::env::var("MEDIFY_API_KEY").ok())
             .filter(|k| !k.is_empty()),
-        system_prompt: match (&a.system, a.no_system_prompt) {
-            (Some(s), _) => Some(s.clone()),
-            (None, true) => None,
-            (None, false) => defaults.system_prompt.clone(),
-        },
+        system_prompt: a
+            .system
+            .choice()
+            .unwrap_or_else(|| defaults.system_prompt.clone()),
         disclaimer: !a.no_disclaimer,
         default_max_tokens: a.max_tokens,
         engine: EngineConfig {

@@ -259,6 +259,23 @@ mod tests {
         Arc::new(model)
     }
 
+    /// Queues `prompt`; the receiver gets its events.
+    fn send(
+        engine: &Engine,
+        prompt: Vec<u32>,
+        config: GenerationConfig,
+    ) -> mpsc::UnboundedReceiver<Event> {
+        let (events, rx) = mpsc::unbounded_channel();
+        engine
+            .submit(Job {
+                prompt,
+                config,
+                events,
+            })
+            .unwrap();
+        rx
+    }
+
     fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> (Vec<u32>, Event) {
         let mut ids = Vec::new();
         loop {
@@ -282,35 +299,13 @@ mod tests {
             seed: i,
             ..Default::default()
         };
-        let mut receivers = Vec::new();
-        for (i, p) in prompts.iter().enumerate() {
-            let (tx, rx) = mpsc::unbounded_channel();
-            engine
-                .submit(Job {
-                    prompt: p.clone(),
-                    config: cfg(i as u64),
-                    events: tx,
-                })
-                .unwrap();
-            receivers.push(rx);
-        }
-        let (tx, dropped) = mpsc::unbounded_channel();
-        engine
-            .submit(Job {
-                prompt: vec![1, 2, 3],
-                config: cfg(9),
-                events: tx,
-            })
-            .unwrap();
-        drop(dropped);
-        let (tx, bad) = mpsc::unbounded_channel();
-        engine
-            .submit(Job {
-                prompt: vec![],
-                config: cfg(0),
-                events: tx,
-            })
-            .unwrap();
+        let receivers: Vec<_> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| send(&engine, p.clone(), cfg(i as u64)))
+            .collect();
+        drop(send(&engine, vec![1, 2, 3], cfg(9)));
+        let bad = send(&engine, vec![], cfg(0));
         let mut waited = 0;
         while engine.disconnected() == 0 && waited < 500 {
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -344,29 +339,14 @@ mod tests {
             ..Default::default()
         };
         engine.panic_next.store(true, Ordering::SeqCst);
-        let (tx, rx) = mpsc::unbounded_channel();
-        engine
-            .submit(Job {
-                prompt: vec![1, 5, 9],
-                config: cfg.clone(),
-                events: tx,
-            })
-            .unwrap();
         assert_eq!(
-            collect(rx),
+            collect(send(&engine, vec![1, 5, 9], cfg.clone())),
             (
                 vec![],
                 Event::Failed("internal error during generation".into())
             )
         );
-        let (tx, rx) = mpsc::unbounded_channel();
-        engine
-            .submit(Job {
-                prompt: vec![1, 5, 9],
-                config: cfg.clone(),
-                events: tx,
-            })
-            .unwrap();
+        let rx = send(&engine, vec![1, 5, 9], cfg.clone());
         let want = model
             .generate(&[vec![1, 5, 9]], &cfg, &mut |_, _| true)
             .unwrap();
