@@ -75,7 +75,9 @@ pub use sources::{
     AdapterBase, BaseQuantization, DataOrigin, DataSource, EMBEDDED_MEDICAL_QA, Fingerprint,
     ModelSource, RunSources, SOURCES_FILE,
 };
-pub use text_metrics::{TextScores, bleu, score_answers};
+pub use text_metrics::{
+    BleuScore, Prf, RougeScores, TextScores, bleu, corpus_bleu, rouge, score_answers,
+};
 pub use trainer::{TrainData, TrainSummary, Trainer, TrainerOptions};
 
 pub use medify_data as data;

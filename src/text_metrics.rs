@@ -1,12 +1,16 @@
-//! BLEU and ROUGE for generated answers against reference answers.
+//! BLEU and ROUGE for generated answers against reference answers, computed as the libraries
+//! papers report them compute them (`tests/text_metrics.rs` checks both against their outputs).
 //!
-//! BLEU is corpus BLEU-4 (uniform weights, brevity penalty, no smoothing) over 13a-style tokens,
-//! as Hugging Face `evaluate`'s `bleu` computes it. ROUGE-1/2/L are F1 scores per record over
-//! lower-cased alphanumeric tokens (as `rouge_score` tokenizes without stemming), averaged over
-//! records. All scores are in [0, 1].
+//! BLEU is sacrebleu's corpus BLEU with its defaults: mteval-v13a tokens, case kept, BLEU-4
+//! with uniform weights, the brevity penalty and "exp" smoothing (an n-gram order without a
+//! match counts as 1/2, 1/4, … of a match), reported in [0, 1] (sacrebleu's score / 100).
+//! ROUGE-1/2/L are `rouge_score`'s without stemming (lower case, runs of ASCII letters and
+//! digits); [`score_answers`] averages their F-measures over the pairs.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
+use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 /// Scores of a set of generated answers.
@@ -24,19 +28,44 @@ pub struct TextScores {
     pub records: usize,
 }
 
-/// 13a-style tokens: punctuation split from words, case kept.
+/// Python's `str.split()` whitespace (Unicode White_Space plus the four ASCII separators).
+fn py_space(c: char) -> bool {
+    c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
+}
+
+/// sacrebleu's `13a` tokens (mteval-v13a): punctuation split from words, except apostrophes and
+/// hyphens inside words and periods and commas next to digits (`38.5`, `1,000` stay whole).
 fn bleu_tokens(text: &str) -> Vec<String> {
-    let mut spaced = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        if c.is_ascii_punctuation() {
-            spaced.push(' ');
-            spaced.push(c);
-            spaced.push(' ');
-        } else {
-            spaced.push(c);
-        }
+    static RULES: OnceLock<[(Regex, &str); 4]> = OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        let re = |p: &str| Regex::new(p).expect("valid 13a pattern");
+        [
+            (re(r"([\{-~\[-`\x20-&\(-\+:-@/])"), " ${1} "),
+            (re(r"([^0-9])([\.,])"), "${1} ${2} "),
+            (re(r"([\.,])([^0-9])"), " ${1} ${2}"),
+            (re(r"([0-9])(-)"), "${1} ${2} "),
+        ]
+    });
+    let mut line = text
+        .trim_end_matches(py_space)
+        .replace("<skipped>", "")
+        .replace("-\n", "")
+        .replace('\n', " ");
+    if line.contains('&') {
+        line = line
+            .replace("&quot;", "\"")
+            .replace("&amp;", "&")
+            .replace("&lt;", "<")
+            .replace("&gt;", ">");
     }
-    spaced.split_whitespace().map(str::to_string).collect()
+    let mut line = format!(" {line} ");
+    for (re, with) in rules {
+        line = re.replace_all(&line, *with).into_owned();
+    }
+    line.split(py_space)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// rouge_score tokens: lower case, runs of ASCII letters and digits.
@@ -64,15 +93,6 @@ fn overlap(cand: &HashMap<&[String], usize>, refs: &HashMap<&[String], usize>) -
         .sum()
 }
 
-fn f1(matches: usize, cand: usize, reference: usize) -> f64 {
-    if matches == 0 || cand == 0 || reference == 0 {
-        return 0.0;
-    }
-    let p = matches as f64 / cand as f64;
-    let r = matches as f64 / reference as f64;
-    2.0 * p * r / (p + r)
-}
-
 fn lcs(a: &[String], b: &[String]) -> usize {
     let mut prev = vec![0usize; b.len() + 1];
     for x in a {
@@ -89,34 +109,117 @@ fn lcs(a: &[String], b: &[String]) -> usize {
     prev[b.len()]
 }
 
-/// Corpus BLEU-4 of `candidates` against one reference each.
-pub fn bleu(candidates: &[String], references: &[String]) -> f64 {
-    let mut matches = [0usize; 4];
-    let mut totals = [0usize; 4];
-    let (mut cand_len, mut ref_len) = (0, 0);
+/// Corpus BLEU and the statistics it comes from (sacrebleu's `BLEUScore`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct BleuScore {
+    /// BLEU in [0, 1].
+    pub score: f64,
+    /// Matching 1- to 4-grams (clipped by the reference counts).
+    pub counts: [usize; 4],
+    /// Candidate 1- to 4-grams.
+    pub totals: [usize; 4],
+    /// Candidate tokens.
+    pub sys_len: usize,
+    /// Reference tokens.
+    pub ref_len: usize,
+}
+
+/// sacrebleu's default corpus BLEU of `candidates` against one reference each.
+pub fn corpus_bleu(candidates: &[String], references: &[String]) -> BleuScore {
+    let mut s = BleuScore::default();
     for (c, r) in candidates.iter().zip(references) {
         let (c, r) = (bleu_tokens(c), bleu_tokens(r));
-        cand_len += c.len();
-        ref_len += r.len();
+        s.sys_len += c.len();
+        s.ref_len += r.len();
         for n in 1..=4 {
-            let cg = ngrams(&c, n);
-            matches[n - 1] += overlap(&cg, &ngrams(&r, n));
-            totals[n - 1] += c.len().saturating_sub(n - 1);
+            s.counts[n - 1] += overlap(&ngrams(&c, n), &ngrams(&r, n));
+            s.totals[n - 1] += c.len().saturating_sub(n - 1);
         }
     }
-    if matches.contains(&0) || cand_len == 0 {
-        return 0.0;
+    if s.counts.iter().all(|&c| c == 0) {
+        return s;
     }
-    let log_p: f64 = (0..4)
-        .map(|i| (matches[i] as f64 / totals[i] as f64).ln())
-        .sum::<f64>()
-        / 4.0;
-    let bp = if cand_len >= ref_len {
-        1.0
-    } else {
-        (1.0 - ref_len as f64 / cand_len as f64).exp()
+    let bp = match (s.sys_len, s.ref_len) {
+        (0, _) => 0.0,
+        (c, r) if c < r => (1.0 - r as f64 / c as f64).exp(),
+        _ => 1.0,
     };
-    bp * log_p.exp()
+    // An order with no candidate n-grams at all makes BLEU 0; one without matches is smoothed.
+    let mut log_sum = 0.0;
+    let mut smooth = 1.0;
+    for n in 0..4 {
+        if s.totals[n] == 0 {
+            return s;
+        }
+        let p = if s.counts[n] == 0 {
+            smooth *= 2.0;
+            1.0 / (smooth * s.totals[n] as f64)
+        } else {
+            s.counts[n] as f64 / s.totals[n] as f64
+        };
+        log_sum += p.ln();
+    }
+    s.score = bp * (log_sum / 4.0).exp();
+    s
+}
+
+/// Corpus BLEU-4 of `candidates` against one reference each, in [0, 1].
+pub fn bleu(candidates: &[String], references: &[String]) -> f64 {
+    corpus_bleu(candidates, references).score
+}
+
+/// Precision, recall and F-measure of one ROUGE variant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Prf {
+    pub precision: f64,
+    pub recall: f64,
+    pub fmeasure: f64,
+}
+
+impl Prf {
+    fn of(matches: usize, cand: usize, reference: usize) -> Prf {
+        let precision = matches as f64 / cand.max(1) as f64;
+        let recall = matches as f64 / reference.max(1) as f64;
+        let fmeasure = if precision + recall > 0.0 {
+            2.0 * precision * recall / (precision + recall)
+        } else {
+            0.0
+        };
+        Prf {
+            precision,
+            recall,
+            fmeasure,
+        }
+    }
+}
+
+/// ROUGE-1, ROUGE-2 and ROUGE-L of one answer, as `rouge_score`'s `RougeScorer.score` gives them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RougeScores {
+    pub rouge1: Prf,
+    pub rouge2: Prf,
+    pub rouge_l: Prf,
+}
+
+/// ROUGE of `candidate` against `reference`.
+///
+/// ```
+/// let r = medify_qlora::rouge("the cat sat", "The cat is here");
+/// assert_eq!(r.rouge1.precision, 2.0 / 3.0);
+/// assert_eq!(r.rouge1.recall, 0.5);
+/// ```
+pub fn rouge(candidate: &str, reference: &str) -> RougeScores {
+    let (c, r) = (rouge_tokens(candidate), rouge_tokens(reference));
+    let (c2, r2) = (c.len().saturating_sub(1), r.len().saturating_sub(1));
+    RougeScores {
+        rouge1: Prf::of(overlap(&ngrams(&c, 1), &ngrams(&r, 1)), c.len(), r.len()),
+        rouge2: Prf::of(overlap(&ngrams(&c, 2), &ngrams(&r, 2)), c2, r2),
+        rouge_l: if c.is_empty() || r.is_empty() {
+            Prf::default()
+        } else {
+            Prf::of(lcs(&c, &r), c.len(), r.len())
+        },
+    }
 }
 
 /// BLEU and mean ROUGE-1/2/L F1 of `candidates` against `references` (pairwise).
@@ -134,11 +237,10 @@ pub fn score_answers(candidates: &[String], references: &[String]) -> TextScores
         ..TextScores::default()
     };
     for (c, r) in candidates.iter().zip(references).take(n) {
-        let (c, r) = (rouge_tokens(c), rouge_tokens(r));
-        s.rouge1 += f1(overlap(&ngrams(&c, 1), &ngrams(&r, 1)), c.len(), r.len());
-        let (c2, r2) = (c.len().saturating_sub(1), r.len().saturating_sub(1));
-        s.rouge2 += f1(overlap(&ngrams(&c, 2), &ngrams(&r, 2)), c2, r2);
-        s.rouge_l += f1(lcs(&c, &r), c.len(), r.len());
+        let r = rouge(c, r);
+        s.rouge1 += r.rouge1.fmeasure;
+        s.rouge2 += r.rouge2.fmeasure;
+        s.rouge_l += r.rouge_l.fmeasure;
     }
     if n > 0 {
         s.rouge1 /= n as f64;
