@@ -53,6 +53,7 @@ mod error;
 mod evaluate;
 mod memory;
 pub mod memory_model;
+mod model_card;
 mod plot;
 pub mod safety;
 mod sources;
@@ -69,6 +70,9 @@ pub use error::{FinetuneError, Result};
 pub use evaluate::{EvalResult, batch_labels, evaluate, predicted_tokens, token_batch};
 pub use memory::{
     StepMemory, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
+};
+pub use model_card::{
+    CARD_FILE, CardOptions, HubExport, ModelCard, export_hub, is_hub_id, write_model_card,
 };
 pub use plot::write_loss_plot;
 pub use sources::{

@@ -560,6 +560,9 @@ impl Trainer {
         };
         checkpoint::write_json(&out.join(SUMMARY_FILE), &summary)?;
         crate::plot::write_loss_plot(&out.join(METRICS_FILE), &out.join(checkpoint::PLOT_FILE))?;
+        if !interrupted {
+            crate::model_card::write_model_card(&out, &crate::model_card::CardOptions::default())?;
+        }
         Ok(summary)
     }
 }

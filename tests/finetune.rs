@@ -10,8 +10,8 @@ use medify_qlora::data::{ReadOptions, prepare, read_records};
 use medify_qlora::lora::LoraExt;
 use medify_qlora::models::SaveDtype;
 use medify_qlora::{
-    AdapterBase, DataSource, FinetuneConfig, FinetuneError, ModelSource, RunSources, TrainData,
-    Trainer, TrainerOptions, evaluate, load_base,
+    AdapterBase, CardOptions, DISCLAIMER, DataSource, FinetuneConfig, FinetuneError, ModelSource,
+    RunSources, TrainData, Trainer, TrainerOptions, evaluate, export_hub, load_base,
 };
 
 fn root() -> PathBuf {
@@ -145,6 +145,114 @@ fn finetune_evaluate_merge_and_resume() {
         adapter_config["base_model_name_or_path"],
         "medify/tiny-llama"
     );
+    // The run's model card: the header the Hub and PEFT read, the settings, the results and the
+    // disclaimer; no local path.
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.starts_with("---\n"),
+        "the YAML header opens the file: {card}"
+    );
+    let header: Vec<&str> = card.lines().skip(1).take_while(|l| *l != "---").collect();
+    for line in [
+        "base_model: \"medify/tiny-llama\"",
+        "library_name: peft",
+        "pipeline_tag: text-generation",
+        "- \"base_model:adapter:medify/tiny-llama\"",
+        "- \"medical\"",
+    ] {
+        assert!(
+            header.contains(&line),
+            "{line} not in the header: {header:?}"
+        );
+    }
+    for text in [
+        format!(
+            "| with this adapter | {:.4} | {:.2} |",
+            after.loss, after.perplexity
+        ),
+        format!(
+            "| base model | {:.4} | {:.2} |",
+            before.loss, before.perplexity
+        ),
+        format!(
+            "| LoRA rank / alpha / dropout | {} / {} / {} |",
+            config.lora_r, config.lora_alpha, config.lora_dropout
+        ),
+        DISCLAIMER.to_string(),
+        "![training and validation loss](loss.png)".to_string(),
+        "`medical_qa.jsonl`".to_string(),
+    ] {
+        assert!(card.contains(&text), "{text} not in the card:\n{card}");
+    }
+    let root_text = root().display().to_string();
+    assert!(!card.contains(&root_text), "a local path in the card");
+
+    // Hub layout: adapter, tokenizer, card; refuses to mix into another directory.
+    let hub = out_dir("hub");
+    let card_options = CardOptions {
+        license: Some("apache-2.0".into()),
+        datasets: vec!["lavita/MedQuAD".into()],
+        ..CardOptions::default()
+    };
+    let export = export_hub(&out, &hub, &card_options, false).unwrap();
+    assert_eq!(export.base_model, "medify/tiny-llama");
+    assert_eq!(
+        export.files,
+        [
+            "README.md",
+            "adapter_config.json",
+            "adapter_model.safetensors",
+            "loss.png",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "train_summary.json"
+        ]
+    );
+    for (from, to) in [
+        (
+            out.join("adapter_model.safetensors"),
+            hub.join("adapter_model.safetensors"),
+        ),
+        (tiny().join("tokenizer.json"), hub.join("tokenizer.json")),
+        (
+            tiny().join("tokenizer_config.json"),
+            hub.join("tokenizer_config.json"),
+        ),
+    ] {
+        assert_eq!(
+            std::fs::read(&from).unwrap(),
+            std::fs::read(&to).unwrap(),
+            "{}",
+            to.display()
+        );
+    }
+    let hub_card = std::fs::read_to_string(hub.join("README.md")).unwrap();
+    assert!(
+        hub_card.contains("license: \"apache-2.0\"") && hub_card.contains("- \"lavita/MedQuAD\"")
+    );
+    let out_text = out.display().to_string();
+    for f in &export.files {
+        let text = String::from_utf8_lossy(&std::fs::read(hub.join(f)).unwrap()).into_owned();
+        assert!(
+            !text.contains(&root_text) && !text.contains(&out_text),
+            "a local path in {f}"
+        );
+    }
+    assert!(matches!(
+        export_hub(&out, &hub, &card_options, false),
+        Err(FinetuneError::WouldOverwrite(_))
+    ));
+    export_hub(&out, &hub, &card_options, true).unwrap();
+    std::fs::write(hub.join("notes.txt"), "mine").unwrap();
+    assert!(matches!(
+        export_hub(&out, &hub, &card_options, true),
+        Err(FinetuneError::ForeignFiles { .. })
+    ));
+    assert_eq!(
+        std::fs::read_to_string(hub.join("notes.txt")).unwrap(),
+        "mine"
+    );
+    let _ = std::fs::remove_dir_all(&hub);
     // eval, chat and merge load the adapter over the base it trained on, held the same way.
     let recorded_base = AdapterBase::resolve(Some(&out), None, None).unwrap();
     assert_eq!(recorded_base.model, std::path::absolute(tiny()).unwrap());

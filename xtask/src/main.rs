@@ -9,6 +9,7 @@ mod bench_quant;
 mod bench_serve;
 mod chat;
 mod device;
+mod export;
 mod fetch;
 mod finetune;
 mod fuzz;
@@ -54,6 +55,8 @@ enum Command {
     Serve(serve::Args),
     /// Write a model as a bitsandbytes 4-bit Hugging Face directory.
     Quantize(quantize::Args),
+    /// Lay out a run's adapter, tokenizer and model card for the Hugging Face Hub (no upload).
+    Export(export::Args),
     /// Merge a PEFT adapter into its base and write a dense Hugging Face directory.
     Merge(merge::Args),
     /// Fuzz every reader of user files (GGUF, safetensors, configs, tokenizers, data) for N minutes.
@@ -95,6 +98,7 @@ fn main() {
         Command::Quantize(args) => quantize::run(&args),
         Command::Chat(args) => chat::run(&args),
         Command::Serve(args) => serve::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
         Command::Preview(args) => preview::run(&args),

@@ -174,7 +174,12 @@ impl ChatTemplate {
     /// A built-in template: `chatml`, `tinyllama` (alias `zephyr`), `llama2`, `llama3`,
     /// `mistral`, `gemma`.
     pub fn builtin(name: &str) -> Result<ChatTemplate> {
-        let source = match name.to_ascii_lowercase().as_str() {
+        ChatTemplate::new(name, ChatTemplate::builtin_source(name)?)
+    }
+
+    /// The Jinja source of a built-in template (for writing it into a tokenizer config).
+    pub fn builtin_source(name: &str) -> Result<&'static str> {
+        Ok(match name.to_ascii_lowercase().as_str() {
             "chatml" | "smollm2" => CHATML,
             "tinyllama" | "zephyr" => ZEPHYR,
             "llama2" | "llama-2" => LLAMA2,
@@ -187,8 +192,7 @@ impl ChatTemplate {
                     BUILTIN_TEMPLATES.join(", ")
                 )));
             }
-        };
-        ChatTemplate::new(name, source)
+        })
     }
 
     /// The template's name (built-in name or the file it came from).
