@@ -389,10 +389,11 @@ fn accept(
     }
     let emergency = chat.triage(&conversation);
     let inline = req.inline_safety_text();
+    let prompt_tokens = prompt.len();
     let (events_tx, events) = mpsc::unbounded_channel();
     st.engine
         .submit(Job {
-            prompt: prompt.clone(),
+            prompt,
             config: generation.clone(),
             events: events_tx,
         })
@@ -407,7 +408,7 @@ fn accept(
             .map_or(0, |d| d.as_secs()),
         conversation,
         generation,
-        prompt_tokens: prompt.len(),
+        prompt_tokens,
         stops,
         stream: req.stream.unwrap_or(false),
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
@@ -478,7 +479,8 @@ async fn drive(st: Arc<AppState>, mut a: Accepted, out: mpsc::Sender<Out>) {
         }
     };
     drop(a.events);
-    let full = match chat.reply(&a.conversation, ids.clone()) {
+    let completion_tokens = ids.len();
+    let full = match chat.reply(&a.conversation, ids) {
         Ok(reply) => reply.text,
         Err(e) => {
             let _ = out
@@ -500,7 +502,7 @@ async fn drive(st: Arc<AppState>, mut a: Accepted, out: mpsc::Sender<Out>) {
     let _ = out
         .send(Out::Done {
             finish_reason,
-            completion_tokens: ids.len(),
+            completion_tokens,
         })
         .await;
 }
