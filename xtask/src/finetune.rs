@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Args as ClapArgs;
 use medify_qlora::checkpoint::{checkpoint_to_resume, read_checkpoint};
-use medify_qlora::data::{FieldMap, InputFormat, ReadOptions, prepare};
+use medify_qlora::data::{FieldMap, InputFormat, ReadOptions};
 use medify_qlora::lora::TargetModules;
 use medify_qlora::optim::ScheduleKind;
 use medify_qlora::{
-    BaseQuant, DataSource, FinetuneConfig, ModelSource, Optimizer, RunSources, TrainData, Trainer,
-    TrainerOptions, load_base_with,
+    BaseQuant, DataSource, FinetuneConfig, ModelSource, Optimizer, RunSources, TrainerOptions,
+    start_run,
 };
 
 use crate::device::device_named;
@@ -164,7 +164,7 @@ pub struct Args {
 }
 
 /// Settings of the embedded demo: small enough to finish in minutes on two CPU cores.
-fn demo_config() -> FinetuneConfig {
+pub(crate) fn demo_config() -> FinetuneConfig {
     FinetuneConfig {
         lora_r: 16,
         lora_alpha: 32.0,
@@ -220,7 +220,7 @@ fn apply_flags(mut c: FinetuneConfig, a: &Args) -> FinetuneConfig {
 }
 
 /// Ctrl-C once: finish the step, write a checkpoint and stop. Twice: leave now.
-fn interrupt_flag() -> Arc<AtomicBool> {
+pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
     let installed = ctrlc::set_handler(move || {
@@ -249,7 +249,7 @@ fn read_options(a: &Args) -> Result<ReadOptions, String> {
     })
 }
 
-fn model_source(path: Option<&PathBuf>) -> Result<ModelSource, String> {
+pub(crate) fn model_source(path: Option<&PathBuf>) -> Result<ModelSource, String> {
     let source = match path {
         Some(p) => ModelSource::new(p, None),
         None => ModelSource::new(&crate::fetch::smollm2(None)?, Some(SMOLLM2_HUB_ID)),
@@ -385,40 +385,21 @@ pub fn run(a: &Args) -> Result<(), String> {
             format!("{} base", config.quant)
         }
     );
-    let base = load_base_with(
-        &model_path,
-        &device,
-        &config.load_options(&device).map_err(|e| e.to_string())?,
-        config.template.as_deref(),
-    )
-    .map_err(|e| e.to_string())?;
-    let encoder = base
-        .encoder
-        .clone()
-        .with_system_prompt(config.system_prompt.clone());
     let shown = sources.data.describe();
-    let read = sources.data.read().map_err(|e| e.to_string())?;
-    let prepared =
-        prepare(read.records, &encoder, &config.dataset_config()).map_err(|e| e.to_string())?;
-    let data = TrainData::from_prepared(&prepared, &config, encoder.pad_id());
-    eprintln!(
-        "data: {} records from {shown} → {} training sequences, {} validation",
-        prepared.report.records,
-        data.train.len(),
-        data.validation.len()
-    );
     let options = TrainerOptions {
         out_dir: out.clone(),
         overwrite: a.overwrite,
         progress: !a.quiet,
         interrupt: Some(interrupt_flag()),
-        sources: Some(sources),
+        sources: None,
     };
-    let mut trainer = match &resume {
-        Some(ckpt) => Trainer::resume_with(ckpt, &config, base.model, data, options),
-        None => Trainer::new(config, base.model, data, options),
-    }
-    .map_err(|e| e.to_string())?;
+    let started = start_run(&config, sources, &device, options, resume.as_deref())
+        .map_err(|e| e.to_string())?;
+    eprintln!(
+        "data: {} records from {shown} → {} training sequences, {} validation",
+        started.records, started.train_sequences, started.validation_sequences
+    );
+    let mut trainer = started.trainer;
     if let Some(s) = trainer.adapter_summary() {
         eprintln!("{s}");
     }
