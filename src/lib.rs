@@ -55,8 +55,10 @@ mod memory;
 pub mod memory_model;
 mod model_card;
 mod plot;
+mod run;
 pub mod safety;
 mod sources;
+mod sweep;
 mod text_metrics;
 mod trainer;
 
@@ -75,9 +77,13 @@ pub use model_card::{
     CARD_FILE, CardOptions, HubExport, ModelCard, export_hub, is_hub_id, write_model_card,
 };
 pub use plot::write_loss_plot;
+pub use run::{StartedRun, start_run};
 pub use sources::{
     AdapterBase, BaseQuantization, DataOrigin, DataSource, EMBEDDED_MEDICAL_QA, Fingerprint,
     ModelSource, RunSources, SOURCES_FILE,
+};
+pub use sweep::{
+    SweepOptions, SweepProgress, SweepReport, SweepSpec, Variant, VariantResult, run_sweep,
 };
 pub use text_metrics::{
     BleuScore, Prf, RougeScores, TextScores, bleu, corpus_bleu, rouge, score_answers,

@@ -150,9 +150,53 @@ pub fn write_loss_plot(metrics: &Path, png_path: &Path) -> Result<()> {
         return Ok(());
     }
     let (train, eval) = read_series(metrics)?;
-    let all: Vec<f64> = train
-        .values()
-        .chain(eval.values())
+    draw(
+        &[("train", TRAIN, &train), ("eval", EVAL, &eval)],
+        "loss",
+        png_path,
+    )
+}
+
+/// Colours of the curves of [`write_curves_plot`], in turn.
+const PALETTE: [[u8; 3]; 8] = [
+    [31, 119, 180],
+    [255, 127, 14],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+    [227, 119, 194],
+    [23, 190, 207],
+];
+
+/// The validation loss of each `metrics.jsonl` in `runs`, one curve per run, labelled 1, 2, …
+/// in the legend (the caller's table says which run is which).
+pub(crate) fn write_curves_plot(runs: &[&Path], png_path: &Path) -> Result<()> {
+    let mut series = Vec::new();
+    for m in runs {
+        series.push(if m.exists() {
+            read_series(m)?.1
+        } else {
+            BTreeMap::new()
+        });
+    }
+    let labels: Vec<String> = (1..=series.len()).map(|i| i.to_string()).collect();
+    let curves: Vec<(&str, [u8; 3], &BTreeMap<u64, f64>)> = series
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (labels[i].as_str(), PALETTE[i % PALETTE.len()], s))
+        .collect();
+    draw(&curves, "eval loss", png_path)
+}
+
+fn draw(
+    series: &[(&str, [u8; 3], &BTreeMap<u64, f64>)],
+    y_label: &str,
+    png_path: &Path,
+) -> Result<()> {
+    let all: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, _, s)| s.values())
         .copied()
         .filter(|v| v.is_finite())
         .collect();
@@ -164,9 +208,9 @@ pub fn write_loss_plot(metrics: &Path, png_path: &Path) -> Result<()> {
         .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
     let pad = ((hi - lo) * 0.06).max(1e-3);
     let (lo, hi) = (lo - pad, hi + pad);
-    let last_step = train
-        .keys()
-        .chain(eval.keys())
+    let last_step = series
+        .iter()
+        .flat_map(|(_, _, s)| s.keys())
         .copied()
         .max()
         .unwrap_or(1)
@@ -198,28 +242,28 @@ pub fn write_loss_plot(metrics: &Path, png_path: &Path) -> Result<()> {
     );
     c.line((x0, y1), (x1, y1), INK, false);
     c.line((x0, y0), (x0, y1), INK, false);
-    c.text(8, 4, "loss", INK);
+    c.text(8, 4, y_label, INK);
     c.text(x1 - text_width("step"), y1 + 26, "step", INK);
-    for (series, colour) in [(&train, TRAIN), (&eval, EVAL)] {
-        let pts: Vec<(i64, i64)> = series
+    for (_, colour, s) in series {
+        let pts: Vec<(i64, i64)> = s
             .iter()
             .filter(|(_, v)| v.is_finite())
-            .map(|(&s, &v)| to_px(s, v))
+            .map(|(&st, &v)| to_px(st, v))
             .collect();
         for w in pts.windows(2) {
-            c.line(w[0], w[1], colour, true);
+            c.line(w[0], w[1], *colour, true);
         }
         for &(x, y) in &pts {
-            if series.len() < 60 {
+            if s.len() < 60 {
                 for d in -2..=2 {
-                    c.line((x - 2, y + d), (x + 2, y + d), colour, false);
+                    c.line((x - 2, y + d), (x + 2, y + d), *colour, false);
                 }
             }
         }
     }
-    for (k, (name, colour)) in [("train", TRAIN), ("eval", EVAL)].into_iter().enumerate() {
+    for (k, (name, colour, _)) in series.iter().enumerate() {
         let y = y0 + 10 + 22 * k as i64;
-        c.line((x1 - 110, y + 7), (x1 - 80, y + 7), colour, true);
+        c.line((x1 - 110, y + 7), (x1 - 80, y + 7), *colour, true);
         c.text(x1 - 72, y, name, INK);
     }
     let mut bytes = Vec::new();

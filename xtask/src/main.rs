@@ -19,6 +19,7 @@ mod models;
 mod preview;
 mod quantize;
 mod serve;
+mod sweep;
 
 use clap::{Parser, Subcommand};
 
@@ -49,6 +50,8 @@ enum Command {
     BenchServe(bench_serve::Args),
     /// QLoRA fine-tuning; with no --model/--data, SmolLM2-135M-Instruct on the embedded medical Q&A set.
     Finetune(Box<finetune::Args>),
+    /// Train every variant of a sweep file (grid or list) and tabulate them; reruns skip finished ones.
+    Sweep(sweep::Args),
     /// Chat with a model (and adapter) through its chat template; answers end with a safety disclaimer.
     Chat(chat::Args),
     /// OpenAI-compatible chat server and local web chat (batched decoding, safety layer).
@@ -79,6 +82,7 @@ fn main() {
             | Command::BenchTrain(_)
             | Command::BenchMemory(_)
             | Command::Finetune(_)
+            | Command::Sweep(_)
     ) {
         medify_qlora::retain_freed_memory();
     }
@@ -99,6 +103,7 @@ fn main() {
         Command::Chat(args) => chat::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Export(args) => export::run(&args),
+        Command::Sweep(args) => sweep::run(&args),
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
         Command::Preview(args) => preview::run(&args),
