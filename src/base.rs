@@ -45,14 +45,17 @@ impl BaseModel {
     /// is set and it holds only [`MERGED_FILES`]; each file is replaced atomically, so an
     /// interrupted save leaves every file whole (old or new).
     pub fn save_merged(&self, dir: &Path, dtype: SaveDtype, overwrite: bool) -> Result<()> {
-        check_merge_target(dir, overwrite)?;
+        check_output_dir(dir, overwrite, &MERGED_FILES)?;
         self.model.save_pretrained(dir, dtype, true)?;
         self.tokenizer.save_pretrained(dir)?;
         Ok(())
     }
 }
 
-fn check_merge_target(dir: &Path, overwrite: bool) -> Result<()> {
+/// Checks that files can be written into `dir`: it is absent or empty, or, with `overwrite`,
+/// holds only names in `ours` (what an earlier write of the same kind left). Anything else in
+/// it stops the write, so nothing is mixed into or lost from a directory that is not ours.
+pub(crate) fn check_output_dir(dir: &Path, overwrite: bool, ours: &[&str]) -> Result<()> {
     if dir.is_file() {
         let source = std::io::Error::new(
             std::io::ErrorKind::NotADirectory,
@@ -73,7 +76,7 @@ fn check_merge_target(dir: &Path, overwrite: bool) -> Result<()> {
     if !names.is_empty() && !overwrite {
         return Err(FinetuneError::WouldOverwrite(dir.to_path_buf()));
     }
-    names.retain(|n| !MERGED_FILES.contains(&n.as_str()));
+    names.retain(|n| !ours.contains(&n.as_str()));
     names.sort();
     if !names.is_empty() {
         return Err(FinetuneError::ForeignFiles {
@@ -182,18 +185,20 @@ mod tests {
     fn a_merge_replaces_only_a_directory_of_its_own_files() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("merged");
-        check_merge_target(&dir, false).unwrap(); // new
+        check_output_dir(&dir, false, &MERGED_FILES).unwrap(); // new
         std::fs::create_dir(&dir).unwrap();
-        check_merge_target(&dir, false).unwrap(); // empty
+        check_output_dir(&dir, false, &MERGED_FILES).unwrap(); // empty
         for f in MERGED_FILES {
             std::fs::write(dir.join(f), "old").unwrap();
         }
-        let err = check_merge_target(&dir, false).unwrap_err();
+        let err = check_output_dir(&dir, false, &MERGED_FILES).unwrap_err();
         assert!(matches!(err, FinetuneError::WouldOverwrite(_)), "{err}");
-        check_merge_target(&dir, true).unwrap();
+        check_output_dir(&dir, true, &MERGED_FILES).unwrap();
         std::fs::write(dir.join("chat_template.jinja"), "x").unwrap();
         std::fs::write(dir.join("NOTES.md"), "mine").unwrap();
-        let err = check_merge_target(&dir, true).unwrap_err().to_string();
+        let err = check_output_dir(&dir, true, &MERGED_FILES)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("(NOTES.md, chat_template.jinja)"), "{err}");
         // Refusing changed nothing.
         assert_eq!(
@@ -206,7 +211,9 @@ mod tests {
         );
         let file = root.path().join("a-file");
         std::fs::write(&file, "x").unwrap();
-        let err = check_merge_target(&file, true).unwrap_err().to_string();
+        let err = check_output_dir(&file, true, &MERGED_FILES)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("a-file") && err.contains("not a directory"),
             "{err}"

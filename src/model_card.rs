@@ -480,7 +480,9 @@ pub fn export_hub(
             ),
         });
     };
-    check_export_target(out, overwrite)?;
+    let mut ours = HUB_FILES.to_vec();
+    ours.extend([".git", ".gitattributes"]); // a clone of the Hub repository to push from
+    crate::base::check_output_dir(out, overwrite, &ours)?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let mut files = Vec::new();
 
@@ -556,40 +558,6 @@ pub fn export_hub(
         files,
         base_model,
     })
-}
-
-fn check_export_target(dir: &Path, overwrite: bool) -> Result<()> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_err(dir)(e)),
-    };
-    let mut names = Vec::new();
-    for entry in entries {
-        names.push(
-            entry
-                .map_err(io_err(dir))?
-                .file_name()
-                .to_string_lossy()
-                .into_owned(),
-        );
-    }
-    if names.is_empty() {
-        return Ok(());
-    }
-    if !overwrite {
-        return Err(FinetuneError::WouldOverwrite(dir.to_path_buf()));
-    }
-    names.retain(|n| !HUB_FILES.contains(&n.as_str()) && n != ".git" && n != ".gitattributes");
-    names.sort();
-    if names.is_empty() {
-        Ok(())
-    } else {
-        Err(FinetuneError::ForeignFiles {
-            dir: dir.to_path_buf(),
-            files: names,
-        })
-    }
 }
 
 #[cfg(test)]
