@@ -25,7 +25,9 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::checkpoint::{METRICS_FILE, SUMMARY_FILE, latest_checkpoint, read_json, write_atomic};
+use crate::checkpoint::{
+    CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, latest_checkpoint, read_json, write_atomic,
+};
 use crate::config::FinetuneConfig;
 use crate::error::{FinetuneError, Result, io_err};
 use crate::run::start_run;
@@ -254,6 +256,18 @@ pub fn run_sweep(
     let mut interrupted = false;
     for (index, variant) in variants.iter().enumerate() {
         let dir = options.out_dir.join(&variant.name);
+        let recorded = dir.join(CONFIG_FILE);
+        if recorded.is_file() && read_json::<FinetuneConfig>(&recorded)? != variant.config {
+            // Neither skipped nor resumed: its results would not be this variant's.
+            return Err(invalid(
+                format!("variant {}", variant.name),
+                format!(
+                    "{} holds a run with other settings (the sweep file changed?); give the \
+                     sweep another --out or remove that directory",
+                    dir.display()
+                ),
+            ));
+        }
         let finished: Option<TrainSummary> = match dir.join(SUMMARY_FILE) {
             p if p.is_file() => Some(read_json::<TrainSummary>(&p)?).filter(|s| !s.interrupted),
             _ => None,

@@ -133,6 +133,21 @@ fn sweep_runs_tabulates_skips_and_resumes() {
             .map(|r| r.best_eval)
             .collect::<Vec<_>>()
     );
+    // A changed sweep file does not pass off the old runs as its own.
+    let changed: SweepSpec = serde_json::from_str(
+        r#"{"base": {"max_steps": 5, "eval_every": 2, "save_every": 2},
+            "grid": {"learning_rate": [0.01, 0.0001]}}"#,
+    )
+    .unwrap();
+    let err = run_sweep(
+        &changed.variants(&start()).unwrap(),
+        &sources(),
+        &options,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("other settings"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 
     // Interrupted after its first step, the variant resumes on the next invocation.
