@@ -59,7 +59,8 @@ pub struct DecodeBatch<'m> {
     model: &'m CausalLm,
     cache: KvCache,
     rows: Vec<Row>,
-    waiting: Vec<(Row, Vec<u32>)>,
+    /// Admitted, not yet prefilled (their `seen` is still just the prompt).
+    waiting: Vec<Row>,
     next_id: u64,
 }
 
@@ -102,10 +103,10 @@ impl<'m> DecodeBatch<'m> {
             sampler: Sampler::new(config),
             stop_ids: config.stop_ids.clone(),
             max_new_tokens: config.max_new_tokens,
-            seen: prompt.clone(),
+            seen: prompt,
             generated: 0,
         };
-        self.waiting.push((row, prompt));
+        self.waiting.push(row);
         Ok(id)
     }
 
@@ -126,7 +127,7 @@ impl<'m> DecodeBatch<'m> {
 
     /// Removes a sequence (running or waiting); `false` when it is not in the batch.
     pub fn cancel(&mut self, sequence: SequenceId) -> bool {
-        if let Some(i) = self.waiting.iter().position(|(r, _)| r.id == sequence) {
+        if let Some(i) = self.waiting.iter().position(|r| r.id == sequence) {
             self.waiting.remove(i);
             return true;
         }
@@ -173,8 +174,8 @@ impl<'m> DecodeBatch<'m> {
             self.rows = advance(rows, logits, vocab, &mut self.cache, &mut tokens)?;
         }
         if !self.waiting.is_empty() {
-            let waiting = std::mem::take(&mut self.waiting);
-            let (rows, prompts): (Vec<Row>, Vec<Vec<u32>>) = waiting.into_iter().unzip();
+            let rows = std::mem::take(&mut self.waiting);
+            let prompts: Vec<Vec<u32>> = rows.iter().map(|r| r.seen.clone()).collect();
             let pad = self
                 .model
                 .config()
