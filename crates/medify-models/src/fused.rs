@@ -85,7 +85,7 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
 /// Host kernels over row-major slices (shared by the Flex impl and the tests).
 mod host {
     use medify_quant::multiversion;
-    use medify_quant::simd::{dot, exp_nonpositive, max_of, sum_of};
+    use medify_quant::simd::{dot, exp_nonpositive, flush_subnormal, max_of, sum_of};
     use rayon::prelude::*;
 
     /// Rows per parallel task.
@@ -140,7 +140,7 @@ mod host {
             let max = max_of(row);
             row.iter_mut().for_each(|o| *o = exp_nonpositive(*o - max));
             let inv = 1.0 / sum_of(row);
-            row.iter_mut().for_each(|o| *o *= inv);
+            row.iter_mut().for_each(|o| *o = flush_subnormal(*o * inv));
         }
     }
 
@@ -148,7 +148,7 @@ mod host {
         fn softmax_backward_row(out: &mut [f32], p: &[f32], g: &[f32], scale: f32) {
             let dot = dot(p, g);
             for ((o, &p), &g) in out.iter_mut().zip(p).zip(g) {
-                *o = scale * p * (g - dot);
+                *o = flush_subnormal(scale * p * (g - dot));
             }
         }
     }
@@ -156,7 +156,7 @@ mod host {
     multiversion! {
         fn swiglu_chunk(out: &mut [f32], gate: &[f32], up: &[f32]) {
             for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = g * sigmoid(g) * u;
+                *o = flush_subnormal(g * sigmoid(g) * u);
             }
         }
     }
@@ -166,8 +166,8 @@ mod host {
             for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(gate).zip(up).zip(d)
             {
                 let s = sigmoid(g);
-                *dg = d * u * s * (1.0 + g * (1.0 - s));
-                *du = d * g * s;
+                *dg = flush_subnormal(d * u * s * (1.0 + g * (1.0 - s)));
+                *du = flush_subnormal(d * g * s);
             }
         }
     }

@@ -212,8 +212,10 @@ medify_quant::multiversion! {
 }
 
 medify_quant::multiversion! {
+    /// `row *= scale`, subnormal products flushed: the row is the next matmul's operand.
     fn scale_all(row: &mut [f32], scale: f32) {
-        row.iter_mut().for_each(|v| *v *= scale);
+        use medify_quant::simd::flush_subnormal;
+        row.iter_mut().for_each(|v| *v = flush_subnormal(*v * scale));
     }
 }
 

@@ -81,15 +81,17 @@ macro_rules! multiversion {
     };
 }
 
-/// `exp(x)` for `x <= 0`, within 2 ulp of libm for `x >= -87`; inputs below -87 give
-/// `exp(-87)` (1.6e-38), which no sum of probabilities can tell from 0. Branch-free, so loops
-/// over it vectorize.
+/// `exp(x)` for `x <= 0`, within 2 ulp of libm for `x >= -87`; inputs below -87 (masked
+/// scores, `-inf`) give 0, as a flush-to-zero unit would: their true values are subnormal or
+/// zero, and a subnormal in a matmul operand costs a microcode assist per multiply on Intel
+/// cores. Branch-free (the test is a select), so loops over it vectorize.
 #[inline(always)]
 pub fn exp_nonpositive(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let underflow = x < -87.0;
     let x = x.clamp(-87.0, 0.0);
     let n = (x * LOG2E + ROUND) - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
@@ -102,7 +104,17 @@ pub fn exp_nonpositive(x: f32) -> f32 {
     let p = p * r + 1.0;
     let p = p * r + 1.0;
     let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
-    p * scale
+    if underflow { 0.0 } else { p * scale }
+}
+
+/// `x`, or 0 where `x` is subnormal (below `f32::MIN_POSITIVE` in magnitude). Kernels whose
+/// outputs feed a matmul (probabilities, their gradients) pass them through this: an Intel core
+/// takes a microcode assist, roughly a hundred cycles, for every multiply with a subnormal
+/// operand, and scaled softmax rows hold thousands of them. The flushed values are below what
+/// any f32 sum with a normal term can register. Branch-free, so loops over it vectorize.
+#[inline(always)]
+pub fn flush_subnormal(x: f32) -> f32 {
+    if x.abs() < f32::MIN_POSITIVE { 0.0 } else { x }
 }
 
 /// Lanes of the explicit accumulators below: one AVX-512 vector. Float reductions written as
@@ -176,7 +188,16 @@ mod tests {
         }
         assert!(worst < 2.5e-7, "max relative error {worst}");
         assert_eq!(exp_nonpositive(0.0), 1.0);
-        assert!(exp_nonpositive(-1e30) > 0.0 && exp_nonpositive(-1e30) < 2e-38);
+        assert!(exp_nonpositive(-87.0) > 0.0 && exp_nonpositive(-87.0) < 2e-38);
+        assert_eq!(exp_nonpositive(-87.5), 0.0);
+        assert_eq!(exp_nonpositive(-1e30), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+        assert_eq!(flush_subnormal(f32::MIN_POSITIVE / 2.0), 0.0);
+        assert_eq!(flush_subnormal(-f32::MIN_POSITIVE / 2.0), 0.0);
+        assert_eq!(flush_subnormal(f32::MIN_POSITIVE), f32::MIN_POSITIVE);
+        assert_eq!(flush_subnormal(-0.5), -0.5);
+        assert!(flush_subnormal(f32::NAN).is_nan());
         let xs: Vec<f32> = (0..37).map(|i| ((i * 7 % 11) as f32) - 5.0).collect();
         assert_eq!(max_of(&xs), 5.0);
         assert_eq!(max_of(&[]), f32::NEG_INFINITY);
