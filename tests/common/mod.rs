@@ -1,4 +1,7 @@
-//! Helpers the cross-crate tests share.
+//! Helpers the cross-crate tests share (each test binary uses some of them).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
 
 use medify_qlora::models::{Label, TokenBatch};
 
@@ -27,4 +30,35 @@ pub fn prompt_masked_batch(
         })
         .collect();
     (TokenBatch::new(ids), labels)
+}
+
+/// Where `.ci/run` (and later `cargo xtask fetch-model`) puts SmolLM2-135M-Instruct.Q4_1.gguf.
+pub fn smollm2_gguf() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MEDIFY_SMOLLM2_GGUF") {
+        return Some(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("MEDIFY_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("medify-qlora"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/medify-qlora"))
+        })?;
+    let p = cache.join("smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.is_file().then_some(p)
+}
+
+/// [`smollm2_gguf`], or `None` after saying the test is skipped; panics instead where
+/// `MEDIFY_REQUIRE_SMOLLM2` is set (CI), so a missing model cannot pass as a skip there.
+pub fn smollm2_gguf_or_skip() -> Option<PathBuf> {
+    let path = smollm2_gguf();
+    if path.is_none() {
+        assert!(
+            std::env::var_os("MEDIFY_REQUIRE_SMOLLM2").is_none(),
+            "MEDIFY_REQUIRE_SMOLLM2 is set but SmolLM2-135M-Instruct.Q4_1.gguf was not found"
+        );
+        eprintln!("skipped: SmolLM2 GGUF not cached (set MEDIFY_SMOLLM2_GGUF)");
+    }
+    path
 }

@@ -136,8 +136,30 @@ pub struct EvalArgs {
     pub adapter: Option<PathBuf>,
     /// Records: {"text"} JSONL (every token counts) or chat/Q&A records in any format `preview`
     /// reads (only the assistant's tokens count, exactly the labels preview shows).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[arg(
+        long,
+        required_unless_present = "multiple_choice",
+        conflicts_with = "multiple_choice"
+    )]
+    pub data: Option<PathBuf>,
+    /// Multiple-choice accuracy instead: a JSONL file of questions (MedQA, MedMCQA, PubMedQA or
+    /// a list of choices), each option scored by its log-likelihood after lm-eval's prompt.
+    #[arg(long, value_name = "FILE")]
+    pub multiple_choice: Option<PathBuf>,
+    /// With --multiple-choice: medqa, medmcqa, pubmedqa or choices (option texts scored, e.g.
+    /// a condition from a list given symptoms). Default: detected from the first record.
+    #[arg(long, requires = "multiple_choice")]
+    pub task: Option<medify_qlora::McTask>,
+    /// With --multiple-choice: solved examples before each question (k-shot).
+    #[arg(long, default_value_t = 0, requires = "multiple_choice")]
+    pub shots: usize,
+    /// With --shots: a JSONL file of examples, the first k used. Default: the evaluated file,
+    /// without the question itself.
+    #[arg(long, requires = "multiple_choice")]
+    pub fewshot: Option<PathBuf>,
+    /// With --multiple-choice: score only the first N questions.
+    #[arg(long, requires = "multiple_choice")]
+    pub limit: Option<usize>,
     /// Built-in chat template instead of the model's.
     #[arg(long)]
     pub template: Option<String>,
@@ -215,8 +237,11 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
     let (base, _) = args
         .model
         .load(args.adapter.as_deref(), args.template.as_deref())?;
+    let Some(data) = &args.data else {
+        return multiple_choice(args, &base);
+    };
     let encoder = base.encoder.clone().with_system_prompt(args.system.clone());
-    let read = read_records(&args.data, &ReadOptions::default()).map_err(|e| e.to_string())?;
+    let read = read_records(data, &ReadOptions::default()).map_err(|e| e.to_string())?;
     let cases = AnswerCase::from_records(&read.records);
     let config = DatasetConfig {
         max_len: args.max_len,
@@ -274,6 +299,81 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
                 s.bleu, s.rouge1, s.rouge2, s.rouge_l, s.records
             );
         }
+    }
+    Ok(())
+}
+
+/// `eval --multiple-choice`: accuracy over a question file, lm-eval's way.
+fn multiple_choice(args: &EvalArgs, base: &BaseModel) -> Result<(), String> {
+    use medify_qlora::{McConfig, read_mc_questions, score_multiple_choice};
+    let path = args
+        .multiple_choice
+        .as_deref()
+        .ok_or("--data or --multiple-choice is needed")?;
+    let (task, mut questions) = read_mc_questions(path, args.task).map_err(|e| e.to_string())?;
+    if let Some(n) = args.limit {
+        questions.truncate(n);
+    }
+    let fewshot = match &args.fewshot {
+        Some(p) => Some(
+            read_mc_questions(p, Some(task))
+                .map_err(|e| e.to_string())?
+                .1,
+        ),
+        None => None,
+    };
+    let config = McConfig {
+        task,
+        shots: args.shots,
+        fewshot,
+        max_len: args
+            .max_len
+            .min(base.model.config().max_position_embeddings),
+        batch_size: args.batch_size,
+    };
+    if !args.json {
+        eprintln!(
+            "{} questions, task {task}, {}-shot, from {}",
+            questions.len(),
+            args.shots,
+            path.display()
+        );
+    }
+    let json = args.json;
+    let report = score_multiple_choice(
+        &base.model,
+        &base.tokenizer,
+        &questions,
+        &config,
+        &mut |done, total| {
+            if !json {
+                eprint!("\rscored {done}/{total} sequences");
+            }
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
+        return Ok(());
+    }
+    eprintln!();
+    println!(
+        "{task} {}-shot: acc {:.4} ± {:.4}  acc_norm {:.4} ± {:.4}  over {} questions",
+        report.shots,
+        report.acc,
+        report.acc_stderr,
+        report.acc_norm,
+        report.acc_norm_stderr,
+        report.questions
+    );
+    if report.truncated > 0 {
+        println!(
+            "{} questions were longer than {} tokens and lost their start",
+            report.truncated, config.max_len
+        );
     }
     Ok(())
 }

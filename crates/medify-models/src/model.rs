@@ -480,6 +480,55 @@ impl CausalLm {
             .reshape([b, self.config.vocab_size]))
     }
 
+    /// `log p(token | ids[row][..=position])` for each `(row, position, token)` in `picks`, from
+    /// f32 log-softmax over the vocabulary: what scoring a continuation needs (lm-eval's
+    /// log-likelihoods) without materializing logits for every position of the batch.
+    pub fn log_probs_at(
+        &self,
+        batch: &TokenBatch,
+        picks: &[(usize, usize, u32)],
+    ) -> Result<Vec<f64>> {
+        let [b, s] = batch.dims();
+        let vocab = self.config.vocab_size;
+        if let Some(&(r, p, t)) = picks
+            .iter()
+            .find(|&&(r, p, t)| r >= b || p >= s || t as usize >= vocab)
+        {
+            return Err(ModelError::InvalidRequest(format!(
+                "log-probability of token {t} at row {r}, position {p} is outside the batch \
+                 [{b}, {s}] or the vocabulary ({vocab})"
+            )));
+        }
+        if picks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hidden = self.forward_hidden(batch, None)?;
+        let d = hidden.dims()[2];
+        // One logits row per distinct position asked for.
+        let mut rows: Vec<usize> = picks.iter().map(|&(r, p, _)| r * s + p).collect();
+        rows.sort_unstable();
+        rows.dedup();
+        let device = self.device();
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(rows.iter().map(|&i| i as i64).collect(), [rows.len()]),
+            &device,
+        );
+        let hidden = hidden.reshape([b * s, d]).select(0, index);
+        let logits = self.logits(hidden.reshape([1, rows.len(), d]));
+        let logp = log_softmax(medify_lora::to_f32(logits), 2)
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| ModelError::InvalidRequest(format!("log-probabilities: {e:?}")))?;
+        Ok(picks
+            .iter()
+            .map(|&(r, p, t)| {
+                let row = rows.binary_search(&(r * s + p)).unwrap_or_else(|i| i);
+                f64::from(logp[row * vocab + t as usize])
+            })
+            .collect())
+    }
+
     /// Next-token cross-entropy: position `i` predicts `labels[i + 1]`, as transformers shifts;
     /// `None` labels are skipped.
     pub fn loss(&self, batch: &TokenBatch, labels: &[Vec<Label>]) -> Result<LossOutput> {
