@@ -88,7 +88,8 @@ pub use sources::{
     ModelSource, RunSources, SOURCES_FILE,
 };
 pub use sweep::{
-    SweepOptions, SweepProgress, SweepReport, SweepSpec, Variant, VariantResult, run_sweep,
+    ANSWERS_FILE, GenerateSpec, SweepOptions, SweepProgress, SweepReport, SweepSpec, Variant,
+    VariantResult, run_sweep,
 };
 pub use text_metrics::{
     BleuScore, Prf, RougeScores, TextScores, bleu, corpus_bleu, rouge, score_answers,

@@ -13,7 +13,9 @@
 //! variants are every combination of its lists, the explicit ones follow. Rerunning a sweep
 //! skips the variants that finished and resumes an interrupted one from its newest checkpoint.
 //! [`run_sweep`] writes `results.csv`, `results.md` (sorted by best validation loss) and
-//! `eval_loss.png` (every variant's validation curve).
+//! `eval_loss.png` (every variant's validation curve). With `"generate": {…}` in the file
+//! ([`GenerateSpec`]) each variant also answers its held-out chat records and the table gains
+//! BLEU and ROUGE-1/2/L columns.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,13 +27,22 @@ use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use burn::module::Module;
+
+use crate::answers::{AnswerCase, AnswerReport, score_generated_answers};
+use crate::base::load_base_with;
+use crate::chat::Chat;
 use crate::checkpoint::{
     CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, latest_checkpoint, read_json, write_atomic,
 };
 use crate::config::FinetuneConfig;
+use crate::data::prepare;
 use crate::error::{FinetuneError, Result, io_err};
+use crate::lora::LoraExt;
+use crate::models::GenerationConfig;
 use crate::run::start_run;
 use crate::sources::RunSources;
+use crate::text_metrics::TextScores;
 use crate::trainer::{TrainSummary, TrainerOptions};
 
 /// A sweep file.
@@ -47,6 +58,42 @@ pub struct SweepSpec {
     /// Variants given one by one (an optional `"name"` names the run directory).
     #[serde(default)]
     pub variants: Vec<Map<String, Value>>,
+    /// Also score each variant's greedy answers to its held-out chat records.
+    #[serde(default)]
+    pub generate: Option<GenerateSpec>,
+}
+
+/// How a sweep scores answers: each finished variant answers (greedy, no disclaimer) the first
+/// `max_records` chat records of its validation split, and BLEU (sacrebleu's) and ROUGE-1/2/L
+/// (rouge_score's) compare the answers with the records' replies, as `eval --generate` does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerateSpec {
+    /// Held-out records answered (the first ones of the validation split).
+    pub max_records: usize,
+    /// Upper bound on tokens per answer.
+    pub max_new_tokens: usize,
+    /// transformers' `repetition_penalty` (1 = off).
+    pub repetition_penalty: f32,
+}
+
+impl Default for GenerateSpec {
+    fn default() -> GenerateSpec {
+        GenerateSpec {
+            max_records: 20,
+            max_new_tokens: 128,
+            repetition_penalty: 1.0,
+        }
+    }
+}
+
+/// A variant's scored answers, kept in its run directory so a rerun does not generate again.
+pub const ANSWERS_FILE: &str = "answer_scores.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct SavedAnswers {
+    settings: GenerateSpec,
+    report: AnswerReport,
 }
 
 /// One configuration of a sweep.
@@ -201,6 +248,8 @@ pub struct VariantResult {
     pub wall_s: f64,
     /// Peak resident memory of its steps.
     pub peak_rss_bytes: Option<u64>,
+    /// BLEU and ROUGE of its answers to held-out records, when the sweep asks for them.
+    pub answers: Option<TextScores>,
     /// Trained in an earlier invocation of the sweep (not run again).
     pub skipped: bool,
 }
@@ -215,6 +264,8 @@ pub struct SweepOptions {
     pub progress: bool,
     /// Set to stop after the current step (with a checkpoint, resumed on the next invocation).
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// Score each finished variant's answers (the sweep file's `generate`).
+    pub generate: Option<GenerateSpec>,
 }
 
 /// Progress: which variant starts, and the time the ones left should take.
@@ -313,17 +364,96 @@ pub fn run_sweep(
                 (summary, false)
             }
         };
-        results.push(result_of(variant, &dir, &summary, skipped)?);
+        let mut result = result_of(variant, &dir, &summary, skipped)?;
         if summary.interrupted {
+            results.push(result);
             interrupted = true;
             break;
         }
+        if let Some(spec) = &options.generate {
+            result.answers = Some(variant_answers(
+                variant,
+                &dir,
+                sources,
+                &options.device,
+                spec,
+            )?);
+        }
+        results.push(result);
     }
     write_results(&options.out_dir, variants, &results)?;
     Ok(SweepReport {
         results,
         interrupted,
     })
+}
+
+/// The variant's answer scores: from its run directory when they were made with `spec`,
+/// otherwise by loading its adapter over the base and answering its held-out chat records.
+fn variant_answers(
+    variant: &Variant,
+    dir: &Path,
+    sources: &RunSources,
+    device: &Device,
+    spec: &GenerateSpec,
+) -> Result<TextScores> {
+    let saved = dir.join(ANSWERS_FILE);
+    if saved.is_file()
+        && let Ok(s) = read_json::<SavedAnswers>(&saved)
+        && s.settings == *spec
+    {
+        return Ok(s.report.scores);
+    }
+    let config = &variant.config;
+    let mut base = load_base_with(
+        &sources.model.path,
+        device,
+        &config.load_options(device)?,
+        config.template.as_deref(),
+    )?;
+    base.model.load_adapter(dir)?;
+    let mut model = base.model.valid();
+    model.set_adapters_training(false);
+    let encoder = base
+        .encoder
+        .clone()
+        .with_system_prompt(config.system_prompt.clone());
+    // The validation split the trainer held out, in its order, as chat cases.
+    let read = sources.data.read()?;
+    let records = read.records.clone();
+    let prepared = prepare(read.records, &encoder, &config.dataset_config())?;
+    let by_origin: std::collections::HashMap<&str, &crate::data::SourcedExample> =
+        records.iter().map(|r| (r.origin.as_str(), r)).collect();
+    let held_out: Vec<_> = prepared
+        .validation
+        .iter()
+        .filter_map(|e| by_origin.get(e.origin.as_str()).map(|r| (*r).clone()))
+        .collect();
+    let mut cases = AnswerCase::from_records(&held_out);
+    cases.truncate(spec.max_records);
+    if cases.is_empty() {
+        return Err(FinetuneError::NoData(format!(
+            "variant {}: no held-out chat record to answer (generate needs a validation split              of conversations or Q&A pairs)",
+            variant.name
+        )));
+    }
+    let chat = Chat::new(&model, &base.tokenizer, &encoder)
+        .with_disclaimer(false)
+        .with_generation(GenerationConfig {
+            max_new_tokens: spec.max_new_tokens,
+            repetition_penalty: spec.repetition_penalty,
+            ..GenerationConfig::default()
+        });
+    let report = score_generated_answers(&chat, &cases, &mut |_, _| {})?;
+    let scores = report.scores.clone();
+    crate::checkpoint::write_json(
+        &saved,
+        &SavedAnswers {
+            settings: spec.clone(),
+            report,
+        },
+    )?;
+    Ok(scores)
 }
 
 fn result_of(
@@ -361,6 +491,7 @@ fn result_of(
         tokens_per_s: (!rates.is_empty()).then(|| rates.iter().sum::<f64>() / rates.len() as f64),
         wall_s: s.seconds,
         peak_rss_bytes: peak,
+        answers: None,
         skipped,
     })
 }
@@ -393,6 +524,10 @@ fn write_results(dir: &Path, variants: &[Variant], results: &[VariantResult]) ->
         ]
         .map(String::from),
     );
+    let answered = results.iter().any(|r| r.answers.is_some());
+    if answered {
+        header.extend(["bleu", "rouge1", "rouge2", "rougeL"].map(String::from));
+    }
     let rows: Vec<Vec<String>> = sorted
         .iter()
         .map(|(i, r)| {
@@ -422,6 +557,15 @@ fn write_results(dir: &Path, variants: &[Variant], results: &[VariantResult]) ->
                     format!("{:.0}", b as f64 / (1 << 20) as f64)
                 }),
             ]);
+            if answered {
+                let a = r.answers.as_ref();
+                row.extend([
+                    opt(a.map(|a| a.bleu), 4),
+                    opt(a.map(|a| a.rouge1), 4),
+                    opt(a.map(|a| a.rouge2), 4),
+                    opt(a.map(|a| a.rouge_l), 4),
+                ]);
+            }
             row
         })
         .collect();

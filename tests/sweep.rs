@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::tensor::Device;
 use medify_qlora::data::ReadOptions;
 use medify_qlora::{
-    DataSource, FinetuneConfig, ModelSource, RunSources, SweepOptions, SweepSpec, run_sweep,
+    ANSWERS_FILE, DataSource, FinetuneConfig, ModelSource, RunSources, SweepOptions, SweepSpec,
+    run_sweep, score_answers,
 };
 
 fn root() -> PathBuf {
@@ -64,6 +65,7 @@ fn sweep_runs_tabulates_skips_and_resumes() {
         device: Device::flex().autodiff(),
         progress: false,
         interrupt: None,
+        generate: None,
     };
     let mut seen = Vec::new();
     let report = run_sweep(&variants, &sources(), &options, &mut |p| {
@@ -158,6 +160,7 @@ fn sweep_runs_tabulates_skips_and_resumes() {
         device: Device::flex().autodiff(),
         progress: false,
         interrupt: Some(flag.clone()),
+        generate: None,
     };
     let one = &variants[..1];
     let stopped = run_sweep(one, &sources(), &options, &mut |_| {}).unwrap();
@@ -175,5 +178,75 @@ fn sweep_runs_tabulates_skips_and_resumes() {
         resumed.is_some_and(|c| c.ends_with("checkpoints/step-000001")),
         "resumed from the interrupt's checkpoint"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn asked_for_answers_the_table_gains_bleu_and_rouge() {
+    let spec: SweepSpec = serde_json::from_str(
+        r#"{"base": {"max_steps": 2, "eval_every": 2, "save_every": 2},
+            "variants": [{"name": "a", "lora_r": 4}],
+            "generate": {"max_records": 3, "max_new_tokens": 6}}"#,
+    )
+    .unwrap();
+    let variants = spec.variants(&start()).unwrap();
+    let dir = out("answers");
+    let mut options = SweepOptions {
+        out_dir: dir.clone(),
+        device: Device::flex().autodiff(),
+        progress: false,
+        interrupt: None,
+        generate: spec.generate.clone(),
+    };
+    let report = run_sweep(&variants, &sources(), &options, &mut |_| {}).unwrap();
+    let scores = report.results[0].answers.expect("answers were asked for");
+    assert_eq!(scores.records, 3);
+    let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    let (head, row) = (csv.lines().next().unwrap(), csv.lines().nth(1).unwrap());
+    assert!(
+        head.ends_with(",peak_rss_mib,bleu,rouge1,rouge2,rougeL"),
+        "{head}"
+    );
+    let cells: Vec<f64> = row
+        .rsplit(',')
+        .take(4)
+        .map(|c| c.parse().unwrap())
+        .collect();
+    assert_eq!(cells[3], (scores.bleu * 1e4).round() / 1e4, "{row}");
+    assert!(cells.iter().all(|c| (0.0..=1.0).contains(c)), "{row}");
+    // The saved answers are the held-out records' questions, scored as eval --generate does.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("a").join(ANSWERS_FILE)).unwrap())
+            .unwrap();
+    let answers = saved["report"]["answers"].as_array().unwrap();
+    assert_eq!(answers.len(), 3);
+    let field = |k: &str| -> Vec<String> {
+        answers
+            .iter()
+            .map(|a| a[k].as_str().unwrap().to_string())
+            .collect()
+    };
+    let recomputed = score_answers(&field("answer"), &field("reference"));
+    assert_eq!(recomputed, scores);
+    let data =
+        std::fs::read_to_string(root().join("fixtures/medical_qa/medical_qa.jsonl")).unwrap();
+    for q in field("question") {
+        assert!(
+            data.contains(&serde_json::to_string(&q).unwrap()),
+            "{q} is not a record"
+        );
+    }
+    // A rerun reads them back; other settings make new ones.
+    let file = dir.join("a").join(ANSWERS_FILE);
+    let modified = std::fs::metadata(&file).unwrap().modified().unwrap();
+    let again = run_sweep(&variants, &sources(), &options, &mut |_| {}).unwrap();
+    assert_eq!(again.results[0].answers, Some(scores));
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().modified().unwrap(),
+        modified
+    );
+    options.generate.as_mut().unwrap().max_records = 2;
+    let fewer = run_sweep(&variants, &sources(), &options, &mut |_| {}).unwrap();
+    assert_eq!(fewer.results[0].answers.as_ref().unwrap().records, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use medify_qlora::data::ReadOptions;
-use medify_qlora::{DataSource, FinetuneConfig, RunSources, SweepOptions, SweepSpec, run_sweep};
+use medify_qlora::{
+    DataSource, FinetuneConfig, GenerateSpec, RunSources, SweepOptions, SweepSpec, run_sweep,
+};
 
 use crate::device::device_named;
 use crate::finetune::{demo_config, interrupt_flag, model_source};
@@ -32,6 +34,11 @@ pub struct Args {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Also answer each variant's held-out chat records and add BLEU and ROUGE-1/2/L columns
+    /// (the sweep file's "generate": {"max_records", "max_new_tokens", "repetition_penalty"}
+    /// sets how; this flag uses its defaults: 20 records, 128 tokens).
+    #[arg(long)]
+    generate: bool,
 }
 
 fn clock(s: f64) -> String {
@@ -61,6 +68,10 @@ pub fn run(a: &Args) -> Result<(), String> {
         device: device_named(&a.device)?.autodiff(),
         progress: !a.quiet,
         interrupt: Some(interrupt_flag()),
+        generate: spec
+            .generate
+            .clone()
+            .or_else(|| a.generate.then(GenerateSpec::default)),
     };
     let report = run_sweep(&variants, &sources, &options, &mut |p| {
         let how = match (&p.resumed_from, p.skipped) {
