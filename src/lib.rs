@@ -56,6 +56,7 @@ pub mod memory_model;
 mod model_card;
 mod multiple_choice;
 mod plot;
+mod py_random;
 mod run;
 pub mod safety;
 mod sources;
@@ -78,7 +79,7 @@ pub use model_card::{
     CARD_FILE, CardOptions, HubExport, ModelCard, export_hub, is_hub_id, write_model_card,
 };
 pub use multiple_choice::{
-    McConfig, McOption, McQuestion, McReport, McScore, McTask, read_mc_questions,
+    FewshotSampler, McConfig, McOption, McQuestion, McReport, McScore, McTask, read_mc_questions,
     score_multiple_choice,
 };
 pub use plot::write_loss_plot;

@@ -6,8 +6,9 @@
 //! split as lm-eval's `_encode_pair` splits them: the whole text is encoded, and the tokens past
 //! the prompt's own encoding are the continuation. `acc` takes the option with the highest
 //! log-likelihood; `acc_norm` divides each by its choice's length in characters first. Few-shot
-//! examples are the first `k` questions of a pool (lm-eval's `first_n` sampler), each followed
-//! by `" " + its answer` and a blank line. Where the pool is the evaluated file, the question
+//! examples are drawn as lm-eval draws them ([`FewshotSampler`]: by default Python's
+//! `random.Random(1234).sample`, one stream across the questions in order), each followed by
+//! `" " + its answer` and a blank line. Where the pool is the evaluated file, the question
 //! itself is left out, as lm-eval does when both come from one split.
 
 use std::path::Path;
@@ -20,6 +21,7 @@ use crate::data::DataError;
 use crate::error::{FinetuneError, Result};
 use crate::lora::LoraExt;
 use crate::models::{CausalLm, ModelTokenizer, TokenBatch};
+use crate::py_random::PyRandom;
 
 /// Which lm-eval prompt a file's questions get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -314,6 +316,28 @@ pub fn read_mc_questions(path: &Path, task: Option<McTask>) -> Result<(McTask, V
     }
 }
 
+/// How k-shot examples are chosen: lm-eval's samplers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FewshotSampler {
+    /// lm-eval's default: `random.Random(seed).sample(pool, k)`, one stream across the questions
+    /// in file order (lm-eval's `fewshot_random_seed`, 1234 unless changed). Where the pool is
+    /// the evaluated file, `k + 1` are drawn, the question itself is dropped and the first `k`
+    /// kept, as lm-eval does.
+    Random {
+        /// The seed.
+        seed: u64,
+    },
+    /// lm-eval's `first_n`: the first `k` of the pool (the question itself left out).
+    FirstN,
+}
+
+impl Default for FewshotSampler {
+    fn default() -> FewshotSampler {
+        FewshotSampler::Random { seed: 1234 }
+    }
+}
+
 /// Settings of a multiple-choice evaluation.
 #[derive(Debug, Clone)]
 pub struct McConfig {
@@ -321,9 +345,12 @@ pub struct McConfig {
     pub task: McTask,
     /// Examples before each question.
     pub shots: usize,
-    /// Where the examples come from; `None`: the evaluated questions, each question's own left
-    /// out.
+    /// Where the examples come from (lm-eval's few-shot split); `None`: the evaluated
+    /// questions, each question's own left out (lm-eval with the few-shot split = the test
+    /// split).
     pub fewshot: Option<Vec<McQuestion>>,
+    /// How they are drawn.
+    pub sampler: FewshotSampler,
     /// Tokens the model sees at most: longer inputs lose their start, as in lm-eval.
     pub max_len: usize,
     /// Sequences per forward pass.
@@ -395,25 +422,69 @@ fn encode_pair(
     Ok((ctx, cont))
 }
 
-/// The prompt of `q` (index `index` among the evaluated questions) after `shots` examples.
-fn fewshot_prompt(config: &McConfig, questions: &[McQuestion], index: usize) -> String {
-    let task = config.task;
-    let examples: Vec<&McQuestion> = match &config.fewshot {
-        Some(pool) => pool.iter().take(config.shots).collect(),
-        None => questions
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| i != index)
-            .map(|(_, q)| q)
-            .take(config.shots)
-            .collect(),
+/// Two records lm-eval would take for the same document (it compares the dicts).
+fn same_doc(a: &McQuestion, b: &McQuestion) -> bool {
+    (&a.question, &a.context, &a.options, a.answer)
+        == (&b.question, &b.context, &b.options, b.answer)
+}
+
+/// The examples before question `index`, drawn as `config.sampler` says; `rng` is the random
+/// sampler's stream, created on first use and advanced question by question.
+fn examples<'a>(
+    config: &'a McConfig,
+    questions: &'a [McQuestion],
+    index: usize,
+    rng: &mut Option<PyRandom>,
+) -> Vec<&'a McQuestion> {
+    let k = config.shots;
+    if k == 0 {
+        return Vec::new();
+    }
+    let (pool, own) = match &config.fewshot {
+        Some(pool) => (pool.as_slice(), None),
+        None => (questions, Some(&questions[index])),
     };
+    let others: Vec<&McQuestion> = pool
+        .iter()
+        .filter(|q| own.is_none_or(|o| !same_doc(q, o)))
+        .collect();
+    let seed = match config.sampler {
+        FewshotSampler::FirstN => return others.into_iter().take(k).collect(),
+        FewshotSampler::Random { seed } => seed,
+    };
+    let rng = rng.get_or_insert_with(|| PyRandom::new(seed));
+    let draw = |rng: &mut PyRandom, from: &[&'a McQuestion], n: usize| -> Vec<&'a McQuestion> {
+        rng.sample(from.len(), n)
+            .map(|ix| ix.into_iter().map(|i| from[i]).collect())
+            .unwrap_or_default()
+    };
+    let all: Vec<&McQuestion> = pool.iter().collect();
+    match own {
+        None => draw(rng, &all, k),
+        Some(o) => {
+            let kept: Vec<&McQuestion> = draw(rng, &all, k + 1)
+                .into_iter()
+                .filter(|q| !same_doc(q, o))
+                .take(k)
+                .collect();
+            if kept.len() == k {
+                kept
+            } else {
+                // Copies of the question were drawn: lm-eval draws again from the rest.
+                draw(rng, &others, k)
+            }
+        }
+    }
+}
+
+/// The prompt of `question` after `examples`, each followed by its answer and a blank line.
+fn fewshot_prompt(task: McTask, examples: &[&McQuestion], question: &McQuestion) -> String {
     let mut prompt = String::new();
     for ex in examples {
         let answer = &task.choices(ex)[ex.answer];
         prompt.push_str(&format!("{} {answer}\n\n", task.prompt(ex)));
     }
-    prompt + &task.prompt(&questions[index])
+    prompt + &task.prompt(question)
 }
 
 /// A forward input and the log-probabilities to read from it.
@@ -433,7 +504,8 @@ struct Request {
 /// let opt = |l: &str, t: &str| McOption { label: l.into(), text: t.into() };
 /// let q = McQuestion { question: "Which organ pumps blood?".into(), context: vec![],
 ///     options: vec![opt("A", "heart"), opt("B", "lung")], answer: 0, line: 1 };
-/// let config = McConfig { task: McTask::MedQa, shots: 0, fewshot: None, max_len: 2048, batch_size: 8 };
+/// let config = McConfig { task: McTask::MedQa, shots: 0, fewshot: None,
+///     sampler: Default::default(), max_len: 2048, batch_size: 8 };
 /// let r = score_multiple_choice(&base.model, &base.tokenizer, &[q], &config, &mut |_, _| {}).unwrap();
 /// assert_eq!(r.scores[0].loglikelihoods.len(), 2);
 /// assert!(r.scores[0].loglikelihoods.iter().all(|&ll| ll < 0.0));
@@ -471,8 +543,21 @@ pub fn score_multiple_choice(
     plain.set_adapters_training(false);
     let mut scores = Vec::with_capacity(questions.len());
     let mut requests: Vec<Request> = Vec::new();
+    let mut rng = None;
     for (qi, q) in questions.iter().enumerate() {
-        let prompt = fewshot_prompt(config, questions, qi);
+        let shots = examples(config, questions, qi, &mut rng);
+        if shots.len() < config.shots {
+            return Err(FinetuneError::Config {
+                field: "shots".into(),
+                reason: format!(
+                    "{} examples asked for; only {} differ from the question on line {}",
+                    config.shots,
+                    shots.len(),
+                    q.line
+                ),
+            });
+        }
+        let prompt = fewshot_prompt(config.task, &shots, q);
         let choices = config.task.choices(q);
         let mut truncated = false;
         // Each option's model input (prompt tokens + continuation, less the last token, cut
@@ -720,46 +805,95 @@ mod tests {
         );
     }
 
-    #[test]
-    fn fewshot_examples_come_first_and_skip_the_question() {
-        let mk = |s: &str, a: usize| McQuestion {
-            question: s.into(),
-            context: vec![],
-            options: vec![
-                McOption {
-                    label: "A".into(),
-                    text: "x".into(),
-                },
-                McOption {
-                    label: "B".into(),
-                    text: "y".into(),
-                },
-            ],
-            answer: a,
-            line: 1,
-        };
-        let qs = [mk("one", 0), mk("two", 1), mk("three", 0)];
-        let mut config = McConfig {
+    fn numbered(n: usize) -> Vec<McQuestion> {
+        (0..n)
+            .map(|i| McQuestion {
+                question: format!("q{i}"),
+                context: vec![],
+                options: vec![
+                    McOption {
+                        label: "A".into(),
+                        text: "x".into(),
+                    },
+                    McOption {
+                        label: "B".into(),
+                        text: "y".into(),
+                    },
+                ],
+                answer: i % 2,
+                line: i + 1,
+            })
+            .collect()
+    }
+
+    fn config(shots: usize, sampler: FewshotSampler) -> McConfig {
+        McConfig {
             task: McTask::Choices,
-            shots: 2,
+            shots,
             fewshot: None,
+            sampler,
             max_len: 64,
             batch_size: 1,
+        }
+    }
+
+    #[test]
+    fn first_n_examples_come_first_and_skip_the_question() {
+        let qs = numbered(3);
+        let mut config = config(2, FewshotSampler::FirstN);
+        let prompt = |config: &McConfig, i: usize| {
+            fewshot_prompt(config.task, &examples(config, &qs, i, &mut None), &qs[i])
         };
         assert_eq!(
-            fewshot_prompt(&config, &qs, 0),
-            "Question: two\nAnswer: y\n\nQuestion: three\nAnswer: x\n\nQuestion: one\nAnswer:"
+            prompt(&config, 0),
+            "Question: q1\nAnswer: y\n\nQuestion: q2\nAnswer: x\n\nQuestion: q0\nAnswer:"
         );
         assert_eq!(
-            fewshot_prompt(&config, &qs, 2),
-            "Question: one\nAnswer: x\n\nQuestion: two\nAnswer: y\n\nQuestion: three\nAnswer:"
+            prompt(&config, 2),
+            "Question: q0\nAnswer: x\n\nQuestion: q1\nAnswer: y\n\nQuestion: q2\nAnswer:"
         );
-        config.fewshot = Some(vec![mk("pool", 1)]);
+        config.fewshot = Some(numbered(2).split_off(1));
         config.shots = 1;
         assert_eq!(
-            fewshot_prompt(&config, &qs, 0),
-            "Question: pool\nAnswer: y\n\nQuestion: one\nAnswer:"
+            prompt(&config, 0),
+            "Question: q1\nAnswer: y\n\nQuestion: q0\nAnswer:"
         );
+    }
+
+    #[test]
+    fn the_random_sampler_is_lm_evals_one_stream() {
+        let qs = numbered(10);
+        let config = config(2, FewshotSampler::default());
+        let names = |ex: Vec<&McQuestion>| -> Vec<String> {
+            ex.iter().map(|q| q.question.clone()).collect()
+        };
+        // random.Random(1234).sample(range(10), 3) is [7, 1, 0]: question 0 drops itself and
+        // keeps 7 and 1; question 1 draws next from the same stream.
+        let mut rng = None;
+        assert_eq!(names(examples(&config, &qs, 0, &mut rng)), ["q7", "q1"]);
+        let mut py = PyRandom::new(1234);
+        py.sample(10, 3);
+        let next: Vec<String> = py
+            .sample(10, 3)
+            .unwrap()
+            .into_iter()
+            .filter(|&i| i != 1)
+            .take(2)
+            .map(|i| format!("q{i}"))
+            .collect();
+        assert_eq!(names(examples(&config, &qs, 1, &mut rng)), next);
+        // A separate pool is sampled without dropping anything.
+        let pooled = McConfig {
+            fewshot: Some(numbered(10)),
+            ..config
+        };
+        let first: Vec<String> = PyRandom::new(1234)
+            .sample(10, 2)
+            .unwrap()
+            .into_iter()
+            .map(|i| format!("q{i}"))
+            .collect();
+        assert_eq!(names(examples(&pooled, &qs, 0, &mut None)), first);
     }
 
     #[test]

@@ -10,7 +10,9 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::Device;
-use medify_qlora::{McConfig, McTask, load_base, read_mc_questions, score_multiple_choice};
+use medify_qlora::{
+    FewshotSampler, McConfig, McTask, load_base, read_mc_questions, score_multiple_choice,
+};
 use serde_json::Value;
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -32,10 +34,18 @@ fn compare_with(reference: &str, base: &medify_qlora::BaseModel, max_len: usize)
         let (detected, questions) =
             read_mc_questions(&fixture(run["file"].as_str().unwrap()), None).unwrap();
         assert_eq!(detected, task, "{} is detected as {task}", run["file"]);
+        let sampler = match run["sampler"].as_str().unwrap() {
+            "default" => FewshotSampler::Random {
+                seed: run["fewshot_seed"].as_u64().unwrap(),
+            },
+            "first_n" => FewshotSampler::FirstN,
+            other => panic!("sampler {other}"),
+        };
         let config = McConfig {
             task,
             shots,
             fewshot: None,
+            sampler,
             max_len,
             batch_size: 3,
         };
@@ -50,7 +60,10 @@ fn compare_with(reference: &str, base: &medify_qlora::BaseModel, max_len: usize)
         let want = run["questions"].as_array().unwrap();
         assert_eq!(report.scores.len(), want.len());
         for (got, want) in report.scores.iter().zip(want) {
-            let at = format!("{task} {shots}-shot, line {}", got.line);
+            let at = format!(
+                "{task} {shots}-shot ({}), line {}",
+                run["sampler"], got.line
+            );
             assert_eq!(got.prompt, want["prompt"].as_str().unwrap(), "{at}: prompt");
             let conts: Vec<String> = got.choices.iter().map(|c| format!(" {c}")).collect();
             let want_conts: Vec<&str> = want["continuations"]
@@ -180,6 +193,7 @@ fn more_shots_than_examples_is_refused() {
         task,
         shots: questions.len(),
         fewshot: None,
+        sampler: FewshotSampler::FirstN,
         max_len: 256,
         batch_size: 8,
     };

@@ -125,6 +125,15 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
+/// lm-eval's few-shot samplers.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplerArg {
+    /// lm-eval's default sampler.
+    Random,
+    /// lm-eval's first_n.
+    FirstN,
+}
+
 /// `eval`: loss and perplexity of plain-text records.
 #[derive(ClapArgs, Debug)]
 pub struct EvalArgs {
@@ -148,17 +157,25 @@ pub struct EvalArgs {
     pub multiple_choice: Option<PathBuf>,
     /// With --multiple-choice: medqa, medmcqa, pubmedqa or choices (option texts scored, e.g.
     /// a condition from a list given symptoms). Default: detected from the first record.
-    #[arg(long, requires = "multiple_choice")]
+    #[arg(long)]
     pub task: Option<medify_qlora::McTask>,
     /// With --multiple-choice: solved examples before each question (k-shot).
-    #[arg(long, default_value_t = 0, requires = "multiple_choice")]
+    #[arg(long, default_value_t = 0)]
     pub shots: usize,
-    /// With --shots: a JSONL file of examples, the first k used. Default: the evaluated file,
-    /// without the question itself.
-    #[arg(long, requires = "multiple_choice")]
+    /// With --shots: a JSONL file of examples (lm-eval's few-shot split, e.g. MedQA's train).
+    /// Default: the evaluated file, each question left out of its own examples.
+    #[arg(long)]
     pub fewshot: Option<PathBuf>,
+    /// With --shots: how examples are drawn, as lm-eval's samplers: random (lm-eval's default,
+    /// Python's random.Random(--fewshot-seed).sample) or first-n.
+    /// [default: random]
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerArg>,
+    /// With --sampler random: lm-eval's fewshot_random_seed [default: 1234].
+    #[arg(long)]
+    pub fewshot_seed: Option<u64>,
     /// With --multiple-choice: score only the first N questions.
-    #[arg(long, requires = "multiple_choice")]
+    #[arg(long)]
     pub limit: Option<usize>,
     /// Built-in chat template instead of the model's.
     #[arg(long)]
@@ -234,6 +251,22 @@ pub fn generate(args: &GenerateArgs) -> Result<(), String> {
 }
 
 pub fn eval(args: &EvalArgs) -> Result<(), String> {
+    if args.multiple_choice.is_some() && args.generate {
+        return Err("--generate goes with --data, not --multiple-choice".into());
+    }
+    if args.data.is_some() {
+        let mc_only = [
+            ("--task", args.task.is_some()),
+            ("--shots", args.shots > 0),
+            ("--fewshot", args.fewshot.is_some()),
+            ("--sampler", args.sampler.is_some()),
+            ("--fewshot-seed", args.fewshot_seed.is_some()),
+            ("--limit", args.limit.is_some()),
+        ];
+        if let Some((flag, _)) = mc_only.iter().find(|(_, given)| *given) {
+            return Err(format!("{flag} goes with --multiple-choice, not --data"));
+        }
+    }
     let (base, _) = args
         .model
         .load(args.adapter.as_deref(), args.template.as_deref())?;
@@ -305,7 +338,7 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
 
 /// `eval --multiple-choice`: accuracy over a question file, lm-eval's way.
 fn multiple_choice(args: &EvalArgs, base: &BaseModel) -> Result<(), String> {
-    use medify_qlora::{McConfig, read_mc_questions, score_multiple_choice};
+    use medify_qlora::{FewshotSampler, McConfig, read_mc_questions, score_multiple_choice};
     let path = args
         .multiple_choice
         .as_deref()
@@ -326,6 +359,15 @@ fn multiple_choice(args: &EvalArgs, base: &BaseModel) -> Result<(), String> {
         task,
         shots: args.shots,
         fewshot,
+        sampler: match (args.sampler, args.fewshot_seed) {
+            (Some(SamplerArg::FirstN), Some(_)) => {
+                return Err("--fewshot-seed is for --sampler random".into());
+            }
+            (Some(SamplerArg::FirstN), None) => FewshotSampler::FirstN,
+            (_, seed) => FewshotSampler::Random {
+                seed: seed.unwrap_or(1234),
+            },
+        },
         max_len: args
             .max_len
             .min(base.model.config().max_position_embeddings),

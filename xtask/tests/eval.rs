@@ -84,3 +84,22 @@ fn multiple_choice_errors_name_the_file_and_line() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn multiple_choice_flags_are_refused_with_data() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root())
+        .args([
+            "eval",
+            "--model",
+            "fixtures/tiny_models/llama",
+            "--device",
+            "flex",
+        ])
+        .args(["--data", "fixtures/tiny_models/eval.jsonl", "--shots", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--shots goes with --multiple-choice"), "{err}");
+}
