@@ -1,31 +1,35 @@
-//! `cargo xtask eval --multiple-choice`: the report the CLI prints, in text and JSON.
+//! `cargo xtask eval --multiple-choice`: the report the CLI prints, in text and JSON, and its
+//! errors.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
+/// `xtask eval --model <tiny llama> --device flex ARGS…`, run from the repository root.
+fn eval(args: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(root)
+        .args([
+            "eval",
+            "--model",
+            "fixtures/tiny_models/llama",
+            "--device",
+            "flex",
+        ])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn multiple_choice_prints_accuracy_and_per_question_loglikelihoods() {
     let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .current_dir(root())
-            .args([
-                "eval",
-                "--model",
-                "fixtures/tiny_models/llama",
-                "--device",
-                "flex",
-            ])
-            .args([
-                "--multiple-choice",
-                "fixtures/multiple_choice/medmcqa.jsonl",
-            ])
-            .args(extra)
-            .output()
-            .unwrap();
+        let mut args = vec![
+            "--multiple-choice",
+            "fixtures/multiple_choice/medmcqa.jsonl",
+        ];
+        args.extend(extra);
+        let out = eval(&args);
         assert!(
             out.status.success(),
             "{}",
@@ -53,6 +57,13 @@ fn multiple_choice_prints_accuracy_and_per_question_loglikelihoods() {
     assert_eq!(json["acc"].as_f64().unwrap(), hits as f64 / 6.0);
 }
 
+/// A failing run's stderr.
+fn refused(args: &[&str]) -> String {
+    let out = eval(args);
+    assert!(!out.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn multiple_choice_errors_name_the_file_and_line() {
     let dir = std::env::temp_dir().join(format!("medify-xtask-mc-{}", std::process::id()));
@@ -63,21 +74,7 @@ fn multiple_choice_errors_name_the_file_and_line() {
         "{\"question\": \"q\", \"options\": [\"x\", \"y\"], \"answer\": \"z\"}\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .current_dir(root())
-        .args([
-            "eval",
-            "--model",
-            "fixtures/tiny_models/llama",
-            "--device",
-            "flex",
-        ])
-        .arg("--multiple-choice")
-        .arg(&bad)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["--multiple-choice", bad.to_str().unwrap()]);
     assert!(
         err.contains(&format!("{}:1:", bad.display())) && err.contains("`answer`"),
         "{err}"
@@ -87,19 +84,6 @@ fn multiple_choice_errors_name_the_file_and_line() {
 
 #[test]
 fn multiple_choice_flags_are_refused_with_data() {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .current_dir(root())
-        .args([
-            "eval",
-            "--model",
-            "fixtures/tiny_models/llama",
-            "--device",
-            "flex",
-        ])
-        .args(["--data", "fixtures/tiny_models/eval.jsonl", "--shots", "2"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["--data", "fixtures/tiny_models/eval.jsonl", "--shots", "2"]);
     assert!(err.contains("--shots goes with --multiple-choice"), "{err}");
 }
