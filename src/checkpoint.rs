@@ -171,8 +171,8 @@ fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }
 
-/// Removes what killed writers left in a run directory and its checkpoints: hidden temporary,
-/// replaced and half-deleted directories of other processes. Checkpoints themselves are
+/// Removes what killed writers left in a run directory and its checkpoints: hidden temporary
+/// files and temporary, replaced and half-deleted directories of other processes. Checkpoints themselves are
 /// untouched.
 pub fn remove_leftovers(run_dir: &Path) -> Result<()> {
     let ours = std::process::id().to_string();
@@ -187,9 +187,16 @@ pub fn remove_leftovers(run_dir: &Path) -> Result<()> {
                     name.rsplit_once(mark)
                         .is_some_and(|(_, pid)| pid != ours && pid.parse::<u32>().is_ok())
                 });
-            if leftover && entry.path().is_dir() {
-                let path = entry.path();
+            if !leftover {
+                continue;
+            }
+            // Directories from checkpoint writes; plain files from atomic file writes
+            // (`.finetune_config.json.tmp-PID`, …).
+            let path = entry.path();
+            if path.is_dir() {
                 std::fs::remove_dir_all(&path).map_err(io_err(&path))?;
+            } else {
+                std::fs::remove_file(&path).map_err(io_err(&path))?;
             }
         }
     }
@@ -270,4 +277,38 @@ pub fn read_checkpoint(dir: &Path) -> Result<(FinetuneConfig, TrainState)> {
     let config: FinetuneConfig = read_json(&dir.join(CONFIG_FILE))?;
     config.validate()?;
     Ok((config, read_json(&dir.join(STATE_FILE))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SIGKILL inside an atomic file write leaves `.NAME.tmp-PID` (a file); inside a checkpoint
+    /// write, a hidden directory. The next start removes both, and nothing of its own or the
+    /// user's.
+    #[test]
+    fn leftovers_of_killed_writers_are_removed_files_included() {
+        let run = tempfile::tempdir().unwrap();
+        let ckpts = run.path().join(CHECKPOINTS_DIR);
+        std::fs::create_dir_all(ckpts.join("step-000004")).unwrap();
+        let dead = u32::MAX - 1;
+        let ours = std::process::id();
+        let tmp_file = run.path().join(format!(".finetune_config.json.tmp-{dead}"));
+        std::fs::write(&tmp_file, b"{").unwrap();
+        let tmp_dir = ckpts.join(format!(".step-000008{TMP_MARK}{dead}"));
+        std::fs::create_dir_all(&tmp_dir).unwrap();
+        std::fs::write(tmp_dir.join("adapter_model.safetensors"), b"x").unwrap();
+        let deleting = ckpts.join(format!(".step-000002{DELETING_MARK}{dead}"));
+        std::fs::create_dir_all(&deleting).unwrap();
+        let own = run.path().join(format!(".metrics.jsonl.tmp-{ours}"));
+        std::fs::write(&own, b"").unwrap();
+        let users = run.path().join(".notes.tmp-draft");
+        std::fs::write(&users, b"mine").unwrap();
+
+        remove_leftovers(run.path()).unwrap();
+        assert!(!tmp_file.exists() && !tmp_dir.exists() && !deleting.exists());
+        assert!(own.exists(), "this process's own temporary was removed");
+        assert!(users.exists(), "a file that is no writer's temporary was removed");
+        assert!(ckpts.join("step-000004").is_dir());
+    }
 }
