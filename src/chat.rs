@@ -5,7 +5,7 @@
 use crate::data::{ChatEncoder, Message, Role};
 use crate::error::Result;
 use crate::models::{CausalLm, GenerationConfig, ModelTokenizer, TextStreamer};
-use crate::safety::{DEFAULT_SYSTEM_PROMPT, Emergency, triage};
+use crate::safety::{DEFAULT_SYSTEM_PROMPT, Triage, triage};
 
 /// Appended to every answer unless turned off: the model is not a clinician.
 pub const DISCLAIMER: &str = "This answer is general information from an AI model, not a \
@@ -21,16 +21,16 @@ pub struct Reply {
     pub text: String,
     /// The disclaimer that goes with it (`None` when turned off).
     pub disclaimer: Option<&'static str>,
-    /// Emergency routing for red flags in the user's message, shown before the answer (`None`
-    /// when there were none or triage is off).
-    pub emergency: Option<Emergency>,
+    /// Routing for red flags in the user's message, shown before the answer: emergency help
+    /// now, or a clinician today (`None` when there were none or triage is off).
+    pub triage: Option<Triage>,
 }
 
 impl Reply {
-    /// The emergency message (if any), the answer and the disclaimer, as a user should see it.
+    /// The routing message (if any), the answer and the disclaimer, as a user should see it.
     pub fn display_text(&self) -> String {
         let mut out = String::new();
-        if let Some(e) = &self.emergency {
+        if let Some(e) = &self.triage {
             out.push_str(&e.message);
             out.push_str("\n\n");
         }
@@ -120,15 +120,15 @@ impl<'a> Chat<'a> {
         self
     }
 
-    /// Turns red-flag triage (emergency routing before the answer) on or off.
+    /// Turns red-flag triage (emergency or same-day routing before the answer) on or off.
     pub fn with_triage(mut self, on: bool) -> Self {
         self.triage = on;
         self
     }
 
-    /// The emergency routing for the last user turn of `conversation`, when triage is on and
-    /// it names a red flag (for showing it before the answer streams).
-    pub fn triage(&self, conversation: &[Message]) -> Option<Emergency> {
+    /// The routing for the last user turn of `conversation`, when triage is on and it names a
+    /// red flag (for showing it before the answer streams).
+    pub fn triage(&self, conversation: &[Message]) -> Option<Triage> {
         if !self.triage {
             return None;
         }
@@ -197,14 +197,14 @@ impl<'a> Chat<'a> {
     }
 
     /// The [`Reply`] to `conversation` made of the generated `ids`: their text, the disclaimer
-    /// and the emergency routing, exactly as [`answer`](Self::answer) gives them.
+    /// and the routing, exactly as [`answer`](Self::answer) gives them.
     pub fn reply(&self, conversation: &[Message], ids: Vec<u32>) -> Result<Reply> {
         let text = self.tokenizer.decode(&ids, true)?;
         Ok(Reply {
             ids,
             text,
             disclaimer: self.disclaimer.then_some(DISCLAIMER),
-            emergency: self.triage(conversation),
+            triage: self.triage(conversation),
         })
     }
 

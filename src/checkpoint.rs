@@ -308,7 +308,10 @@ mod tests {
         remove_leftovers(run.path()).unwrap();
         assert!(!tmp_file.exists() && !tmp_dir.exists() && !deleting.exists());
         assert!(own.exists(), "this process's own temporary was removed");
-        assert!(users.exists(), "a file that is no writer's temporary was removed");
+        assert!(
+            users.exists(),
+            "a file that is no writer's temporary was removed"
+        );
         assert!(ckpts.join("step-000004").is_dir());
     }
 }

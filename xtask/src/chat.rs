@@ -68,8 +68,8 @@ pub fn run(a: &Args) -> Result<(), String> {
     let mut stdout = std::io::stdout();
     if let Some(prompt) = &a.prompt {
         let json = a.json;
-        if !json && let Some(e) = chat.triage(&chat.conversation_with(prompt)) {
-            println!("{}\n", e.message);
+        if !json && let Some(t) = chat.triage(&chat.conversation_with(prompt)) {
+            println!("{}\n", banner(&t));
         }
         let reply = chat
             .respond(prompt, &mut |piece| {
@@ -81,10 +81,17 @@ pub fn run(a: &Args) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         if json {
             let text = reply.display_text();
-            let flags = reply.emergency.as_ref().map(|e| e.flags.clone());
+            // "emergency": the flags of an emergency (null otherwise), as before urgent routing
+            // existed; "triage": level, flags and message of either level.
+            let emergency = reply
+                .triage
+                .as_ref()
+                .filter(|t| t.is_emergency())
+                .map(|t| t.flags.clone());
             println!(
                 "{}",
-                json!({"ids": reply.ids, "text": text, "answer": reply.text, "emergency": flags})
+                json!({"ids": reply.ids, "text": text, "answer": reply.text,
+                       "emergency": emergency, "triage": reply.triage})
             );
         } else {
             match reply.disclaimer {
@@ -116,8 +123,8 @@ pub fn run(a: &Args) -> Result<(), String> {
             chat.clear();
             continue;
         }
-        if let Some(e) = chat.triage(&chat.conversation_with(line.trim())) {
-            println!("\n!! {}", e.message);
+        if let Some(t) = chat.triage(&chat.conversation_with(line.trim())) {
+            println!("\n{}", banner(&t));
         }
         print!("assistant> ");
         let _ = stdout.flush();
@@ -134,4 +141,13 @@ pub fn run(a: &Args) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The routing as the terminal shows it: an emergency loud, an urgent matter calmer.
+fn banner(t: &medify_qlora::safety::Triage) -> String {
+    if t.is_emergency() {
+        format!("!! EMERGENCY: {}", t.message)
+    } else {
+        format!("-- See a clinician today: {}", t.message)
+    }
 }

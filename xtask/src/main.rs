@@ -20,6 +20,7 @@ mod preview;
 mod quantize;
 mod serve;
 mod sweep;
+mod triage;
 
 use clap::{Parser, Subcommand};
 
@@ -72,6 +73,8 @@ enum Command {
     Preview(preview::Args),
     /// Loss and perplexity of a model on {"text"} JSONL records.
     Eval(models::EvalArgs),
+    /// Score the safety triage on a labelled set (recall per red flag, false alarms, misses).
+    Triage(triage::Args),
 }
 
 fn main() {
@@ -107,6 +110,7 @@ fn main() {
         Command::Generate(args) => models::generate(&args),
         Command::Eval(args) => models::eval(&args),
         Command::Preview(args) => preview::run(&args),
+        Command::Triage(args) => triage::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

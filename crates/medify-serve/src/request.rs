@@ -60,7 +60,7 @@ pub struct StreamOptions {
 /// `medify`: how the safety layer's text reaches the client.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MedifyOptions {
-    /// When true (the default) the emergency message and the disclaimer are part of the
+    /// When true (the default) the triage message and the disclaimer are part of the
     /// message content, so any OpenAI client shows them; when false they come only in the
     /// response's `medify` object (the web page shows them apart from the answer).
     #[serde(default = "yes")]
@@ -284,7 +284,7 @@ impl ChatRequest {
         }
     }
 
-    /// Whether the emergency text and disclaimer go into the content.
+    /// Whether the triage text and disclaimer go into the content.
     pub fn inline_safety_text(&self) -> bool {
         self.medify.as_ref().is_none_or(|m| m.inline_safety_text)
     }

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use medify_qlora::data::{ChatEncoder, Message, Role};
 use medify_qlora::models::{CausalLm, GenerationConfig, ModelTokenizer, StopReason, TextStreamer};
-use medify_qlora::safety::{DEFAULT_SYSTEM_PROMPT, Emergency};
+use medify_qlora::safety::{DEFAULT_SYSTEM_PROMPT, Triage};
 use medify_qlora::{Chat, DISCLAIMER};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -280,7 +280,7 @@ struct Accepted {
     stream: bool,
     include_usage: bool,
     inline: bool,
-    emergency: Option<Emergency>,
+    triage: Option<Triage>,
     disclaimer: Option<&'static str>,
     events: mpsc::UnboundedReceiver<Event>,
 }
@@ -387,7 +387,7 @@ fn accept(
     if req.ignore_eos {
         generation.stop_ids.clear();
     }
-    let emergency = chat.triage(&conversation);
+    let triage = chat.triage(&conversation);
     let inline = req.inline_safety_text();
     let prompt_tokens = prompt.len();
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -413,7 +413,7 @@ fn accept(
         stream: req.stream.unwrap_or(false),
         include_usage: req.stream_options.is_some_and(|o| o.include_usage),
         inline,
-        emergency,
+        triage,
         disclaimer: st.config.disclaimer.then_some(DISCLAIMER),
         events,
     })
@@ -515,7 +515,7 @@ struct Head {
     prompt_tokens: usize,
     include_usage: bool,
     inline: bool,
-    emergency: Option<Emergency>,
+    triage: Option<Triage>,
     disclaimer: Option<&'static str>,
 }
 
@@ -528,16 +528,19 @@ impl Head {
             prompt_tokens: a.prompt_tokens,
             include_usage: a.include_usage,
             inline: a.inline,
-            emergency: a.emergency.clone(),
+            triage: a.triage.clone(),
             disclaimer: a.disclaimer,
         }
     }
 
-    fn emergency_json(&self) -> Value {
-        self.emergency.as_ref().map_or(
-            Value::Null,
-            |e| json!({"flags": e.flags, "message": e.message}),
-        )
+    /// `medify.triage` (either level) and `medify.emergency` (the same object when it is an
+    /// emergency, as before urgent routing existed; null otherwise).
+    fn triage_json(&self) -> Value {
+        let object = |t: &Triage| json!({"level": t.level, "flags": t.flags, "message": t.message});
+        json!({
+            "triage": self.triage.as_ref().map_or(Value::Null, object),
+            "emergency": self.triage.as_ref().filter(|t| t.is_emergency()).map_or(Value::Null, object),
+        })
     }
 
     fn usage(&self, completion_tokens: usize) -> Value {
@@ -548,9 +551,9 @@ impl Head {
         })
     }
 
-    /// The emergency message as it opens the content (when inline).
+    /// The routing message as it opens the content (when inline).
     fn opening(&self) -> Option<String> {
-        let e = self.emergency.as_ref().filter(|_| self.inline)?;
+        let e = self.triage.as_ref().filter(|_| self.inline)?;
         Some(format!("{}\n\n", e.message))
     }
 
@@ -597,6 +600,8 @@ async fn complete_response(head: Head, mut rx: mpsc::Receiver<Out>) -> Response 
                 if let Some(c) = head.closing() {
                     content.push_str(&c);
                 }
+                let mut medify = head.triage_json();
+                medify["disclaimer"] = json!(head.disclaimer);
                 return Json(json!({
                     "id": head.id,
                     "object": "chat.completion",
@@ -610,7 +615,7 @@ async fn complete_response(head: Head, mut rx: mpsc::Receiver<Out>) -> Response 
                         "finish_reason": finish_reason,
                     }],
                     "usage": head.usage(completion_tokens),
-                    "medify": {"emergency": head.emergency_json(), "disclaimer": head.disclaimer},
+                    "medify": medify,
                 }))
                 .into_response();
             }
@@ -630,7 +635,7 @@ fn stream_response(
     let mut first = vec![data(&head.chunk(
         json!({"role": "assistant", "content": ""}),
         None,
-        Some(("medify", json!({"emergency": head.emergency_json()}))),
+        Some(("medify", head.triage_json())),
     ))];
     if let Some(open) = head.opening() {
         first.push(data(&head.chunk(json!({"content": open}), None, None)));

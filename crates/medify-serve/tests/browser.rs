@@ -1,7 +1,8 @@
 //! The web chat in a real browser: headless Chromium (Debian's `chromium`), driven over the
 //! DevTools protocol on a pipe, opens the page of a server running SmolLM2-135M-Instruct, types
 //! questions and presses Enter. It must see the answer stream in, equal to what `Chat` answers
-//! for the same conversation; the disclaimer under each answer; the emergency banner above the
+//! for the same conversation; the disclaimer under each answer; the emergency banner (or, for a
+//! same-day matter, the calmer urgent notice) above the
 //! answer to a red-flag question; and the stop button ending an answer early.
 //!
 //! Skipped when Chromium or the SmolLM2 GGUF is missing, unless `MEDIFY_REQUIRE_CHROMIUM` /
@@ -192,6 +193,7 @@ const STATE: &str = "JSON.stringify({busy: document.getElementById('send')?.disa
       answer: t.querySelector('.answer').textContent, \
       disclaimer: t.querySelector('.disclaimer')?.textContent ?? null, \
       emergency: t.querySelector('.emergency')?.textContent ?? null, \
+      urgent: t.querySelector('.urgent')?.textContent ?? null, \
       stopped: !!t.querySelector('.stopped'), \
       error: t.querySelector('.error')?.textContent ?? null}))})";
 
@@ -331,11 +333,26 @@ fn web_chat_streams_answers_with_disclaimer_banner_and_stop() {
         std::fs::write(&path, png).unwrap();
     }
 
+    // A same-day matter: the calmer notice, not the alarm banner.
+    let q3 = "I have a UTI and now a fever and pain in my back";
+    browser.ask(q3);
+    browser.wait_for(
+        "document.querySelectorAll('.turn.assistant .disclaimer').length === 3 && \
+         !document.getElementById('send').disabled",
+        Duration::from_secs(120),
+        |_| {},
+    );
+    let s = state(&browser.eval(STATE));
+    let turn = &s["turns"][2];
+    assert_eq!(turn["urgent"], triage(q3).unwrap().message, "{s}");
+    assert!(turn["emergency"].is_null(), "{s}");
+    assert!(s["turns"][1]["urgent"].is_null(), "{s}");
+
     // Stop: a long answer ends when the button is pressed, and the server cancels it.
     browser.set("max-tokens", "2000");
     browser.ask("Tell me everything about the heart.");
     browser.wait_for(
-        "(document.querySelectorAll('.turn.assistant')[2]?.querySelector('.answer').textContent.length ?? 0) > 0",
+        "(document.querySelectorAll('.turn.assistant')[3]?.querySelector('.answer').textContent.length ?? 0) > 0",
         Duration::from_secs(60),
         |_| {},
     );
@@ -346,7 +363,7 @@ fn web_chat_streams_answers_with_disclaimer_banner_and_stop() {
         |_| {},
     );
     let s = state(&browser.eval(STATE));
-    assert_eq!(s["turns"][2]["stopped"], true, "{s}");
+    assert_eq!(s["turns"][3]["stopped"], true, "{s}");
     let mut health = Value::Null;
     for _ in 0..200 {
         let mut resp = common::agent()

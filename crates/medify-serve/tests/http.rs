@@ -168,6 +168,13 @@ fn answers_equal_chat_streaming_and_not() {
             12,
         ),
         (
+            vec![(Role::User, "burning when I pee and now a fever")],
+            0.0,
+            None,
+            0,
+            12,
+        ),
+        (
             vec![
                 (Role::System, "Answer in one sentence."),
                 (Role::User, "What causes gout?"),
@@ -204,12 +211,19 @@ fn answers_equal_chat_streaming_and_not() {
         assert_eq!(r["usage"]["completion_tokens"], reply.ids.len());
         assert_eq!(r["usage"]["total_tokens"], prompt_tokens + reply.ids.len());
         assert_eq!(r["medify"]["disclaimer"], DISCLAIMER);
-        match &reply.emergency {
-            Some(e) => {
-                assert_eq!(r["medify"]["emergency"]["message"], e.message);
-                assert_eq!(r["medify"]["emergency"]["flags"], json!(e.flags));
+        match &reply.triage {
+            Some(t) => {
+                assert_eq!(r["medify"]["triage"]["message"], t.message);
+                assert_eq!(r["medify"]["triage"]["flags"], json!(t.flags));
+                assert_eq!(r["medify"]["triage"]["level"], json!(t.level));
+                // `emergency` keeps its old meaning: the same object, for emergencies only.
+                if t.is_emergency() {
+                    assert_eq!(r["medify"]["emergency"], r["medify"]["triage"]);
+                } else {
+                    assert!(r["medify"]["emergency"].is_null());
+                }
             }
-            None => assert!(r["medify"]["emergency"].is_null()),
+            None => assert!(r["medify"]["triage"].is_null() && r["medify"]["emergency"].is_null()),
         }
 
         body["stream"] = json!(true);
@@ -236,8 +250,8 @@ fn answers_equal_chat_streaming_and_not() {
         let usage = &events[events.len() - 2];
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"], r["usage"]);
-        if let Some(e) = &reply.emergency {
-            assert_eq!(events[0]["medify"]["emergency"]["message"], e.message);
+        if let Some(e) = &reply.triage {
+            assert_eq!(events[0]["medify"]["triage"]["message"], e.message);
             assert!(
                 streamed_content(&events[..2]).starts_with(&e.message),
                 "the banner comes first"
