@@ -36,7 +36,11 @@ fn serve_answers_then_exits_0_on_sigterm() {
     );
     let mut resp = ureq::post(format!("{url}/v1/chat/completions"))
         .header("content-type", "application/json")
-        .send(r#"{"messages": [{"role": "user", "content": "What is anemia?"}]}"#)
+        // The tiny random model samples at temperature 1 and may end its answer early;
+        // ignore_eos makes the answer's length exactly the default --max-tokens.
+        .send(
+            r#"{"messages": [{"role": "user", "content": "What is anemia?"}], "ignore_eos": true}"#,
+        )
         .unwrap();
     let body: serde_json::Value =
         serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
