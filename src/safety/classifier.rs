@@ -150,12 +150,11 @@ impl TriageClassifier {
     /// The probability of each flag for a normalised message, in [`RedFlag::ALL`] order, and the
     /// probability of no flag.
     pub fn probabilities(&self, text: &str) -> (Vec<(RedFlag, f32)>, f32) {
-        let ids: Vec<usize> = features(text)
+        let features = features(text);
+        let scale = 1.0 / (features.len().max(1) as f32).sqrt();
+        let ids = features
             .iter()
-            .filter_map(|f| self.vocab.get(f).map(|&i| i as usize))
-            .collect();
-        let all = features(text).len().max(1);
-        let scale = 1.0 / (all as f32).sqrt();
+            .filter_map(|f| self.vocab.get(f).map(|&i| i as usize));
         let mut z = [0f32; CLASSES];
         z.copy_from_slice(&self.bias);
         for id in ids {

@@ -318,10 +318,10 @@ fn cues() -> &'static Cues {
             r"\b(?:not sure|not certain|no idea|not only|not just|no one|not long|not even sure|didn't know|don't know|doesn't know|no matter)\b",
         ),
         scope_end: regex(
-            r"\b(?:and|so|because|then|which|who|while|after|when|just|only|though|although|except|yet)\b",
+            r"\b(?:and|so|because|then|which|who|while|after|when|just|only|though|although|except|yet)\b|,\s*(?:i|i'm|i've|he|he's|she|she's|they|we|my|his|her|it's)\b",
         ),
         past: regex(
-            r"\b(?:(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|several|few|many|couple of)\s+(?:years?|months?|weeks?)\s+ago|years ago|long ago|last (?:year|month|week|summer|winter|spring|autumn|fall|christmas|easter|time)|in (?:19|20)\d\d|back in|when (?:i|he|she|they|we|you) (?:was|were)|as a (?:child|kid|teen|teenager|baby|toddler|newborn|student)|in the past|history of|used to|previously|once\b.*\bnever|none since|(?:after|since|from|survived|recovering from|recovered from) (?:my|his|her|their|a|an) (?:stroke|heart attack|seizure|overdose|burns?|concussion|miscarriage|cardiac arrest|brain bleed|sepsis|meningitis)|survived|recovered|in recovery|died (?:of|from)|passed away|lost (?:my|his|her|our) \w+ to)\b",
+            r"\b(?:(?:\d+|a|an|one|two|three|four|five|six|seven|eight|nine|ten|several|few|many|couple of)\s+(?:years?|months?|weeks?)\s+ago|years ago|long ago|last (?:year|month|week|summer|winter|spring|autumn|fall|christmas|easter|time)|in (?:19|20)\d\d|back in|when (?:i|he|she|they|we|you) (?:was|were)|as a (?:child|kid|teen|teenager|baby|toddler|newborn|student)|in the past|history of|used to|previously|once\b.*\bnever|none since|(?:after|since|from|survived|recovering from|recovered from) (?:my|his|her|their|a|an) (?:stroke|heart attack|seizure|overdose|burns?|concussion|miscarriage|cardiac arrest|brain bleed|sepsis|meningitis)|survived|recovered|in recovery|died (?:of|from|by)|passed away|lost (?:my|his|her|our) \w+ to)\b",
         ),
         born: regex(r"\bborn (?:about |only |just )?(?:[\w-]+ ){1,2}ago\b"),
         present: regex(

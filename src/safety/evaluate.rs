@@ -175,6 +175,8 @@ pub struct TriageReport {
     pub urgent_exact: f64,
     /// Near-misses (label `none`) that raised anything, over all near-misses.
     pub false_alarm_rate: f64,
+    /// Near-misses that raised anything.
+    pub false_alarms: usize,
     /// Near-misses routed to emergency help.
     pub false_emergencies: usize,
     /// Near-misses in the set.
@@ -202,7 +204,7 @@ fn ratio(n: usize, d: usize) -> f64 {
 /// Runs `triager` over `messages` and scores it.
 pub fn evaluate_triage(triager: &Triager, messages: &[LabelledMessage]) -> TriageReport {
     if let Some(first) = messages.first() {
-        triager.assess(&first.text); // first use may train the classifier; not timed
+        triager.assess(&first.text); // the first call compiles the rules; not timed
     }
     let start = Instant::now();
     let results: Vec<Option<Triage>> = messages.iter().map(|m| triager.assess(&m.text)).collect();
@@ -297,6 +299,7 @@ pub fn evaluate_triage(triager: &Triager, messages: &[LabelledMessage]) -> Triag
         } else {
             alarms as f64 / near as f64
         },
+        false_alarms: alarms,
         false_emergencies,
         near_misses: near,
         per_flag,
@@ -360,7 +363,7 @@ impl TriageReport {
         let _ = writeln!(
             s,
             "false alarms        {} of {} near-misses ({}; {} as emergencies)",
-            (self.false_alarm_rate * self.near_misses as f64).round(),
+            self.false_alarms,
             self.near_misses,
             pct(self.false_alarm_rate),
             self.false_emergencies

@@ -65,6 +65,17 @@ pub enum RedFlag {
     /// Signs of sepsis: an infection or fever with confusion, mottled skin, shaking chills,
     /// fast breathing or no urine.
     Sepsis,
+    /// Serious injury: a road collision with someone hurt or trapped, a fall from a height,
+    /// drowning, a gunshot, a crush, a possible spinal injury.
+    MajorTrauma,
+    /// A diabetic with a very low or high sugar and warning signs (confusion, drowsiness,
+    /// vomiting, fast deep breathing).
+    DiabeticEmergency,
+    /// Sudden, severe pain in a testicle (it may be twisted).
+    TesticularPain,
+    /// Severe abdominal pain: a rigid belly, pain that doubles someone over, with vomiting or
+    /// faintness.
+    SevereAbdominalPain,
     /// Urgent: fever with a urinary infection (it may have reached the kidneys).
     UrinaryFever,
     /// Urgent: a child not drinking, vomiting everything or with few wet nappies.
@@ -79,7 +90,7 @@ pub enum RedFlag {
 
 impl RedFlag {
     /// Every flag, emergencies first, in the order messages list them.
-    pub const ALL: [RedFlag; 22] = [
+    pub const ALL: [RedFlag; 26] = [
         RedFlag::ChestPain,
         RedFlag::Stroke,
         RedFlag::Breathing,
@@ -97,6 +108,10 @@ impl RedFlag {
         RedFlag::SevereBurn,
         RedFlag::VisionLoss,
         RedFlag::Sepsis,
+        RedFlag::MajorTrauma,
+        RedFlag::DiabeticEmergency,
+        RedFlag::TesticularPain,
+        RedFlag::SevereAbdominalPain,
         RedFlag::UrinaryFever,
         RedFlag::ChildDehydration,
         RedFlag::ChestPainResolved,
@@ -136,6 +151,10 @@ impl RedFlag {
             RedFlag::SevereBurn => "a serious burn",
             RedFlag::VisionLoss => "sudden loss of vision",
             RedFlag::Sepsis => "possible signs of sepsis",
+            RedFlag::MajorTrauma => "a serious injury",
+            RedFlag::DiabeticEmergency => "a diabetic emergency",
+            RedFlag::TesticularPain => "sudden severe testicle pain",
+            RedFlag::SevereAbdominalPain => "severe abdominal pain",
             RedFlag::UrinaryFever => "a fever with a urinary infection",
             RedFlag::ChildDehydration => "a child who is not drinking enough",
             RedFlag::ChestPainResolved => "chest pain that has passed",
@@ -164,6 +183,10 @@ impl RedFlag {
             RedFlag::SevereBurn => "severe_burn",
             RedFlag::VisionLoss => "vision_loss",
             RedFlag::Sepsis => "sepsis",
+            RedFlag::MajorTrauma => "major_trauma",
+            RedFlag::DiabeticEmergency => "diabetic_emergency",
+            RedFlag::TesticularPain => "testicular_pain",
+            RedFlag::SevereAbdominalPain => "severe_abdominal_pain",
             RedFlag::UrinaryFever => "urinary_fever",
             RedFlag::ChildDehydration => "child_dehydration",
             RedFlag::ChestPainResolved => "chest_pain_resolved",

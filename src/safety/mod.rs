@@ -4,9 +4,9 @@
 //!
 //! Triage has two levels ([`TriageLevel`]): **emergency** (call the local emergency number now)
 //! and **urgent** (see a clinician today). It combines
-//! - rules ([`rules`]): per red flag, combinations of concepts ("fever" and "stiff neck") over
+//! - rules (`rules.rs`): per red flag, combinations of concepts ("fever" and "stiff neck") over
 //!   the normalised message (case, dropped apostrophes, slang and misspelt key words mended);
-//! - context ([`context`]): a mention that is denied ("no chest pain"), in the remote past ("had a
+//! - context (`context.rs`): a mention that is denied ("no chest pain"), in the remote past ("had a
 //!   stroke in 2019"), hypothetical ("what should I do if someone has a seizure?") or part of a
 //!   question about a topic ("what is a stroke?") raises nothing; third persons ("my dad") do;
 //! - optionally, a classifier ([`TriageClassifier`]: character and word n-grams, logistic
@@ -22,6 +22,7 @@ mod classifier;
 mod context;
 mod evaluate;
 mod flags;
+mod patterns;
 mod rules;
 
 use std::sync::OnceLock;

@@ -133,6 +133,16 @@ const RED_FLAGS: &[(&str, RedFlag)] = &[
         "I fell and can't put any weight on my ankle",
         RedFlag::PossibleFracture,
     ),
+    ("my son was knocked down by a car", RedFlag::MajorTrauma),
+    (
+        "my dad is diabetic, his sugar is 2.0 and he is confused",
+        RedFlag::DiabeticEmergency,
+    ),
+    ("sudden severe pain in my testicle", RedFlag::TesticularPain),
+    (
+        "the worst stomach pain ever and my belly is rigid",
+        RedFlag::SevereAbdominalPain,
+    ),
 ];
 
 /// Questions about topics and everyday complaints that must not trigger.

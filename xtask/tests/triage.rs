@@ -39,7 +39,11 @@ fn the_held_out_report_meets_the_targets_in_text_and_json() {
     let out = triage(&["--json"]);
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["messages"], 215);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let held = std::fs::read_to_string(root.join("data/triage/heldout.jsonl")).unwrap();
+    assert_eq!(report["messages"], held.lines().count());
     assert!(
         report["emergency_recall"].as_f64().unwrap() >= 0.98,
         "{report}"
@@ -48,7 +52,10 @@ fn the_held_out_report_meets_the_targets_in_text_and_json() {
         report["false_alarm_rate"].as_f64().unwrap() <= 0.03,
         "{report}"
     );
-    assert_eq!(report["per_flag"].as_array().unwrap().len(), 22);
+    assert_eq!(
+        report["per_flag"].as_array().unwrap().len(),
+        medify_qlora::safety::RedFlag::ALL.len()
+    );
     assert_eq!(
         report["level_confusion"]["none"]["none"].as_u64().unwrap()
             + report["level_confusion"]["none"]
