@@ -171,6 +171,19 @@ impl Browser {
         }
     }
 
+    /// Types `text`, then waits until the page shows `answers` finished answers.
+    fn ask_until_answered(&mut self, text: &str, answers: usize) {
+        self.ask(text);
+        self.wait_for(
+            &format!(
+                "document.querySelectorAll('.turn.assistant .disclaimer').length === {answers} && \
+                 !document.getElementById('send').disabled"
+            ),
+            Duration::from_secs(120),
+            |_| {},
+        );
+    }
+
     /// Sets a settings field the way a user's edit does (input and change events).
     fn set(&mut self, id: &str, value: &str) {
         self.eval(&format!(
@@ -301,13 +314,7 @@ fn web_chat_streams_answers_with_disclaimer_banner_and_stop() {
 
     // A red-flag follow-up: the banner above the answer; the history went with it.
     let q2 = "My dad's face is drooping and he can't lift his arm";
-    browser.ask(q2);
-    browser.wait_for(
-        "document.querySelectorAll('.turn.assistant .disclaimer').length === 2 && \
-         !document.getElementById('send').disabled",
-        Duration::from_secs(120),
-        |_| {},
-    );
+    browser.ask_until_answered(q2, 2);
     conversation.push(Message::new(Role::Assistant, want1.text.trim()));
     conversation.push(Message::new(Role::User, q2));
     let want2 = chat.answer(&conversation, &mut |_| {}).unwrap();
@@ -335,13 +342,7 @@ fn web_chat_streams_answers_with_disclaimer_banner_and_stop() {
 
     // A same-day matter: the calmer notice, not the alarm banner.
     let q3 = "I have a UTI and now a fever and pain in my back";
-    browser.ask(q3);
-    browser.wait_for(
-        "document.querySelectorAll('.turn.assistant .disclaimer').length === 3 && \
-         !document.getElementById('send').disabled",
-        Duration::from_secs(120),
-        |_| {},
-    );
+    browser.ask_until_answered(q3, 3);
     let s = state(&browser.eval(STATE));
     let turn = &s["turns"][2];
     assert_eq!(turn["urgent"], triage(q3).unwrap().message, "{s}");
