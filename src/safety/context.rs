@@ -66,6 +66,35 @@ const REWRITES: &[(&str, &str)] = &[
     ("mo", "month"),
     ("mos", "months"),
     ("yo", "year old"),
+    ("pian", "pain"),
+    ("pils", "pills"),
+    ("tabs", "tablets"),
+];
+
+/// Words that drop their final "g" in chat ("bleedin", "fittin") and are read with it.
+const G_DROPPED: &[&str] = &[
+    "bleedin",
+    "breathin",
+    "chokin",
+    "convulsin",
+    "droopin",
+    "dyin",
+    "fittin",
+    "gaspin",
+    "jerkin",
+    "seizin",
+    "shakin",
+    "swellin",
+    "vomitin",
+    "burnin",
+    "cuttin",
+    "hurtin",
+    "killin",
+    "thinkin",
+    "passin",
+    "throwin",
+    "wheezin",
+    "slurrin",
 ];
 
 /// Key words the patterns rely on; a word one typing slip away (two for long words) from one of
@@ -279,8 +308,16 @@ pub fn normalize(message: &str) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
+    // "want 2 die": a 2 between words is "to".
+    static TWO: OnceLock<Regex> = OnceLock::new();
+    let two = TWO
+        .get_or_init(|| regex(r"\b(want|wanna|going|gonna|have|need|got|trying|tryna|about) 2\b"));
+    let text = two.replace_all(&text, "$1 to");
     word.replace_all(&text, |c: &regex::Captures| {
         let w = &c[0];
+        if G_DROPPED.contains(&w) {
+            return format!("{w}g");
+        }
         let (base, possessive) = w.strip_suffix("'s").map_or((w, ""), |b| (b, "'s"));
         if let Some((_, to)) = REWRITES.iter().find(|(from, _)| *from == base) {
             return format!("{to}{possessive}");
@@ -471,6 +508,9 @@ mod tests {
             "think i'm having a stroke"
         );
         assert_eq!(normalize("fewer wet nappies"), "fewer wet nappies");
+        assert_eq!(normalize("hes fittin"), "he's fitting");
+        assert_eq!(normalize("i want 2 die"), "i want to die");
+        assert_eq!(normalize("chest pian"), "chest pain");
         assert_eq!(normalize("seizur and vomitting"), "seizure and vomiting");
         assert_eq!(normalize("I played chess"), "i played chess");
         assert_eq!(normalize("my mom’s face"), "my mum's face");

@@ -313,7 +313,7 @@ pub(crate) const RULES: &[Rule] = &[
     rule_unless(
         Poisoning,
         &[
-            r"\boverdos\w*|\bod'd\b|\bpoisoned\b|\bpoisoning\b|\bpoisonous\b|\bcarbon monoxide\b|\bingested\b",
+            r"\boverdos\w*|\bod(?:'d|ed|d)\b|\b(?:i|he|she|they|we|has|have|just|think|might|may|probably) od\b|\bpoisoned\b|\bpoisoning\b|\bpoisonous\b|\bcarbon monoxide\b|\bingested\b",
         ],
         &[r"\bpoison (?:ivy|oak)\b|\bfood poisoning\b"],
     ),
@@ -387,7 +387,7 @@ pub(crate) const RULES: &[Rule] = &[
     rule(
         ThunderclapHeadache,
         &[
-            r"\bthunderclap\b|\bworst (?:\w+ ){0,2}?head\w*\b|\bhead\w* (?:\w+ ){0,4}?(?:of (?:my|his|her) life|i've ever had|i have ever had|he's ever had|she's ever had|ever had|ever felt|like a bomb|like an explosion|like being hit|like a thunderclap|like (?:it's|its) splitting)|\bnever had (?:a |any )?(?:headache|pain) (?:this|that|like this)\b|\b(?:head|headache) (?:suddenly )?exploded\b",
+            r"\bthunderclap\b|\bworst (?:\w+ ){0,2}?head\w*\b|\bworse head\w* (?:i've |i have )?ever\b|\bhead\w* (?:\w+ ){0,4}?(?:of (?:my|his|her) life|i've ever had|i have ever had|he's ever had|she's ever had|ever had|ever felt|like a bomb|like an explosion|like being hit|like a thunderclap|like (?:it's|its) splitting)|\bnever had (?:a |any )?(?:headache|pain) (?:this|that|like this)\b|\b(?:head|headache) (?:suddenly )?exploded\b",
         ],
     ),
     rule(
