@@ -413,7 +413,7 @@ fn string_field(obj: &Map<String, Value>, name: &str) -> std::result::Result<Str
     match field(obj, name) {
         None | Some(Value::Null) => Err(format!("missing field {name:?}")),
         Some(Value::String(s)) => Ok(s.clone()),
-        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string()),
+        // A number or `true` where text belongs is a mistake in the file, not text to train on.
         Some(v) => Err(format!("field {name:?} must be a string, got {v}")),
     }
 }
@@ -616,6 +616,20 @@ mod tests {
         let o = obj(serde_json::json!({"question": "Q?"}));
         let e = parse_record(&o, InputFormat::QuestionAnswer, &FieldMap::default()).unwrap_err();
         assert!(e.contains("missing field \"answer\""), "{e}");
+        for wrong in [
+            serde_json::json!({"question": 5, "answer": "A."}),
+            serde_json::json!({"question": "Q?", "answer": true}),
+        ] {
+            let e = parse_record(
+                &obj(wrong),
+                InputFormat::QuestionAnswer,
+                &FieldMap::default(),
+            )
+            .unwrap_err();
+            assert!(e.contains("must be a string, got"), "{e}");
+        }
+        let e = parse(serde_json::json!({"text": 12})).unwrap_err();
+        assert!(e.contains("field \"text\" must be a string, got 12"), "{e}");
     }
 
     #[test]
