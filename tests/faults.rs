@@ -189,6 +189,13 @@ fn sigkill_at_any_moment_leaves_a_checkpoint_that_resumes_exactly() {
             resumed_steps.push(state.step);
         }
     }
+    // A kill inside the atomic write of a file (not a directory) leaves `.NAME.tmp-PID`; random
+    // kills land there only now and then, so leave exactly that behind, as a process that no
+    // longer exists would, before the last life (which must remove it, checked below).
+    std::fs::create_dir_all(&run).unwrap();
+    for name in ["finetune_config.json", "metrics.jsonl"] {
+        std::fs::write(run.join(format!(".{name}.tmp-{}", u32::MAX - 1)), b"{").unwrap();
+    }
     // The last life runs to the end.
     let status = spawn(&run).wait().unwrap();
     assert!(status.success(), "the resumed run failed");
