@@ -233,7 +233,7 @@ const KEEP: &[&str] = &[
 /// A pattern over lower-cased text with ASCII word classes: Unicode `\w` and `\b` would make
 /// the automata of ~150 patterns too large to build and slow to run, and every word the patterns
 /// name is ASCII.
-pub(crate) fn ascii_words(pattern: &str) -> String {
+fn ascii_words(pattern: &str) -> String {
     pattern
         .replace(r"\b", r"(?-u:\b)")
         .replace(r"\w", "[a-z0-9_]")

@@ -121,6 +121,18 @@ pub fn parse_labelled(
     Ok(out)
 }
 
+/// The embedded training part ([`TRAINING_SET`]), parsed.
+pub fn training_messages() -> Vec<LabelledMessage> {
+    parse_labelled(TRAINING_SET, "data/triage/train.jsonl")
+        .expect("the embedded training set parses (tested)")
+}
+
+/// The embedded held-out part ([`HELD_OUT_SET`]), parsed.
+pub fn held_out_messages() -> Vec<LabelledMessage> {
+    parse_labelled(HELD_OUT_SET, "data/triage/heldout.jsonl")
+        .expect("the embedded held-out set parses (tested)")
+}
+
 /// Reads a labelled set from a file (see [`parse_labelled`]).
 pub fn read_labelled(path: &Path) -> Result<Vec<LabelledMessage>, TriageDataError> {
     let text = std::fs::read_to_string(path).map_err(|source| TriageDataError::Io {
@@ -442,8 +454,7 @@ mod tests {
 
     #[test]
     fn embedded_sets_parse_and_cover_every_flag() {
-        let train = parse_labelled(TRAINING_SET, "train").unwrap();
-        let held = parse_labelled(HELD_OUT_SET, "heldout").unwrap();
+        let (train, held) = (training_messages(), held_out_messages());
         assert!(train.len() + held.len() >= 500);
         for flag in RedFlag::ALL {
             let n = |set: &[LabelledMessage]| set.iter().filter(|m| m.label == Some(flag)).count();

@@ -25,15 +25,13 @@ mod flags;
 mod patterns;
 mod rules;
 
-use std::sync::OnceLock;
-
 use serde::{Deserialize, Serialize};
 
 pub use classifier::{ClassifierConfig, TriageClassifier};
 pub use context::normalize;
 pub use evaluate::{
     FlagRecall, HELD_OUT_SET, LabelledMessage, Miss, TRAINING_SET, TriageDataError, TriageReport,
-    evaluate_triage, parse_labelled, read_labelled,
+    evaluate_triage, held_out_messages, parse_labelled, read_labelled, training_messages,
 };
 pub use flags::{RedFlag, TriageLevel, UnknownFlag};
 
@@ -120,24 +118,20 @@ impl Triage {
 /// A triage: the rules, and optionally a classifier whose confident predictions add flags.
 #[derive(Debug, Clone)]
 pub struct Triager {
-    classifier: Option<TriageClassifier>,
-    threshold: f32,
+    /// The classifier and the probability at or above which its flags are raised.
+    classifier: Option<(TriageClassifier, f32)>,
 }
 
 impl Triager {
     /// The rules and context alone.
-    pub fn rules_only() -> Triager {
-        Triager {
-            classifier: None,
-            threshold: 1.0,
-        }
+    pub const fn rules_only() -> Triager {
+        Triager { classifier: None }
     }
 
     /// The rules, plus `classifier`'s flags with a probability of at least `threshold`.
     pub fn with_classifier(classifier: TriageClassifier, threshold: f32) -> Triager {
         Triager {
-            classifier: Some(classifier),
-            threshold,
+            classifier: Some((classifier, threshold)),
         }
     }
 
@@ -145,17 +139,17 @@ impl Triager {
     /// cross-validation on the labelled set it adds false alarms without adding recall
     /// (`docs/triage.md`); [`Triager::with_trained_classifier`] adds it back.
     pub fn standard() -> &'static Triager {
-        static STANDARD: OnceLock<Triager> = OnceLock::new();
-        STANDARD.get_or_init(Triager::rules_only)
+        static STANDARD: Triager = Triager::rules_only();
+        &STANDARD
     }
 
     /// Rules plus the classifier trained on the project's labelled training messages
     /// ([`TRAINING_SET`], tens of milliseconds), raising its flags at `threshold` or above.
     pub fn with_trained_classifier(threshold: f32) -> Triager {
-        let set = parse_labelled(TRAINING_SET, "data/triage/train.jsonl")
-            .expect("the embedded training set parses (tested)");
-        let examples: Vec<(String, Option<RedFlag>)> =
-            set.iter().map(|m| (normalize(&m.text), m.label)).collect();
+        let examples: Vec<(String, Option<RedFlag>)> = training_messages()
+            .iter()
+            .map(|m| (normalize(&m.text), m.label))
+            .collect();
         let classifier = TriageClassifier::train(&examples, &ClassifierConfig::default());
         Triager::with_classifier(classifier, threshold)
     }
@@ -166,22 +160,23 @@ impl Triager {
         if context::about_a_topic(&text) {
             return None;
         }
-        let mut flags = rules::rule_flags(&text);
-        if rules::infant_fever(&text) {
+        let clauses = context::Clauses::of(&text);
+        let mut flags = rules::rule_flags(&text, &clauses);
+        if rules::infant_fever(&text, &clauses) {
             flags.push(RedFlag::InfantFever);
         }
-        if let Some(classifier) = &self.classifier
+        if let Some((classifier, threshold)) = &self.classifier
             && !context::remote_past(&text)
         {
             let (probabilities, _) = classifier.probabilities(&text);
             flags.extend(
                 probabilities
                     .into_iter()
-                    .filter(|&(_, p)| p >= self.threshold)
+                    .filter(|(_, p)| p >= threshold)
                     .map(|(f, _)| f),
             );
         }
-        rules::adjust_chest_pain(&text, &mut flags);
+        rules::adjust_chest_pain(&text, &clauses, &mut flags);
         Triage::from_flags(flags)
     }
 }

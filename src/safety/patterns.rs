@@ -1,6 +1,6 @@
 //! The table of rules: for each red flag, the combinations of concepts that raise it. A concept
 //! is a regular expression over the normalised message (`\b` and `\w` are read as ASCII, see
-//! [`super::context::ascii_words`]); "fever" and "stiff neck" are two concepts, meningitis needs
+//! [`super::context::regex`]); "fever" and "stiff neck" are two concepts, meningitis needs
 //! both. [`super::rules`] compiles and applies the table.
 
 use super::flags::RedFlag;

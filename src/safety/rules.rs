@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
-use super::context::{Clauses, ascii_words, hypothetical, negated, regex, remote_past};
+use super::context::{Clauses, hypothetical, negated, regex, remote_past};
 use super::flags::RedFlag;
 use super::patterns::{BEREAVED, CHILD, FEVER, PREGNANT, RULES, expand};
 
@@ -30,13 +30,14 @@ fn compiled() -> &'static Compiled {
     static COMPILED: OnceLock<Compiled> = OnceLock::new();
     COMPILED.get_or_init(|| {
         let mut index: HashMap<&'static str, usize> = HashMap::new();
-        let mut patterns: Vec<String> = Vec::new();
-        let mut states: Vec<bool> = Vec::new();
+        let mut concepts: Vec<Concept> = Vec::new();
         let mut id = |p: &'static str| {
             *index.entry(p).or_insert_with(|| {
-                patterns.push(ascii_words(&expand(p)));
-                states.push([PREGNANT, CHILD, BEREAVED].contains(&p));
-                patterns.len() - 1
+                concepts.push(Concept {
+                    regex: regex(&expand(p)),
+                    state: [PREGNANT, CHILD, BEREAVED].contains(&p),
+                });
+                concepts.len() - 1
             })
         };
         let rules = RULES
@@ -47,18 +48,7 @@ fn compiled() -> &'static Compiled {
                 (r.flag, all, none)
             })
             .collect();
-        let build = |p: &str| Regex::new(p).unwrap_or_else(|e| panic!("safety pattern {p}: {e}"));
-        Compiled {
-            concepts: patterns
-                .iter()
-                .zip(states)
-                .map(|(p, state)| Concept {
-                    regex: build(p),
-                    state,
-                })
-                .collect(),
-            rules,
-        }
+        Compiled { concepts, rules }
     })
 }
 
@@ -78,14 +68,13 @@ fn mentioned(concept: &Concept, text: &str, clauses: &Clauses, flag: RedFlag) ->
     })
 }
 
-/// The flags whose rules hold for the normalised `text`.
-pub(crate) fn rule_flags(text: &str) -> Vec<RedFlag> {
+/// The flags whose rules hold for the normalised `text` (cut into `clauses`).
+pub(crate) fn rule_flags(text: &str, clauses: &Clauses) -> Vec<RedFlag> {
     let c = compiled();
     // One quick test per concept first (each regex finds its literals fast); the context of a
     // match is read only for rules whose every concept is there. (A RegexSet of them all is
     // slower: its lazy DFA is rebuilt for every new message.)
     let present: Vec<bool> = c.concepts.iter().map(|k| k.regex.is_match(text)).collect();
-    let clauses = Clauses::of(text);
     let mut live: HashMap<(usize, RedFlag), bool> = HashMap::new();
     let mut flags: Vec<RedFlag> = Vec::new();
     for (flag, all, none) in &c.rules {
@@ -98,7 +87,7 @@ pub(crate) fn rule_flags(text: &str) -> Vec<RedFlag> {
         let holds = all.iter().all(|&i| {
             *live
                 .entry((i, *flag))
-                .or_insert_with(|| mentioned(&c.concepts[i], text, &clauses, *flag))
+                .or_insert_with(|| mentioned(&c.concepts[i], text, clauses, *flag))
         });
         if holds {
             flags.push(*flag);
@@ -108,7 +97,7 @@ pub(crate) fn rule_flags(text: &str) -> Vec<RedFlag> {
 }
 
 /// Infant fever: an age under 3 months and a fever, stated anywhere in the message.
-pub(crate) fn infant_fever(text: &str) -> bool {
+pub(crate) fn infant_fever(text: &str, clauses: &Clauses) -> bool {
     struct Infant {
         age: Regex,
         newborn: Regex,
@@ -122,7 +111,6 @@ pub(crate) fn infant_fever(text: &str) -> bool {
         fever: regex(FEVER),
         infant: regex(r"\b(?:bab(?:y|ies)|infants?|newborns?|sons?|daughters?|twins|grandson|granddaughter|boy|girl|nephew|niece)\b"),
     });
-    let clauses = Clauses::of(text);
     let fever = p.fever.find_iter(text).any(|m| {
         let clause = clauses.around(m.start());
         !negated(text, &clause, m.start(), 7) && !remote_past(&text[clause])
@@ -184,7 +172,7 @@ pub(crate) fn infant_fever(text: &str) -> bool {
 /// Chest pain after exercise, with a cough, heartburn or known anxiety, with nothing alarming
 /// besides, is not an emergency; chest pain that was mild and has gone is urgent, not an
 /// emergency.
-pub(crate) fn adjust_chest_pain(text: &str, flags: &mut Vec<RedFlag>) {
+pub(crate) fn adjust_chest_pain(text: &str, clauses: &Clauses, flags: &mut Vec<RedFlag>) {
     struct Chest {
         benign: Regex,
         alarm: Regex,
@@ -205,7 +193,6 @@ pub(crate) fn adjust_chest_pain(text: &str, flags: &mut Vec<RedFlag>) {
         flags.retain(|f| !matches!(f, RedFlag::ChestPain | RedFlag::ChestPainResolved));
         return;
     }
-    let clauses = Clauses::of(text);
     let resolved = p.resolved.find_iter(text).any(|m| {
         let clause = clauses.around(m.start());
         !negated(text, &clause, m.start(), 2)
@@ -250,7 +237,10 @@ mod tests {
 
     #[test]
     fn combinations_need_every_part() {
-        let f = |t: &str| rule_flags(&normalize(t));
+        let f = |t: &str| {
+            let text = normalize(t);
+            rule_flags(&text, &Clauses::of(&text))
+        };
         assert!(f("fever and a stiff neck").contains(&RedFlag::Meningitis));
         assert!(!f("I have a stiff neck from sleeping awkwardly").contains(&RedFlag::Meningitis));
         assert!(!f("no stiff neck, no rash, just a fever").contains(&RedFlag::Meningitis));
@@ -260,7 +250,10 @@ mod tests {
 
     #[test]
     fn infant_ages() {
-        let f = |t: &str| infant_fever(&normalize(t));
+        let f = |t: &str| {
+            let text = normalize(t);
+            infant_fever(&text, &Clauses::of(&text))
+        };
         assert!(f("my 6-week-old has a fever"));
         assert!(f("baby born 3 weeks ago has a temperature"));
         assert!(!f("my 6 month old has a fever"));

@@ -278,7 +278,7 @@ fn self_harm_keeps_crisis_lines_by_region() {
 /// near-misses <= 3 %, urgent recall >= 90 %.
 #[test]
 fn held_out_targets_are_met() {
-    let held = parse_labelled(HELD_OUT_SET, "data/triage/heldout.jsonl").unwrap();
+    let held = held_out_messages();
     let report = evaluate_triage(Triager::standard(), &held);
     assert!(report.unmet_targets().is_empty(), "{}", report.to_table());
 }
@@ -286,7 +286,7 @@ fn held_out_targets_are_met() {
 /// The training part, which the rules were written against, is met too.
 #[test]
 fn training_targets_are_met() {
-    let train = parse_labelled(TRAINING_SET, "data/triage/train.jsonl").unwrap();
+    let train = training_messages();
     let report = evaluate_triage(Triager::standard(), &train);
     assert!(report.unmet_targets().is_empty(), "{}", report.to_table());
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use medify_qlora::safety::{HELD_OUT_SET, Triager, evaluate_triage, parse_labelled, read_labelled};
+use medify_qlora::safety::{Triager, evaluate_triage, held_out_messages, read_labelled};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -61,9 +61,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     }
     let set = match &a.data {
         Some(path) => read_labelled(path).map_err(|e| e.to_string())?,
-        None => {
-            parse_labelled(HELD_OUT_SET, "data/triage/heldout.jsonl").map_err(|e| e.to_string())?
-        }
+        None => held_out_messages(),
     };
     let report = evaluate_triage(triager, &set);
     if a.json {
