@@ -536,10 +536,9 @@ impl Head {
     /// `medify.triage` (either level) and `medify.emergency` (the same object when it is an
     /// emergency, as before urgent routing existed; null otherwise).
     fn triage_json(&self) -> Value {
-        let object = |t: &Triage| json!({"level": t.level, "flags": t.flags, "message": t.message});
         json!({
-            "triage": self.triage.as_ref().map_or(Value::Null, object),
-            "emergency": self.triage.as_ref().filter(|t| t.is_emergency()).map_or(Value::Null, object),
+            "triage": self.triage,
+            "emergency": self.triage.as_ref().filter(|t| t.is_emergency()),
         })
     }
 
