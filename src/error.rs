@@ -26,7 +26,7 @@ pub enum FinetuneError {
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
     /// The output exists and overwriting was not asked for.
-    #[error("{0} is not empty; pass --overwrite (the `overwrite` option) to write into it")]
+    #[error("{0} is not empty; set `overwrite` to write into it")]
     WouldOverwrite(PathBuf),
     /// An output directory to be replaced holds files the write would not replace.
     #[error(
@@ -75,8 +75,8 @@ pub enum FinetuneError {
     },
     /// A resumed run's model or data is not what the run trained on.
     #[error(
-        "the {what} differs from the one this run trained on: {detail}. Pass the original \
-         --{what}, or --allow-source-change if the change is intended"
+        "the {what} differs from the one this run trained on: {detail}. Give the original \
+         {what}, or set `allow_source_change` if the change is intended"
     )]
     SourceChanged {
         /// `model` or `data`.
@@ -85,7 +85,7 @@ pub enum FinetuneError {
         detail: String,
     },
     /// A resumed run's recorded model or data is no longer where it was.
-    #[error("the run's {what} {path} is gone; pass --{what} with its new location")]
+    #[error("the run's {what} {path} is gone; give the {what} at its new location")]
     SourceMissing {
         /// `model` or `data`.
         what: &'static str,
@@ -110,6 +110,16 @@ pub enum FinetuneError {
     /// Nothing to train or evaluate on.
     #[error("{0}")]
     NoData(String),
+}
+
+/// A chat's error is a model's or a template's: it keeps that variant.
+impl From<crate::chat::ChatError> for FinetuneError {
+    fn from(e: crate::chat::ChatError) -> Self {
+        match e {
+            crate::chat::ChatError::Model(e) => FinetuneError::Model(e),
+            crate::chat::ChatError::Data(e) => FinetuneError::Data(e),
+        }
+    }
 }
 
 /// Result alias of the facade.

@@ -3,8 +3,17 @@
 //! QLoRA fine-tuning of Llama-family models into medical question-answering assistants, on
 //! CUDA, WGPU (Vulkan / Metal / WebGPU) and the CPU through burn.
 //!
-//! This crate is the fine-tuning API ([`FinetuneConfig`], [`load_base`], [`Trainer`],
-//! [`evaluate`]) and re-exports the project's crates:
+//! The entry points:
+//!
+//! * [`Finetune`]: a whole fine-tuning run in one call, new or resumed from a checkpoint;
+//! * [`FinetunedModel`]: a base with the adapter trained over it, held as during training,
+//!   ready for [`evaluate_loss`], [`score_multiple_choice`] or a [`Chat`];
+//! * [`Chat`]: a conversation through the model's chat template with the medical safety layer.
+//!
+//! The crate is organised by concern: [`training`] (settings, the trainer and its observers,
+//! run checkpoints and provenance, sweeps, model cards), [`evaluation`] (loss, multiple choice,
+//! BLEU/ROUGE), [`loading`] (base and fine-tuned models, the device), and re-exports the
+//! project's crates:
 //!
 //! * [`quant`]: bitsandbytes-exact NF4/FP4 4-bit quantization with double quantization, the
 //!   device-resident [`quant::Nf4Tensor`], its fused 4-bit matmul and frozen 4-bit linear.
@@ -16,89 +25,67 @@
 //!   checkpoints, with tokenizers, a KV cache and sampling.
 //! * [`optim`]: paged AdamW with 32-bit or 8-bit blockwise state, gradient clipping, parameter
 //!   groups, learning-rate schedules and exact save/resume.
+//! * [`safety`] and [`chat`]: red-flag triage, the default system prompt and disclaimer, and
+//!   [`Chat`].
 //!
-//! Fine-tuning in a few lines (here a tiny Llama and the embedded medical Q&A set; point
-//! `load_base` at a Hugging Face directory or a GGUF file for a real run):
+//! Fine-tuning a tiny Llama on the embedded medical Q&A set (point the [`ModelSource`] at a
+//! Hugging Face directory or a GGUF file for a real run); every [`FinetuneConfig`] field
+//! applies, the chat template, system prompt and compute dtype included:
 //!
 //! ```
-//! use burn::tensor::Device;
-//! use medify_qlora::data::{ReadOptions, prepare, read_records};
-//! use medify_qlora::{FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base};
+//! use medify_qlora::{Finetune, FinetuneConfig, ModelSource};
 //!
-//! let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-//! let config = FinetuneConfig { lora_r: 4, max_steps: Some(2), batch_size: 4, grad_accum: 1,
-//!     max_len: 64, learning_rate: 1e-2, ..FinetuneConfig::default() };
-//! let base = load_base(&root.join("fixtures/tiny_models/llama"), &Device::flex().autodiff(),
-//!     config.quant_config()?, None)?;                               // NF4 + DQ frozen base
-//! let records = read_records(&root.join("fixtures/medical_qa/medical_qa.jsonl"),
-//!     &ReadOptions::default())?.records;
-//! let prepared = prepare(records, &base.encoder, &config.dataset_config())?;
-//! let data = TrainData::from_prepared(&prepared, &config, base.encoder.pad_id());
 //! let out = std::env::temp_dir().join(format!("medify-doc-{}", std::process::id()));
-//! let mut options = TrainerOptions::new(&out);
-//! options.overwrite = true;
-//! let mut trainer = Trainer::new(config, base.model, data, options)?;
-//! let summary = trainer.train()?;                                 // PEFT adapter in `out`
+//! let config = FinetuneConfig { lora_r: 4, max_steps: Some(2), batch_size: 4, grad_accum: 1,
+//!     max_len: 64, learning_rate: 1e-2, template: Some("chatml".into()),
+//!     system_prompt: Some("You are a careful medical assistant.".into()),
+//!     ..FinetuneConfig::default() };                                  // NF4 + DQ frozen base
+//! let model = ModelSource::new(std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+//!     .join("fixtures/tiny_models/llama"), None)?;
+//! let summary = Finetune::new(config).model(model).output(&out).overwrite(true).run()?;
 //! assert_eq!(summary.steps, 2);
-//! assert!(out.join("adapter_model.safetensors").is_file());
+//! assert!(out.join("adapter_model.safetensors").is_file());            // PEFT adapter
+//! # std::fs::remove_dir_all(&out)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod answers;
-mod base;
-mod chat;
-pub mod checkpoint;
-mod config;
 mod error;
-mod evaluate;
-mod memory;
-pub mod memory_model;
-mod model_card;
-mod multiple_choice;
-mod plot;
-mod py_random;
-mod run;
-pub mod safety;
-mod sources;
-mod sweep;
-mod text_metrics;
-mod trainer;
+pub mod evaluation;
+pub mod loading;
+pub mod training;
 
-pub use answers::{AnswerCase, AnswerReport, ScoredAnswer, score_generated_answers};
-pub use base::{
-    BaseModel, MERGED_FILES, chat_encoder, load_base, load_base_with, load_chat_encoder,
-};
-pub use chat::{Chat, DISCLAIMER, Reply};
-pub use config::{BaseQuant, FinetuneConfig, Optimizer, RESUMABLE_SETTINGS};
 pub use error::{FinetuneError, Result};
-pub use evaluate::{EvalResult, batch_labels, evaluate, predicted_tokens, token_batch};
-pub use memory::{
-    StepMemory, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
+pub use evaluation::{
+    AnswerCase, AnswerReport, BleuScore, EvalResult, FewshotSampler, McConfig, McOption,
+    McQuestion, McReport, McScore, McTask, Prf, RougeScores, ScoredAnswer, TextScores,
+    batch_labels, bleu, corpus_bleu, evaluate_loss, predicted_tokens, read_mc_questions, rouge,
+    score_answers, score_generated_answers, score_multiple_choice, token_batch,
 };
-pub use model_card::{
-    CARD_FILE, CardOptions, HubExport, ModelCard, export_hub, is_hub_id, write_model_card,
+pub use loading::{
+    BaseModel, ChosenDevice, DeviceChoice, FinetunedModel, FinetunedOptions, MERGED_FILES,
+    auto_device, load_base, load_base_with,
 };
-pub use multiple_choice::{
-    FewshotSampler, McConfig, McOption, McQuestion, McReport, McScore, McTask, read_mc_questions,
-    score_multiple_choice,
+pub use medify_chat::{Chat, ChatError, Reply, chat_encoder, load_chat_encoder};
+pub use medify_safety::DISCLAIMER;
+pub use training::{
+    ANSWERS_FILE, AdapterBase, BaseQuant, BaseQuantization, CARD_FILE, CardOptions, DataOrigin,
+    DataSource, EMBEDDED_MEDICAL_QA, Finetune, FinetuneConfig, Fingerprint, GenerateSpec,
+    HubExport, ModelCard, ModelSource, Optimizer, RESUMABLE_SETTINGS, RunSources, SOURCES_FILE,
+    StartedRun, StepMemory, SweepOptions, SweepProgress, SweepReport, SweepSpec, TrainData,
+    TrainSummary, Trainer, TrainerOptions, Variant, VariantResult, export_hub, is_hub_id,
+    peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory, run_sweep,
+    write_loss_plot, write_model_card,
 };
-pub use plot::write_loss_plot;
-pub use run::{StartedRun, start_run};
-pub use sources::{
-    AdapterBase, BaseQuantization, DataOrigin, DataSource, EMBEDDED_MEDICAL_QA, Fingerprint,
-    ModelSource, RunSources, SOURCES_FILE,
-};
-pub use sweep::{
-    ANSWERS_FILE, GenerateSpec, SweepOptions, SweepProgress, SweepReport, SweepSpec, Variant,
-    VariantResult, run_sweep,
-};
-pub use text_metrics::{
-    BleuScore, Prf, RougeScores, TextScores, bleu, corpus_bleu, rouge, score_answers,
-};
-pub use trainer::{TrainData, TrainSummary, Trainer, TrainerOptions};
 
+pub use medify_chat as chat;
 pub use medify_data as data;
 pub use medify_lora as lora;
 pub use medify_models as models;
 pub use medify_optim as optim;
 pub use medify_quant as quant;
+pub use medify_safety as safety;
+
+/// The README's Rust examples, run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

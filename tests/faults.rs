@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use burn::tensor::Device;
-use medify_qlora::checkpoint::{latest_checkpoint, list_checkpoints, read_checkpoint};
 use medify_qlora::data::{ReadOptions, prepare, read_records};
+use medify_qlora::training::checkpoints::{latest_checkpoint, list_checkpoints, read_checkpoint};
 use medify_qlora::{BaseModel, FinetuneConfig, TrainData, Trainer, TrainerOptions, load_base};
 
 /// The child reads its run directory from here.
@@ -87,11 +87,11 @@ fn train(run_dir: &Path) -> medify_qlora::Result<()> {
 #[test]
 #[ignore = "the child process of sigkill_at_any_moment_leaves_a_checkpoint_that_resumes_exactly"]
 fn training_child() {
-    if let Some(dir) = std::env::var_os(RUN_DIR_VAR) {
-        if let Err(e) = train(Path::new(&dir)) {
-            eprintln!("training child: {e}");
-            std::process::exit(2);
-        }
+    if let Some(dir) = std::env::var_os(RUN_DIR_VAR)
+        && let Err(e) = train(Path::new(&dir))
+    {
+        eprintln!("training child: {e}");
+        std::process::exit(2);
     }
 }
 

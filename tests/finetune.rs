@@ -11,7 +11,7 @@ use medify_qlora::lora::LoraExt;
 use medify_qlora::models::SaveDtype;
 use medify_qlora::{
     AdapterBase, CardOptions, DISCLAIMER, DataSource, FinetuneConfig, FinetuneError, ModelSource,
-    RunSources, TrainData, Trainer, TrainerOptions, evaluate, export_hub, load_base,
+    RunSources, TrainData, Trainer, TrainerOptions, evaluate_loss, export_hub, load_base,
 };
 
 fn root() -> PathBuf {
@@ -94,7 +94,7 @@ fn finetune_evaluate_merge_and_resume() {
     // Train, recording where model and data came from.
     let out = out_dir("run");
     let sources = RunSources {
-        model: ModelSource::new(&tiny(), Some("medify/tiny-llama")).unwrap(),
+        model: ModelSource::new(tiny(), Some("medify/tiny-llama")).unwrap(),
         data: DataSource::file(
             &root().join("fixtures/medical_qa/medical_qa.jsonl"),
             &ReadOptions::default(),
@@ -257,7 +257,7 @@ fn finetune_evaluate_merge_and_resume() {
     let recorded_base = AdapterBase::resolve(Some(&out), None, None).unwrap();
     assert_eq!(recorded_base.model, std::path::absolute(tiny()).unwrap());
     assert_eq!(recorded_base.quant, config.quant_config().unwrap());
-    let checkpoints = medify_qlora::checkpoint::list_checkpoints(&out);
+    let checkpoints = medify_qlora::training::checkpoints::list_checkpoints(&out);
     let names: Vec<_> = checkpoints
         .iter()
         .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -284,10 +284,10 @@ fn finetune_evaluate_merge_and_resume() {
 
     // The adapter loads onto a fresh 4-bit base and gives the trainer's evaluation.
     let mut fresh = quantized_base();
-    let eval_without = evaluate(&fresh.model, &data.validation, data.pad_id, 4).unwrap();
+    let eval_without = evaluate_loss(&fresh.model, &data.validation, data.pad_id, 4).unwrap();
     assert!((eval_without.loss - before.loss).abs() < 1e-6);
     fresh.model.load_adapter(&out).unwrap();
-    let eval_with = evaluate(&fresh.model, &data.validation, data.pad_id, 4).unwrap();
+    let eval_with = evaluate_loss(&fresh.model, &data.validation, data.pad_id, 4).unwrap();
     assert!(
         (eval_with.loss - after.loss).abs() < 1e-6,
         "{} vs {}",
@@ -302,7 +302,7 @@ fn finetune_evaluate_merge_and_resume() {
     let dense = load_base(&merged, &Device::flex(), None, None)
         .unwrap()
         .model;
-    let eval_merged = evaluate(&dense, &data.validation, data.pad_id, 4).unwrap();
+    let eval_merged = evaluate_loss(&dense, &data.validation, data.pad_id, 4).unwrap();
     assert!(
         (eval_merged.loss - eval_with.loss).abs() < 1e-4,
         "merged {} vs adapter {}",
@@ -439,10 +439,10 @@ fn quantized_directories_load_back_as_the_same_4bit_model() {
         CausalLm::from_pretrained(&out, &device, &LoadOptions::dense()).unwrap();
     assert_eq!(report.quantized_linears, 14);
     let data = data(&config());
-    let la = evaluate(&in_memory, &data.validation, data.pad_id, 4)
+    let la = evaluate_loss(&in_memory, &data.validation, data.pad_id, 4)
         .unwrap()
         .loss;
-    let lb = evaluate(&reloaded, &data.validation, data.pad_id, 4)
+    let lb = evaluate_loss(&reloaded, &data.validation, data.pad_id, 4)
         .unwrap()
         .loss;
     assert_eq!(

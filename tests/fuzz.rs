@@ -322,7 +322,7 @@ fn at(pos: u16, len: usize) -> usize {
         return 0;
     }
     let p = pos as usize;
-    if p % 2 == 0 {
+    if p.is_multiple_of(2) {
         (p / 2) % len.min(4096)
     } else {
         p * len / 65536

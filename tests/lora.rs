@@ -273,7 +273,10 @@ fn rust_adapter_config() -> LoraConfig {
         .with_seed(7)
 }
 
-fn read_all(dir: &Path) -> (Value, BTreeMap<String, (Vec<usize>, Vec<u8>)>) {
+/// Tensors by name: shape and raw bytes.
+type RawTensors = BTreeMap<String, (Vec<usize>, Vec<u8>)>;
+
+fn read_all(dir: &Path) -> (Value, RawTensors) {
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("adapter_config.json")).unwrap())
             .unwrap();

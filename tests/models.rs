@@ -80,7 +80,7 @@ fn evaluate_text_file(
             }
         })
         .collect();
-    medify_qlora::evaluate(model, &sequences, tok.pad_id(), 2).unwrap()
+    medify_qlora::evaluate_loss(model, &sequences, tok.pad_id(), 2).unwrap()
 }
 
 fn check_variant(variant: &str, model: &CausalLm, tok: &ModelTokenizer, tol: f64) {
@@ -466,7 +466,8 @@ fn sharded_bf16_checkpoints_load() {
     let mut names: Vec<String> = st.names().into_iter().map(str::to_string).collect();
     names.sort();
     let mut weight_map = serde_json::Map::new();
-    let mut shards: Vec<Vec<(String, Vec<usize>, Vec<u8>)>> = vec![Vec::new(), Vec::new()];
+    type Shard = Vec<(String, Vec<usize>, Vec<u8>)>;
+    let mut shards: Vec<Shard> = vec![Vec::new(), Vec::new()];
     for (i, name) in names.iter().enumerate() {
         let t = st.tensor(name).unwrap();
         let bf: Vec<u8> = t

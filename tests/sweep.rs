@@ -20,7 +20,7 @@ fn root() -> PathBuf {
 fn sources() -> RunSources {
     RunSources {
         model: ModelSource::new(
-            &root().join("fixtures/tiny_models/llama"),
+            root().join("fixtures/tiny_models/llama"),
             Some("medify/tiny-llama"),
         )
         .unwrap(),

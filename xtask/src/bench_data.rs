@@ -26,10 +26,10 @@ pub struct Args {
     max_len: usize,
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     let encoder = encoder_for(&args.tokenizer, args.template.as_deref())?;
     let t = Instant::now();
-    let read = read_records(&args.data, &ReadOptions::default()).map_err(|e| e.to_string())?;
+    let read = read_records(&args.data, &ReadOptions::default())?;
     let read_s = t.elapsed().as_secs_f64();
     let records = read.records;
     let n = records.len();
@@ -37,10 +37,10 @@ pub fn run(args: &Args) -> Result<(), String> {
         max_len: args.max_len,
         ..DatasetConfig::default()
     };
-    let time_prepare = |threads: Option<usize>| -> Result<(f64, usize, usize), String> {
-        let run = || -> Result<(f64, usize, usize), String> {
+    let time_prepare = |threads: Option<usize>| -> anyhow::Result<(f64, usize, usize)> {
+        let run = || -> anyhow::Result<(f64, usize, usize)> {
             let t = Instant::now();
-            let p = prepare(records.clone(), &encoder, &config).map_err(|e| e.to_string())?;
+            let p = prepare(records.clone(), &encoder, &config)?;
             let tokens = p.train.iter().map(|e| e.encoded.len()).sum();
             Ok((t.elapsed().as_secs_f64(), p.train.len(), tokens))
         };
@@ -48,8 +48,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             None => run(),
             Some(k) => rayon::ThreadPoolBuilder::new()
                 .num_threads(k)
-                .build()
-                .map_err(|e| e.to_string())?
+                .build()?
                 .install(run),
         }
     };
@@ -71,9 +70,6 @@ pub fn run(args: &Args) -> Result<(), String> {
         "total_seconds": read_s + parallel_s,
         "target_total_seconds": 10.0,
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-    );
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

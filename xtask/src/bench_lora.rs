@@ -5,12 +5,15 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
+use medify_qlora::FinetuneConfig;
 use medify_qlora::lora::{LoraConfig, LoraExt, TargetModules};
-use medify_qlora::memory_model::synthetic_batch;
 use medify_qlora::models::{Checkpointing, LoadOptions, load_pretrained};
-use medify_qlora::optim::{AdamWConfig, PagedAdamW};
+use medify_qlora::optim::PagedAdamW;
 use medify_qlora::quant::QuantConfig;
+use medify_qlora::training::memory_model::synthetic_batch;
+use medify_qlora::training::train_step;
 use serde_json::{Value, json};
 
 use crate::bench_models::{json_child, peak_rss};
@@ -80,7 +83,7 @@ fn cpu_model() -> String {
 }
 
 /// Runs the reference stack on the same batch, or says why it was skipped.
-fn reference(args: &Args) -> Result<Value, String> {
+fn reference(args: &Args) -> anyhow::Result<Value> {
     let python = std::env::var("MEDIFY_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = std::process::Command::new(&python)
         .args(["-c", "import torch, peft, bitsandbytes, transformers"])
@@ -115,9 +118,9 @@ fn reference(args: &Args) -> Result<Value, String> {
                 .then_some("--gradient-checkpointing"),
         )
         .output()
-        .map_err(|e| format!("running {REFERENCE_SCRIPT}: {e}"))?;
+        .with_context(|| format!("running {REFERENCE_SCRIPT}"))?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "the reference stack failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
@@ -128,21 +131,21 @@ fn reference(args: &Args) -> Result<Value, String> {
         .rev()
         .find(|l| l.starts_with('{'))
         .unwrap_or("");
-    serde_json::from_str(last).map_err(|e| format!("reading the reference's JSON ({e}): {stdout}"))
+    serde_json::from_str(last).with_context(|| format!("reading the reference's JSON: {stdout}"))
 }
 
 /// One measured variant: the base's quantization and what the step keeps for backward.
-fn variant(name: &str) -> Result<(bool, Option<Checkpointing>), String> {
+fn variant(name: &str) -> anyhow::Result<(bool, Option<Checkpointing>)> {
     Ok(match name {
         "dense" => (false, Some(Checkpointing::Off)),
         "nf4" => (true, Some(Checkpointing::Off)),
         "nf4-checkpointed" => (true, Some(Checkpointing::Layers)),
         "nf4-eval" => (true, None),
-        other => return Err(format!("unknown bench variant {other}")),
+        other => return Err(anyhow::anyhow!("unknown bench variant {other}")),
     })
 }
 
-fn train(args: &Args, name: &str) -> Result<Value, String> {
+fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
     let (quantized, checkpointing) = variant(name)?;
     let device = device_named(&args.device)?;
     // Evaluation runs without autodiff, as `eval` and the trainer's evaluation do.
@@ -156,45 +159,48 @@ fn train(args: &Args, name: &str) -> Result<Value, String> {
     } else {
         LoadOptions::dense()
     };
-    let (mut model, _, report) =
-        load_pretrained(&args.model, &device, &options).map_err(|e| e.to_string())?;
+    let (mut model, _, report) = load_pretrained(&args.model, &device, &options)?;
     let load_peak = peak_rss();
     let config = LoraConfig::new(args.rank, 2.0 * args.rank as f64)
         .with_target_modules(TargetModules::AllLinear)
         .with_dropout(0.05);
-    let summary = model.add_adapters(&config).map_err(|e| e.to_string())?;
-    let (batch, labels) = synthetic_batch(model.config().vocab_size, args.batch_size, args.seq_len);
-    // The trainer's optimizer: paged AdamW 32-bit, no decay, clip 0.3 (QLoRA's settings).
-    let mut optim = PagedAdamW::new(
-        AdamWConfig::paged_adamw_32bit()
-            .with_weight_decay(0.0)
-            .with_max_grad_norm(Some(0.3)),
-    )
-    .map_err(|e| e.to_string())?;
+    let summary = model.add_adapters(&config)?;
+    let micro_batches = [synthetic_batch(
+        model.config().vocab_size,
+        args.batch_size,
+        args.seq_len,
+    )];
+    // The trainer's step, optimizer and learning rate (QLoRA's recipe: FinetuneConfig's
+    // defaults): paged AdamW 32-bit, no decay, clip 0.3, lr 2e-4.
+    let recipe = FinetuneConfig::default();
+    let mut optim = PagedAdamW::new(recipe.adamw_config()?)?;
     let mut losses = Vec::new();
     let mut seconds = 0.0;
     for step in 0..=args.steps {
         let t = Instant::now();
-        let (sum, tokens) = match checkpointing {
+        let loss = match checkpointing {
             Some(mode) => {
-                let tokens = batch.dims()[0] * (batch.dims()[1] - 1);
-                let out = model
-                    .loss_gradients(&batch, &labels, 1.0 / tokens as f32, mode)
-                    .map_err(|e| e.to_string())?;
-                model = optim
-                    .step(2e-4, model, out.grads)
-                    .map_err(|e| e.to_string())?
-                    .0;
-                (out.loss_sum, out.tokens)
+                let (next, loss, _) = train_step(
+                    model,
+                    &mut optim,
+                    &micro_batches,
+                    recipe.seed,
+                    step as u64 + 1,
+                    recipe.learning_rate,
+                    mode,
+                )?;
+                model = next;
+                loss
             }
             None => {
-                let out = model.loss(&batch, &labels).map_err(|e| e.to_string())?;
-                (out.sum.into_scalar::<f64>(), out.tokens)
+                let (batch, labels) = &micro_batches[0];
+                let out = model.loss(batch, labels)?;
+                out.sum.into_scalar::<f64>() / out.tokens.max(1) as f64
             }
         };
         if step > 0 {
             seconds += t.elapsed().as_secs_f64();
-            losses.push(sum / tokens.max(1) as f64);
+            losses.push(loss);
         }
     }
     let tokens = (args.batch_size * args.seq_len * args.steps) as f64;
@@ -212,7 +218,7 @@ fn train(args: &Args, name: &str) -> Result<Value, String> {
     }))
 }
 
-fn child(args: &Args, base: &str) -> Result<Value, String> {
+fn child(args: &Args, base: &str) -> anyhow::Result<Value> {
     let mut argv: Vec<std::ffi::OsString> = vec!["bench-lora".into(), "--model".into()];
     argv.push(args.model.clone().into());
     for (flag, value) in [
@@ -229,7 +235,7 @@ fn child(args: &Args, base: &str) -> Result<Value, String> {
     json_child(&argv, &format!("{base} training"))
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(base) = &args.child {
         println!("{}", train(args, base)?);
         return Ok(());
@@ -321,10 +327,7 @@ pub fn run(args: &Args) -> Result<(), String> {
                 json!(get("nf4-checkpointed", "peak_rss_bytes") / p);
         }
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-    );
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
 
@@ -365,7 +368,7 @@ pub struct TrainArgs {
     gradient_checkpointing: bool,
 }
 
-pub fn run_train(a: &TrainArgs) -> Result<(), String> {
+pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     run(&Args {
         model: a.model.clone(),
         device: a.device.clone(),

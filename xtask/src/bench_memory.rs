@@ -3,8 +3,10 @@
 //! layers, each in its own process; `--validate` also runs the whole depth and compares.
 
 use clap::Args as ClapArgs;
-use medify_qlora::memory_model::{Architecture, MemoryProbe, StepPeak, measure_step_peak, predict};
 use medify_qlora::models::ComputeDtype;
+use medify_qlora::training::memory_model::{
+    Architecture, MemoryProbe, StepPeak, measure_step_peak, predict,
+};
 use serde_json::{Value, json};
 
 use crate::bench_models::json_child;
@@ -44,18 +46,20 @@ pub struct Args {
     child_layers: Option<usize>,
 }
 
-fn probe(a: &Args) -> Result<MemoryProbe, String> {
+fn probe(a: &Args) -> anyhow::Result<MemoryProbe> {
     let device = device_named(&a.device)?;
     let compute_dtype = a
         .memory
         .compute_dtype
         .unwrap_or_else(|| ComputeDtype::default_for(&device));
-    compute_dtype.check(&device).map_err(|e| e.to_string())?;
+    compute_dtype.check(&device)?;
     if a.seq_len < 2 || a.batch_size == 0 {
-        return Err("--max-len must be at least 2 and --batch-size at least 1".into());
+        return Err(anyhow::anyhow!(
+            "--max-len must be at least 2 and --batch-size at least 1"
+        ));
     }
     Ok(MemoryProbe {
-        architecture: a.arch.parse::<Architecture>().map_err(|e| e.to_string())?,
+        architecture: a.arch.parse::<Architecture>()?,
         batch_size: a.batch_size,
         seq_len: a.seq_len,
         lora_r: a.lora_r,
@@ -65,7 +69,7 @@ fn probe(a: &Args) -> Result<MemoryProbe, String> {
     })
 }
 
-fn measure(a: &Args, probe: &MemoryProbe, layers: usize) -> Result<StepPeak, String> {
+fn measure(a: &Args, probe: &MemoryProbe, layers: usize) -> anyhow::Result<StepPeak> {
     let mut argv: Vec<String> = vec!["bench-memory".into()];
     for (flag, value) in [
         ("--arch", a.arch.clone()),
@@ -82,25 +86,22 @@ fn measure(a: &Args, probe: &MemoryProbe, layers: usize) -> Result<StepPeak, Str
     }
     argv.extend(a.memory.checkpoint_args());
     let v = json_child(&argv, &format!("{layers}-layer measurement"))?;
-    serde_json::from_value(v).map_err(|e| e.to_string())
+    Ok(serde_json::from_value(v)?)
 }
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-pub fn run(a: &Args) -> Result<(), String> {
+pub fn run(a: &Args) -> anyhow::Result<()> {
     let probe = probe(a)?;
     if let Some(layers) = a.child_layers {
         let device = device_named(&a.device)?;
-        let peak = measure_step_peak(&probe, layers, &device).map_err(|e| e.to_string())?;
-        println!(
-            "{}",
-            serde_json::to_string(&peak).map_err(|e| e.to_string())?
-        );
+        let peak = measure_step_peak(&probe, layers, &device)?;
+        println!("{}", serde_json::to_string(&peak)?);
         return Ok(());
     }
     let one = measure(a, &probe, 1)?;
     let two = measure(a, &probe, 2)?;
-    let prediction = predict(&probe, &one, &two).map_err(|e| e.to_string())?;
+    let prediction = predict(&probe, &one, &two)?;
     let mut out = json!({
         "probe": probe,
         "device": a.device,
@@ -112,7 +113,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     if a.validate {
         let full = measure(a, &probe, prediction.layers)?;
         let error = prediction.predicted_peak_bytes / full.peak_bytes as f64 - 1.0;
-        out["full_depth"] = serde_json::to_value(&full).map_err(|e| e.to_string())?;
+        out["full_depth"] = serde_json::to_value(&full)?;
         out["full_depth_peak_gib"] = json!(full.peak_bytes as f64 / GIB);
         out["prediction_error"] = Value::from(error);
     }
@@ -152,9 +153,6 @@ pub fn run(a: &Args) -> Result<(), String> {
             );
         }
     }
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-    );
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

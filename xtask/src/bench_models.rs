@@ -56,22 +56,19 @@ pub(crate) fn peak_rss() -> Option<u64> {
 pub(crate) fn json_child<S: AsRef<std::ffi::OsStr>>(
     args: &[S],
     what: &str,
-) -> Result<Value, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = std::process::Command::new(exe)
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
+) -> anyhow::Result<Value> {
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new(exe).args(args).output()?;
     if !out.status.success() {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "{what} in a child process failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
-fn load_child(args: &Args, holding: &str) -> Result<Value, String> {
+fn load_child(args: &Args, holding: &str) -> anyhow::Result<Value> {
     let model = args.model.as_os_str();
     json_child(
         &[
@@ -87,7 +84,7 @@ fn load_child(args: &Args, holding: &str) -> Result<Value, String> {
     )
 }
 
-fn best<F: FnMut() -> Result<f64, String>>(repeats: usize, mut f: F) -> Result<f64, String> {
+fn best<F: FnMut() -> anyhow::Result<f64>>(repeats: usize, mut f: F) -> anyhow::Result<f64> {
     let mut best = f64::INFINITY;
     for _ in 0..repeats.max(1) {
         best = best.min(f()?);
@@ -95,22 +92,17 @@ fn best<F: FnMut() -> Result<f64, String>>(repeats: usize, mut f: F) -> Result<f
     Ok(best)
 }
 
-fn measure(model: &CausalLm, args: &Args) -> Result<Value, String> {
+fn measure(model: &CausalLm, args: &Args) -> anyhow::Result<Value> {
     let vocab = model.config().vocab_size as u32;
     let prompt: Vec<u32> = (0..args.prefill_tokens as u32)
         .map(|i| (i * 7919 + 13) % vocab)
         .collect();
     let batch = TokenBatch::new(vec![prompt.clone()]);
     // warm-up: kernels, autotune, allocator
-    let _ = model
-        .next_token_logits(&batch, None)
-        .map_err(|e| e.to_string())?
-        .into_data();
+    let _ = model.next_token_logits(&batch, None)?.into_data();
     let prefill = best(args.repeats, || {
         let t = Instant::now();
-        let logits = model
-            .next_token_logits(&batch, None)
-            .map_err(|e| e.to_string())?;
+        let logits = model.next_token_logits(&batch, None)?;
         let _ = logits.into_data();
         Ok(t.elapsed().as_secs_f64())
     })?;
@@ -118,15 +110,13 @@ fn measure(model: &CausalLm, args: &Args) -> Result<Value, String> {
     let decode = best(args.repeats, || {
         let mut cache = KvCache::new();
         let _ = model
-            .next_token_logits(&short, Some(&mut cache))
-            .map_err(|e| e.to_string())?
+            .next_token_logits(&short, Some(&mut cache))?
             .into_data();
         let t = Instant::now();
         for i in 0..args.decode_tokens {
             let step = TokenBatch::new(vec![vec![(i as u32 * 31 + 5) % vocab]]);
             let _ = model
-                .next_token_logits(&step, Some(&mut cache))
-                .map_err(|e| e.to_string())?
+                .next_token_logits(&step, Some(&mut cache))?
                 .into_data();
         }
         Ok(t.elapsed().as_secs_f64())
@@ -137,13 +127,11 @@ fn measure(model: &CausalLm, args: &Args) -> Result<Value, String> {
         ..Default::default()
     };
     let t = Instant::now();
-    model
-        .generate(
-            &[prompt[..16.min(prompt.len())].to_vec()],
-            &cfg,
-            &mut |_, _| true,
-        )
-        .map_err(|e| e.to_string())?;
+    model.generate(
+        &[prompt[..16.min(prompt.len())].to_vec()],
+        &cfg,
+        &mut |_, _| true,
+    )?;
     let generate = t.elapsed().as_secs_f64();
     Ok(json!({
         "prefill_tokens_per_s": args.prefill_tokens as f64 / prefill,
@@ -152,12 +140,11 @@ fn measure(model: &CausalLm, args: &Args) -> Result<Value, String> {
     }))
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     let device = device_named(&args.device)?;
     if let Some(holding) = &args.load_only {
         let t = Instant::now();
-        let (_, _, report) =
-            load_pretrained(&args.model, &device, &options(holding)).map_err(|e| e.to_string())?;
+        let (_, _, report) = load_pretrained(&args.model, &device, &options(holding))?;
         println!(
             "{}",
             json!({
@@ -172,8 +159,7 @@ pub fn run(args: &Args) -> Result<(), String> {
     let mut results = serde_json::Map::new();
     for holding in ["dense", "nf4"] {
         let load = load_child(args, holding)?;
-        let (model, _, _) =
-            load_pretrained(&args.model, &device, &options(holding)).map_err(|e| e.to_string())?;
+        let (model, _, _) = load_pretrained(&args.model, &device, &options(holding))?;
         let mut m = measure(&model, args)?;
         m["load"] = load;
         if !args.json {
@@ -199,9 +185,6 @@ pub fn run(args: &Args) -> Result<(), String> {
         "results": results,
         "ratios": summary,
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-    );
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -106,8 +106,8 @@ fn time_steps(
     steps: usize,
     mut model: CausalLm,
     grads: &Grads,
-    mut step: impl FnMut(CausalLm, GradientsParams) -> Result<CausalLm, String>,
-) -> Result<f64, String> {
+    mut step: impl FnMut(CausalLm, GradientsParams) -> anyhow::Result<CausalLm>,
+) -> anyhow::Result<f64> {
     model = step(model, grads.params())?;
     sync(&model);
     let t = Instant::now();
@@ -118,16 +118,15 @@ fn time_steps(
     Ok(t.elapsed().as_secs_f64() / steps.max(1) as f64)
 }
 
-fn load(args: &Args, device: &Device) -> Result<CausalLm, String> {
+fn load(args: &Args, device: &Device) -> anyhow::Result<CausalLm> {
     let options = LoadOptions::quantized(QuantConfig::default());
-    let (mut model, _, _) =
-        load_pretrained(&args.model, device, &options).map_err(|e| e.to_string())?;
+    let (mut model, _, _) = load_pretrained(&args.model, device, &options)?;
     let config = LoraConfig::new(args.rank, 16.0).with_target_modules(TargetModules::AllLinear);
-    model.add_adapters(&config).map_err(|e| e.to_string())?;
+    model.add_adapters(&config)?;
     Ok(model)
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     // Adapters are trainable only on an autodiff device, as in training.
     let device = device_named(&args.device)?.autodiff();
     let model = load(args, &device)?;
@@ -146,11 +145,11 @@ pub fn run(args: &Args) -> Result<(), String> {
             .with_state_bits(bits)
             .with_weight_decay(0.0)
             .with_device_budget(args.budget_mib.map(|m| m << 20));
-        let mut opt = PagedAdamW::new(config).map_err(|e| e.to_string())?;
+        let mut opt = PagedAdamW::new(config)?;
         let seconds = time_steps(args.steps, model.clone(), &grads, |m, g| {
             opt.step(2e-4, m, g)
                 .map(|(m, _)| m)
-                .map_err(|e| e.to_string())
+                .map_err(anyhow::Error::from)
         })?;
         let mem = opt.memory();
         let r = json!({
@@ -182,9 +181,6 @@ pub fn run(args: &Args) -> Result<(), String> {
         "paged_adamw_32bit": ours["paged_adamw_32bit"],
         "paged_adamw_8bit": ours["paged_adamw_8bit"],
     });
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-    );
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }

@@ -72,7 +72,7 @@ fn rayon_threads() -> usize {
         .unwrap_or(1)
 }
 
-fn matmuls(device_name: &str, quick: bool) -> Result<Vec<Value>, String> {
+fn matmuls(device_name: &str, quick: bool) -> anyhow::Result<Vec<Value>> {
     let device = device_named(device_name)?;
     let mut rows = Vec::new();
     for (label, out_f, in_f) in shapes_for(device_name) {
@@ -109,7 +109,7 @@ fn matmuls(device_name: &str, quick: bool) -> Result<Vec<Value>, String> {
     Ok(rows)
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     let host = host_codec(if args.quick { 3 } else { 9 });
     let mut matmul = Vec::new();
     for d in &args.devices {
@@ -138,10 +138,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         },
     });
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
     }

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_qlora::data::{Message, Role};
 use medify_qlora::models::GenerationConfig;
@@ -71,7 +72,7 @@ struct ClientRun {
     total: Duration,
 }
 
-fn stream_one(url: &str, question: &str, max_tokens: usize) -> Result<ClientRun, String> {
+fn stream_one(url: &str, question: &str, max_tokens: usize) -> anyhow::Result<ClientRun> {
     let body = json!({
         "messages": [{"role": "user", "content": question}],
         "temperature": 0,
@@ -85,20 +86,20 @@ fn stream_one(url: &str, question: &str, max_tokens: usize) -> Result<ClientRun,
     let resp = ureq::post(format!("{url}/v1/chat/completions"))
         .header("content-type", "application/json")
         .send(body.to_string())
-        .map_err(|e| format!("request: {e}"))?;
+        .context("request")?;
     let mut ttft = None;
     let mut tokens = None;
     for line in BufReader::new(resp.into_body().into_reader()).lines() {
-        let line = line.map_err(|e| format!("reading the stream: {e}"))?;
+        let line = line.context("reading the stream")?;
         let Some(data) = line.strip_prefix("data: ") else {
             continue;
         };
         if data == "[DONE]" {
             break;
         }
-        let chunk: Value = serde_json::from_str(data).map_err(|e| format!("chunk: {e}"))?;
+        let chunk: Value = serde_json::from_str(data).context("chunk")?;
         if let Some(e) = chunk.get("error") {
-            return Err(format!("server error: {e}"));
+            return Err(anyhow::anyhow!("server error: {e}"));
         }
         if ttft.is_none()
             && chunk["choices"][0]["delta"]["content"]
@@ -112,8 +113,8 @@ fn stream_one(url: &str, question: &str, max_tokens: usize) -> Result<ClientRun,
         }
     }
     Ok(ClientRun {
-        tokens: tokens.ok_or("the stream ended without usage")?,
-        ttft: ttft.ok_or("no token arrived")?,
+        tokens: tokens.ok_or_else(|| anyhow::anyhow!("the stream ended without usage"))?,
+        ttft: ttft.ok_or_else(|| anyhow::anyhow!("no token arrived"))?,
         total: start.elapsed(),
     })
 }
@@ -130,10 +131,10 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
+pub fn run(a: &Args) -> anyhow::Result<()> {
     let device = device_named(&a.device)?;
     let quant = a.quant.and_then(BaseQuant::default_config);
-    let base = load_base(&a.model, &device, quant, None).map_err(|e| e.to_string())?;
+    let base = load_base(&a.model, &device, quant, None)?;
 
     // Baseline: one sequence through `generate`, same prompt rendering as the server's.
     let chat = medify_qlora::Chat::new(&base.model, &base.tokenizer, &base.encoder);
@@ -141,24 +142,22 @@ pub fn run(a: &Args) -> Result<(), String> {
         Message::new(Role::System, DEFAULT_SYSTEM_PROMPT),
         Message::new(Role::User, QUESTIONS[0]),
     ];
-    let prompt = chat.prompt_ids(&conversation).map_err(|e| e.to_string())?;
+    let prompt = chat.prompt_ids(&conversation)?;
     let config = GenerationConfig {
         max_new_tokens: a.max_tokens,
         ..GenerationConfig::default()
     };
     let _ = base
         .model
-        .generate(&[prompt.clone()], &config, &mut |_, _| true)
-        .map_err(|e| e.to_string())?; // warm-up
+        .generate(std::slice::from_ref(&prompt), &config, &mut |_, _| true)?; // warm-up
     let start = Instant::now();
     let mut first = None;
     let out = base
         .model
-        .generate(&[prompt.clone()], &config, &mut |_, _| {
+        .generate(std::slice::from_ref(&prompt), &config, &mut |_, _| {
             first.get_or_insert_with(|| start.elapsed());
             true
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
     let total = start.elapsed();
     let first = first.unwrap_or(total);
     let direct_decode =
@@ -188,19 +187,12 @@ pub fn run(a: &Args) -> Result<(), String> {
             },
             ..ServeConfig::default()
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .map_err(|e| e.to_string())?;
-    let url = format!(
-        "http://{}",
-        listener.local_addr().map_err(|e| e.to_string())?
-    );
+        .build()?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = runtime.spawn(server.serve(listener, async move {
         let _ = stopped.await;
@@ -211,7 +203,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     let mut one_client = None;
     for &n in &a.clients {
         let start = Instant::now();
-        let runs: Vec<Result<ClientRun, String>> = std::thread::scope(|s| {
+        let runs: Vec<anyhow::Result<ClientRun>> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..n)
                 .map(|i| {
                     let url = &url;
@@ -222,7 +214,7 @@ pub fn run(a: &Args) -> Result<(), String> {
                 .into_iter()
                 .map(|h| {
                     h.join()
-                        .unwrap_or_else(|_| Err("client thread panicked".into()))
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("client thread panicked")))
                 })
                 .collect()
         });
@@ -263,10 +255,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         rounds.push(round);
     }
     let _ = stop.send(());
-    runtime
-        .block_on(serving)
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+    runtime.block_on(serving)??;
     println!(
         "{}",
         json!({

@@ -49,8 +49,8 @@ pub struct Args {
     no_disclaimer: bool,
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
-    let (base, from) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    let (base, from, _) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
     let generation = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,
@@ -71,14 +71,12 @@ pub fn run(a: &Args) -> Result<(), String> {
         if !json && let Some(t) = chat.triage(&chat.conversation_with(prompt)) {
             println!("{}\n", banner(&t));
         }
-        let reply = chat
-            .respond(prompt, &mut |piece| {
-                if !json {
-                    print!("{piece}");
-                    let _ = stdout.flush();
-                }
-            })
-            .map_err(|e| e.to_string())?;
+        let reply = chat.respond(prompt, &mut |piece| {
+            if !json {
+                print!("{piece}");
+                let _ = stdout.flush();
+            }
+        })?;
         if json {
             let text = reply.display_text();
             // "emergency": the flags of an emergency (null otherwise), as before urgent routing
@@ -110,13 +108,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         print!("\nyou> ");
         let _ = stdout.flush();
         let mut line = String::new();
-        if stdin
-            .lock()
-            .read_line(&mut line)
-            .map_err(|e| e.to_string())?
-            == 0
-            || line.trim().is_empty()
-        {
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
             break;
         }
         if line.trim() == "/reset" {
@@ -128,12 +120,10 @@ pub fn run(a: &Args) -> Result<(), String> {
         }
         print!("assistant> ");
         let _ = stdout.flush();
-        let reply = chat
-            .respond(line.trim(), &mut |piece| {
-                print!("{piece}");
-                let _ = std::io::stdout().flush();
-            })
-            .map_err(|e| e.to_string())?;
+        let reply = chat.respond(line.trim(), &mut |piece| {
+            print!("{piece}");
+            let _ = std::io::stdout().flush();
+        })?;
         if let Some(d) = reply.disclaimer {
             println!("\n\n{d}");
         } else {

@@ -31,15 +31,14 @@ pub struct Args {
     overwrite: bool,
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
+pub fn run(a: &Args) -> anyhow::Result<()> {
     let options = CardOptions {
         base_model: a.base_model.clone(),
         license: a.license.clone(),
         datasets: a.datasets.clone(),
         name: a.name.clone(),
     };
-    let export =
-        export_hub(&a.adapter, &a.hub, &options, a.overwrite).map_err(|e| e.to_string())?;
+    let export = export_hub(&a.adapter, &a.hub, &options, a.overwrite)?;
     println!(
         "wrote {} ({}), an adapter over {}; publish with: huggingface-cli upload ORG/NAME {}",
         export.dir.display(),

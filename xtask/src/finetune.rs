@@ -5,15 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
-use medify_qlora::checkpoint::{checkpoint_to_resume, read_checkpoint};
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions};
 use medify_qlora::lora::TargetModules;
 use medify_qlora::optim::ScheduleKind;
-use medify_qlora::{
-    BaseQuant, DataSource, FinetuneConfig, ModelSource, Optimizer, RunSources, TrainerOptions,
-    start_run,
-};
+use medify_qlora::{BaseQuant, DataSource, Finetune, FinetuneConfig, ModelSource, Optimizer};
+use serde_json::{Map, Value};
 
 use crate::device::device_named;
 use crate::memory_flags::MemoryFlags;
@@ -163,60 +161,57 @@ pub struct Args {
     seed: Option<u64>,
 }
 
-/// Settings of the embedded demo: small enough to finish in minutes on two CPU cores.
-pub(crate) fn demo_config() -> FinetuneConfig {
-    FinetuneConfig {
-        lora_r: 16,
-        lora_alpha: 32.0,
-        learning_rate: 5e-4,
-        warmup_ratio: 0.1,
-        batch_size: 4,
-        grad_accum: 1,
-        max_len: 192,
-        max_steps: Some(24),
-        eval_every: 12,
-        save_every: 12,
-        validation_fraction: 0.1,
-        ..FinetuneConfig::default()
+/// The settings given as flags, by their [`FinetuneConfig`] names.
+fn flag_settings(a: &Args) -> anyhow::Result<Map<String, Value>> {
+    let mut m = Map::new();
+    macro_rules! given {
+        ($($flag:ident => $name:literal),* $(,)?) => {$(
+            if let Some(v) = &a.$flag {
+                m.insert($name.into(), serde_json::to_value(v)?);
+            }
+        )*};
     }
+    given!(quant => "quant", blocksize => "quant_blocksize", lora_r => "lora_r",
+        lora_alpha => "lora_alpha", lora_dropout => "lora_dropout",
+        target_modules => "target_modules", optimizer => "optimizer", lr => "learning_rate",
+        schedule => "lr_schedule", warmup_ratio => "warmup_ratio", warmup_steps => "warmup_steps",
+        weight_decay => "weight_decay", max_grad_norm => "max_grad_norm",
+        optimizer_budget_mib => "optimizer_budget_mib", batch_size => "batch_size",
+        grad_accum => "grad_accum", max_len => "max_len", epochs => "epochs",
+        max_steps => "max_steps", eval_every => "eval_every", save_every => "save_every",
+        keep_last => "keep_last", validation_fraction => "validation_fraction",
+        max_eval_records => "max_eval_records", seed => "seed", template => "template",
+        system => "system_prompt");
+    if let Some(v) = &a.memory.compute_dtype {
+        m.insert("compute_dtype".into(), serde_json::to_value(v)?);
+    }
+    for (on, name, value) in [
+        (a.no_double_quant, "double_quant", false),
+        (a.rslora, "use_rslora", true),
+        (a.dora, "use_dora", true),
+        (a.packing, "packing", true),
+        (
+            a.memory.gradient_checkpointing,
+            "gradient_checkpointing",
+            true,
+        ),
+        (
+            a.memory.no_gradient_checkpointing,
+            "gradient_checkpointing",
+            false,
+        ),
+        (a.memory.offload_checkpoints, "offload_checkpoints", true),
+    ] {
+        if on {
+            m.insert(name.into(), Value::Bool(value));
+        }
+    }
+    Ok(m)
 }
 
-fn apply_flags(mut c: FinetuneConfig, a: &Args) -> FinetuneConfig {
-    macro_rules! set {
-        ($($flag:ident => $field:ident),*) => {$( if let Some(v) = a.$flag.clone() { c.$field = v; } )*};
-    }
-    set!(quant => quant, blocksize => quant_blocksize, lora_r => lora_r, lora_alpha => lora_alpha,
-        lora_dropout => lora_dropout, target_modules => target_modules, optimizer => optimizer,
-        lr => learning_rate, schedule => lr_schedule, warmup_ratio => warmup_ratio,
-        weight_decay => weight_decay, max_grad_norm => max_grad_norm, batch_size => batch_size,
-        grad_accum => grad_accum, max_len => max_len, epochs => epochs, eval_every => eval_every,
-        save_every => save_every, keep_last => keep_last, validation_fraction => validation_fraction,
-        max_eval_records => max_eval_records, seed => seed);
-    if a.warmup_steps.is_some() {
-        c.warmup_steps = a.warmup_steps;
-    }
-    if a.optimizer_budget_mib.is_some() {
-        c.optimizer_budget_mib = a.optimizer_budget_mib;
-    }
-    if a.max_steps.is_some() {
-        c.max_steps = a.max_steps;
-    }
-    c.double_quant &= !a.no_double_quant;
-    c.use_rslora |= a.rslora;
-    c.use_dora |= a.dora;
-    c.packing |= a.packing;
-    c.gradient_checkpointing = a.memory.enabled(c.gradient_checkpointing);
-    c.offload_checkpoints |= a.memory.offload_checkpoints;
-    if a.memory.compute_dtype.is_some() {
-        c.compute_dtype = a.memory.compute_dtype;
-    }
-    if a.template.is_some() {
-        c.template = a.template.clone();
-    }
-    if a.system.is_some() {
-        c.system_prompt = a.system.clone();
-    }
-    c
+/// `config` with the flags given put over it.
+fn apply_flags(config: &FinetuneConfig, a: &Args) -> anyhow::Result<FinetuneConfig> {
+    Ok(config.with_settings(&flag_settings(a)?)?)
 }
 
 /// Ctrl-C once: finish the step, write a checkpoint and stop. Twice: leave now.
@@ -238,173 +233,147 @@ pub(crate) fn interrupt_flag() -> Arc<AtomicBool> {
     flag
 }
 
-fn read_options(a: &Args) -> Result<ReadOptions, String> {
+fn read_options(a: &Args) -> anyhow::Result<ReadOptions> {
     let format = a.format.as_deref().unwrap_or("auto");
     Ok(ReadOptions {
         format: InputFormat::parse(format).ok_or_else(|| {
-            format!("unknown --format {format:?} (auto, messages, sharegpt, alpaca, qa, text)")
+            anyhow::anyhow!(
+                "unknown --format {format:?} (auto, messages, sharegpt, alpaca, qa, text)"
+            )
         })?,
-        fields: FieldMap::parse(a.fields.as_deref().unwrap_or("")).map_err(|e| e.to_string())?,
+        fields: FieldMap::parse(a.fields.as_deref().unwrap_or(""))?,
         skip_invalid: a.skip_invalid,
     })
 }
 
-pub(crate) fn model_source(path: Option<&PathBuf>) -> Result<ModelSource, String> {
-    let source = match path {
-        Some(p) => ModelSource::new(p, None),
-        None => ModelSource::new(&crate::fetch::smollm2(None)?, Some(SMOLLM2_HUB_ID)),
-    };
-    source.map_err(|e| e.to_string())
+pub(crate) fn model_source(path: Option<&PathBuf>) -> anyhow::Result<ModelSource> {
+    Ok(match path {
+        Some(p) => ModelSource::new(p, None)?,
+        None => ModelSource::new(crate::fetch::smollm2(None)?, Some(SMOLLM2_HUB_ID))?,
+    })
 }
 
-fn data_source(a: &Args) -> Result<Option<DataSource>, String> {
+fn data_source(a: &Args) -> anyhow::Result<Option<DataSource>> {
     let options = read_options(a)?;
     match &a.data {
-        Some(p) => DataSource::file(p, &options)
-            .map(Some)
-            .map_err(|e| e.to_string()),
-        None if a.format.is_some() || a.fields.is_some() || a.skip_invalid => {
-            Err("--format, --fields and --skip-invalid describe --data; give it too".into())
-        }
+        Some(p) => Ok(Some(DataSource::file(p, &options)?)),
+        None if a.format.is_some() || a.fields.is_some() || a.skip_invalid => Err(anyhow::anyhow!(
+            "--format, --fields and --skip-invalid describe --data; give it too"
+        )),
         None => Ok(None),
     }
 }
 
-fn config_file(path: &std::path::Path) -> Result<FinetuneConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    FinetuneConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+fn config_file(path: &std::path::Path) -> anyhow::Result<FinetuneConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    FinetuneConfig::from_json(&text).with_context(|| format!("{}", path.display()))
 }
 
 /// A new run: the flags over --config (or the demo's or the default settings).
-fn new_run(a: &Args) -> Result<(FinetuneConfig, RunSources), String> {
+fn new_run(a: &Args) -> anyhow::Result<Finetune> {
     let demo = a.model.is_none() && a.data.is_none();
     let base_config = match &a.config {
         Some(path) => config_file(path)?,
-        None if demo => demo_config(),
+        None if demo => FinetuneConfig::demo(),
         None => FinetuneConfig::default(),
     };
-    let config = apply_flags(base_config, a);
-    config.validate().map_err(|e| e.to_string())?;
-    let data = data_source(a)?.unwrap_or_else(DataSource::embedded);
-    Ok((
-        config,
-        RunSources {
-            model: model_source(a.model.as_ref())?,
-            data,
-        },
-    ))
+    let config = apply_flags(&base_config, a)?;
+    let mut run = Finetune::new(config).model(model_source(a.model.as_ref())?);
+    if let Some(data) = data_source(a)? {
+        run = run.data(data);
+    }
+    Ok(run)
 }
 
 /// A resumed run: the checkpoint's settings with the flags given, and its recorded sources
 /// (or the ones given, when their content is the same or the change is allowed).
-fn resumed_run(a: &Args, ckpt: &std::path::Path) -> Result<(FinetuneConfig, RunSources), String> {
-    let (saved, _) = read_checkpoint(ckpt).map_err(|e| e.to_string())?;
-    let requested = match &a.config {
-        Some(path) => config_file(path)?,
-        None => saved.clone(),
-    };
-    // Checked now, before the model loads; the trainer checks again against the same file.
-    let config = saved
-        .resumed_with(&apply_flags(requested, a))
-        .map_err(|e| e.to_string())?;
-    let data = data_source(a)?;
-    let sources = match RunSources::read(ckpt).map_err(|e| e.to_string())? {
-        Some(recorded) => {
-            let model = match &a.model {
-                Some(p) => Some(model_source(Some(p))?),
-                // the embedded default, gone from the cache: fetch it again
-                None if recorded.model.name_or_path == SMOLLM2_HUB_ID
-                    && !recorded.model.path.exists() =>
-                {
-                    Some(model_source(None)?)
-                }
-                None => None,
-            };
-            recorded
-                .for_resume(model, data, a.allow_source_change)
-                .map_err(|e| e.to_string())?
-        }
-        None => {
-            eprintln!(
-                "warning: {} does not record its model and data (it predates {}); using the ones given or the defaults, unchecked",
-                ckpt.display(),
-                medify_qlora::SOURCES_FILE
-            );
-            RunSources {
-                model: model_source(a.model.as_ref())?,
-                data: data.unwrap_or_else(DataSource::embedded),
-            }
-        }
-    };
-    Ok((config, sources))
-}
-
-/// The run directory of `run/checkpoints/step-N`.
-fn run_dir_of(ckpt: &std::path::Path) -> Result<PathBuf, String> {
-    let parent = ckpt
-        .parent()
-        .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
-    parent
-        .and_then(|p| p.parent())
-        .map(|p| p.to_path_buf())
-        .ok_or_else(|| {
-            format!(
-                "{} is not inside a run's checkpoints/ directory; pass --out",
-                ckpt.display()
-            )
-        })
-}
-
-pub fn run(a: &Args) -> Result<(), String> {
-    let resume = match &a.resume {
-        Some(path) => Some(checkpoint_to_resume(path).map_err(|e| e.to_string())?),
-        None => None,
-    };
-    if let (Some(given), Some(ckpt)) = (&a.resume, &resume)
-        && given != ckpt
+fn resumed_run(a: &Args, path: &std::path::Path) -> anyhow::Result<Finetune> {
+    let run = Finetune::resume(path)?;
+    if let Some(ckpt) = run.checkpoint()
+        && ckpt != path
     {
         eprintln!("resuming from {}", ckpt.display());
     }
-    let (config, sources) = match &resume {
-        Some(ckpt) => resumed_run(a, ckpt)?,
+    let requested = match &a.config {
+        Some(path) => config_file(path)?,
+        None => run.config().clone(),
+    };
+    let requested = apply_flags(&requested, a)?;
+    let model = match (&a.model, run.recorded_sources()) {
+        (Some(p), _) => Some(model_source(Some(p))?),
+        // the embedded default, gone from the cache: fetch it again
+        (None, Some(recorded))
+            if recorded.model.name_or_path == SMOLLM2_HUB_ID && !recorded.model.path.exists() =>
+        {
+            Some(model_source(None)?)
+        }
+        (None, Some(_)) => None,
+        (None, None) => {
+            eprintln!(
+                "warning: {} does not record its model and data (it predates {}); using the ones given or the defaults, unchecked",
+                run.checkpoint()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                medify_qlora::SOURCES_FILE
+            );
+            Some(model_source(None)?)
+        }
+    };
+    let mut run = run
+        .settings(|c| *c = requested)
+        .allow_source_change(a.allow_source_change);
+    if let Some(model) = model {
+        run = run.model(model);
+    }
+    if let Some(data) = data_source(a)? {
+        run = run.data(data);
+    }
+    Ok(run)
+}
+
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    let mut run = match &a.resume {
+        Some(path) => resumed_run(a, path)?,
         None => new_run(a)?,
     };
-    let out = match (&a.out, &resume) {
-        (Some(out), _) => out.clone(),
-        (None, Some(ckpt)) => run_dir_of(ckpt)?,
-        (None, None) => return Err("--out is required".into()),
-    };
-    let model_path = sources.model.path.clone();
-    let device = device_named(&a.device)?.autodiff();
+    if let Some(out) = &a.out {
+        run = run.output(out);
+    }
+    let out = run.output_dir().map(PathBuf::from).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--out is required (the checkpoint is not inside a run's checkpoints/ directory)"
+        )
+    })?;
+    let device = device_named(&a.device)?;
+    let quant = run.config().quantization.quant;
+    let started = run
+        .device(device.clone())
+        .overwrite(a.overwrite)
+        .progress(!a.quiet)
+        .interrupt(interrupt_flag())
+        .start()?;
     eprintln!(
-        "loading {} ({})",
-        model_path.display(),
-        if config.quant == BaseQuant::Dense {
+        "loaded {} ({})",
+        started.sources.model.path.display(),
+        if quant == BaseQuant::Dense {
             "dense".into()
         } else {
-            format!("{} base", config.quant)
+            format!("{quant} base")
         }
     );
-    let shown = sources.data.describe();
-    let options = TrainerOptions {
-        out_dir: out.clone(),
-        overwrite: a.overwrite,
-        progress: !a.quiet,
-        interrupt: Some(interrupt_flag()),
-        sources: None,
-    };
-    let started = start_run(&config, sources, &device, options, resume.as_deref())
-        .map_err(|e| e.to_string())?;
     eprintln!(
-        "data: {} records from {shown} → {} training sequences, {} validation",
-        started.records, started.train_sequences, started.validation_sequences
+        "data: {} records from {} → {} training sequences, {} validation",
+        started.records,
+        started.sources.data.describe(),
+        started.train_sequences,
+        started.validation_sequences
     );
     let mut trainer = started.trainer;
     if let Some(s) = trainer.adapter_summary() {
         eprintln!("{s}");
     }
     eprintln!("training {} steps on {device:?}", trainer.total_steps());
-    let summary = trainer.train().map_err(|e| e.to_string())?;
+    let summary = trainer.train()?;
     if let Some(b) = summary.eval_before {
         eprintln!(
             "eval loss before: {:.4} (perplexity {:.2})",
@@ -433,9 +402,6 @@ pub fn run(a: &Args) -> Result<(), String> {
             out.display()
         );
     }
-    println!(
-        "{}",
-        serde_json::to_string(&summary).map_err(|e| e.to_string())?
-    );
+    println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 use std::process::Command;
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 
 #[derive(ClapArgs, Debug)]
@@ -16,15 +17,14 @@ pub struct Args {
     reader: Option<String>,
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
+pub fn run(a: &Args) -> anyhow::Result<()> {
     if !(a.minutes > 0.0 && a.minutes.is_finite()) {
-        return Err(format!("--minutes {} must be positive", a.minutes));
+        return Err(anyhow::anyhow!("--minutes {} must be positive", a.minutes));
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
+        .duration_since(std::time::UNIX_EPOCH)?
         .as_secs_f64();
     // Building the test binary comes first; the deadline allows for it only when it is fresh.
     let until = now + a.minutes * 60.0;
@@ -38,12 +38,12 @@ pub fn run(a: &Args) -> Result<(), String> {
         "fuzzing the readers for {} minutes (tests/fuzz.rs)",
         a.minutes
     );
-    let status = cmd
-        .status()
-        .map_err(|e| format!("could not start cargo test: {e}"))?;
+    let status = cmd.status().context("could not start cargo test")?;
     if status.success() {
         Ok(())
     } else {
-        Err("a reader failed; its shrunk input is in target/fuzz-failures/".into())
+        Err(anyhow::anyhow!(
+            "a reader failed; its shrunk input is in target/fuzz-failures/"
+        ))
     }
 }

@@ -113,7 +113,23 @@ fn main() {
         Command::Triage(args) => triage::run(&args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        eprintln!("error: {e:#}");
+        if let Some(hint) = flag_hint(&e) {
+            eprintln!("hint: {hint}");
+        }
         std::process::exit(1);
     }
+}
+
+/// The flag that answers a library error named in the library's own terms.
+fn flag_hint(e: &anyhow::Error) -> Option<String> {
+    use medify_qlora::FinetuneError;
+    Some(match e.downcast_ref::<FinetuneError>()? {
+        FinetuneError::WouldOverwrite(_) => "pass --overwrite".into(),
+        FinetuneError::SourceChanged { what, .. } => {
+            format!("pass the original --{what}, or --allow-source-change")
+        }
+        FinetuneError::SourceMissing { what, .. } => format!("pass --{what} with its new location"),
+        _ => return None,
+    })
 }

@@ -4,11 +4,8 @@
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use medify_qlora::load_base;
-use medify_qlora::lora::LoraExt;
 use medify_qlora::models::SaveDtype;
 
-use crate::device::device_named;
 use crate::models::ModelArgs;
 
 #[derive(ClapArgs, Debug)]
@@ -31,25 +28,19 @@ pub struct Args {
     overwrite: bool,
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
+pub fn run(a: &Args) -> anyhow::Result<()> {
     // nf4/fp4 merges into the dequantized 4-bit weights (what QLoRA trained against), none
     // into the original dense weights; by default the base the adapter's record names.
-    let device = device_named(&a.base.device)?;
-    let from = a.base.base(Some(&a.adapter))?;
+    let (base, from, summary) = a.base.load(Some(&a.adapter), None)?;
     let dtype = match &a.dtype {
-        Some(d) => {
-            SaveDtype::parse(d).ok_or_else(|| format!("unknown --dtype {d:?} (f32, f16, bf16)"))?
-        }
+        Some(d) => SaveDtype::parse(d)
+            .ok_or_else(|| anyhow::anyhow!("unknown --dtype {d:?} (f32, f16, bf16)"))?,
         None => SaveDtype::of_checkpoint(&from.model).unwrap_or(SaveDtype::BF16),
     };
-    let mut base = load_base(&from.model, &device, from.quant, None).map_err(|e| e.to_string())?;
-    let (_, summary) = base
-        .model
-        .load_adapter(&a.adapter)
-        .map_err(|e| e.to_string())?;
-    eprintln!("{summary}");
-    base.save_merged(&a.out, dtype, a.overwrite)
-        .map_err(|e| e.to_string())?;
+    if let Some(summary) = summary {
+        eprintln!("{summary}");
+    }
+    base.save_merged(&a.out, dtype, a.overwrite)?;
     eprintln!("merged model written to {}", a.out.display());
     Ok(())
 }

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
 use medify_qlora::data::{DatasetConfig, ReadOptions, prepare, read_records, unpacked};
-use medify_qlora::lora::LoraExt;
+use medify_qlora::loading::{FinetunedModel, FinetunedOptions};
+use medify_qlora::lora::LoraSummary;
 use medify_qlora::models::{GenerationConfig, LoadOptions, TextStreamer, load_pretrained};
 use medify_qlora::{
-    AdapterBase, AnswerCase, BaseModel, BaseQuant, Chat, evaluate, load_base,
+    AdapterBase, AnswerCase, BaseModel, BaseQuant, Chat, evaluate_loss, load_base,
     score_generated_answers,
 };
 
@@ -32,43 +33,55 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    /// The base to load, with `adapter`'s record filling what was not given.
-    pub fn base(&self, adapter: Option<&std::path::Path>) -> Result<AdapterBase, String> {
+    /// The base to load without an adapter: `--model` with `--quant`.
+    pub fn base(&self, adapter: Option<&std::path::Path>) -> anyhow::Result<AdapterBase> {
         let base = AdapterBase::resolve(
             adapter,
             self.model.as_deref(),
             self.quant.map(BaseQuant::default_config),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         if base.from_record {
-            eprintln!(
-                "base from the adapter's record: {} ({})",
-                base.model.display(),
-                base.quant.map_or("dense".to_string(), |q| format!(
-                    "{:?} blocksize {}",
-                    q.quant_type, q.blocksize
-                ))
-            );
+            eprintln!("base from the adapter's record: {}", describe(&base));
         }
         Ok(base)
     }
 
     /// Loads the base on `--device` (resolved as [`base`](Self::base) does) and applies
-    /// `adapter`: what `chat`, `serve` and `eval` talk to.
+    /// `adapter` over it as its run trained it: what `chat`, `serve`, `eval` and `merge` talk to.
     pub fn load(
         &self,
         adapter: Option<&std::path::Path>,
         template: Option<&str>,
-    ) -> Result<(BaseModel, AdapterBase), String> {
+    ) -> anyhow::Result<(BaseModel, AdapterBase, Option<LoraSummary>)> {
         let device = device_named(&self.device)?;
-        let from = self.base(adapter)?;
-        let mut base =
-            load_base(&from.model, &device, from.quant, template).map_err(|e| e.to_string())?;
-        if let Some(dir) = adapter {
-            base.model.load_adapter(dir).map_err(|e| e.to_string())?;
+        let Some(dir) = adapter else {
+            let from = self.base(None)?;
+            let base = load_base(&from.model, &device, from.quant, template)?;
+            return Ok((base, from, None));
+        };
+        let options = FinetunedOptions {
+            model: self.model.clone(),
+            quant: self.quant,
+            template: template.map(str::to_string),
+            compute_dtype: None,
+        };
+        let tuned = FinetunedModel::load(dir, &device, &options)?;
+        if tuned.from.from_record {
+            eprintln!("base from the adapter's record: {}", describe(&tuned.from));
         }
-        Ok((base, from))
+        Ok((tuned.base, tuned.from, Some(tuned.adapter)))
     }
+}
+
+fn describe(base: &AdapterBase) -> String {
+    format!(
+        "{} ({})",
+        base.model.display(),
+        base.quant.map_or("dense".to_string(), |q| format!(
+            "{:?} blocksize {}",
+            q.quant_type, q.blocksize
+        ))
+    )
 }
 
 /// The system prompt of `chat` and `serve`.
@@ -206,16 +219,15 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-pub fn generate(args: &GenerateArgs) -> Result<(), String> {
+pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let device = device_named(&args.model.device)?;
     let base = args.model.base(None)?;
     let options = match base.quant {
         Some(q) => LoadOptions::quantized(q),
         None => LoadOptions::dense(),
     };
-    let (model, tok, _) =
-        load_pretrained(&base.model, &device, &options).map_err(|e| e.to_string())?;
-    let prompt = tok.encode(&args.prompt, true).map_err(|e| e.to_string())?;
+    let (model, tok, _) = load_pretrained(&base.model, &device, &options)?;
+    let prompt = tok.encode(&args.prompt, true)?;
     let cfg = GenerationConfig {
         max_new_tokens: args.max_new_tokens,
         temperature: args.temperature,
@@ -231,18 +243,16 @@ pub fn generate(args: &GenerateArgs) -> Result<(), String> {
     if !json {
         print!("{}", args.prompt);
     }
-    let out = model
-        .generate(&[prompt], &cfg, &mut |_, id| {
-            if !json && let Ok(Some(piece)) = streamer.push(id) {
-                print!("{piece}");
-                let _ = stdout.flush();
-            }
-            true
-        })
-        .map_err(|e| e.to_string())?;
+    let out = model.generate(&[prompt], &cfg, &mut |_, id| {
+        if !json && let Ok(Some(piece)) = streamer.push(id) {
+            print!("{piece}");
+            let _ = stdout.flush();
+        }
+        true
+    })?;
     let ids = &out[0].ids;
     if json {
-        let text = tok.decode(ids, true).map_err(|e| e.to_string())?;
+        let text = tok.decode(ids, true)?;
         println!("{}", serde_json::json!({ "ids": ids, "text": text }));
     } else {
         println!();
@@ -250,9 +260,11 @@ pub fn generate(args: &GenerateArgs) -> Result<(), String> {
     Ok(())
 }
 
-pub fn eval(args: &EvalArgs) -> Result<(), String> {
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     if args.multiple_choice.is_some() && args.generate {
-        return Err("--generate goes with --data, not --multiple-choice".into());
+        return Err(anyhow::anyhow!(
+            "--generate goes with --data, not --multiple-choice"
+        ));
     }
     if args.data.is_some() {
         let mc_only = [
@@ -264,17 +276,19 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
             ("--limit", args.limit.is_some()),
         ];
         if let Some((flag, _)) = mc_only.iter().find(|(_, given)| *given) {
-            return Err(format!("{flag} goes with --multiple-choice, not --data"));
+            return Err(anyhow::anyhow!(
+                "{flag} goes with --multiple-choice, not --data"
+            ));
         }
     }
-    let (base, _) = args
+    let (base, _, _) = args
         .model
         .load(args.adapter.as_deref(), args.template.as_deref())?;
     let Some(data) = &args.data else {
         return multiple_choice(args, &base);
     };
     let encoder = base.encoder.clone().with_system_prompt(args.system.clone());
-    let read = read_records(data, &ReadOptions::default()).map_err(|e| e.to_string())?;
+    let read = read_records(data, &ReadOptions::default())?;
     let cases = AnswerCase::from_records(&read.records);
     let config = DatasetConfig {
         max_len: args.max_len,
@@ -283,16 +297,15 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
         validation_fraction: 0.0,
         ..DatasetConfig::default()
     };
-    let prepared = prepare(read.records, &encoder, &config).map_err(|e| e.to_string())?;
+    let prepared = prepare(read.records, &encoder, &config)?;
     let encoded: Vec<_> = prepared.train.iter().map(|e| e.encoded.clone()).collect();
-    let report = evaluate(
+    let report = evaluate_loss(
         &base.model,
         &unpacked(&encoded),
         encoder.pad_id(),
         args.batch_size,
-    )
-    .map_err(|e| e.to_string())?;
-    let mut out = serde_json::to_value(report).map_err(|e| e.to_string())?;
+    )?;
+    let mut out = serde_json::to_value(report)?;
     let mut scores = None;
     if args.generate {
         let chat = Chat::new(&base.model, &base.tokenizer, &encoder)
@@ -307,8 +320,7 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
             if !args.json {
                 eprintln!("[{}/{total}] {}", i + 1, a.answer);
             }
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         let s = answered.scores;
         out["bleu"] = s.bleu.into();
         out["rouge1"] = s.rouge1.into();
@@ -316,7 +328,7 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
         out["rougeL"] = s.rouge_l.into();
         out["generated"] = s.records.into();
         // What was asked and answered, for reading the scores against the text.
-        out["answers"] = serde_json::to_value(&answered.answers).map_err(|e| e.to_string())?;
+        out["answers"] = serde_json::to_value(&answered.answers)?;
         scores = Some(s);
     }
     if args.json {
@@ -337,22 +349,18 @@ pub fn eval(args: &EvalArgs) -> Result<(), String> {
 }
 
 /// `eval --multiple-choice`: accuracy over a question file, lm-eval's way.
-fn multiple_choice(args: &EvalArgs, base: &BaseModel) -> Result<(), String> {
+fn multiple_choice(args: &EvalArgs, base: &BaseModel) -> anyhow::Result<()> {
     use medify_qlora::{FewshotSampler, McConfig, read_mc_questions, score_multiple_choice};
     let path = args
         .multiple_choice
         .as_deref()
-        .ok_or("--data or --multiple-choice is needed")?;
-    let (task, mut questions) = read_mc_questions(path, args.task).map_err(|e| e.to_string())?;
+        .ok_or_else(|| anyhow::anyhow!("--data or --multiple-choice is needed"))?;
+    let (task, mut questions) = read_mc_questions(path, args.task)?;
     if let Some(n) = args.limit {
         questions.truncate(n);
     }
     let fewshot = match &args.fewshot {
-        Some(p) => Some(
-            read_mc_questions(p, Some(task))
-                .map_err(|e| e.to_string())?
-                .1,
-        ),
+        Some(p) => Some(read_mc_questions(p, Some(task))?.1),
         None => None,
     };
     let config = McConfig {
@@ -361,7 +369,7 @@ fn multiple_choice(args: &EvalArgs, base: &BaseModel) -> Result<(), String> {
         fewshot,
         sampler: match (args.sampler, args.fewshot_seed) {
             (Some(SamplerArg::FirstN), Some(_)) => {
-                return Err("--fewshot-seed is for --sampler random".into());
+                return Err(anyhow::anyhow!("--fewshot-seed is for --sampler random"));
             }
             (Some(SamplerArg::FirstN), None) => FewshotSampler::FirstN,
             (_, seed) => FewshotSampler::Random {
@@ -392,13 +400,9 @@ fn multiple_choice(args: &EvalArgs, base: &BaseModel) -> Result<(), String> {
                 eprint!("\rscored {done}/{total} sequences");
             }
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
     eprintln!();

@@ -51,29 +51,28 @@ pub struct Args {
 }
 
 /// A `ChatEncoder` for a tokenizer directory, a model directory or a GGUF file.
-pub fn encoder_for(path: &Path, template: Option<&str>) -> Result<ChatEncoder, String> {
-    medify_qlora::load_chat_encoder(path, template).map_err(|e| e.to_string())
+pub fn encoder_for(path: &Path, template: Option<&str>) -> anyhow::Result<ChatEncoder> {
+    Ok(medify_qlora::load_chat_encoder(path, template)?)
 }
 
-pub fn run(args: &Args) -> Result<(), String> {
+pub fn run(args: &Args) -> anyhow::Result<()> {
     let source = args
         .tokenizer
         .as_ref()
         .or(args.model.as_ref())
-        .ok_or("pass --tokenizer DIR or --model DIR|FILE.gguf")?;
+        .ok_or_else(|| anyhow::anyhow!("pass --tokenizer DIR or --model DIR|FILE.gguf"))?;
     let encoder =
         encoder_for(source, args.template.as_deref())?.with_system_prompt(args.system.clone());
     let format = InputFormat::parse(&args.format)
-        .ok_or_else(|| format!("unknown --format {:?}", args.format))?;
+        .ok_or_else(|| anyhow::anyhow!("unknown --format {:?}", args.format))?;
     let read = read_records(
         &args.data,
         &ReadOptions {
             format,
-            fields: FieldMap::parse(&args.fields).map_err(|e| e.to_string())?,
+            fields: FieldMap::parse(&args.fields)?,
             skip_invalid: args.skip_invalid,
         },
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let mut records = read.records;
     if let Some(n) = args.limit.or((!args.json).then_some(5)) {
         records.truncate(n);
@@ -89,7 +88,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         shuffle: false,
         ..DatasetConfig::default()
     };
-    let prepared = prepare(records, &encoder, &config).map_err(|e| e.to_string())?;
+    let prepared = prepare(records, &encoder, &config)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let color = !args.json && stdout.is_terminal();
@@ -98,7 +97,7 @@ pub fn run(args: &Args) -> Result<(), String> {
         let e = &ex.encoded;
         if args.json {
             let line = serde_json::json!({"input_ids": e.input_ids, "labels": e.labels});
-            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+            writeln!(out, "{line}")?;
             continue;
         }
         writeln!(
@@ -107,8 +106,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             ex.origin,
             e.len(),
             e.trained_tokens()
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         // Consecutive tokens with the same trained/ignored state are decoded together.
         let mut start = 0;
         while start < e.len() {
@@ -119,16 +117,16 @@ pub fn run(args: &Args) -> Result<(), String> {
             }
             let text = tok
                 .decode(&e.input_ids[start..end], false)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let shown = match (trained, color) {
                 (true, true) => format!("\x1b[1;32m{text}\x1b[0m"),
                 (true, false) => format!("[[{text}]]"),
                 (false, _) => text,
             };
-            write!(out, "{shown}").map_err(|e| e.to_string())?;
+            write!(out, "{shown}")?;
             start = end;
         }
-        writeln!(out).map_err(|e| e.to_string())?;
+        writeln!(out)?;
     }
     let r = &prepared.report;
     if !args.json {

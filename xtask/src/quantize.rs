@@ -34,7 +34,7 @@ pub struct Args {
     overwrite: bool,
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
+pub fn run(a: &Args) -> anyhow::Result<()> {
     let _ = a.double_quant; // the default either way
     let config = QuantConfig {
         quant_type: a.quant,
@@ -42,14 +42,9 @@ pub fn run(a: &Args) -> Result<(), String> {
         double_quant: !a.no_double_quant,
     };
     // Dense on the CPU: each weight is quantized once, on the host, from its original values.
-    let (model, tokenizer, _) = load_pretrained(&a.model, &Device::flex(), &LoadOptions::dense())
-        .map_err(|e| e.to_string())?;
-    model
-        .save_pretrained_4bit(&a.out, &config, a.overwrite)
-        .map_err(|e| e.to_string())?;
-    tokenizer
-        .save_pretrained(&a.out)
-        .map_err(|e| e.to_string())?;
+    let (model, tokenizer, _) = load_pretrained(&a.model, &Device::flex(), &LoadOptions::dense())?;
+    model.save_pretrained_4bit(&a.out, &config, a.overwrite)?;
+    tokenizer.save_pretrained(&a.out)?;
     eprintln!("{} written to {}", config.quant_type, a.out.display());
     Ok(())
 }

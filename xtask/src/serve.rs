@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_serve::{EngineConfig, ServeConfig, Server, shutdown_signal};
 
@@ -51,8 +52,8 @@ pub struct Args {
     grace: u64,
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
-    let (base, from) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    let (base, from, _) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
     let named = a.adapter.as_deref().unwrap_or(&from.model);
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         named
@@ -83,16 +84,16 @@ pub fn run(a: &Args) -> Result<(), String> {
     let name = config.model_name.clone();
     let keyed = config.api_key.is_some();
     let server = Server::new(base.model, base.tokenizer, base.encoder, config)
-        .map_err(|e| format!("starting the engine: {e}"))?;
+        .context("starting the engine")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("starting the async runtime: {e}"))?;
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind((a.host.as_str(), a.port))
             .await
-            .map_err(|e| format!("listening on {}:{}: {e}", a.host, a.port))?;
-        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            .with_context(|| format!("listening on {}:{}", a.host, a.port))?;
+        let addr = listener.local_addr()?;
         eprintln!(
             "serving `{name}` at http://{addr}/ (web chat) and http://{addr}/v1 (OpenAI API{}); Ctrl-C stops",
             if keyed { ", bearer key required" } else { "" }
@@ -100,7 +101,7 @@ pub fn run(a: &Args) -> Result<(), String> {
         server
             .serve(listener, shutdown_signal())
             .await
-            .map_err(|e| e.to_string())?;
+            ?;
         eprintln!("stopped");
         Ok(())
     })

@@ -11,7 +11,7 @@ use medify_qlora::{
 };
 
 use crate::device::device_named;
-use crate::finetune::{demo_config, interrupt_flag, model_source};
+use crate::finetune::{interrupt_flag, model_source};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -46,17 +46,17 @@ fn clock(s: f64) -> String {
     format!("{}m{:02}s", s / 60, s % 60)
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
-    let spec = SweepSpec::read(&a.config).map_err(|e| e.to_string())?;
+pub fn run(a: &Args) -> anyhow::Result<()> {
+    let spec = SweepSpec::read(&a.config)?;
     // The variants start from finetune's defaults: the demo's on the embedded default.
     let start = if a.model.is_none() && a.data.is_none() {
-        demo_config()
+        medify_qlora::FinetuneConfig::demo()
     } else {
         FinetuneConfig::default()
     };
-    let variants = spec.variants(&start).map_err(|e| e.to_string())?;
+    let variants = spec.variants(&start)?;
     let data = match &a.data {
-        Some(p) => DataSource::file(p, &ReadOptions::default()).map_err(|e| e.to_string())?,
+        Some(p) => DataSource::file(p, &ReadOptions::default())?,
         None => DataSource::embedded(),
     };
     let sources = RunSources {
@@ -83,12 +83,11 @@ pub fn run(a: &Args) -> Result<(), String> {
             .eta_s
             .map_or(String::new(), |s| format!("; about {} left", clock(s)));
         eprintln!("[{}/{}] {}{how}{eta}", p.index + 1, p.total, p.variant.name);
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     if report.interrupted {
         eprintln!("interrupted; run the same command again to resume");
     }
-    let md = std::fs::read_to_string(a.out.join("results.md")).map_err(|e| e.to_string())?;
+    let md = std::fs::read_to_string(a.out.join("results.md"))?;
     println!("{md}");
     eprintln!(
         "results.md, results.csv and eval_loss.png written to {}",

@@ -9,13 +9,13 @@ use medify_qlora::safety::{Triager, evaluate_triage, held_out_messages, read_lab
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// JSONL of {"text", "label"} (a flag name or "none"); default: the embedded held-out set
-    /// (data/triage/heldout.jsonl).
+    /// (crates/medify-safety/data/heldout.jsonl).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Print the report (or the message's triage) as JSON.
     #[arg(long)]
     json: bool,
-    /// Add the n-gram classifier (trained on data/triage/train.jsonl) to the rules, raising its
+    /// Add the n-gram classifier (trained on crates/medify-safety/data/train.jsonl) to the rules, raising its
     /// flags at this probability or above (for comparison; the standard triage is rules only).
     #[arg(long)]
     classifier: Option<f32>,
@@ -28,11 +28,11 @@ pub struct Args {
     check: bool,
 }
 
-pub fn run(a: &Args) -> Result<(), String> {
+pub fn run(a: &Args) -> anyhow::Result<()> {
     let with_classifier;
     let triager = match a.classifier {
         Some(threshold) if !(0.0..=1.0).contains(&threshold) => {
-            return Err(format!(
+            return Err(anyhow::anyhow!(
                 "--classifier {threshold}: a probability between 0 and 1"
             ));
         }
@@ -45,7 +45,7 @@ pub fn run(a: &Args) -> Result<(), String> {
     if let Some(message) = &a.message {
         let t = triager.assess(message);
         if a.json {
-            println!("{}", serde_json::to_string(&t).map_err(|e| e.to_string())?);
+            println!("{}", serde_json::to_string(&t)?);
         } else {
             match t {
                 Some(t) => println!(
@@ -60,21 +60,18 @@ pub fn run(a: &Args) -> Result<(), String> {
         return Ok(());
     }
     let set = match &a.data {
-        Some(path) => read_labelled(path).map_err(|e| e.to_string())?,
+        Some(path) => read_labelled(path)?,
         None => held_out_messages(),
     };
     let report = evaluate_triage(triager, &set);
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.to_table());
     }
     let unmet = report.unmet_targets();
     if a.check && !unmet.is_empty() {
-        return Err(format!("targets not met: {}", unmet.join("; ")));
+        return Err(anyhow::anyhow!("targets not met: {}", unmet.join("; ")));
     }
     Ok(())
 }

@@ -42,7 +42,8 @@ fn the_held_out_report_meets_the_targets_in_text_and_json() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap();
-    let held = std::fs::read_to_string(root.join("data/triage/heldout.jsonl")).unwrap();
+    let held =
+        std::fs::read_to_string(root.join("crates/medify-safety/data/heldout.jsonl")).unwrap();
     assert_eq!(report["messages"], held.lines().count());
     assert!(
         report["emergency_recall"].as_f64().unwrap() >= 0.98,

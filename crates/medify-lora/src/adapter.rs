@@ -11,7 +11,9 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::LoraInit;
 use crate::error::{LoraError, Result};
-use crate::projection::{FrozenWeight, cast_to, dense_matmul, to_f32};
+use medify_quant::dtype::{cast_to, to_f32};
+
+use crate::projection::{FrozenWeight, dense_matmul};
 
 /// The adapter of one linear layer: `A [r, in]`, `B [out, r]`, an optional DoRA magnitude
 /// `m [out]`, and the scaling `s`. Only these tensors are parameters; the base stays frozen.

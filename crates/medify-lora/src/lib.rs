@@ -39,7 +39,5 @@ mod projection;
 pub use adapter::LoraAdapter;
 pub use config::{LoraConfig, LoraInit, TargetModules};
 pub use error::{LoraError, Result};
-pub use model::{
-    ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraExt, LoraModel, LoraSummary, MergeReport, write_atomic,
-};
-pub use projection::{FrozenWeight, MergeOutcome, Projection, cast_to, dense_matmul, to_f32};
+pub use model::{ADAPTER_CONFIG, ADAPTER_WEIGHTS, LoraExt, LoraModel, LoraSummary, MergeReport};
+pub use projection::{FrozenWeight, MergeOutcome, Projection, dense_matmul};

@@ -71,7 +71,7 @@ fn grouped(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -467,8 +467,11 @@ fn host(key: String, shape: Vec<usize>, data: TensorData) -> Result<(String, Vec
     Ok((key, shape, bytes))
 }
 
+/// Tensors by name: shape and f32 values.
+type NamedTensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// Every tensor of an adapter file as f32, by name.
-fn read_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+fn read_tensors(path: &Path) -> Result<NamedTensors> {
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let bad = |message: String| LoraError::Format {
         path: path.to_path_buf(),
@@ -505,6 +508,6 @@ fn read_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>>
 
 /// Writes `bytes` to a temporary file beside `path` and renames it into place, so a crash never
 /// leaves a half-written file under the real name.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     medify_quant::atomic::write(path, bytes).map_err(io_err(path))
 }

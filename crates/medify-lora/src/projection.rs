@@ -1,7 +1,8 @@
 //! A frozen linear layer over a dense or 4-bit weight.
 
 use burn::module::Module;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{Device, Tensor};
+use medify_quant::dtype::{cast_to, to_f32};
 use medify_quant::{Nf4Tensor, QuantConfig, QuantError};
 
 use crate::adapter::LoraAdapter;
@@ -11,6 +12,8 @@ use crate::error::LoraError;
 ///
 /// A dense weight is a constant tensor (no gradient buffer); a 4-bit weight keeps only its
 /// packed codes and statistics on the device and is decoded inside the matmul.
+// One per projection: a box would save a few hundred bytes per layer and cost an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum FrozenWeight {
     /// A dense weight `[out, in]` in the compute dtype.
@@ -78,17 +81,6 @@ impl FrozenWeight {
     }
 }
 
-/// `x` in `dtype`, unchanged when it already is: the one cast between the compute dtype and the
-/// f32 of adapters, norms, softmax and loss.
-pub fn cast_to<const D: usize>(x: Tensor<D>, dtype: DType) -> Tensor<D> {
-    if x.dtype() == dtype { x } else { x.cast(dtype) }
-}
-
-/// `x` as f32 (see [`cast_to`]).
-pub fn to_f32<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    cast_to(x, DType::F32)
-}
-
 /// `x @ wᵀ` for a dense `[out, in]` weight, as one 2-D matmul: a broadcast batched matmul over a
 /// transposed view copies the whole weight on some backends (flex: 12x slower for one token).
 pub fn dense_matmul<const D: usize>(x: Tensor<D>, w: &Tensor<2>) -> Tensor<D> {
@@ -100,6 +92,7 @@ pub fn dense_matmul<const D: usize>(x: Tensor<D>, w: &Tensor<2>) -> Tensor<D> {
 }
 
 /// What a merged projection remembers to undo the merge.
+#[allow(clippy::large_enum_variant)] // one per merged projection
 #[derive(Debug, Clone)]
 enum MergedBase {
     /// A dense base holds `W + s·B A` (LoRA) or `(m/‖W + s·B A‖)(W + s·B A)` (DoRA, with that

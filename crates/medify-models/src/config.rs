@@ -458,13 +458,16 @@ impl LlamaConfig {
         if self.max_position_embeddings == 0 {
             return bad("max_position_embeddings must be positive".into());
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return bad(format!(
                 "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(format!(
                 "head_dim must be even for rotary embeddings, got {}",
                 self.head_dim
@@ -494,6 +497,8 @@ impl LlamaConfig {
                     "rope scaling original_max_position_embeddings",
                     original_max_position_embeddings,
                 )?;
+                // Written so that NaN factors are refused too.
+                #[allow(clippy::neg_cmp_op_on_partial_ord)]
                 if !(high_freq_factor > low_freq_factor) {
                     return bad(format!(
                         "rope scaling llama3: high_freq_factor ({high_freq_factor}) must exceed low_freq_factor ({low_freq_factor})"

@@ -3,7 +3,8 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{silu, softmax, tanh};
-use medify_lora::{Projection, cast_to, to_f32};
+use medify_lora::Projection;
+use medify_quant::dtype::{cast_to, to_f32};
 
 use crate::config::Activation;
 use crate::fused::KernelPath;

@@ -23,13 +23,13 @@
 
 mod adapt;
 mod batch;
-mod checkpoint;
 mod config;
 mod dtype;
 mod error;
 mod fused;
 mod generate;
 pub mod gguf;
+mod gradient_checkpointing;
 mod layers;
 mod loader;
 mod loss;
@@ -42,13 +42,13 @@ mod tokenizer;
 pub mod weights;
 
 pub use batch::{DecodeBatch, SequenceId, SequenceToken};
-pub use checkpoint::{Checkpointing, MicroBatchGradients};
 pub use config::{Activation, BnbQuantization, Family, LlamaConfig, RopeScaling};
 pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};
 pub use fused::{FusedOps, KernelPath, masked_softmax, supports_fused, swiglu};
 pub use generate::{Generation, GenerationConfig, Sampler, StopReason, TextStreamer};
 pub use gguf::GgufSource;
+pub use gradient_checkpointing::{Checkpointing, MicroBatchGradients};
 pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, RmsNorm};
 pub use loader::{LoadOptions, LoadReport};
 pub use loss::{CHUNK_BYTES, LmLossOps, chunked_lm_loss};
@@ -108,8 +108,7 @@ mod tests {
             &burn::tensor::Device::flex(),
             &LoadOptions::dense(),
         )
-        .err()
-        .expect("a missing path loads nothing");
+        .expect_err("a missing path loads nothing");
         assert!(
             matches!(&err, ModelError::Io { path, source } if path == missing
                 && source.kind() == std::io::ErrorKind::NotFound),

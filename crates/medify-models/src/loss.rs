@@ -18,7 +18,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, backend_extension};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
-use medify_lora::{cast_to, to_f32};
+use medify_quant::dtype::{cast_to, to_f32};
 
 /// Bytes of logits one chunk may hold (the scratch buffer's size).
 pub const CHUNK_BYTES: usize = 64 << 20;

@@ -216,7 +216,10 @@ impl KvCache {
             let [b, h, _, d] = layer.keys.dims();
             let device = layer.keys.device();
             let zeros = |like: &Tensor<4>| {
-                medify_lora::cast_to(Tensor::<4>::zeros([b, h, n, d], &device), like.dtype())
+                medify_quant::dtype::cast_to(
+                    Tensor::<4>::zeros([b, h, n, d], &device),
+                    like.dtype(),
+                )
             };
             layer.keys = Tensor::cat(vec![zeros(&layer.keys), layer.keys.clone()], 2);
             layer.values = Tensor::cat(vec![zeros(&layer.values), layer.values.clone()], 2);
@@ -397,8 +400,8 @@ impl CausalLm {
         let (cos, sin) = self.rope.tables(&positions, &device);
         let dtype = self.embed_tokens.dtype();
         let ctx = AttentionContext {
-            cos: medify_lora::cast_to(cos, dtype),
-            sin: medify_lora::cast_to(sin, dtype),
+            cos: medify_quant::dtype::cast_to(cos, dtype),
+            sin: medify_quant::dtype::cast_to(sin, dtype),
             mask: self.mask(batch, cache),
             kernels: self.kernels,
             tile_bytes: self.tile_bytes,
@@ -515,7 +518,7 @@ impl CausalLm {
         );
         let hidden = hidden.reshape([b * s, d]).select(0, index);
         let logits = self.logits(hidden.reshape([1, rows.len(), d]));
-        let logp = log_softmax(medify_lora::to_f32(logits), 2)
+        let logp = log_softmax(medify_quant::dtype::to_f32(logits), 2)
             .into_data()
             .convert::<f32>()
             .try_into_vec::<f32>()
@@ -581,7 +584,7 @@ impl CausalLm {
     ) -> Tensor<1> {
         let [b, s1, _] = hidden.dims();
         let device = self.device();
-        let logp = log_softmax(medify_lora::to_f32(self.logits(hidden)), 2);
+        let logp = log_softmax(medify_quant::dtype::to_f32(self.logits(hidden)), 2);
         let idx = Tensor::<3, Int>::from_data(TensorData::new(targets, [b, s1, 1]), &device);
         let w = Tensor::<3>::from_data(TensorData::new(weights, [b, s1, 1]), &device);
         (logp.gather(2, idx) * w).sum().neg()

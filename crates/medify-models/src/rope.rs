@@ -44,6 +44,8 @@ impl Rope {
                     } else {
                         *f
                     };
+                    // transformers' `~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)`.
+                    #[allow(clippy::neg_cmp_op_on_partial_ord)]
                     let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
                     *f = if medium {
                         let smooth = (old / wavelen - low) / (high - low);

@@ -24,8 +24,8 @@ use burn::optim::GradientsParams;
 use burn::tensor::Tensor;
 use medify_lora::Projection;
 
-use crate::checkpoint::{collect, no_gradient};
 use crate::error::Result;
+use crate::gradient_checkpointing::{collect, no_gradient};
 use crate::layers::{AttentionContext, DecoderLayer, attend};
 use crate::rope::apply_rope;
 

@@ -106,8 +106,8 @@ mod tests {
     fn nearest_on_the_host_picks_the_closest_code() {
         let map = dynamic_signed_map();
         let th = thresholds(map);
-        for k in 0..256 {
-            assert_eq!(nearest(&th, map[k]) as usize, k);
+        for (k, &v) in map.iter().enumerate() {
+            assert_eq!(nearest(&th, v) as usize, k);
         }
         assert_eq!(nearest(&th, 0.0), 127);
         assert_eq!(nearest(&th, -2.0), 0);

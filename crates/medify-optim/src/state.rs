@@ -20,6 +20,7 @@ pub(crate) enum HostMoments {
 }
 
 /// The moments of one parameter on its device, ready for the update.
+#[allow(clippy::large_enum_variant)] // one per parameter, moved, never copied in bulk
 #[derive(Debug, Clone)]
 pub(crate) enum DeviceMoments {
     F32 {
@@ -123,6 +124,7 @@ impl DeviceMoments {
 }
 
 /// Where a parameter's moments are between steps.
+#[allow(clippy::large_enum_variant)] // one per parameter
 #[derive(Debug, Clone)]
 pub(crate) enum Place {
     /// Paged out to host memory, away from the parameter's accelerator.

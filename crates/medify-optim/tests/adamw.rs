@@ -67,7 +67,7 @@ fn grads_for(model: &Toy, g: &[Vec<f64>], device: &Device) -> GradientsParams {
 
 fn random_grads(rng: &mut ChaCha8Rng, step: usize) -> Vec<Vec<f64>> {
     // Scales change over time so that clipping is sometimes active and sometimes not.
-    let scale = if step % 3 == 0 { 0.5 } else { 0.002 };
+    let scale = if step.is_multiple_of(3) { 0.5 } else { 0.002 };
     SHAPES
         .iter()
         .map(|s| {
@@ -97,8 +97,8 @@ impl Reference {
         for (i, gi) in g.iter().enumerate() {
             let (lr_scale, wd) = groups[i];
             let lr = lr * lr_scale;
-            for j in 0..gi.len() {
-                let gj = gi[j] * scale;
+            for (j, &g) in gi.iter().enumerate() {
+                let gj = g * scale;
                 self.m[i][j] = b1 * self.m[i][j] + (1.0 - b1) * gj;
                 self.v[i][j] = b2 * self.v[i][j] + (1.0 - b2) * gj * gj;
                 let mhat = self.m[i][j] / (1.0 - b1.powi(self.t));
@@ -266,7 +266,8 @@ fn eight_bit_follows_the_32_bit_trajectory() {
 }
 
 fn assert_bit_equal(a: &Linear, b: &Linear) {
-    for (x, y) in [(a.w.val(), b.w.val())] {
+    {
+        let (x, y) = (a.w.val(), b.w.val());
         let (x, y) = (values(&x), values(&y));
         assert!(
             x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),

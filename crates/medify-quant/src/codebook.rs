@@ -77,7 +77,10 @@ impl std::str::FromStr for QuantType {
     }
 }
 
-/// NF4 code values (bitsandbytes `get_4bit_type("nf4")`).
+/// NF4 code values (bitsandbytes `get_4bit_type("nf4")`), written with the digits bitsandbytes
+/// prints them with (f64) so they can be checked against its source; each rounds to the f32
+/// bitsandbytes uses.
+#[allow(clippy::excessive_precision)]
 pub const NF4_CODE: [f32; 16] = [
     -1.0,
     -0.696_192_800_998_687_7,
@@ -102,7 +105,7 @@ pub const FP4_CODE: [f32; 16] = [
     0.0,
     0.0625 / 12.0,
     8.0 / 12.0,
-    12.0 / 12.0,
+    1.0, // 12 / 12
     4.0 / 12.0,
     6.0 / 12.0,
     2.0 / 12.0,

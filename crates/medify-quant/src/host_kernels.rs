@@ -200,7 +200,7 @@ impl PackedView<'_> {
         let k = self.in_features;
         let start = r0 * k;
         let out = &mut out[..rows * k];
-        if k % 2 != 0 {
+        if !k.is_multiple_of(2) {
             // Rows start mid-byte: decode element by element.
             for (i, v) in out.iter_mut().enumerate() {
                 let e = start + i;
@@ -304,11 +304,11 @@ pub fn matmul_4bit(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if m == 1 && k % 64 == 0 && w.blocksize % 64 == 0 && avx2_available() {
+    if m == 1 && k.is_multiple_of(64) && w.blocksize.is_multiple_of(64) && avx2_available() {
         gemv_chunked(x, w, out);
         return;
     }
-    if m <= STREAMING_MAX_ROWS && k % 8 == 0 {
+    if m <= STREAMING_MAX_ROWS && k.is_multiple_of(8) {
         streaming(x, m, w, out);
     } else {
         decoded_gemm(x, m, w, out);
@@ -742,7 +742,7 @@ mod tests {
                 "m={m} n={n} k={k}: {a} vs {b}"
             );
         }
-        if m <= STREAMING_MAX_ROWS && k % 8 == 0 {
+        if m <= STREAMING_MAX_ROWS && k.is_multiple_of(8) {
             let mut scalar = vec![0f32; m];
             for r in 0..n {
                 row_dots_scalar(&x, m, &view, r, &mut scalar);

@@ -29,6 +29,7 @@ pub mod bench;
 pub mod bnb;
 pub mod device;
 pub mod dropout;
+pub mod dtype;
 #[cfg(feature = "flex")]
 pub mod host_tensor;
 pub mod simd;

@@ -101,6 +101,8 @@ impl NestedAbsmax {
 /// levels of 16 steps, adds leftover vectors, then the scalar tail and the 8 lanes in order.
 /// This reproduces it for the single-threaded case (PyTorch splits tensors above 32768 elements
 /// across threads, which makes its own result depend on the thread count).
+// Index loops mirror `cascade_sum` line by line, which is what makes the order checkable.
+#[allow(clippy::needless_range_loop)]
 pub fn torch_sum_f32(xs: &[f32]) -> f32 {
     const W: usize = 8;
     const ILP: usize = 4;

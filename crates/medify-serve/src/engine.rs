@@ -8,7 +8,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use medify_qlora::models::{CausalLm, DecodeBatch, GenerationConfig, SequenceId, StopReason};
+use medify_models::{CausalLm, DecodeBatch, GenerationConfig, SequenceId, StopReason};
 use tokio::sync::mpsc;
 
 /// What a request's channel receives.
@@ -247,7 +247,7 @@ fn fail_all(live: &mut HashMap<SequenceId, mpsc::UnboundedSender<Event>>, why: &
 mod tests {
     use super::*;
     use burn::tensor::Device;
-    use medify_qlora::models::LoadOptions;
+    use medify_models::LoadOptions;
 
     fn tiny() -> Arc<CausalLm> {
         let dir = concat!(

@@ -1,10 +1,10 @@
 //! An OpenAI-compatible chat server (`POST /v1/chat/completions`, `GET /v1/models`,
 //! `GET /health`) and a local web chat at `/` for medify-qlora models, with the medical safety
-//! layer of [`medify_qlora::Chat`]: triage before the answer, the educational default system
+//! layer of [`medify_chat::Chat`]: triage before the answer, the educational default system
 //! prompt, the disclaimer after it.
 //!
 //! One engine thread owns the model and decodes every client's sequence in one batch
-//! ([`medify_qlora::models::DecodeBatch`]); the HTTP side runs on axum/tokio.
+//! ([`medify_models::DecodeBatch`]); the HTTP side runs on axum/tokio.
 
 pub mod engine;
 pub mod error;

@@ -1,7 +1,7 @@
 //! The body of `POST /v1/chat/completions`: OpenAI's schema, parsed with the failing field
 //! named, and checked against what this server can do.
 
-use medify_qlora::data::{Message, Role};
+use medify_data::{Message, Role};
 use serde::Deserialize;
 
 use crate::error::ApiError;

@@ -14,7 +14,7 @@ pub struct AnswerText {
 
 impl AnswerText {
     /// `stops`: OpenAI `stop` strings; `trim_end`: the answer is followed by more text (the
-    /// disclaimer), which [`medify_qlora::Reply::display_text`] puts after the trimmed answer.
+    /// disclaimer), which [`medify_chat::Reply::display_text`] puts after the trimmed answer.
     pub fn new(stops: Vec<String>, trim_end: bool) -> AnswerText {
         AnswerText {
             text: String::new(),

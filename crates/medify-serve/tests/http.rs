@@ -158,7 +158,9 @@ fn finish_reason(reply: &Reply, max: usize) -> &'static str {
 #[test]
 fn answers_equal_chat_streaming_and_not() {
     let server = tiny_server(ServeConfig::default());
-    let cases: Vec<(Vec<(Role, &str)>, f32, Option<f32>, u64, usize)> = vec![
+    // (conversation, temperature, top_p, seed, max_tokens)
+    type Case<'a> = (Vec<(Role, &'a str)>, f32, Option<f32>, u64, usize);
+    let cases: Vec<Case> = vec![
         (vec![(Role::User, "What is anemia?")], 0.8, Some(0.9), 3, 20),
         (
             vec![(Role::User, "I have crushing chest pain and I'm sweating")],

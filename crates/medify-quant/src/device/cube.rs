@@ -194,7 +194,7 @@ impl Quant4Ops for CubeBackend {
         let m: usize = dims[..rank - 1].iter().product();
         let mut out_dims = dims.clone();
         out_dims[rank - 1] = out_features;
-        if m > FUSED_MAX_ROWS || k % 8 != 0 {
+        if m > FUSED_MAX_ROWS || !k.is_multiple_of(8) {
             let dense = dequantize_as(packed, absmax, code, out_features, k, blocksize, x.dtype);
             let x2 = Self::float_reshape(x, Shape::new([m, k]));
             let y = Self::float_matmul(x2, Self::float_transpose(dense));

@@ -220,7 +220,7 @@ fn number(word: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::safety::context::normalize;
+    use crate::context::normalize;
 
     #[test]
     fn every_rule_compiles_and_every_flag_has_one() {

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::FinetuneConfig;
 use crate::error::{FinetuneError, Result, io_err};
-use crate::evaluate::EvalResult;
+use crate::evaluation::loss::EvalResult;
 
 /// The trainer's position, saved with each checkpoint so a resumed run continues exactly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

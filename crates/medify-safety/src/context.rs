@@ -295,7 +295,7 @@ fn correct(word: &str) -> Option<&'static str> {
 /// restored, slang spelt out, misspelt key words mended, single spaces.
 ///
 /// ```
-/// use medify_qlora::safety::normalize;
+/// use medify_safety::normalize;
 /// assert_eq!(normalize("Im  gonna KMS"), "i'm going to kill myself");
 /// assert_eq!(normalize("cant breath, chesst hurts"), "can't breath, chest hurts");
 /// ```

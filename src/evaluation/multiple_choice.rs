@@ -19,9 +19,9 @@ use serde_json::Value;
 
 use crate::data::DataError;
 use crate::error::{FinetuneError, Result};
+use crate::evaluation::py_random::PyRandom;
 use crate::lora::LoraExt;
 use crate::models::{CausalLm, ModelTokenizer, TokenBatch};
-use crate::py_random::PyRandom;
 
 /// Which lm-eval prompt a file's questions get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -562,7 +562,8 @@ pub fn score_multiple_choice(
         let mut truncated = false;
         // Each option's model input (prompt tokens + continuation, less the last token, cut
         // to max_len from the left) and where its continuation tokens are predicted.
-        let mut inputs: Vec<(Vec<u32>, Vec<(usize, u32)>)> = Vec::new();
+        type Input = (Vec<u32>, Vec<(usize, u32)>);
+        let mut inputs: Vec<Input> = Vec::new();
         for choice in &choices {
             let (ctx, cont) = encode_pair(tokenizer, &prompt, &format!(" {choice}"))?;
             if ctx.is_empty() || cont.len() > config.max_len {

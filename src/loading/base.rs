@@ -4,12 +4,13 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::data::{ChatEncoder, ChatTemplate, TokenizerSpecials};
+use crate::data::ChatEncoder;
 use crate::error::{FinetuneError, Result, io_err};
 use crate::models::{
     CausalLm, LoadOptions, LoadReport, ModelTokenizer, SaveDtype, load_pretrained,
 };
 use crate::quant::QuantConfig;
+use medify_chat::{Chat, chat_encoder};
 
 /// A loaded base model: the network, its tokenizer for generation, and the chat encoder that
 /// turns records into training sequences with its template.
@@ -39,6 +40,12 @@ pub const MERGED_FILES: [&str; 5] = [
 ];
 
 impl BaseModel {
+    /// A conversation with this model through its chat template, with the medical safety
+    /// layer ([`Chat::new`]'s defaults: triage, the educational system prompt, the disclaimer).
+    pub fn chat(&self) -> Chat<'_> {
+        Chat::new(&self.model, &self.tokenizer, &self.encoder)
+    }
+
     /// Writes a dense Hugging Face directory: the model with its adapters merged (4-bit bases
     /// decoded) in `dtype`, plus the tokenizer files and chat template, so transformers and
     /// [`load_base`] open it directly. An existing non-empty `dir` is refused unless `overwrite`
@@ -129,52 +136,6 @@ pub fn load_base_with(
         report,
         path: path.to_path_buf(),
     })
-}
-
-/// The chat encoder of a tokenizer: the model's own chat template, or the built-in `template`
-/// when one is named, with the tokenizer's special tokens. The tokenizer is the one the model
-/// loaded, so training records, prompts and generation share one set of ids.
-///
-/// ```
-/// use medify_qlora::chat_encoder;
-/// use medify_qlora::models::ModelTokenizer;
-/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama");
-/// let tok = ModelTokenizer::load(dir).unwrap();
-/// let encoder = chat_encoder(&tok, Some("chatml")).unwrap();
-/// assert_eq!(encoder.template().name(), "chatml");
-/// ```
-pub fn chat_encoder(tokenizer: &ModelTokenizer, template: Option<&str>) -> Result<ChatEncoder> {
-    let chat = match (template, &tokenizer.chat_template) {
-        (Some(name), _) => ChatTemplate::builtin(name)?,
-        (None, Some(t)) => ChatTemplate::new(tokenizer.chat_template_origin(), t)?,
-        (None, None) => {
-            return Err(crate::data::DataError::Invalid(format!(
-                "{} has no chat template; pass a built-in template name ({})",
-                tokenizer.chat_template_origin(),
-                crate::data::BUILTIN_TEMPLATES.join(", ")
-            ))
-            .into());
-        }
-    };
-    let specials = TokenizerSpecials {
-        bos: tokenizer.bos_token.clone(),
-        eos: tokenizer.eos_token.clone(),
-        pad: tokenizer.pad_token.clone(),
-        unk: tokenizer.unk_token.clone(),
-    };
-    Ok(ChatEncoder::new(tokenizer.inner().clone(), chat, specials))
-}
-
-/// The chat encoder of a tokenizer or model directory or a `.gguf` file, without loading the
-/// weights (for previews and data preparation).
-///
-/// ```
-/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama.gguf");
-/// let encoder = medify_qlora::load_chat_encoder(path.as_ref(), Some("chatml")).unwrap();
-/// assert!(encoder.tokenizer().get_vocab_size(true) > 0);
-/// ```
-pub fn load_chat_encoder(path: &Path, template: Option<&str>) -> Result<ChatEncoder> {
-    chat_encoder(&ModelTokenizer::load(path)?, template)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::chat::Chat;
 use crate::data::{Example, Message, Role, SourcedExample};
 use crate::error::Result;
-use crate::text_metrics::{TextScores, score_answers};
+use crate::evaluation::text_metrics::{TextScores, score_answers};
 
 /// A conversation up to its last question, and the reply the record gives to it.
 #[derive(Debug, Clone, PartialEq)]

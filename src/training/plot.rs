@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::checkpoint::write_atomic;
-use crate::error::{FinetuneError, Result, io_err};
+use crate::error::{FinetuneError, Result};
+use crate::training::checkpoints::write_atomic;
+use crate::training::metrics::{MetricsRecord, read_metrics};
 
 const W: usize = 800;
 const H: usize = 480;
@@ -111,27 +112,15 @@ fn text_width(s: &str) -> i64 {
     s.chars().count() as i64 * 12
 }
 
-/// Reads `metrics.jsonl` (train lines have `loss`, evaluation lines `eval_loss`; a step logged
-/// twice, e.g. around a resume, keeps its last value).
+/// The training and validation loss by step from `metrics.jsonl` (a step logged twice, e.g.
+/// around a resume, keeps its last value).
 fn read_series(metrics: &Path) -> Result<(BTreeMap<u64, f64>, BTreeMap<u64, f64>)> {
-    let text = std::fs::read_to_string(metrics).map_err(io_err(metrics))?;
     let (mut train, mut eval) = (BTreeMap::new(), BTreeMap::new());
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| FinetuneError::Checkpoint {
-                path: metrics.to_path_buf(),
-                reason: format!("line {}: {e}", i + 1),
-            })?;
-        let step = v["step"].as_u64().unwrap_or(0);
-        if let Some(l) = v["loss"].as_f64() {
-            train.insert(step, l);
-        }
-        if let Some(l) = v["eval_loss"].as_f64() {
-            eval.insert(step, l);
-        }
+    for record in read_metrics(metrics)? {
+        match record {
+            MetricsRecord::Step(s) => train.insert(s.step, s.loss),
+            MetricsRecord::Eval(e) => eval.insert(e.step, e.eval_loss),
+        };
     }
     Ok((train, eval))
 }

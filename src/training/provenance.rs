@@ -9,12 +9,13 @@ use serde::{Deserialize, Serialize};
 use crate::data::{FieldMap, FileKind, InputFormat, ReadOptions, ReadReport};
 use crate::error::{FinetuneError, Result, io_err};
 use crate::quant::QuantConfig;
+use crate::training::config::BaseQuantization;
 
 /// The record's file name, beside `adapter_config.json` and `finetune_config.json`.
 pub const SOURCES_FILE: &str = "run_sources.json";
 
 /// The embedded default data: general-health Q&A pairs written for the project.
-pub const EMBEDDED_MEDICAL_QA: &str = include_str!("../fixtures/medical_qa/medical_qa.jsonl");
+pub const EMBEDDED_MEDICAL_QA: &str = include_str!("../../fixtures/medical_qa/medical_qa.jsonl");
 
 /// Files up to this size are hashed whole; larger ones (weights) by their size and their first
 /// and last MiB, which tells a different checkpoint apart without reading gigabytes.
@@ -137,30 +138,6 @@ fn hash_file(path: &Path, h: &mut Fnv) -> Result<u64> {
     Ok(len)
 }
 
-/// How the base was held while the adapter trained (the defaults of `eval`, `chat`, `merge`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BaseQuantization {
-    /// `nf4`, `fp4` or `none`.
-    pub quant: crate::BaseQuant,
-    /// 4-bit block size.
-    pub blocksize: usize,
-    /// Whether block scales were quantized again.
-    pub double_quant: bool,
-}
-
-impl BaseQuantization {
-    /// The 4-bit settings to load the base with again (`None`: dense).
-    pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
-        crate::FinetuneConfig {
-            quant: self.quant,
-            quant_blocksize: self.blocksize,
-            double_quant: self.double_quant,
-            ..crate::FinetuneConfig::default()
-        }
-        .quant_config()
-    }
-}
-
 /// The base to load an adapter over, for `eval`, `chat` and `merge`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdapterBase {
@@ -241,7 +218,8 @@ pub struct ModelSource {
 
 impl ModelSource {
     /// Records a model file or directory; `hub_id` names it when it is a known hub model.
-    pub fn new(path: &Path, hub_id: Option<&str>) -> Result<ModelSource> {
+    pub fn new(path: impl AsRef<Path>, hub_id: Option<&str>) -> Result<ModelSource> {
+        let path = path.as_ref();
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         Ok(ModelSource {
             fingerprint: Fingerprint::of_path(&path)?,
@@ -365,11 +343,11 @@ impl RunSources {
         if !path.is_file() {
             return Ok(None);
         }
-        crate::checkpoint::read_json(&path).map(Some)
+        crate::training::checkpoints::read_json(&path).map(Some)
     }
 
     pub(crate) fn write(&self, dir: &Path) -> Result<()> {
-        crate::checkpoint::write_json(&dir.join(SOURCES_FILE), self)
+        crate::training::checkpoints::write_json(&dir.join(SOURCES_FILE), self)
     }
 
     /// What a resumed run trains on. `model` and `data` are what the caller asked for; `None`
@@ -507,7 +485,7 @@ mod tests {
         std::fs::write(&data_path, "{\"question\": \"q\", \"answer\": \"a\"}\n").unwrap();
         std::fs::write(d.join("m.gguf"), b"weights").unwrap();
         let run = RunSources {
-            model: ModelSource::new(&d.join("m.gguf"), Some("org/model")).unwrap(),
+            model: ModelSource::new(d.join("m.gguf"), Some("org/model")).unwrap(),
             data: DataSource::file(&data_path, &ReadOptions::default()).unwrap(),
         };
         assert_eq!(run.model.name_or_path, "org/model");
@@ -547,7 +525,7 @@ mod tests {
     fn an_adapter_finds_its_base_and_quantization() {
         let d = temp_dir("adapter-base");
         std::fs::write(d.join("m.gguf"), b"weights").unwrap();
-        let mut model = ModelSource::new(&d.join("m.gguf"), None).unwrap();
+        let mut model = ModelSource::new(d.join("m.gguf"), None).unwrap();
         model.quantization = Some(BaseQuantization {
             quant: crate::BaseQuant::Fp4,
             blocksize: 128,
@@ -580,7 +558,7 @@ mod tests {
     fn the_record_round_trips() {
         let d = temp_dir("roundtrip");
         std::fs::write(d.join("m.gguf"), b"weights").unwrap();
-        let mut model = ModelSource::new(&d.join("m.gguf"), None).unwrap();
+        let mut model = ModelSource::new(d.join("m.gguf"), None).unwrap();
         model.quantization = Some(BaseQuantization {
             quant: crate::BaseQuant::Nf4,
             blocksize: 64,

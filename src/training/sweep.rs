@@ -29,21 +29,22 @@ use serde_json::{Map, Value};
 
 use burn::module::Module;
 
-use crate::answers::{AnswerCase, AnswerReport, score_generated_answers};
-use crate::base::load_base_with;
 use crate::chat::Chat;
-use crate::checkpoint::{
-    CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, latest_checkpoint, read_json, write_atomic,
-};
-use crate::config::FinetuneConfig;
 use crate::data::prepare;
 use crate::error::{FinetuneError, Result, io_err};
+use crate::evaluation::answers::{AnswerCase, AnswerReport, score_generated_answers};
+use crate::evaluation::text_metrics::TextScores;
+use crate::loading::{FinetunedModel, FinetunedOptions};
 use crate::lora::LoraExt;
 use crate::models::GenerationConfig;
-use crate::run::start_run;
-use crate::sources::RunSources;
-use crate::text_metrics::TextScores;
-use crate::trainer::{TrainSummary, TrainerOptions};
+use crate::training::checkpoints::{
+    CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, latest_checkpoint, read_json, write_atomic,
+};
+use crate::training::config::FinetuneConfig;
+use crate::training::metrics::{MetricsRecord, read_metrics};
+use crate::training::provenance::RunSources;
+use crate::training::run::start_run;
+use crate::training::trainer::{TrainSummary, TrainerOptions};
 
 /// A sweep file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -176,10 +177,9 @@ impl SweepSpec {
         if sets.is_empty() {
             return Err(invalid("sweep", "has no variants: give a grid or variants"));
         }
-        let mut start = serde_json::to_value(start).map_err(|e| invalid("sweep", e.to_string()))?;
-        for (k, v) in &self.base {
-            set(&mut start, k, v, "base")?;
-        }
+        let start = start
+            .with_settings(&self.base)
+            .map_err(|e| invalid("base", e.to_string()))?;
         let mut out: Vec<Variant> = Vec::with_capacity(sets.len());
         for (i, (name, overrides)) in sets.into_iter().enumerate() {
             let label = overrides
@@ -191,14 +191,8 @@ impl SweepSpec {
                 Some(n) => n,
                 None => format!("{:02}-{label}", i + 1),
             });
-            let mut value = start.clone();
-            for (k, v) in &overrides {
-                set(&mut value, k, v, &name)?;
-            }
-            let config: FinetuneConfig = serde_json::from_value(value)
-                .map_err(|e| invalid(format!("variant {name}"), e.to_string()))?;
-            config
-                .validate()
+            let config = start
+                .with_settings(&overrides)
                 .map_err(|e| invalid(format!("variant {name}"), e.to_string()))?;
             if out.iter().any(|v| v.name == name) {
                 return Err(invalid(
@@ -214,17 +208,6 @@ impl SweepSpec {
         }
         Ok(out)
     }
-}
-
-fn set(config: &mut Value, key: &str, value: &Value, whose: &str) -> Result<()> {
-    let Some(slot) = config.get_mut(key) else {
-        return Err(invalid(
-            format!("{whose}.{key}"),
-            "is not a fine-tuning setting (see FinetuneConfig / finetune_config.json)",
-        ));
-    };
-    *slot = value.clone();
-    Ok(())
 }
 
 /// What a variant came to.
@@ -314,7 +297,7 @@ pub fn run_sweep(
                 format!("variant {}", variant.name),
                 format!(
                     "{} holds a run with other settings (the sweep file changed?); give the \
-                     sweep another --out or remove that directory",
+                     sweep another output directory or remove that directory",
                     dir.display()
                 ),
             ));
@@ -405,13 +388,12 @@ fn variant_answers(
         return Ok(s.report.scores);
     }
     let config = &variant.config;
-    let mut base = load_base_with(
-        &sources.model.path,
-        device,
-        &config.load_options(device)?,
-        config.template.as_deref(),
-    )?;
-    base.model.load_adapter(dir)?;
+    // The variant's own record (its settings and its base's 4-bit form) says how to load it.
+    let options = FinetunedOptions {
+        model: Some(sources.model.path.clone()),
+        ..FinetunedOptions::default()
+    };
+    let base = FinetunedModel::load(dir, device, &options)?.base;
     let mut model = base.model.valid();
     model.set_adapters_training(false);
     let encoder = base
@@ -445,8 +427,8 @@ fn variant_answers(
             ..GenerationConfig::default()
         });
     let report = score_generated_answers(&chat, &cases, &mut |_, _| {})?;
-    let scores = report.scores.clone();
-    crate::checkpoint::write_json(
+    let scores = report.scores;
+    crate::training::checkpoints::write_json(
         &saved,
         &SavedAnswers {
             settings: spec.clone(),
@@ -465,17 +447,11 @@ fn result_of(
     let metrics = dir.join(METRICS_FILE);
     let (mut last_loss, mut rates, mut peak) = (None, Vec::new(), None::<u64>);
     if metrics.is_file() {
-        let text = std::fs::read_to_string(&metrics).map_err(io_err(&metrics))?;
-        for line in text.lines() {
-            let Ok(v) = serde_json::from_str::<Value>(line) else {
-                continue;
-            };
-            if let Some(l) = v["loss"].as_f64() {
-                last_loss = Some(l);
-                if let Some(r) = v["tokens_per_s"].as_f64() {
-                    rates.push(r);
-                }
-                if let Some(p) = v["peak_rss_bytes"].as_u64() {
+        for record in read_metrics(&metrics)? {
+            if let MetricsRecord::Step(step) = record {
+                last_loss = Some(step.loss);
+                rates.push(step.tokens_per_s);
+                if let Some(p) = step.peak_rss_bytes {
                     peak = Some(peak.map_or(p, |q| q.max(p)));
                 }
             }
@@ -615,7 +591,7 @@ fn write_results(dir: &Path, variants: &[Variant], results: &[VariantResult]) ->
         .map(|r| dir.join(&r.name).join(METRICS_FILE))
         .collect();
     let refs: Vec<&Path> = metrics.iter().map(PathBuf::as_path).collect();
-    crate::plot::write_curves_plot(&refs, &dir.join("eval_loss.png"))
+    crate::training::plot::write_curves_plot(&refs, &dir.join("eval_loss.png"))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! the prediction into its components.
 //!
 //! ```
-//! use medify_qlora::memory_model::Architecture;
+//! use medify_qlora::training::memory_model::Architecture;
 //! let config = "llama-3-8b".parse::<Architecture>().unwrap().config();
 //! assert_eq!((config.hidden_size, config.num_hidden_layers, config.vocab_size), (4096, 32, 128256));
 //! assert!("llama-9b".parse::<Architecture>().is_err());
@@ -29,8 +29,10 @@ use crate::models::{
     CausalLm, Checkpointing, ComputeDtype, Label, LlamaConfig, LoadOptions, RandomWeights,
     TokenBatch,
 };
-use crate::optim::{AdamWConfig, PagedAdamW};
+use crate::optim::PagedAdamW;
 use crate::quant::QuantConfig;
+use crate::training::config::FinetuneConfig;
+use crate::training::step::train_step;
 
 /// The models people fine-tune with QLoRA, by their published `config.json` shapes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,23 +190,30 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
         .with_target_modules(TargetModules::AllLinear)
         .with_dropout(0.05);
     let summary = model.add_adapters(&lora)?;
-    let (batch, labels) = synthetic_batch(config.vocab_size, probe.batch_size, probe.seq_len);
-    let mut optim = PagedAdamW::new(
-        AdamWConfig::paged_adamw_32bit()
-            .with_weight_decay(0.0)
-            .with_max_grad_norm(Some(0.3)),
-    )?;
-    let tokens = probe.batch_size * (probe.seq_len - 1);
-    crate::memory::release_freed_memory();
-    let window = crate::memory::reset_peak_memory();
+    let micro_batches = [synthetic_batch(
+        config.vocab_size,
+        probe.batch_size,
+        probe.seq_len,
+    )];
+    // The trainer's optimizer and learning rate: QLoRA's recipe, FinetuneConfig's defaults.
+    let recipe = FinetuneConfig::default();
+    let mut optim = PagedAdamW::new(recipe.adamw_config()?)?;
+    crate::training::memory::release_freed_memory();
+    let window = crate::training::memory::reset_peak_memory();
     let started = Instant::now();
     let mut loss = f64::NAN;
-    for step in 0..probe.steps.max(1) {
-        model.seek_dropout(17, (step as u64 + 1) << 24);
-        let out =
-            model.loss_gradients(&batch, &labels, 1.0 / tokens as f32, probe.checkpointing)?;
-        model = optim.step(2e-4, model, out.grads)?.0;
-        loss = out.loss_sum / out.tokens.max(1) as f64;
+    for step in 1..=probe.steps.max(1) as u64 {
+        let (next, step_loss, _) = train_step(
+            model,
+            &mut optim,
+            &micro_batches,
+            recipe.seed,
+            step,
+            recipe.learning_rate,
+            probe.checkpointing,
+        )?;
+        model = next;
+        loss = step_loss;
     }
     let seconds_per_step = started.elapsed().as_secs_f64() / probe.steps.max(1) as f64;
     let peak_bytes = if crate::quant::is_flex(&device) {
@@ -214,7 +223,7 @@ pub fn measure_step_peak(probe: &MemoryProbe, layers: usize, device: &Device) ->
                 reason: "this system does not report peak memory (/proc/self/clear_refs)".into(),
             });
         }
-        crate::memory::peak_rss_bytes().unwrap_or(0)
+        crate::training::memory::peak_rss_bytes().unwrap_or(0)
     } else {
         device
             .memory_pool_usage()

@@ -1,7 +1,7 @@
 //! A small text classifier for red flags: word unigrams and bigrams plus character 3–5-grams
 //! (which carry misspellings and slang the rules never saw) feeding a multinomial logistic
 //! regression. It is trained in Rust, in well under a second, from the project's labelled
-//! messages (`data/triage/train.jsonl`, embedded), deterministically: the same data gives the same
+//! messages (`crates/medify-safety/data/train.jsonl`, embedded), deterministically: the same data gives the same
 //! weights on every machine. No download, no large model.
 
 use std::collections::HashMap;
@@ -108,7 +108,7 @@ impl TriageClassifier {
         let mut weights = vec![0f32; vocab.len() * CLASSES];
         let mut bias = vec![0f32; CLASSES];
         let mut grad_sq = vec![1e-8f32; vocab.len() * CLASSES];
-        let mut bias_sq = vec![1e-8f32; CLASSES];
+        let mut bias_sq = [1e-8f32; CLASSES];
         let mut order: Vec<usize> = (0..encoded.len()).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut z = [0f32; CLASSES];

@@ -10,12 +10,12 @@ use serde::{Deserialize, Serialize};
 use super::flags::{RedFlag, TriageLevel, UnknownFlag};
 use super::{Triage, Triager};
 
-/// The labelled messages the standard classifier is trained on (`data/triage/train.jsonl`).
-pub const TRAINING_SET: &str = include_str!("../../data/triage/train.jsonl");
+/// The labelled messages the standard classifier is trained on (`crates/medify-safety/data/train.jsonl`).
+pub const TRAINING_SET: &str = include_str!("../data/train.jsonl");
 
-/// The held-out labelled messages (`data/triage/heldout.jsonl`): never trained on, used to
+/// The held-out labelled messages (`crates/medify-safety/data/heldout.jsonl`): never trained on, used to
 /// report recall and false alarms.
-pub const HELD_OUT_SET: &str = include_str!("../../data/triage/heldout.jsonl");
+pub const HELD_OUT_SET: &str = include_str!("../data/heldout.jsonl");
 
 /// One labelled message: what a person wrote and the flag it should raise (`None`: a
 /// near-miss that must not raise any).
@@ -76,7 +76,7 @@ struct Record {
 /// `note` is allowed). Blank lines are skipped; `source_name` names the file in errors.
 ///
 /// ```
-/// use medify_qlora::safety::{RedFlag, parse_labelled};
+/// use medify_safety::{RedFlag, parse_labelled};
 /// let set = parse_labelled("{\"text\": \"I can't breathe\", \"label\": \"breathing\"}\n", "x.jsonl").unwrap();
 /// assert_eq!(set[0].label, Some(RedFlag::Breathing));
 /// let err = parse_labelled("{\"text\": \"hi\", \"label\": \"flu\"}", "x.jsonl").unwrap_err();
@@ -123,13 +123,13 @@ pub fn parse_labelled(
 
 /// The embedded training part ([`TRAINING_SET`]), parsed.
 pub fn training_messages() -> Vec<LabelledMessage> {
-    parse_labelled(TRAINING_SET, "data/triage/train.jsonl")
+    parse_labelled(TRAINING_SET, "crates/medify-safety/data/train.jsonl")
         .expect("the embedded training set parses (tested)")
 }
 
 /// The embedded held-out part ([`HELD_OUT_SET`]), parsed.
 pub fn held_out_messages() -> Vec<LabelledMessage> {
-    parse_labelled(HELD_OUT_SET, "data/triage/heldout.jsonl")
+    parse_labelled(HELD_OUT_SET, "crates/medify-safety/data/heldout.jsonl")
         .expect("the embedded held-out set parses (tested)")
 }
 

@@ -1,32 +1,31 @@
 //! [`Trainer`]: QLoRA training with gradient accumulation, evaluation, checkpoints and exact
 //! resume.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::optim::GradientsAccumulator;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
-use crate::checkpoint::{
-    self, BEST_DIR, CHECKPOINTS_DIR, CONFIG_FILE, METRICS_FILE, OPTIMIZER_FILE, STATE_FILE,
-    SUMMARY_FILE, TrainState,
-};
-use crate::config::FinetuneConfig;
 use crate::data::{Batch, PreparedData, Sequence, pack, unpacked};
 use crate::error::{FinetuneError, Result, io_err};
-use crate::evaluate::{EvalResult, batch_labels, evaluate, predicted_tokens, token_batch};
+use crate::evaluation::loss::{EvalResult, batch_labels, evaluate_loss, token_batch};
 use crate::lora::{LoraConfig, LoraExt, LoraSummary};
 use crate::models::CausalLm;
 use crate::optim::{LrSchedule, PagedAdamW};
-use crate::sources::{BaseQuantization, RunSources};
+use crate::training::checkpoints::{
+    self, BEST_DIR, CHECKPOINTS_DIR, CONFIG_FILE, OPTIMIZER_FILE, STATE_FILE, SUMMARY_FILE,
+    TrainState,
+};
+use crate::training::config::FinetuneConfig;
+use crate::training::metrics::{EvalMetrics, StepMetrics};
+use crate::training::observers::{RunContext, TrainObserver, default_observers};
+use crate::training::provenance::RunSources;
+use crate::training::step::{MicroBatch, step_gradients};
 
 /// Sequences to train and validate on, already tokenized with labels.
 #[derive(Debug, Clone, Default)]
@@ -82,7 +81,8 @@ pub struct TrainerOptions {
     pub out_dir: PathBuf,
     /// Write into a non-empty `out_dir` (replacing only the trainer's own files).
     pub overwrite: bool,
-    /// Show a progress bar on stderr.
+    /// Show a progress bar on stderr (the [`ProgressDisplay`](crate::training::ProgressDisplay)
+    /// observer among the defaults).
     pub progress: bool,
     /// Set (e.g. by a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub interrupt: Option<Arc<AtomicBool>>,
@@ -130,9 +130,6 @@ pub struct TrainSummary {
     pub last_checkpoint: Option<PathBuf>,
 }
 
-/// Dropout masks one step may draw per layer (micro-batches x forward passes), as a power of two.
-const DROPOUT_CALLS_PER_STEP_BITS: u32 = 24;
-
 /// Trains a model's LoRA adapters. See the crate documentation for a complete example.
 ///
 /// Adapter dropout masks are a counter-based hash of (config seed, layer, mask number); the
@@ -151,6 +148,7 @@ pub struct Trainer {
     total_steps: u64,
     summary: Option<LoraSummary>,
     last_checkpoint: Option<PathBuf>,
+    observers: Vec<Box<dyn TrainObserver>>,
 }
 
 fn micro_batches_per_epoch(train: usize, batch: usize) -> usize {
@@ -171,8 +169,8 @@ impl Trainer {
                 "no training sequences: every record was filtered out".into(),
             ));
         }
-        checkpoint::prepare_run_dir(&options.out_dir, options.overwrite)?;
-        checkpoint::remove_leftovers(&options.out_dir)?;
+        checkpoints::prepare_run_dir(&options.out_dir, options.overwrite)?;
+        checkpoints::remove_leftovers(&options.out_dir)?;
         let mut lora = config.lora_config()?;
         if let Some(sources) = &options.sources {
             lora.base_model_name_or_path
@@ -180,7 +178,7 @@ impl Trainer {
         }
         let summary = model.add_adapters(&lora)?;
         model.set_adapters_training(true);
-        checkpoint::write_json(&options.out_dir.join(CONFIG_FILE), &config)?;
+        checkpoints::write_json(&options.out_dir.join(CONFIG_FILE), &config)?;
         let trainer = Self::assemble(
             config,
             lora,
@@ -203,7 +201,7 @@ impl Trainer {
         data: TrainData,
         options: TrainerOptions,
     ) -> Result<Trainer> {
-        let (config, _) = checkpoint::read_checkpoint(checkpoint_dir)?;
+        let (config, _) = checkpoints::read_checkpoint(checkpoint_dir)?;
         Self::resume_with(checkpoint_dir, &config, model, data, options)
     }
 
@@ -217,7 +215,7 @@ impl Trainer {
         data: TrainData,
         options: TrainerOptions,
     ) -> Result<Trainer> {
-        let (saved, state) = checkpoint::read_checkpoint(checkpoint_dir)?;
+        let (saved, state) = checkpoints::read_checkpoint(checkpoint_dir)?;
         let config = saved.resumed_with(requested)?;
         if let Some(max) = config.max_steps.filter(|&m| m < state.step) {
             return Err(FinetuneError::Config {
@@ -231,7 +229,7 @@ impl Trainer {
         let (lora, summary) = model.load_adapter(checkpoint_dir)?;
         model.set_adapters_training(true);
         std::fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
-        checkpoint::remove_leftovers(&options.out_dir)?;
+        checkpoints::remove_leftovers(&options.out_dir)?;
         let mut trainer = Self::assemble(config, lora, model, data, options, state, Some(summary))?;
         let state_file = checkpoint_dir.join(OPTIMIZER_FILE);
         trainer.optimizer.load_state(&state_file)?;
@@ -245,7 +243,7 @@ impl Trainer {
             })?;
         trainer.last_checkpoint = Some(checkpoint_dir.to_path_buf());
         trainer.write_sources(&trainer.options.out_dir)?;
-        checkpoint::write_json(&trainer.options.out_dir.join(CONFIG_FILE), &trainer.config)?;
+        checkpoints::write_json(&trainer.options.out_dir.join(CONFIG_FILE), &trainer.config)?;
         Ok(trainer)
     }
 
@@ -255,11 +253,7 @@ impl Trainer {
             return Ok(());
         };
         let mut sources = sources.clone();
-        sources.model.quantization = Some(BaseQuantization {
-            quant: self.config.quant,
-            blocksize: self.config.quant_blocksize,
-            double_quant: self.config.double_quant,
-        });
+        sources.model.quantization = Some(self.config.quantization);
         sources.write(dir)
     }
 
@@ -283,6 +277,7 @@ impl Trainer {
         let total_steps = config.max_steps.unwrap_or(per_epoch * config.epochs as u64);
         let schedule = config.schedule(total_steps)?;
         let optimizer = PagedAdamW::new(config.adamw_config()?)?;
+        let observers = default_observers(options.progress);
         Ok(Trainer {
             config,
             lora,
@@ -295,7 +290,49 @@ impl Trainer {
             total_steps,
             summary,
             last_checkpoint: None,
+            observers,
         })
+    }
+
+    /// The observers of the training loop, in the order they are called: the
+    /// [`default_observers`] until changed. Push one of your own, remove a default (say the
+    /// process-wide [`PeakMemory`](crate::training::PeakMemory) when several trainers share a
+    /// process) or clear them all; the adapter, checkpoints and resume do not depend on them.
+    pub fn observers_mut(&mut self) -> &mut Vec<Box<dyn TrainObserver>> {
+        &mut self.observers
+    }
+
+    /// Adds `observer` after the others.
+    pub fn add_observer(&mut self, observer: impl TrainObserver + 'static) {
+        self.observers.push(Box::new(observer));
+    }
+
+    /// Removes the observers named `name` (see [`TrainObserver::name`]); returns how many.
+    pub fn remove_observer(&mut self, name: &str) -> usize {
+        let before = self.observers.len();
+        self.observers.retain(|o| o.name() != name);
+        before - self.observers.len()
+    }
+
+    /// Calls `f` on every observer with the run as it stands. The observers are put back even
+    /// when one fails.
+    fn notify(
+        &mut self,
+        mut f: impl FnMut(&mut dyn TrainObserver, &RunContext) -> Result<()>,
+    ) -> Result<()> {
+        let mut observers = std::mem::take(&mut self.observers);
+        let result = {
+            let run = RunContext {
+                out_dir: &self.options.out_dir,
+                config: &self.config,
+                total_steps: self.total_steps,
+                state: &self.state,
+                model: self.model(),
+            };
+            observers.iter_mut().try_for_each(|o| f(o.as_mut(), &run))
+        };
+        self.observers = observers;
+        result
     }
 
     /// The model with its adapters.
@@ -339,7 +376,7 @@ impl Trainer {
             return Ok(None);
         }
         let batch = self.config.batch_size.max(4);
-        let r = evaluate(self.model(), &self.data.validation, self.data.pad_id, batch)?;
+        let r = evaluate_loss(self.model(), &self.data.validation, self.data.pad_id, batch)?;
         // Validation rows with no labelled token (all cut by max_len) give no loss to track.
         Ok((r.tokens > 0).then_some(r))
     }
@@ -371,41 +408,31 @@ impl Trainer {
         window
     }
 
-    /// One optimizer step over a window of micro-batches; the loss is weighted by tokens across
-    /// the whole window, so accumulation equals one large batch.
+    /// One optimizer step over the next window of micro-batches ([`step_gradients`], then the
+    /// optimizer); the trainer keeps the model whatever fails.
     fn step(&mut self) -> Result<(f64, usize, crate::optim::StepReport)> {
         let step = self.state.step + 1;
         let window = self.next_window();
-        let rows: Vec<Vec<Sequence>> = window
+        let micro_batches: Vec<MicroBatch> = window
             .iter()
-            .map(|idx| idx.iter().map(|&i| self.data.train[i].clone()).collect())
+            .map(|idx| {
+                let rows: Vec<Sequence> = idx.iter().map(|&i| self.data.train[i].clone()).collect();
+                let batch = Batch::collate(&rows, self.data.pad_id);
+                (token_batch(&batch), batch_labels(&batch))
+            })
             .collect();
-        let tokens: usize = rows.iter().flatten().map(predicted_tokens).sum();
         let model = self.model();
-        // Masks are numbered by step, so a resumed run draws the same ones.
-        model.seek_dropout(self.config.seed, step << DROPOUT_CALLS_PER_STEP_BITS);
-        let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-        let mut loss_sum = 0.0;
-        for batch_rows in &rows {
-            if batch_rows.iter().map(predicted_tokens).sum::<usize>() == 0 {
-                continue;
-            }
-            let batch = Batch::collate(batch_rows, self.data.pad_id);
-            let scale = 1.0 / tokens.max(1) as f32;
-            let out = model.loss_gradients(
-                &token_batch(&batch),
-                &batch_labels(&batch),
-                scale,
-                self.config.checkpointing(),
-            )?;
-            accumulator.accumulate(model, out.grads);
-            loss_sum += out.loss_sum;
-        }
-        let loss = loss_sum / tokens.max(1) as f64;
-        if !loss.is_finite() {
+        let g = step_gradients(
+            model,
+            &micro_batches,
+            self.config.seed,
+            step,
+            self.config.checkpointing(),
+        )?;
+        if !g.loss.is_finite() {
             return Err(FinetuneError::NonFiniteLoss {
                 step,
-                loss,
+                loss: g.loss,
                 last_checkpoint: self.last_checkpoint.clone(),
             });
         }
@@ -417,11 +444,11 @@ impl Trainer {
             .model
             .take()
             .expect("the model is only taken for the optimizer step");
-        let (model, report) = self.optimizer.step(lr, model, accumulator.grads())?;
+        let (model, report) = self.optimizer.step(lr, model, g.grads)?;
         self.model = Some(model);
         self.state.step = step;
-        self.state.tokens += tokens as u64;
-        Ok((loss, tokens, report))
+        self.state.tokens += g.tokens as u64;
+        Ok((g.loss, g.tokens, report))
     }
 
     /// Writes a checkpoint (adapter, optimizer state, position, configuration) atomically and
@@ -433,92 +460,70 @@ impl Trainer {
             .join(CHECKPOINTS_DIR)
             .join(format!("step-{:06}", self.state.step));
         std::fs::create_dir_all(dir.parent().unwrap_or(&dir)).map_err(io_err(&dir))?;
-        checkpoint::write_dir_atomic(&dir, |tmp| {
+        checkpoints::write_dir_atomic(&dir, |tmp| {
             self.save_adapter_to(tmp)?;
             self.optimizer.save(&tmp.join(OPTIMIZER_FILE), true)?;
-            checkpoint::write_json(&tmp.join(STATE_FILE), &self.state)?;
-            checkpoint::write_json(&tmp.join(CONFIG_FILE), &self.config)
+            checkpoints::write_json(&tmp.join(STATE_FILE), &self.state)?;
+            checkpoints::write_json(&tmp.join(CONFIG_FILE), &self.config)
         })?;
-        checkpoint::prune_checkpoints(&self.options.out_dir, self.config.keep_last)?;
+        checkpoints::prune_checkpoints(&self.options.out_dir, self.config.keep_last)?;
         self.last_checkpoint = Some(dir.clone());
+        self.notify(|o, run| o.on_checkpoint(run, &dir))?;
         Ok(dir)
-    }
-
-    fn log(&self, line: serde_json::Value) -> Result<()> {
-        let path = self.options.out_dir.join(METRICS_FILE);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        writeln!(f, "{line}").map_err(io_err(&path))
     }
 
     fn evaluate_and_log(&mut self) -> Result<Option<EvalResult>> {
         let Some(r) = self.evaluate()? else {
             return Ok(None);
         };
-        self.log(json!({"step": self.state.step, "eval_loss": r.loss,
-            "eval_perplexity": r.perplexity, "eval_tokens": r.tokens}))?;
+        let eval = EvalMetrics::of(self.state.step, &r);
+        self.notify(|o, run| o.on_eval(run, &eval))?;
         let better = self.state.best_eval.is_none_or(|(_, best)| r.loss < best);
         if better && self.state.step > 0 {
             self.state.best_eval = Some((self.state.step, r.loss));
             let dir = self.options.out_dir.join(BEST_DIR);
-            checkpoint::write_dir_atomic(&dir, |tmp| self.save_adapter_to(tmp))?;
+            checkpoints::write_dir_atomic(&dir, |tmp| self.save_adapter_to(tmp))?;
         }
         Ok(Some(r))
     }
 
     /// Trains to the last step (or until interrupted), evaluating and checkpointing as
-    /// configured, then writes the adapter, the summary and the loss plot into the run
-    /// directory.
+    /// configured, then writes the adapter and the summary into the run directory; the
+    /// observers write the rest (by default `metrics.jsonl`, the progress bar, `loss.png` and
+    /// the model card).
     pub fn train(&mut self) -> Result<TrainSummary> {
         let started = Instant::now();
+        self.notify(|o, run| o.on_train_start(run))?;
         if self.state.step == 0 && self.state.eval_before.is_none() {
             self.state.eval_before = self.evaluate_and_log()?;
         }
-        let bar = if self.options.progress {
-            ProgressBar::new(self.total_steps)
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.set_position(self.state.step);
         let mut last_loss = None;
         let mut interrupted = false;
         while self.state.step < self.total_steps {
+            self.notify(|o, run| o.before_step(run))?;
             let t = Instant::now();
-            let window = crate::memory::reset_peak_memory();
             let (loss, tokens, report) = self.step()?;
             let secs = t.elapsed().as_secs_f64();
-            let memory = crate::memory::StepMemory::read(window, &self.model().device());
             last_loss = Some(loss);
-            let lr = report.lr;
-            self.log(
-                json!({"step": self.state.step, "epoch": self.state.epoch, "loss": loss,
-                "lr": lr, "grad_norm": report.grad_norm, "clip_scale": report.clip_scale,
-                "tokens": tokens, "tokens_per_s": tokens as f64 / secs.max(1e-9),
-                "skipped": !report.applied, "elapsed_s": started.elapsed().as_secs_f64(),
-                "peak_rss_bytes": memory.peak_rss_bytes,
-                "device_reserved_bytes": memory.device_reserved_bytes}),
-            )?;
-            bar.set_message(format!(
-                "loss {loss:.4}  lr {lr:.2e}  {:.0} tok/s",
-                tokens as f64 / secs.max(1e-9)
-            ));
-            bar.set_position(self.state.step);
+            let mut metrics = StepMetrics {
+                step: self.state.step,
+                epoch: self.state.epoch,
+                loss,
+                lr: report.lr,
+                grad_norm: report.grad_norm,
+                clip_scale: report.clip_scale,
+                tokens: tokens as u64,
+                tokens_per_s: tokens as f64 / secs.max(1e-9),
+                skipped: !report.applied,
+                elapsed_s: started.elapsed().as_secs_f64(),
+                peak_rss_bytes: None,
+                device_reserved_bytes: None,
+            };
+            self.notify(|o, run| o.after_step(run, &mut metrics))?;
             let step = self.state.step;
             let every = |n: u64| n > 0 && step.is_multiple_of(n);
             if every(self.config.eval_every) && self.state.step < self.total_steps {
-                if let Some(r) = self.evaluate_and_log()? {
-                    bar.println(format!(
-                        "step {}: eval loss {:.4} (perplexity {:.2})",
-                        self.state.step, r.loss, r.perplexity
-                    ));
-                }
+                self.evaluate_and_log()?;
             }
             if every(self.config.save_every) {
                 self.save_checkpoint()?;
@@ -536,7 +541,6 @@ impl Trainer {
                 break;
             }
         }
-        bar.finish_and_clear();
         let eval_after = if interrupted {
             None
         } else {
@@ -558,11 +562,8 @@ impl Trainer {
             interrupted,
             last_checkpoint: self.last_checkpoint.clone(),
         };
-        checkpoint::write_json(&out.join(SUMMARY_FILE), &summary)?;
-        crate::plot::write_loss_plot(&out.join(METRICS_FILE), &out.join(checkpoint::PLOT_FILE))?;
-        if !interrupted {
-            crate::model_card::write_model_card(&out, &crate::model_card::CardOptions::default())?;
-        }
+        checkpoints::write_json(&out.join(SUMMARY_FILE), &summary)?;
+        self.notify(|o, run| o.on_train_end(run, &summary))?;
         Ok(summary)
     }
 }

@@ -1,18 +1,18 @@
-//! [`start_run`]: a fine-tuning run from its settings and sources, ready to train: the base
+//! `start_run`: a fine-tuning run from its settings and sources, ready to train: the base
 //! loaded (held as the settings say), the data read and rendered through the chat template, and
-//! the trainer created or resumed. `cargo xtask finetune` and [`crate::run_sweep`] both start
-//! their runs here.
+//! the trainer created or resumed. [`Finetune`](crate::Finetune) and [`crate::run_sweep`] both
+//! start their runs here.
 
 use std::path::Path;
 
 use burn::tensor::Device;
 
-use crate::base::load_base_with;
-use crate::config::FinetuneConfig;
 use crate::data::prepare;
 use crate::error::Result;
-use crate::sources::RunSources;
-use crate::trainer::{TrainData, Trainer, TrainerOptions};
+use crate::loading::base::load_base_with;
+use crate::training::config::FinetuneConfig;
+use crate::training::provenance::RunSources;
+use crate::training::trainer::{TrainData, Trainer, TrainerOptions};
 
 /// A run ready to [`Trainer::train`], and what its data came to.
 pub struct StartedRun {
@@ -24,12 +24,14 @@ pub struct StartedRun {
     pub train_sequences: usize,
     /// Validation sequences.
     pub validation_sequences: usize,
+    /// The model and data the run trains on.
+    pub sources: RunSources,
 }
 
 /// Loads `sources.model` on `device` (an autodiff device), prepares `sources.data` with
 /// `config`, and creates the trainer writing to `options.out_dir`, or resumes it from
 /// `resume` (a checkpoint directory). `options.sources` is set to `sources`.
-pub fn start_run(
+pub(crate) fn start_run(
     config: &FinetuneConfig,
     sources: RunSources,
     device: &Device,
@@ -55,7 +57,7 @@ pub fn start_run(
         data.validation.len(),
     );
     let options = TrainerOptions {
-        sources: Some(sources),
+        sources: Some(sources.clone()),
         ..options
     };
     let trainer = match resume {
@@ -67,5 +69,6 @@ pub fn start_run(
         records,
         train_sequences,
         validation_sequences,
+        sources,
     })
 }

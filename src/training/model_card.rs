@@ -14,13 +14,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::chat::DISCLAIMER;
-use crate::checkpoint::{CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, read_json, write_atomic};
-use crate::config::FinetuneConfig;
 use crate::error::{FinetuneError, Result, io_err};
 use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-use crate::sources::{DataOrigin, RunSources};
-use crate::trainer::TrainSummary;
+use crate::safety::DISCLAIMER;
+use crate::training::checkpoints::{CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, read_json, write_atomic};
+use crate::training::config::FinetuneConfig;
+use crate::training::provenance::{DataOrigin, RunSources};
+use crate::training::trainer::TrainSummary;
 
 /// The card's file name (what the Hub shows).
 pub const CARD_FILE: &str = "README.md";
@@ -224,7 +224,7 @@ impl ModelCard {
             || format!("`{}`", self.base_file),
             |b| format!("[{b}](https://huggingface.co/{b})"),
         );
-        let method = match (c.use_dora, c.quant.quant_type()) {
+        let method = match (c.use_dora, c.quantization.quant.quant_type()) {
             (true, Some(_)) => "QDoRA (DoRA over a 4-bit base)",
             (true, None) => "DoRA",
             (false, Some(_)) => "QLoRA",
@@ -270,12 +270,12 @@ impl ModelCard {
             Value::Bool(b) => b.to_string(),
             _ => "-".into(),
         };
-        let quant = match c.quant.quant_type() {
+        let quant = match c.quantization.quant.quant_type() {
             Some(_) => format!(
                 "{} blocksize {}{}",
-                c.quant.as_str().to_uppercase(),
-                c.quant_blocksize,
-                if c.double_quant {
+                c.quantization.quant.as_str().to_uppercase(),
+                c.quantization.blocksize,
+                if c.quantization.double_quant {
                     ", double quantization"
                 } else {
                     ""
@@ -482,7 +482,7 @@ pub fn export_hub(
     };
     let mut ours = HUB_FILES.to_vec();
     ours.extend([".git", ".gitattributes"]); // a clone of the Hub repository to push from
-    crate::base::check_output_dir(out, overwrite, &ours)?;
+    crate::loading::base::check_output_dir(out, overwrite, &ours)?;
     std::fs::create_dir_all(out).map_err(io_err(out))?;
     let mut files = Vec::new();
 
@@ -508,7 +508,7 @@ pub fn export_hub(
             last_checkpoint: None,
             ..summary.clone()
         };
-        crate::checkpoint::write_json(&out.join(SUMMARY_FILE), &summary)?;
+        crate::training::checkpoints::write_json(&out.join(SUMMARY_FILE), &summary)?;
         files.push(SUMMARY_FILE.to_string());
     }
 
@@ -591,16 +591,20 @@ mod tests {
     /// `base_model`; export needs the Hub id; a user's README.md is never replaced.
     #[test]
     fn a_local_base_needs_its_hub_id() {
-        use crate::sources::{DataSource, ModelSource};
+        use crate::training::provenance::{DataSource, ModelSource};
         let dir = std::env::temp_dir().join(format!("medify-card-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let base = dir.join("my-base.gguf");
         std::fs::write(&base, b"weights").unwrap();
-        crate::checkpoint::write_json(&dir.join(CONFIG_FILE), &FinetuneConfig::default()).unwrap();
+        crate::training::checkpoints::write_json(
+            &dir.join(CONFIG_FILE),
+            &FinetuneConfig::default(),
+        )
+        .unwrap();
         let adapter = serde_json::json!({"r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
             "target_modules": ["q_proj"], "base_model_name_or_path": base.display().to_string()});
-        crate::checkpoint::write_json(&dir.join(ADAPTER_CONFIG), &adapter).unwrap();
+        crate::training::checkpoints::write_json(&dir.join(ADAPTER_CONFIG), &adapter).unwrap();
         RunSources {
             model: ModelSource::new(&base, None).unwrap(),
             data: DataSource::embedded(),

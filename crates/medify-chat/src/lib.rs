@@ -1,16 +1,32 @@
 //! [`Chat`]: multi-turn conversation with a (fine-tuned) model through its chat template, with
-//! the medical safety layer: red-flag triage before the answer, an educational default system
-//! prompt, and a disclaimer after every answer.
+//! the medical safety layer of [`medify_safety`]: red-flag triage before the answer, an
+//! educational default system prompt, and a disclaimer after every answer.
+//!
+//! It needs a model, its tokenizer and a [`ChatEncoder`] ([`chat_encoder`] makes one from the
+//! tokenizer), not the trainer: the server and the terminal chat are built on it.
 
-use crate::data::{ChatEncoder, Message, Role};
-use crate::error::Result;
-use crate::models::{CausalLm, GenerationConfig, ModelTokenizer, TextStreamer};
-use crate::safety::{DEFAULT_SYSTEM_PROMPT, Triage, triage};
+use std::path::Path;
 
-/// Appended to every answer unless turned off: the model is not a clinician.
-pub const DISCLAIMER: &str = "This answer is general information from an AI model, not a \
-diagnosis or medical advice. Please see a doctor or other qualified health professional about \
-your situation. In an emergency, call your local emergency number (such as 911 or 112) now.";
+use medify_data::{
+    BUILTIN_TEMPLATES, ChatEncoder, ChatTemplate, DataError, Message, Role, TokenizerSpecials,
+};
+use medify_models::{CausalLm, GenerationConfig, ModelError, ModelTokenizer, TextStreamer};
+pub use medify_safety::DISCLAIMER;
+use medify_safety::{DEFAULT_SYSTEM_PROMPT, Triage, triage};
+
+/// What can go wrong while answering.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    /// Loading the tokenizer, encoding, generating or decoding.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// Rendering the conversation through the chat template.
+    #[error(transparent)]
+    Data(#[from] DataError),
+}
+
+/// Result alias of this crate.
+pub type Result<T> = std::result::Result<T, ChatError>;
 
 /// One answer.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,10 +62,12 @@ impl Reply {
 ///
 /// ```
 /// use burn::tensor::Device;
-/// use medify_qlora::{Chat, load_base};
-/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama");
-/// let base = load_base(dir.as_ref(), &Device::flex(), None, None).unwrap();
-/// let mut chat = Chat::new(&base.model, &base.tokenizer, &base.encoder).with_max_new_tokens(8);
+/// use medify_chat::{Chat, chat_encoder};
+/// use medify_models::{LoadOptions, load_pretrained};
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama");
+/// let (model, tokenizer, _) = load_pretrained(dir, &Device::flex(), &LoadOptions::dense()).unwrap();
+/// let encoder = chat_encoder(&tokenizer, None).unwrap();
+/// let mut chat = Chat::new(&model, &tokenizer, &encoder).with_max_new_tokens(8);
 /// let reply = chat.respond("What is anemia?", &mut |_| {}).unwrap();
 /// assert!(reply.ids.len() <= 8);
 /// assert!(reply.display_text().contains("not a diagnosis"));
@@ -212,4 +230,50 @@ impl<'a> Chat<'a> {
     pub fn generation(&self) -> &GenerationConfig {
         &self.generation
     }
+}
+
+/// The chat encoder of a tokenizer: the model's own chat template, or the built-in `template`
+/// when one is named, with the tokenizer's special tokens. The tokenizer is the one the model
+/// loaded, so training records, prompts and generation share one set of ids.
+///
+/// ```
+/// use medify_chat::chat_encoder;
+/// use medify_models::ModelTokenizer;
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama");
+/// let tok = ModelTokenizer::load(dir).unwrap();
+/// let encoder = chat_encoder(&tok, Some("chatml")).unwrap();
+/// assert_eq!(encoder.template().name(), "chatml");
+/// ```
+pub fn chat_encoder(tokenizer: &ModelTokenizer, template: Option<&str>) -> Result<ChatEncoder> {
+    let chat = match (template, &tokenizer.chat_template) {
+        (Some(name), _) => ChatTemplate::builtin(name)?,
+        (None, Some(t)) => ChatTemplate::new(tokenizer.chat_template_origin(), t)?,
+        (None, None) => {
+            return Err(DataError::Invalid(format!(
+                "{} has no chat template; name a built-in one ({})",
+                tokenizer.chat_template_origin(),
+                BUILTIN_TEMPLATES.join(", ")
+            ))
+            .into());
+        }
+    };
+    let specials = TokenizerSpecials {
+        bos: tokenizer.bos_token.clone(),
+        eos: tokenizer.eos_token.clone(),
+        pad: tokenizer.pad_token.clone(),
+        unk: tokenizer.unk_token.clone(),
+    };
+    Ok(ChatEncoder::new(tokenizer.inner().clone(), chat, specials))
+}
+
+/// The chat encoder of a tokenizer or model directory or a `.gguf` file, without loading the
+/// weights (for previews and data preparation).
+///
+/// ```
+/// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama.gguf");
+/// let encoder = medify_chat::load_chat_encoder(path.as_ref(), Some("chatml")).unwrap();
+/// assert!(encoder.tokenizer().get_vocab_size(true) > 0);
+/// ```
+pub fn load_chat_encoder(path: &Path, template: Option<&str>) -> Result<ChatEncoder> {
+    chat_encoder(&ModelTokenizer::load(path)?, template)
 }

@@ -54,16 +54,16 @@ pub fn predicted_tokens(seq: &Sequence) -> usize {
 /// ```
 /// use burn::tensor::Device;
 /// use medify_qlora::data::Sequence;
-/// use medify_qlora::{evaluate, load_base};
+/// use medify_qlora::{evaluate_loss, load_base};
 /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama");
 /// let base = load_base(dir.as_ref(), &Device::flex(), None, None).unwrap();
 /// let seq = Sequence { input_ids: vec![1, 5, 6, 7], labels: vec![-100, 5, 6, 7],
 ///     positions: vec![0, 1, 2, 3], segments: vec![0; 4] };
-/// let r = evaluate(&base.model, &[seq], 0, 4).unwrap();
+/// let r = evaluate_loss(&base.model, &[seq], 0, 4).unwrap();
 /// assert_eq!((r.tokens, r.records), (3, 1));
 /// assert!(r.loss > 0.0 && (r.perplexity - r.loss.exp()).abs() < 1e-9);
 /// ```
-pub fn evaluate(
+pub fn evaluate_loss(
     model: &CausalLm,
     sequences: &[Sequence],
     pad_id: u32,

@@ -1,6 +1,7 @@
 //! The medical safety layer of `chat` and `serve`: triage of the user's message before the
-//! model answers, the routing put before its answer, and the default system prompt that keeps
-//! the assistant educational.
+//! model answers, the routing put before its answer, the default system prompt that keeps the
+//! assistant educational, and the disclaimer after every answer. No model and no backend: the
+//! server, the chat and the model card use it without the trainer.
 //!
 //! Triage has two levels ([`TriageLevel`]): **emergency** (call the local emergency number now)
 //! and **urgent** (see a clinician today). It combines
@@ -42,6 +43,11 @@ Explain health topics in plain language for education only. Do not diagnose cond
 prescribe or dose medications, and do not replace a clinician: encourage the user to see a \
 doctor or other qualified health professional about their own situation, and to call emergency \
 services for anything urgent.";
+
+/// Appended to every answer unless turned off: the model is not a clinician.
+pub const DISCLAIMER: &str = "This answer is general information from an AI model, not a \
+diagnosis or medical advice. Please see a doctor or other qualified health professional about \
+your situation. In an emergency, call your local emergency number (such as 911 or 112) now.";
 
 /// What an emergency message asks the user to do.
 pub const EMERGENCY_ADVICE: &str = "This may be a medical emergency. Call your local emergency \
@@ -185,7 +191,7 @@ impl Triager {
 /// when it reads as a question about a topic or names no warning sign.
 ///
 /// ```
-/// use medify_qlora::safety::{RedFlag, TriageLevel, triage};
+/// use medify_safety::{RedFlag, TriageLevel, triage};
 /// let t = triage("My dad's face is drooping and he can't lift his arm").unwrap();
 /// assert_eq!((t.level, t.flags.as_slice()), (TriageLevel::Emergency, &[RedFlag::Stroke][..]));
 /// assert!(t.message.contains("emergency number"));

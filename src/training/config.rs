@@ -7,7 +7,58 @@ use crate::error::{FinetuneError, Result};
 use crate::lora::{LoraConfig, TargetModules};
 use crate::models::{Checkpointing, ComputeDtype, LoadOptions};
 use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, StateBits, Warmup};
-use crate::quant::{QuantConfig, QuantType};
+use crate::quant::{QuantConfig, QuantType, check_blocksize};
+
+/// How the frozen base is held while an adapter trains over it: the run's setting
+/// (flattened into [`FinetuneConfig`]: `quant`, `quant_blocksize`, `double_quant`) and what a
+/// run records of its base (`run_sources.json`), so evaluation, chat and merges load the base
+/// in the form the adapter learned against.
+///
+/// ```
+/// use medify_qlora::{BaseQuant, BaseQuantization};
+/// let q = BaseQuantization::default();
+/// assert_eq!((q.quant, q.blocksize, q.double_quant), (BaseQuant::Nf4, 64, true));
+/// assert!(BaseQuantization { blocksize: 48, ..q }.quant_config().is_err());
+/// assert_eq!(BaseQuantization { quant: BaseQuant::Dense, ..q }.quant_config().unwrap(), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BaseQuantization {
+    /// `nf4` or `fp4` for the frozen base (`none` keeps it dense: plain LoRA).
+    pub quant: BaseQuant,
+    /// Values per 4-bit absmax block (a power of two in 32..=4096).
+    #[serde(rename = "quant_blocksize", alias = "blocksize")]
+    pub blocksize: usize,
+    /// Quantize the absmax values again (double quantization).
+    pub double_quant: bool,
+}
+
+impl Default for BaseQuantization {
+    /// QLoRA's: NF4, blocks of 64, double quantization.
+    fn default() -> Self {
+        BaseQuantization {
+            quant: BaseQuant::Nf4,
+            blocksize: 64,
+            double_quant: true,
+        }
+    }
+}
+
+impl BaseQuantization {
+    /// The 4-bit settings to load the base with, or `None` for a dense base. The block size
+    /// is checked by the quantizer's own rule.
+    pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
+        let Some(quant_type) = self.quant.quant_type() else {
+            return Ok(None);
+        };
+        check_blocksize(self.blocksize).map_err(|e| bad("quant_blocksize", e.to_string()))?;
+        Ok(Some(QuantConfig {
+            quant_type,
+            blocksize: self.blocksize,
+            double_quant: self.double_quant,
+        }))
+    }
+}
 
 /// How the frozen base's linear layers are held: QLoRA's 4-bit codes, or dense (plain LoRA).
 ///
@@ -146,12 +197,9 @@ impl std::str::FromStr for Optimizer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct FinetuneConfig {
-    /// `nf4` or `fp4` for the frozen base (`none` keeps it dense: plain LoRA).
-    pub quant: BaseQuant,
-    /// Values per 4-bit absmax block.
-    pub quant_blocksize: usize,
-    /// Quantize the absmax values again (double quantization).
-    pub double_quant: bool,
+    /// How the frozen base is held (`quant`, `quant_blocksize`, `double_quant` in the file).
+    #[serde(flatten)]
+    pub quantization: BaseQuantization,
     /// LoRA rank.
     pub lora_r: usize,
     /// LoRA alpha.
@@ -224,9 +272,7 @@ pub struct FinetuneConfig {
 impl Default for FinetuneConfig {
     fn default() -> Self {
         FinetuneConfig {
-            quant: BaseQuant::Nf4,
-            quant_blocksize: 64,
-            double_quant: true,
+            quantization: BaseQuantization::default(),
             lora_r: 64,
             lora_alpha: 16.0,
             lora_dropout: 0.05,
@@ -341,30 +387,58 @@ impl FinetuneConfig {
         Checkpointing::from_flags(self.gradient_checkpointing, self.offload_checkpoints)
     }
 
-    /// Reads a JSON config; unknown fields are errors naming them.
+    /// Reads a JSON config over the defaults ([`with_settings`](Self::with_settings)):
+    /// unknown fields and values of the wrong kind are errors naming them.
     pub fn from_json(text: &str) -> Result<FinetuneConfig> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| bad("(file)", e.to_string()))?;
-        let known = serde_json::to_value(FinetuneConfig::default())
-            .map_err(|e| bad("(file)", e.to_string()))?;
-        if let (Some(obj), Some(known)) = (value.as_object(), known.as_object()) {
-            if let Some(k) = obj.keys().find(|k| !known.contains_key(*k)) {
-                return Err(bad(k, "unknown setting"));
-            }
+        let serde_json::Value::Object(settings) = value else {
+            return Err(bad("(file)", "is not a JSON object of settings"));
+        };
+        FinetuneConfig::default().with_settings(&settings)
+    }
+
+    /// These settings with `settings` (setting name → JSON value, as in
+    /// `finetune_config.json`) put over them: the one way settings are changed, whether they
+    /// come from a config file, a sweep, a resumed run's request or command-line flags. An
+    /// unknown name or a value that does not fit is an error naming the setting; the result is
+    /// validated.
+    ///
+    /// ```
+    /// use medify_qlora::FinetuneConfig;
+    /// let settings = serde_json::json!({"lora_r": 8, "quant": "none"});
+    /// let c = FinetuneConfig::default().with_settings(settings.as_object().unwrap()).unwrap();
+    /// assert_eq!((c.lora_r, c.quant_config().unwrap()), (8, None));
+    /// let wrong = serde_json::json!({"lora_rank": 8});
+    /// let e = FinetuneConfig::default().with_settings(wrong.as_object().unwrap()).unwrap_err();
+    /// assert!(e.to_string().contains("lora_rank"));
+    /// ```
+    pub fn with_settings(
+        &self,
+        settings: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<FinetuneConfig> {
+        let serde_json::Value::Object(current) =
+            serde_json::to_value(self).map_err(|e| bad("(settings)", e.to_string()))?
+        else {
+            return Err(bad("(settings)", "settings do not serialize to an object"));
+        };
+        if let Some(k) = settings.keys().find(|k| !current.contains_key(*k)) {
+            return Err(bad(k, "unknown setting"));
         }
-        let config: FinetuneConfig = serde_json::from_value(value.clone()).map_err(|e| {
-            // Name the setting whose value does not fit: try each one alone over the defaults.
-            let field = value.as_object().and_then(|obj| {
-                obj.iter().find_map(|(k, v)| {
-                    let mut one = known.as_object()?.clone();
+        let mut merged = current.clone();
+        merged.extend(settings.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let config: FinetuneConfig = serde_json::from_value(serde_json::Value::Object(merged))
+            .map_err(|e| {
+                // Name the setting whose value does not fit: try each one alone.
+                let field = settings.iter().find_map(|(k, v)| {
+                    let mut one = current.clone();
                     one.insert(k.clone(), v.clone());
                     serde_json::from_value::<FinetuneConfig>(serde_json::Value::Object(one))
                         .err()
                         .map(|_| k.clone())
-                })
-            });
-            bad(field.as_deref().unwrap_or("(file)"), e.to_string())
-        })?;
+                });
+                bad(field.as_deref().unwrap_or("(settings)"), e.to_string())
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -412,21 +486,7 @@ impl FinetuneConfig {
 
     /// The base's quantization, or `None` for a dense base.
     pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
-        let Some(quant_type) = self.quant.quant_type() else {
-            return Ok(None);
-        };
-        let b = self.quant_blocksize;
-        if !(b.is_power_of_two() && (32..=4096).contains(&b)) {
-            return Err(bad(
-                "quant_blocksize",
-                format!("{b} is not a power of two in 32..=4096"),
-            ));
-        }
-        Ok(Some(QuantConfig {
-            quant_type,
-            blocksize: b,
-            double_quant: self.double_quant,
-        }))
+        self.quantization.quant_config()
     }
 
     /// The adapters' configuration.
@@ -497,7 +557,10 @@ mod tests {
             .to_string();
         assert!(e.contains("lora"), "{e}");
         let c = FinetuneConfig {
-            quant_blocksize: 48,
+            quantization: BaseQuantization {
+                blocksize: 48,
+                ..Default::default()
+            },
             ..Default::default()
         };
         assert!(

@@ -1,0 +1,47 @@
+//! Fine-tuning: the run's settings ([`FinetuneConfig`]), the training loop ([`Trainer`]), run
+//! checkpoints and exact resume ([`checkpoints`]), the provenance of a run's model and data
+//! ([`RunSources`]), sweeps, the loss plot, the model card and Hub export, and memory
+//! measurement.
+
+pub mod checkpoints;
+pub(crate) mod config;
+pub(crate) mod finetune;
+pub(crate) mod memory;
+pub mod memory_model;
+pub(crate) mod metrics;
+pub(crate) mod model_card;
+pub mod observers;
+pub(crate) mod plot;
+pub(crate) mod provenance;
+pub(crate) mod run;
+mod step;
+pub(crate) mod sweep;
+pub(crate) mod trainer;
+
+pub use config::{BaseQuant, BaseQuantization, FinetuneConfig, Optimizer, RESUMABLE_SETTINGS};
+pub use finetune::Finetune;
+pub use memory::{
+    StepMemory, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
+};
+pub use metrics::{EvalMetrics, MetricsRecord, StepMetrics, append_metrics, read_metrics};
+pub use model_card::{
+    CARD_FILE, CardOptions, HubExport, ModelCard, export_hub, is_hub_id, write_model_card,
+};
+pub use observers::{
+    LossPlot, MetricsLog, ModelCardWriter, PeakMemory, ProgressDisplay, RunContext, TrainObserver,
+    default_observers,
+};
+pub use plot::write_loss_plot;
+pub use provenance::{
+    AdapterBase, DataOrigin, DataSource, EMBEDDED_MEDICAL_QA, Fingerprint, ModelSource, RunSources,
+    SOURCES_FILE,
+};
+pub use run::StartedRun;
+pub use step::{
+    DROPOUT_CALLS_PER_STEP_BITS, MicroBatch, StepGradients, step_gradients, train_step,
+};
+pub use sweep::{
+    ANSWERS_FILE, GenerateSpec, SweepOptions, SweepProgress, SweepReport, SweepSpec, Variant,
+    VariantResult, run_sweep,
+};
+pub use trainer::{TrainData, TrainSummary, Trainer, TrainerOptions};

@@ -1,0 +1,67 @@
+//! [`ProgressDisplay`]: a progress bar on stderr.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::Result;
+use crate::training::metrics::{EvalMetrics, StepMetrics};
+use crate::training::observers::{RunContext, TrainObserver};
+use crate::training::trainer::TrainSummary;
+
+/// A progress bar of the run's steps on stderr with the loss, learning rate and throughput of
+/// the last step and the ETA; evaluations during training are printed above it.
+#[derive(Debug, Default)]
+pub struct ProgressDisplay {
+    bar: Option<ProgressBar>,
+}
+
+impl TrainObserver for ProgressDisplay {
+    fn name(&self) -> &str {
+        "progress"
+    }
+
+    fn before_step(&mut self, run: &RunContext) -> Result<()> {
+        if self.bar.is_some() {
+            return Ok(());
+        }
+        // Made at the first step, so the evaluation before training prints nothing over it.
+        let bar = ProgressBar::new(run.total_steps);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_position(run.state.step);
+        self.bar = Some(bar);
+        Ok(())
+    }
+
+    fn after_step(&mut self, _run: &RunContext, step: &mut StepMetrics) -> Result<()> {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!(
+                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                step.loss, step.lr, step.tokens_per_s
+            ));
+            bar.set_position(step.step);
+        }
+        Ok(())
+    }
+
+    fn on_eval(&mut self, run: &RunContext, eval: &EvalMetrics) -> Result<()> {
+        // Evaluations between steps; the ones before and after training are the caller's.
+        if let Some(bar) = &self.bar
+            && eval.step < run.total_steps
+        {
+            bar.println(format!(
+                "step {}: eval loss {:.4} (perplexity {:.2})",
+                eval.step, eval.eval_loss, eval.eval_perplexity
+            ));
+        }
+        Ok(())
+    }
+
+    fn on_train_end(&mut self, _run: &RunContext, _summary: &TrainSummary) -> Result<()> {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        Ok(())
+    }
+}
