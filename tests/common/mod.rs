@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use medify_qlora::models::{Label, TokenBatch};
+use medify_models::{Label, TokenBatch};
 
 /// `rows` rows of `len` pseudo-random ids below `vocab`, the first `prompt` labels of each
 /// masked like a prompt's.

@@ -4,7 +4,7 @@
 use burn::tensor::Device;
 #[cfg(feature = "wgpu")]
 use burn::tensor::DeviceKind;
-use medify_qlora::quant::{Absmax, Nf4Tensor, Packed4Bit, QuantConfig, QuantType};
+use medify_quant::{Absmax, Nf4Tensor, Packed4Bit, QuantConfig, QuantType};
 use serde_json::Value;
 
 struct Case {
@@ -26,7 +26,7 @@ fn bits(v: &Value) -> Vec<u32> {
 }
 
 fn cases() -> Vec<Case> {
-    let text = include_str!("../fixtures/bnb4bit.json");
+    let text = include_str!("../../../fixtures/bnb4bit.json");
     let doc: Value = serde_json::from_str(text).expect("fixture parses");
     doc["cases"]
         .as_array()

@@ -4,7 +4,7 @@
 #[cfg(feature = "wgpu")]
 use burn::tensor::DeviceKind;
 use burn::tensor::{Device, Distribution, Tensor, TensorData, Tolerance};
-use medify_qlora::quant::{Nf4Tensor, QuantConfig, QuantType, linear_4bit};
+use medify_quant::{Nf4Tensor, QuantConfig, QuantType, linear_4bit};
 
 fn weight(device: &Device, out: usize, inp: usize, config: &QuantConfig) -> Nf4Tensor {
     let w = Tensor::<2>::random([out, inp], Distribution::Normal(0.0, 0.05), device);

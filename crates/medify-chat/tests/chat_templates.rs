@@ -6,11 +6,11 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use medify_qlora::data::{ChatTemplate, Example, IGNORE, Message, Role, SpecialTokens};
+use medify_data::{ChatTemplate, Example, IGNORE, Message, Role, SpecialTokens};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/chat_templates")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/chat_templates")
 }
 
 fn reference() -> Value {
@@ -76,8 +76,8 @@ fn every_family_renders_tokenizes_and_masks_like_transformers() {
     assert_eq!(families.len(), 6);
     for (family, f) in families {
         let dir = family_dir(family, "families");
-        let enc = medify_qlora::load_chat_encoder(&dir, None).unwrap();
-        let model_tokenizer = medify_qlora::models::ModelTokenizer::from_dir(&dir).unwrap();
+        let enc = medify_chat::load_chat_encoder(&dir, None).unwrap();
+        let model_tokenizer = medify_models::ModelTokenizer::from_dir(&dir).unwrap();
         for (case, c) in f["cases"].as_object().unwrap() {
             let what = format!("{family}/{case}");
             let msgs = messages(&c["messages"]);
@@ -171,8 +171,8 @@ fn builtin_templates_render_like_the_official_ones() {
         ("smollm2-instruct", "chatml", &["system"]),
     ] {
         let dir = family_dir(family, "builtin");
-        let official = medify_qlora::load_chat_encoder(&dir, None).unwrap();
-        let ours = medify_qlora::load_chat_encoder(&dir, Some(builtin)).unwrap();
+        let official = medify_chat::load_chat_encoder(&dir, None).unwrap();
+        let ours = medify_chat::load_chat_encoder(&dir, Some(builtin)).unwrap();
         for case in cases {
             let ex = Example::Chat(messages(&r[family]["cases"][case]["messages"]));
             assert_eq!(

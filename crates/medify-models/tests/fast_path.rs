@@ -6,17 +6,18 @@
 //! untied heads, SwiGLU and GeGLU, with masked (prompt) labels and left padding; the
 //! counter-based dropout must draw the same masks on every backend.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use medify_qlora::lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
-use medify_qlora::models::{CausalLm, KernelPath, Label, LoadOptions, TokenBatch};
-use medify_qlora::quant::{DropoutKey, QuantConfig, dropout};
+use medify_lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
+use medify_models::{CausalLm, KernelPath, Label, LoadOptions, TokenBatch};
+use medify_quant::{DropoutKey, QuantConfig, dropout};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 fn batch(vocab: usize) -> (TokenBatch, Vec<Vec<Label>>) {

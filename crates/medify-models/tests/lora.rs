@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
-use medify_qlora::lora::{
+use medify_lora::{
     FrozenWeight, LoraConfig, LoraError, LoraExt, LoraInit, LoraModel, TargetModules,
 };
-use medify_qlora::models::{CausalLm, LoadOptions, SaveDtype, TokenBatch};
-use medify_qlora::quant::Packed4Bit;
+use medify_models::{CausalLm, LoadOptions, SaveDtype, TokenBatch};
+use medify_quant::Packed4Bit;
 use safetensors::SafeTensors;
 use serde_json::Value;
 
@@ -31,7 +31,7 @@ fn rewrite_fixture(path: &std::path::Path, write: impl FnOnce()) {
 }
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 fn reference() -> Value {

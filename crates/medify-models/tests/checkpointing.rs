@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
-use medify_qlora::lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
-use medify_qlora::models::{CausalLm, Checkpointing, KernelPath, Label, LoadOptions, TokenBatch};
-use medify_qlora::quant::QuantConfig;
+use medify_lora::{LoraConfig, LoraExt, LoraInit, LoraModel, TargetModules};
+use medify_models::{CausalLm, Checkpointing, KernelPath, Label, LoadOptions, TokenBatch};
+use medify_quant::QuantConfig;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
 /// Two left-padded rows of pseudo-random ids, the first labels masked like a prompt.
@@ -184,7 +184,7 @@ fn chunked_loss_and_checkpointing_on_wgpu() {
     model.set_tile_bytes(4 * 4 * model.config().intermediate_size);
     let tiled = step(&model, Checkpointing::Layers);
     assert_close("wgpu tiled checkpoints", &tiled, &chunked, 1e-6);
-    model.set_tile_bytes(medify_qlora::models::DEFAULT_TILE_BYTES);
+    model.set_tile_bytes(medify_models::DEFAULT_TILE_BYTES);
     // Evaluation (no autodiff) takes the chunked path too and agrees with the full logits.
     let plain = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
     let mut eval = load("llama", &nf4, &plain, false);

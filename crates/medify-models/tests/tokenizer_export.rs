@@ -9,18 +9,20 @@
 //! test leaves under target/tmp/tokenizer-export/). Equal hashes mean transformers checked
 //! exactly what we write today; a change to the writer fails here until the script is rerun.
 
+#[path = "../../../tests/common/mod.rs"]
 mod common;
 
 use std::path::{Path, PathBuf};
 
-use medify_qlora::models::ModelTokenizer;
+use medify_models::ModelTokenizer;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 fn check(name: &str, gguf: &Path) {
     let reference: Value = serde_json::from_str(
         &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tokenizer_export/reference.json"),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../fixtures/tokenizer_export/reference.json"),
         )
         .unwrap(),
     )
@@ -94,7 +96,7 @@ fn check(name: &str, gguf: &Path) {
 fn tiny_gguf_tokenizer_export_loads_in_transformers() {
     check(
         "tiny_llama",
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny_models/llama.gguf"),
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny_models/llama.gguf"),
     );
 }
 

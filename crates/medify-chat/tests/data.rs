@@ -4,20 +4,20 @@
 
 use std::path::{Path, PathBuf};
 
-use medify_qlora::data::{
+use medify_data::{
     Batch, ChatEncoder, DatasetConfig, Example, FieldMap, IGNORE, InputFormat, Message,
     ReadOptions, Role, Truncation, pack, prepare, read_records,
 };
 
 fn data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/data")
+        .join("../../fixtures/data")
         .join(name)
 }
 
 fn encoder() -> ChatEncoder {
-    medify_qlora::load_chat_encoder(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny_models/llama"),
+    medify_chat::load_chat_encoder(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny_models/llama"),
         None,
     )
     .unwrap()

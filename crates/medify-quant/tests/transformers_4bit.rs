@@ -4,12 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use medify_qlora::quant::{Packed4Bit, QuantConfig, QuantStateJson, bnb};
+use medify_quant::{Packed4Bit, QuantConfig, QuantStateJson, bnb};
 use safetensors::SafeTensors;
 
 const DIR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/fixtures/transformers_llama_4bit"
+    "/../../fixtures/transformers_llama_4bit"
 );
 
 fn read(name: &str) -> Vec<u8> {
