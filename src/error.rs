@@ -107,6 +107,14 @@ pub enum FinetuneError {
         /// The settings a resumed run may change.
         changeable: String,
     },
+    /// Fetching the default model failed.
+    #[error("fetching {what}: {reason}")]
+    Fetch {
+        /// The URL or file.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Nothing to train or evaluate on.
     #[error("{0}")]
     NoData(String),

@@ -4,8 +4,10 @@
 
 pub(crate) mod base;
 mod device;
+mod fetch;
 mod finetuned;
 
 pub use base::{BaseModel, MERGED_FILES, load_base, load_base_with};
 pub use device::{ChosenDevice, DeviceChoice, auto_device};
+pub use fetch::{SMOLLM2, SMOLLM2_HUB_ID, cache_root, fetch_smollm2, smollm2_path};
 pub use finetuned::{FinetunedModel, FinetunedOptions};

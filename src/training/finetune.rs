@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use burn::tensor::Device;
 
 use crate::error::{FinetuneError, Result};
-use crate::loading::auto_device;
+use crate::loading::{SMOLLM2_HUB_ID, auto_device};
 use crate::training::checkpoints::{CHECKPOINTS_DIR, checkpoint_to_resume, read_checkpoint};
 use crate::training::config::FinetuneConfig;
 use crate::training::observers::TrainObserver;
@@ -232,6 +232,15 @@ impl Finetune {
             Some(r) => {
                 // Checked now, before the model loads; the trainer checks again.
                 let config = r.saved.resumed_with(&config)?;
+                // The default model, gone from the cache since: fetch it again.
+                let model = match (model, &r.recorded) {
+                    (None, Some(rec))
+                        if rec.model.name_or_path == SMOLLM2_HUB_ID && !rec.model.path.exists() =>
+                    {
+                        Some(ModelSource::smollm2()?)
+                    }
+                    (model, _) => model,
+                };
                 let sources = match &r.recorded {
                     Some(recorded) => recorded.for_resume(model, data, allow_source_change)?,
                     None => RunSources {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions};
+use medify_qlora::loading::SMOLLM2_HUB_ID;
 use medify_qlora::lora::TargetModules;
 use medify_qlora::optim::ScheduleKind;
 use medify_qlora::{BaseQuant, DataSource, Finetune, FinetuneConfig, ModelSource, Optimizer};
@@ -15,9 +16,6 @@ use serde_json::{Map, Value};
 
 use crate::device::device_named;
 use crate::memory_flags::MemoryFlags;
-
-/// What the embedded default model is on the Hugging Face Hub (`base_model_name_or_path`).
-const SMOLLM2_HUB_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -301,12 +299,6 @@ fn resumed_run(a: &Args, path: &std::path::Path) -> anyhow::Result<Finetune> {
     let requested = apply_flags(&requested, a)?;
     let model = match (&a.model, run.recorded_sources()) {
         (Some(p), _) => Some(model_source(Some(p))?),
-        // the embedded default, gone from the cache: fetch it again
-        (None, Some(recorded))
-            if recorded.model.name_or_path == SMOLLM2_HUB_ID && !recorded.model.path.exists() =>
-        {
-            Some(model_source(None)?)
-        }
         (None, Some(_)) => None,
         (None, None) => {
             eprintln!(
