@@ -26,7 +26,7 @@ pub enum FinetuneError {
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
     /// The output exists and overwriting was not asked for.
-    #[error("{0} is not empty; set `overwrite` to write into it")]
+    #[error("{0} exists and is not empty; set `overwrite` to write over it")]
     WouldOverwrite(PathBuf),
     /// An output directory to be replaced holds files the write would not replace.
     #[error(

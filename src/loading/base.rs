@@ -4,10 +4,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::data::ChatEncoder;
+use crate::data::{ChatEncoder, ChatTemplate};
 use crate::error::{FinetuneError, Result, io_err};
 use crate::models::{
-    CausalLm, LoadOptions, LoadReport, ModelTokenizer, SaveDtype, load_pretrained,
+    CausalLm, GgufExport, GgufType, LoadOptions, LoadReport, ModelTokenizer, SaveDtype,
+    load_pretrained,
 };
 use crate::quant::QuantConfig;
 use medify_chat::{Chat, chat_encoder};
@@ -56,6 +57,42 @@ impl BaseModel {
         self.model.save_pretrained(dir, dtype, true)?;
         self.tokenizer.save_pretrained(dir)?;
         Ok(())
+    }
+
+    /// Writes one GGUF file for llama.cpp, Ollama and LM Studio: the model with its adapters
+    /// merged (4-bit bases decoded) with matrices in `dtype`, the tokenizer, and the chat
+    /// template this model is used with (a built-in one it was loaded with, else the model's
+    /// own), so the end-of-turn token stops generation there too. An existing file is refused
+    /// unless `overwrite`.
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use medify_qlora::{load_base, models::GgufType};
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama");
+    /// let base = load_base(dir.as_ref(), &Device::flex(), None, Some("chatml")).unwrap();
+    /// let out = std::env::temp_dir().join(format!("medify-doc-merged-{}.gguf", std::process::id()));
+    /// base.save_gguf(&out, GgufType::F16, true).unwrap();
+    /// let back = load_base(&out, &Device::flex(), None, None).unwrap();
+    /// assert_eq!(back.tokenizer.chat_template.as_deref(),
+    ///     medify_qlora::data::ChatTemplate::builtin_source("chatml").ok());
+    /// std::fs::remove_file(&out).unwrap();
+    /// ```
+    pub fn save_gguf(&self, path: &Path, dtype: GgufType, overwrite: bool) -> Result<()> {
+        if path.exists() && !overwrite {
+            return Err(FinetuneError::WouldOverwrite(path.to_path_buf()));
+        }
+        let options = GgufExport {
+            dtype,
+            name: self
+                .path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned()),
+            chat_template: ChatTemplate::builtin_source(self.encoder.template().name())
+                .ok()
+                .map(str::to_string),
+            overwrite,
+        };
+        Ok(self.model.save_gguf(path, &self.tokenizer, &options)?)
     }
 }
 

@@ -1,10 +1,11 @@
 //! `cargo xtask merge`: a base model plus a PEFT adapter written as one dense Hugging Face
-//! directory (model.safetensors, config.json, tokenizer files).
+//! directory (model.safetensors, config.json, tokenizer files), or as one GGUF file for
+//! llama.cpp / Ollama (`--gguf`).
 
 use std::path::PathBuf;
 
 use clap::Args as ClapArgs;
-use medify_qlora::models::SaveDtype;
+use medify_qlora::models::{GgufType, SaveDtype};
 
 use crate::models::ModelArgs;
 
@@ -16,14 +17,21 @@ pub struct Args {
     #[arg(long)]
     adapter: PathBuf,
     /// Output directory (must not exist or be empty, unless --overwrite).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "gguf", conflicts_with = "gguf")]
+    out: Option<PathBuf>,
+    /// Write one GGUF file instead (llama.cpp, Ollama, LM Studio), with the tokenizer and the
+    /// chat template the adapter was trained with.
+    #[arg(long, value_name = "FILE.gguf")]
+    gguf: Option<PathBuf>,
+    /// With --gguf: the matrices' type, f16 (default), bf16, f32, q8_0 or q4_0.
+    #[arg(long = "type", value_name = "TYPE", requires = "gguf")]
+    gguf_type: Option<GgufType>,
     /// Weight dtype of the merged model: f32, f16 or bf16. Default: the base's own (its
     /// config.json's dtype), bf16 when it names none (GGUF).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "gguf")]
     dtype: Option<String>,
     /// Replace the merged model in an existing output directory (one that holds only the files a
-    /// merge writes; anything else there is refused).
+    /// merge writes; anything else there is refused), or an existing GGUF file.
     #[arg(long)]
     overwrite: bool,
 }
@@ -32,15 +40,25 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     // nf4/fp4 merges into the dequantized 4-bit weights (what QLoRA trained against), none
     // into the original dense weights; by default the base the adapter's record names.
     let (base, from, summary) = a.base.load(Some(&a.adapter), None)?;
+    if let Some(summary) = summary {
+        eprintln!("{summary}");
+    }
+    if let Some(path) = &a.gguf {
+        let ty = a.gguf_type.unwrap_or_default();
+        base.save_gguf(path, ty, a.overwrite)?;
+        eprintln!("merged model written to {} ({ty:?})", path.display());
+        return Ok(());
+    }
+    let out = a
+        .out
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--out or --gguf is needed"))?;
     let dtype = match &a.dtype {
         Some(d) => SaveDtype::parse(d)
             .ok_or_else(|| anyhow::anyhow!("unknown --dtype {d:?} (f32, f16, bf16)"))?,
         None => SaveDtype::of_checkpoint(&from.model).unwrap_or(SaveDtype::BF16),
     };
-    if let Some(summary) = summary {
-        eprintln!("{summary}");
-    }
-    base.save_merged(&a.out, dtype, a.overwrite)?;
-    eprintln!("merged model written to {}", a.out.display());
+    base.save_merged(out, dtype, a.overwrite)?;
+    eprintln!("merged model written to {}", out.display());
     Ok(())
 }

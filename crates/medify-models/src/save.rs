@@ -98,14 +98,14 @@ impl SaveDtype {
     }
 }
 
-enum Source<'a> {
+pub(crate) enum Source<'a> {
     Vector(&'a Tensor<1>),
     Matrix(&'a Tensor<2>),
     Linear(&'a Projection),
 }
 
 impl Source<'_> {
-    fn shape(&self) -> Vec<usize> {
+    pub(crate) fn shape(&self) -> Vec<usize> {
         match self {
             Source::Vector(t) => t.dims().to_vec(),
             Source::Matrix(t) => t.dims().to_vec(),
@@ -113,7 +113,7 @@ impl Source<'_> {
         }
     }
 
-    fn values(&self) -> std::result::Result<Vec<f32>, String> {
+    pub(crate) fn values(&self) -> std::result::Result<Vec<f32>, String> {
         let data = match self {
             Source::Vector(t) => (*t).clone().into_data(),
             Source::Matrix(t) => (*t).clone().into_data(),
@@ -263,7 +263,7 @@ impl CausalLm {
     }
 
     /// Every tensor of a Hugging Face checkpoint of this model, by name, sorted.
-    fn save_entries(&self) -> Vec<(String, Source<'_>)> {
+    pub(crate) fn save_entries(&self) -> Vec<(String, Source<'_>)> {
         let mut entries: Vec<(String, Source<'_>)> = vec![(
             "model.embed_tokens.weight".into(),
             Source::Matrix(&self.embed_tokens),

@@ -1,0 +1,170 @@
+//! GGUF export read back by our own loader: the model's loss within each type's tolerance, the
+//! tokenizer encoding the same ids, the special tokens and chat template kept; the real
+//! SmolLM2 (tied embeddings, its own BPE and template) round-trips through f16.
+
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Device;
+use medify_lora::LoraExt;
+use medify_models::{CausalLm, GgufExport, GgufSource, GgufType, LoadOptions, ModelTokenizer};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn out(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("medify-gguf-{name}-{}.gguf", std::process::id()))
+}
+
+fn loss(model: &CausalLm) -> f64 {
+    let (batch, labels) = common::prompt_masked_batch(model.config().vocab_size, 2, 24, 4);
+    let out = model.loss(&batch, &labels).unwrap();
+    out.sum.into_scalar::<f64>() / out.tokens as f64
+}
+
+fn load(path: &Path) -> (CausalLm, ModelTokenizer) {
+    let (model, tok, _) =
+        medify_models::load_pretrained(path, &Device::flex(), &LoadOptions::dense()).unwrap();
+    (model, tok)
+}
+
+const TEXTS: [&str; 6] = [
+    "What is anemia?",
+    "  two  spaces, digits 12345 and 3.14",
+    "unicode: café, naïve, 東京, 🙂",
+    "<|im_start|>user\nHello<|im_end|>",
+    "line one\nline two\ttab",
+    "",
+];
+
+#[test]
+fn every_type_reads_back_with_the_models_loss_and_tokenizer() {
+    let dir = fixtures().join("tiny_models/llama");
+    let (model, tok) = load(&dir);
+    let reference = loss(&model);
+    // Relative loss tolerance of each type on the tiny Llama (measured: docs/models.md).
+    for (ty, tol) in [
+        (GgufType::F32, 1e-6),
+        (GgufType::F16, 1e-3),
+        (GgufType::Bf16, 2e-3),
+        (GgufType::Q8_0, 3e-3),
+        (GgufType::Q4_0, 3e-2),
+    ] {
+        let path = out(&format!("{ty:?}"));
+        let options = GgufExport {
+            dtype: ty,
+            chat_template: Some("{{ messages }}".into()),
+            overwrite: true,
+            ..GgufExport::default()
+        };
+        model.save_gguf(&path, &tok, &options).unwrap();
+        let (back, back_tok) = load(&path);
+        let l = loss(&back);
+        let rel = ((l - reference) / reference).abs();
+        println!("{ty:?}: loss {l:.6} vs {reference:.6} (relative {rel:.2e})");
+        assert!(
+            rel <= tol,
+            "{ty:?}: loss {l} vs {reference} ({rel:.2e} > {tol})"
+        );
+        for text in TEXTS {
+            assert_eq!(
+                back_tok.encode(text, true).unwrap(),
+                tok.encode(text, true).unwrap(),
+                "{text:?}"
+            );
+        }
+        assert_eq!(back_tok.stop_ids, tok.stop_ids);
+        assert_eq!(
+            (&back_tok.bos_token, &back_tok.eos_token),
+            (&tok.bos_token, &tok.eos_token)
+        );
+        assert_eq!(back_tok.chat_template.as_deref(), Some("{{ messages }}"));
+        let source = GgufSource::open(&path).unwrap();
+        let q = &source.tensor_infos()["blk.0.attn_q.weight"];
+        let norm = &source.tensor_infos()["blk.0.attn_norm.weight"];
+        let expect = match ty {
+            GgufType::F32 => 0,
+            GgufType::F16 => 1,
+            GgufType::Bf16 => 30,
+            GgufType::Q8_0 => 8,
+            GgufType::Q4_0 => 2,
+        };
+        assert_eq!((q.type_id, norm.type_id), (expect, 0), "{ty:?}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn merged_adapters_are_what_the_file_holds() {
+    let dir = fixtures().join("tiny_models/llama");
+    let (mut model, tok) = load(&dir);
+    model
+        .load_adapter(&fixtures().join("lora/peft_lora"))
+        .unwrap();
+    let with_adapter = loss(&model);
+    let path = out("merged");
+    let options = GgufExport {
+        dtype: GgufType::F32,
+        overwrite: true,
+        ..GgufExport::default()
+    };
+    model.save_gguf(&path, &tok, &options).unwrap();
+    let (back, _) = load(&path);
+    assert!((loss(&back) - with_adapter).abs() < 1e-5);
+    // An existing file is not replaced without `overwrite`.
+    let err = model
+        .save_gguf(&path, &tok, &GgufExport::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("overwrite"), "{err}");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn what_cannot_be_written_yet_is_refused_by_name() {
+    for (name, what) in [("gemma", "Gemma"), ("llama3", "rope")] {
+        let (model, tok) = load(&fixtures().join("tiny_models").join(name));
+        let path = out(name);
+        let err = model
+            .save_gguf(&path, &tok, &GgufExport::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(what), "{name}: {err}");
+        assert!(!path.exists());
+    }
+    assert!("q4_k_m".parse::<GgufType>().is_err());
+}
+
+#[test]
+fn smollm2_round_trips_through_f16() {
+    let Some(gguf) = common::smollm2_gguf_or_skip() else {
+        return;
+    };
+    let (model, tok) = load(&gguf);
+    let reference = loss(&model);
+    let path = out("smollm2");
+    let options = GgufExport {
+        dtype: GgufType::F16,
+        overwrite: true,
+        ..GgufExport::default()
+    };
+    model.save_gguf(&path, &tok, &options).unwrap();
+    let source = GgufSource::open(&path).unwrap();
+    assert!(!source.tensor_infos().contains_key("output.weight")); // tied, as the original
+    let (back, back_tok) = load(&path);
+    let rel = ((loss(&back) - reference) / reference).abs();
+    assert!(rel < 1e-3, "relative loss difference {rel:.2e}");
+    for text in TEXTS {
+        assert_eq!(
+            back_tok.encode(text, true).unwrap(),
+            tok.encode(text, true).unwrap(),
+            "{text:?}"
+        );
+    }
+    assert_eq!(back_tok.chat_template, tok.chat_template);
+    assert_eq!(back_tok.stop_ids, tok.stop_ids);
+    std::fs::remove_file(&path).unwrap();
+}
