@@ -1,7 +1,8 @@
 //! GGUF files (llama.cpp): header, metadata, tensor decoding and the Hugging Face name mapping.
 //!
-//! Tensors are decoded to f32 on load (F32, F16, BF16, Q8_0, Q4_0, Q4_1); q/k rows are put back
-//! from llama.cpp's interleaved RoPE order into Hugging Face's rotate-half order.
+//! Tensors are decoded to f32 on load (F32, F16, BF16, Q8_0, Q4_0, Q4_1 and the K-quants
+//! Q2_K … Q6_K, Q8_K); q/k rows are put back from llama.cpp's interleaved RoPE order into
+//! Hugging Face's rotate-half order.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -12,6 +13,7 @@ use memmap2::Mmap;
 
 use crate::config::{Activation, Family, LlamaConfig, RopeScaling};
 use crate::error::{ModelError, Result};
+use crate::kquants::{self, QK_K};
 use crate::weights::{HostWeight, WeightSource};
 
 /// A metadata value.
@@ -73,6 +75,18 @@ pub enum GgmlType {
     Q4_0,
     /// 32 values: f16 scale, f16 min + 16 bytes of 4-bit codes, value = q·d + m.
     Q4_1,
+    /// K-quant: 256 values in 16 groups, 2-bit codes.
+    Q2K,
+    /// K-quant: 256 values in 16 groups, 3-bit codes.
+    Q3K,
+    /// K-quant: 256 values in 8 groups, 4-bit codes, 6-bit scales and mins.
+    Q4K,
+    /// K-quant: 256 values in 8 groups, 5-bit codes.
+    Q5K,
+    /// K-quant: 256 values in 16 groups, 6-bit codes, 8-bit scales.
+    Q6K,
+    /// K-quant: 256 values, f32 scale, 8-bit codes.
+    Q8K,
 }
 
 impl GgmlType {
@@ -83,22 +97,23 @@ impl GgmlType {
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
             8 => GgmlType::Q8_0,
+            10 => GgmlType::Q2K,
+            11 => GgmlType::Q3K,
+            12 => GgmlType::Q4K,
+            13 => GgmlType::Q5K,
+            14 => GgmlType::Q6K,
+            15 => GgmlType::Q8K,
             30 => GgmlType::Bf16,
             other => {
                 let name = match other {
                     6 => "Q5_0",
                     7 => "Q5_1",
                     9 => "Q8_1",
-                    10 => "Q2_K",
-                    11 => "Q3_K",
-                    12 => "Q4_K",
-                    13 => "Q5_K",
-                    14 => "Q6_K",
-                    15 => "Q8_K",
+                    16..=23 => "an IQ type",
                     _ => "an unknown type",
                 };
                 return Err(format!(
-                    "ggml type {other} ({name}) is not supported; supported are F32, F16, BF16, Q8_0, Q4_0, Q4_1"
+                    "ggml type {other} ({name}) is not supported; supported are F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K"
                 ));
             }
         })
@@ -112,6 +127,12 @@ impl GgmlType {
             GgmlType::Q8_0 => (32, 34),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q2K => (QK_K, 84),
+            GgmlType::Q3K => (QK_K, 110),
+            GgmlType::Q4K => (QK_K, 144),
+            GgmlType::Q5K => (QK_K, 176),
+            GgmlType::Q6K => (QK_K, 210),
+            GgmlType::Q8K => (QK_K, 292),
         }
     }
 }
@@ -375,7 +396,19 @@ impl GgufSource {
                     format!("{gguf_name}: data runs past the end of the file"),
                 )
             })?;
-        Ok((info.shape.clone(), decode_blocks(ty, bytes, numel)))
+        let values = decode_blocks(ty, bytes, numel);
+        // A block whose scale is NaN or infinite (a damaged or hostile file) would train on
+        // NaN: name the tensor and block instead.
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::weights(
+                &origin,
+                format!(
+                    "{gguf_name}: block {} decodes to a non-finite value (its scale is NaN or infinite)",
+                    i / per_block
+                ),
+            ));
+        }
+        Ok((info.shape.clone(), values))
     }
 }
 
@@ -427,6 +460,24 @@ pub fn decode_blocks(ty: GgmlType, bytes: &[u8], numel: usize) -> Vec<f32> {
                 };
                 out.extend(qs.iter().map(|&b| value(b & 0x0F)));
                 out.extend(qs.iter().map(|&b| value(b >> 4)));
+            }
+        }
+        GgmlType::Q2K
+        | GgmlType::Q3K
+        | GgmlType::Q4K
+        | GgmlType::Q5K
+        | GgmlType::Q6K
+        | GgmlType::Q8K => {
+            let decode: fn(&[u8], &mut Vec<f32>) = match ty {
+                GgmlType::Q2K => kquants::q2_k,
+                GgmlType::Q3K => kquants::q3_k,
+                GgmlType::Q4K => kquants::q4_k,
+                GgmlType::Q5K => kquants::q5_k,
+                GgmlType::Q6K => kquants::q6_k,
+                _ => kquants::q8_k,
+            };
+            for blk in bytes.chunks_exact(ty.block().1) {
+                decode(blk, &mut out);
             }
         }
     }
@@ -694,6 +745,34 @@ mod tests {
         assert_eq!(src.config().head_dim, 4);
         let w = src.load("model.layers.0.self_attn.q_proj.weight").unwrap();
         assert!(matches!(w, HostWeight::Dense { ref shape, .. } if shape == &[8, 8]));
+    }
+
+    #[test]
+    fn a_non_finite_value_is_an_error_naming_tensor_and_block() {
+        let mut values = vec![0.5; 64];
+        values[40] = f32::NAN;
+        let f = gguf_file(&META, &[("blk.0.attn_q.weight", vec![8, 8], values)]);
+        let src = GgufSource::open(f.path()).unwrap();
+        let err = src
+            .load("model.layers.0.self_attn.q_proj.weight")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("blk.0.attn_q.weight") && err.contains("block 40"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn q8_k_blocks_scale_signed_bytes_by_an_f32() {
+        let mut blk = 0.25f32.to_le_bytes().to_vec();
+        blk.extend((0..256).map(|i| (i as i8).wrapping_sub(100) as u8));
+        blk.extend([0u8; 32]);
+        let v = decode_blocks(GgmlType::Q8K, &blk, 256);
+        assert_eq!(
+            (v[0], v[100], v[255]),
+            (-25.0, 0.0, 0.25 * 155i32.wrapping_sub(256) as f32)
+        );
     }
 
     #[test]

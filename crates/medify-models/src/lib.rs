@@ -31,6 +31,7 @@ mod generate;
 pub mod gguf;
 mod gguf_export;
 mod gradient_checkpointing;
+mod kquants;
 mod layers;
 mod loader;
 mod loss;
