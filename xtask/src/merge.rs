@@ -23,7 +23,8 @@ pub struct Args {
     /// chat template the adapter was trained with.
     #[arg(long, value_name = "FILE.gguf")]
     gguf: Option<PathBuf>,
-    /// With --gguf: the matrices' type, f16 (default), bf16, f32, q8_0 or q4_0.
+    /// With --gguf: the matrices' type, f16 (default), bf16, f32, q8_0, q4_0 or q4_k_m
+    /// (llama.cpp's mixture: Q4_K, Q6_K for the output and some attn_v/ffn_down).
     #[arg(long = "type", value_name = "TYPE", requires = "gguf")]
     gguf_type: Option<GgufType>,
     /// Weight dtype of the merged model: f32, f16 or bf16. Default: the base's own (its

@@ -75,6 +75,8 @@ pub enum GgmlType {
     Q4_0,
     /// 32 values: f16 scale, f16 min + 16 bytes of 4-bit codes, value = q·d + m.
     Q4_1,
+    /// 32 values: f16 scale, 32 high bits + 16 bytes of low nibbles, value = (q − 16)·d.
+    Q5_0,
     /// K-quant: 256 values in 16 groups, 2-bit codes.
     Q2K,
     /// K-quant: 256 values in 16 groups, 3-bit codes.
@@ -96,6 +98,7 @@ impl GgmlType {
             1 => GgmlType::F16,
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
+            6 => GgmlType::Q5_0,
             8 => GgmlType::Q8_0,
             10 => GgmlType::Q2K,
             11 => GgmlType::Q3K,
@@ -106,14 +109,13 @@ impl GgmlType {
             30 => GgmlType::Bf16,
             other => {
                 let name = match other {
-                    6 => "Q5_0",
                     7 => "Q5_1",
                     9 => "Q8_1",
                     16..=23 => "an IQ type",
                     _ => "an unknown type",
                 };
                 return Err(format!(
-                    "ggml type {other} ({name}) is not supported; supported are F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K"
+                    "ggml type {other} ({name}) is not supported; supported are F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K"
                 ));
             }
         })
@@ -127,6 +129,7 @@ impl GgmlType {
             GgmlType::Q8_0 => (32, 34),
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
+            GgmlType::Q5_0 => (32, 22),
             GgmlType::Q2K => (QK_K, 84),
             GgmlType::Q3K => (QK_K, 110),
             GgmlType::Q4K => (QK_K, 144),
@@ -460,6 +463,19 @@ pub fn decode_blocks(ty: GgmlType, bytes: &[u8], numel: usize) -> Vec<f32> {
                 };
                 out.extend(qs.iter().map(|&b| value(b & 0x0F)));
                 out.extend(qs.iter().map(|&b| value(b >> 4)));
+            }
+        }
+        GgmlType::Q5_0 => {
+            for blk in bytes.chunks_exact(22) {
+                let d = f16_at(blk, 0);
+                let qh = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                let qs = &blk[6..];
+                let value = |low: u8, j: usize| {
+                    let high = ((qh >> j) & 1) as u8;
+                    ((low | (high << 4)) as i32 - 16) as f32 * d
+                };
+                out.extend(qs.iter().enumerate().map(|(j, &b)| value(b & 0x0F, j)));
+                out.extend(qs.iter().enumerate().map(|(j, &b)| value(b >> 4, j + 16)));
             }
         }
         GgmlType::Q2K

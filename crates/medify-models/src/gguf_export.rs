@@ -3,9 +3,10 @@
 //! (byte-level BPE), its special-token ids and `add_bos`, and the chat template the model was
 //! trained with, so generation stops at the end-of-turn token.
 //!
-//! Block types are laid out as ggml lays them out (`quantize_row_q8_0_ref`,
-//! `quantize_row_q4_0_ref`); norms stay F32, and a matrix whose rows do not split into 32-value
-//! blocks falls back to F16, as llama.cpp's converter does.
+//! Block types are laid out as ggml lays them out (Q8_0, Q4_0 and Q5_0 as its reference
+//! quantizers make them; Q4_K and Q6_K blocks with scales and mins fitted per sub-block), and
+//! Q4_K_M picks each tensor's type as llama.cpp does. Norms stay F32, and a matrix whose rows do
+//! not split into blocks falls back as llama.cpp's tools do.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,10 +17,11 @@ use half::{bf16, f16};
 
 use crate::config::{Family, RopeScaling};
 use crate::error::{ModelError, Result};
+use crate::kquants;
 use crate::model::CausalLm;
 use crate::tokenizer::ModelTokenizer;
 
-/// The tensor type of an export's matrices.
+/// The tensor types of an export: one type for every matrix, or llama.cpp's Q4_K_M mixture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GgufType {
     /// 32-bit floats: exact.
@@ -33,6 +35,10 @@ pub enum GgufType {
     Q8_0,
     /// 4-bit blocks of 32 with an f16 scale (4.5 bits per weight).
     Q4_0,
+    /// llama.cpp's `Q4_K_M`: Q4_K matrices, with Q6_K for the output (or tied embedding) and
+    /// for `attn_v` and `ffn_down` in the layers `use_more_bits` picks; a matrix whose rows do
+    /// not split into blocks of 256 falls back as llama.cpp does (Q4_K to Q5_0, Q6_K to Q8_0).
+    Q4KM,
 }
 
 impl FromStr for GgufType {
@@ -45,9 +51,10 @@ impl FromStr for GgufType {
             "bf16" => GgufType::Bf16,
             "q8_0" => GgufType::Q8_0,
             "q4_0" => GgufType::Q4_0,
+            "q4_k_m" => GgufType::Q4KM,
             other => {
                 return Err(ModelError::InvalidRequest(format!(
-                    "unknown GGUF type {other:?} (f32, f16, bf16, q8_0, q4_0)"
+                    "unknown GGUF type {other:?} (f32, f16, bf16, q8_0, q4_0, q4_k_m)"
                 )));
             }
         })
@@ -55,17 +62,6 @@ impl FromStr for GgufType {
 }
 
 impl GgufType {
-    /// ggml's type id.
-    fn ggml_id(self) -> u32 {
-        match self {
-            GgufType::F32 => 0,
-            GgufType::F16 => 1,
-            GgufType::Q4_0 => 2,
-            GgufType::Q8_0 => 8,
-            GgufType::Bf16 => 30,
-        }
-    }
-
     /// llama.cpp's `general.file_type` (`LLAMA_FTYPE_*`).
     fn file_type(self) -> u32 {
         match self {
@@ -73,37 +69,126 @@ impl GgufType {
             GgufType::F16 => 1,
             GgufType::Q4_0 => 2,
             GgufType::Q8_0 => 7,
+            GgufType::Q4KM => 15,
             GgufType::Bf16 => 32,
+        }
+    }
+
+    fn quantized(self) -> bool {
+        matches!(self, GgufType::Q8_0 | GgufType::Q4_0 | GgufType::Q4KM)
+    }
+
+    /// The type a matrix named `gguf` (layer `layer` of `layers`) is stored in, with rows of
+    /// `row` values; `tied` when the embedding is also the output.
+    fn storage(
+        self,
+        gguf: &str,
+        layer: Option<usize>,
+        layers: usize,
+        row: usize,
+        tied: bool,
+    ) -> Storage {
+        let simple = match self {
+            GgufType::F32 => Storage::F32,
+            GgufType::F16 => Storage::F16,
+            GgufType::Bf16 => Storage::Bf16,
+            GgufType::Q8_0 => Storage::Q8_0,
+            GgufType::Q4_0 => Storage::Q4_0,
+            GgufType::Q4KM => {
+                // llama.cpp's use_more_bits: the first and last eighth of the layers, and
+                // every third one between.
+                let more_bits =
+                    |i: usize| i < layers / 8 || i >= 7 * layers / 8 || (i - layers / 8) % 3 == 2;
+                let six = gguf == "output.weight"
+                    || (tied && gguf == "token_embd.weight")
+                    || ((gguf.ends_with(".attn_v.weight") || gguf.ends_with(".ffn_down.weight"))
+                        && layer.is_some_and(more_bits));
+                let k = if six { Storage::Q6K } else { Storage::Q4K };
+                return if row.is_multiple_of(kquants::QK_K) {
+                    k
+                } else if k == Storage::Q6K {
+                    Storage::Q8_0
+                } else {
+                    Storage::Q5_0
+                };
+            }
+        };
+        if simple.block().0 > 1 && !row.is_multiple_of(simple.block().0) {
+            Storage::F16
+        } else {
+            simple
+        }
+    }
+}
+
+/// How one tensor is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    F32,
+    F16,
+    Bf16,
+    Q8_0,
+    Q4_0,
+    Q5_0,
+    Q4K,
+    Q6K,
+}
+
+impl Storage {
+    /// ggml's type id.
+    fn ggml_id(self) -> u32 {
+        match self {
+            Storage::F32 => 0,
+            Storage::F16 => 1,
+            Storage::Q4_0 => 2,
+            Storage::Q5_0 => 6,
+            Storage::Q8_0 => 8,
+            Storage::Q4K => 12,
+            Storage::Q6K => 14,
+            Storage::Bf16 => 30,
         }
     }
 
     /// (values per block, bytes per block)
     fn block(self) -> (usize, usize) {
         match self {
-            GgufType::F32 => (1, 4),
-            GgufType::F16 | GgufType::Bf16 => (1, 2),
-            GgufType::Q8_0 => (32, 34),
-            GgufType::Q4_0 => (32, 18),
+            Storage::F32 => (1, 4),
+            Storage::F16 | Storage::Bf16 => (1, 2),
+            Storage::Q8_0 => (32, 34),
+            Storage::Q4_0 => (32, 18),
+            Storage::Q5_0 => (32, 22),
+            Storage::Q4K => (kquants::QK_K, 144),
+            Storage::Q6K => (kquants::QK_K, 210),
         }
-    }
-
-    fn quantized(self) -> bool {
-        matches!(self, GgufType::Q8_0 | GgufType::Q4_0)
     }
 
     /// `values` (whole rows of a tensor) in this type's bytes.
     fn encode(self, values: &[f32], out: &mut Vec<u8>) {
         out.clear();
+        let per_block = self.block().0;
         match self {
-            GgufType::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
-            GgufType::F16 => values
+            Storage::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
+            Storage::F16 => values
                 .iter()
                 .for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
-            GgufType::Bf16 => values
+            Storage::Bf16 => values
                 .iter()
                 .for_each(|v| out.extend(bf16::from_f32(*v).to_le_bytes())),
-            GgufType::Q8_0 => values.chunks_exact(32).for_each(|b| q8_0_block(b, out)),
-            GgufType::Q4_0 => values.chunks_exact(32).for_each(|b| q4_0_block(b, out)),
+            Storage::Q8_0 => values
+                .chunks_exact(per_block)
+                .for_each(|b| q8_0_block(b, out)),
+            Storage::Q4_0 => values
+                .chunks_exact(per_block)
+                .for_each(|b| q4_0_block(b, out)),
+            Storage::Q5_0 => values
+                .chunks_exact(per_block)
+                .for_each(|b| q5_0_block(b, out)),
+            Storage::Q4K => values
+                .chunks_exact(per_block)
+                .for_each(|b| kquants::encode_q4_k(b, out)),
+            Storage::Q6K => values
+                .chunks_exact(per_block)
+                .for_each(|b| kquants::encode_q6_k(b, out)),
         }
     }
 }
@@ -117,9 +202,8 @@ fn q8_0_block(x: &[f32], out: &mut Vec<u8>) {
     out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
 }
 
-/// ggml's `quantize_row_q4_0_ref` for one block of 32: the signed value of largest magnitude
-/// maps to -8; element `j` goes to the low nibble of byte `j`, element `j + 16` to its high one.
-fn q4_0_block(x: &[f32], out: &mut Vec<u8>) {
+/// The signed value of largest magnitude in `x`.
+fn signed_max(x: &[f32]) -> f32 {
     let (mut amax, mut max) = (0f32, 0f32);
     for &v in x {
         if amax < v.abs() {
@@ -127,11 +211,36 @@ fn q4_0_block(x: &[f32], out: &mut Vec<u8>) {
             max = v;
         }
     }
-    let d = max / -8.0;
+    max
+}
+
+/// ggml's `quantize_row_q4_0_ref` for one block of 32: the signed value of largest magnitude
+/// maps to -8; element `j` goes to the low nibble of byte `j`, element `j + 16` to its high one.
+fn q4_0_block(x: &[f32], out: &mut Vec<u8>) {
+    let d = signed_max(x) / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     out.extend(f16::from_f32(d).to_le_bytes());
     let code = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
     out.extend((0..16).map(|j| code(x[j]) | (code(x[j + 16]) << 4)));
+}
+
+/// ggml's `quantize_row_q5_0_ref` for one block of 32: as Q4_0 with 5-bit codes, the fifth bit
+/// of element `j` in bit `j` of a little-endian u32.
+fn q5_0_block(x: &[f32], out: &mut Vec<u8>) {
+    let d = signed_max(x) / -16.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    out.extend(f16::from_f32(d).to_le_bytes());
+    let code = |v: f32| ((v * id + 16.5) as i8).min(31) as u8;
+    let mut qh = 0u32;
+    let mut qs = [0u8; 16];
+    for j in 0..16 {
+        let (a, b) = (code(x[j]), code(x[j + 16]));
+        qs[j] = (a & 0x0F) | ((b & 0x0F) << 4);
+        qh |= (((a & 0x10) >> 4) as u32) << j;
+        qh |= (((b & 0x10) >> 4) as u32) << (j + 16);
+    }
+    out.extend(qh.to_le_bytes());
+    out.extend(qs);
 }
 
 /// What to write besides the weights.
@@ -472,7 +581,7 @@ impl CausalLm {
             gguf: String,
             hf: String,
             shape: Vec<usize>,
-            ty: GgufType,
+            ty: Storage,
             offset: usize,
             heads: Option<usize>,
             source: crate::save::Source<'a>,
@@ -488,12 +597,20 @@ impl CausalLm {
             })?;
             let shape = source.shape();
             let row = shape.last().copied().unwrap_or(1);
+            let layer = gguf
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|n| n.parse().ok());
             let ty = if shape.len() < 2 {
-                GgufType::F32
-            } else if options.dtype.quantized() && row % 32 != 0 {
-                GgufType::F16
+                Storage::F32
             } else {
-                options.dtype
+                options.dtype.storage(
+                    &gguf,
+                    layer,
+                    c.num_hidden_layers,
+                    row,
+                    c.tie_word_embeddings,
+                )
             };
             let heads = if hf.contains("q_proj.") {
                 Some(c.num_attention_heads)
@@ -580,16 +697,19 @@ mod tests {
 
     #[test]
     fn blocks_decode_back_within_their_step() {
-        let x: Vec<f32> = (0..64)
+        let x: Vec<f32> = (0..256)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
         for (ty, gg, tol) in [
-            (GgufType::Q8_0, GgmlType::Q8_0, 1.58 / 127.0),
-            (GgufType::Q4_0, GgmlType::Q4_0, 1.58 / 8.0),
+            (Storage::Q8_0, GgmlType::Q8_0, 1.58 / 127.0),
+            (Storage::Q4_0, GgmlType::Q4_0, 1.58 / 8.0),
+            (Storage::Q5_0, GgmlType::Q5_0, 1.58 / 16.0),
+            (Storage::Q4K, GgmlType::Q4K, 2.0 * 3.15 / 15.0),
+            (Storage::Q6K, GgmlType::Q6K, 2.0 * 1.58 / 32.0),
         ] {
             let mut bytes = Vec::new();
             ty.encode(&x, &mut bytes);
-            assert_eq!(bytes.len(), 2 * ty.block().1);
+            assert_eq!(bytes.len(), 256 / ty.block().0 * ty.block().1);
             let back = decode_blocks(gg, &bytes, x.len());
             for (a, b) in x.iter().zip(&back) {
                 assert!((a - b).abs() <= tol, "{ty:?}: {a} vs {b}");
@@ -597,18 +717,45 @@ mod tests {
         }
         // The signed extreme of a q4_0 block is exact (it is the scale's -8 code).
         let mut bytes = Vec::new();
-        GgufType::Q4_0.encode(&x[..32], &mut bytes);
+        Storage::Q4_0.encode(&x[..32], &mut bytes);
         let back = decode_blocks(GgmlType::Q4_0, &bytes, 32);
         let i = (0..32)
             .max_by(|&a, &b| x[a].abs().total_cmp(&x[b].abs()))
             .unwrap();
         assert!((back[i] - x[i]).abs() < 1e-3);
         // All-zero blocks stay zero.
-        GgufType::Q8_0.encode(&[0.0; 32], &mut bytes);
+        Storage::Q8_0.encode(&[0.0; 32], &mut bytes);
         assert!(
             decode_blocks(GgmlType::Q8_0, &bytes, 32)
                 .iter()
                 .all(|v| *v == 0.0)
+        );
+    }
+
+    #[test]
+    fn q4_k_m_picks_tensor_types_as_llama_cpp() {
+        let t = |name: &str, layer: Option<usize>, row: usize, tied: bool| {
+            GgufType::Q4KM.storage(name, layer, 8, row, tied)
+        };
+        assert_eq!(t("blk.3.attn_q.weight", Some(3), 512, false), Storage::Q4K);
+        assert_eq!(t("blk.0.attn_v.weight", Some(0), 512, false), Storage::Q6K);
+        assert_eq!(t("blk.2.attn_v.weight", Some(2), 512, false), Storage::Q4K);
+        assert_eq!(
+            t("blk.3.ffn_down.weight", Some(3), 512, false),
+            Storage::Q6K
+        );
+        assert_eq!(
+            t("blk.7.ffn_down.weight", Some(7), 512, false),
+            Storage::Q6K
+        );
+        assert_eq!(t("output.weight", None, 512, false), Storage::Q6K);
+        assert_eq!(t("token_embd.weight", None, 512, false), Storage::Q4K);
+        assert_eq!(t("token_embd.weight", None, 512, true), Storage::Q6K);
+        assert_eq!(t("blk.1.attn_q.weight", Some(1), 576, false), Storage::Q5_0);
+        assert_eq!(t("output.weight", None, 576, false), Storage::Q8_0);
+        assert_eq!(
+            GgufType::Q8_0.storage("x", None, 8, 48, false),
+            Storage::F16
         );
     }
 

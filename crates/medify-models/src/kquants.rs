@@ -107,3 +107,251 @@ pub fn q8_k(blk: &[u8], out: &mut Vec<f32>) {
     let d = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
     out.extend(blk[4..260].iter().map(|&q| d * q as i8 as f32));
 }
+
+/// The codes `0..=nmax` and the (scale, min) of one group of `x` (value ≈ scale·q − min, with
+/// min ≥ 0 so that zero stays representable), chosen by trying scales around the min–max one
+/// and refitting scale and min by least squares on each candidate's codes, keeping the one of
+/// least squared error.
+fn fit_scale_min(x: &[f32], nmax: u8, codes: &mut [u8]) -> (f32, f32) {
+    let lo = x.iter().fold(0f32, |m, &v| m.min(v));
+    let hi = x.iter().fold(f32::MIN, |m, &v| m.max(v));
+    if hi <= lo {
+        codes.iter_mut().for_each(|c| *c = 0);
+        return (0.0, -lo);
+    }
+    let n = nmax as f32;
+    let code = |v: f32, scale: f32, min: f32| ((v + min) / scale).round().clamp(0.0, n) as u8;
+    let error = |scale: f32, min: f32| -> f32 {
+        x.iter()
+            .map(|&v| {
+                let e = scale * code(v, scale, min) as f32 - min - v;
+                e * e
+            })
+            .sum()
+    };
+    let (mut best_scale, mut best_min) = ((hi - lo) / n, -lo);
+    let mut best_err = error(best_scale, best_min);
+    for step in -8..=8 {
+        let scale = (hi - lo) / (n + step as f32 * 0.125);
+        let min = -lo;
+        // Refit on these codes: least squares for v ≈ s·q − m over the group.
+        let qs: Vec<f32> = x.iter().map(|&v| code(v, scale, min) as f32).collect();
+        let count = x.len() as f32;
+        let (sq, sx, sqq, sqx) = qs
+            .iter()
+            .zip(x)
+            .fold((0f32, 0f32, 0f32, 0f32), |a, (&q, &v)| {
+                (a.0 + q, a.1 + v, a.2 + q * q, a.3 + q * v)
+            });
+        let det = count * sqq - sq * sq;
+        let (mut s, mut m) = (scale, min);
+        if det > 0.0 {
+            s = (count * sqx - sq * sx) / det;
+            m = (s * sq - sx) / count;
+        }
+        if s <= 0.0 || m < 0.0 {
+            (s, m) = (scale, min);
+        }
+        for (s, m) in [(scale, min), (s, m)] {
+            let e = error(s, m);
+            if e < best_err {
+                (best_err, best_scale, best_min) = (e, s, m);
+            }
+        }
+    }
+    for (c, &v) in codes.iter_mut().zip(x) {
+        *c = code(v, best_scale, best_min);
+    }
+    (best_scale, best_min)
+}
+
+/// One Q4_K block of 256 values (the inverse of [`q4_k`]): per sub-block of 32 a scale and
+/// min, both quantized to 6 bits against the block's f16 `d` and `dmin`, and 4-bit codes.
+pub fn encode_q4_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    let mut codes = [0u8; QK_K];
+    for j in 0..8 {
+        (scales[j], mins[j]) = fit_scale_min(&x[j * 32..(j + 1) * 32], 15, &mut codes[j * 32..]);
+    }
+    let max_scale = scales.iter().fold(0f32, |m, &s| m.max(s));
+    let max_min = mins.iter().fold(0f32, |m, &s| m.max(s));
+    let d = f16::from_f32(max_scale / 63.0);
+    let dmin = f16::from_f32(max_min / 63.0);
+    let six = |v: f32, unit: f32| {
+        if unit > 0.0 {
+            (v / unit).round().clamp(0.0, 63.0) as u8
+        } else {
+            0
+        }
+    };
+    let (df, dminf) = (d.to_f32(), dmin.to_f32());
+    let ls: Vec<u8> = scales.iter().map(|&s| six(s, df)).collect();
+    let lm: Vec<u8> = mins.iter().map(|&m| six(m, dminf)).collect();
+    let mut packed = [0u8; 12];
+    for j in 0..8 {
+        if j < 4 {
+            packed[j] = ls[j];
+            packed[j + 4] = lm[j];
+        } else {
+            packed[j + 4] = (ls[j] & 0x0F) | ((lm[j] & 0x0F) << 4);
+            packed[j - 4] |= (ls[j] >> 4) << 6;
+            packed[j] |= (lm[j] >> 4) << 6;
+        }
+    }
+    // Codes again against the scales as stored.
+    for j in 0..8 {
+        let (s, m) = (df * ls[j] as f32, dminf * lm[j] as f32);
+        for l in 0..32 {
+            let v = x[j * 32 + l];
+            codes[j * 32 + l] = if s > 0.0 {
+                ((v + m) / s).round().clamp(0.0, 15.0) as u8
+            } else {
+                0
+            };
+        }
+    }
+    out.extend(d.to_le_bytes());
+    out.extend(dmin.to_le_bytes());
+    out.extend(packed);
+    for c in 0..4 {
+        for l in 0..32 {
+            out.push(codes[2 * c * 32 + l] | (codes[(2 * c + 1) * 32 + l] << 4));
+        }
+    }
+}
+
+/// One Q6_K block of 256 values (the inverse of [`q6_k`]): per group of 16 a signed 8-bit
+/// scale against the block's f16 `d`, and 6-bit codes offset by 32; the group's value of
+/// largest magnitude maps to −32.
+pub fn encode_q6_k(x: &[f32], out: &mut Vec<u8>) {
+    let mut group_scales = [0f32; 16];
+    for (g, s) in group_scales.iter_mut().enumerate() {
+        let group = &x[g * 16..(g + 1) * 16];
+        let max = group
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        *s = max / -32.0;
+    }
+    let max_scale = group_scales
+        .iter()
+        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let d = f16::from_f32(max_scale / -128.0);
+    let df = d.to_f32();
+    let sc: Vec<i8> = group_scales
+        .iter()
+        .map(|&s| {
+            if df != 0.0 {
+                (s / df).round().clamp(-128.0, 127.0) as i8
+            } else {
+                0
+            }
+        })
+        .collect();
+    let (mut ql, mut qh) = ([0u8; 128], [0u8; 64]);
+    for i in 0..QK_K {
+        let step = df * sc[i / 16] as f32;
+        let q = if step != 0.0 {
+            (x[i] / step).round().clamp(-32.0, 31.0) as i32
+        } else {
+            0
+        };
+        let q6 = (q + 32) as u8;
+        let (g, l) = (i / 32, i % 32);
+        let (h, r) = (g / 4, g % 4);
+        ql[h * 64 + (r % 2) * 32 + l] |= (q6 & 0x0F) << (4 * (r / 2));
+        qh[h * 32 + l] |= (q6 >> 4) << (2 * r);
+    }
+    out.extend(ql);
+    out.extend(qh);
+    out.extend(sc.iter().map(|&s| s as u8));
+    out.extend(d.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signal(seed: u32) -> Vec<f32> {
+        (0..QK_K as u32)
+            .map(|i| {
+                let h = (i.wrapping_mul(2654435761) ^ seed.wrapping_mul(40503)) % 10_000;
+                (h as f32 / 10_000.0 - 0.45) * if i % 97 == 0 { 6.0 } else { 1.0 }
+            })
+            .collect()
+    }
+
+    fn rms(a: &[f32], b: &[f32]) -> f32 {
+        (a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>() / a.len() as f32).sqrt()
+    }
+
+    /// Plain min–max quantization of each group of `group` values to `levels` steps with exact
+    /// f32 scales: the baseline a K-quant's fitted and 6/8-bit-quantized scales must match.
+    fn min_max_baseline(x: &[f32], group: usize, levels: f32) -> Vec<f32> {
+        x.chunks(group)
+            .flat_map(|g| {
+                let lo = g.iter().fold(0f32, |m, &v| m.min(v));
+                let hi = g.iter().fold(0f32, |m, &v| m.max(v));
+                let step = (hi - lo) / levels;
+                g.iter()
+                    .map(move |&v| {
+                        if step > 0.0 {
+                            ((v - lo) / step).round() * step + lo
+                        } else {
+                            lo
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Symmetric quantization of each group to codes −levels..levels−1 with the value of largest
+    /// magnitude at −levels, exact f32 scales: Q6_K's scheme without its 8-bit scales.
+    fn absmax_baseline(x: &[f32], group: usize, levels: f32) -> Vec<f32> {
+        x.chunks(group)
+            .flat_map(|g| {
+                let max = g
+                    .iter()
+                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                let step = max / -levels;
+                g.iter()
+                    .map(move |&v| {
+                        if step != 0.0 {
+                            (v / step).round().clamp(-levels, levels - 1.0) * step
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn encoded_blocks_decode_as_close_as_exact_scale_min_max() {
+        for seed in 0..4 {
+            let x = signal(seed);
+            let mut bytes = Vec::new();
+            encode_q4_k(&x, &mut bytes);
+            assert_eq!(bytes.len(), 144);
+            let mut back = Vec::new();
+            q4_k(&bytes, &mut back);
+            let (ours, base) = (rms(&x, &back), rms(&x, &min_max_baseline(&x, 32, 15.0)));
+            assert!(ours <= 1.05 * base, "q4_k {ours} vs min-max {base}");
+            bytes.clear();
+            encode_q6_k(&x, &mut bytes);
+            assert_eq!(bytes.len(), 210);
+            back.clear();
+            q6_k(&bytes, &mut back);
+            let (ours, base) = (rms(&x, &back), rms(&x, &absmax_baseline(&x, 16, 32.0)));
+            assert!(ours <= 1.1 * base, "q6_k {ours} vs absmax {base}");
+        }
+        // Zeros stay zeros.
+        let mut bytes = Vec::new();
+        encode_q4_k(&[0.0; QK_K], &mut bytes);
+        let mut back = Vec::new();
+        q4_k(&bytes, &mut back);
+        assert!(back.iter().all(|v| *v == 0.0));
+    }
+}

@@ -52,6 +52,8 @@ fn every_type_reads_back_with_the_models_loss_and_tokenizer() {
         (GgufType::Bf16, 2e-3),
         (GgufType::Q8_0, 3e-3),
         (GgufType::Q4_0, 3e-2),
+        // Rows of 64 do not split into K blocks of 256: Q5_0 and Q8_0, as llama.cpp falls back.
+        (GgufType::Q4KM, 2e-2),
     ] {
         let path = out(&format!("{ty:?}"));
         let options = GgufExport {
@@ -91,6 +93,7 @@ fn every_type_reads_back_with_the_models_loss_and_tokenizer() {
             GgufType::Bf16 => 30,
             GgufType::Q8_0 => 8,
             GgufType::Q4_0 => 2,
+            GgufType::Q4KM => 6,
         };
         assert_eq!((q.type_id, norm.type_id), (expect, 0), "{ty:?}");
         std::fs::remove_file(&path).unwrap();
@@ -135,7 +138,7 @@ fn what_cannot_be_written_yet_is_refused_by_name() {
         assert!(err.contains(what), "{name}: {err}");
         assert!(!path.exists());
     }
-    assert!("q4_k_m".parse::<GgufType>().is_err());
+    assert!("q5_k_m".parse::<GgufType>().is_err());
 }
 
 #[test]
@@ -166,5 +169,42 @@ fn smollm2_round_trips_through_f16() {
     }
     assert_eq!(back_tok.chat_template, tok.chat_template);
     assert_eq!(back_tok.stop_ids, tok.stop_ids);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn q4_k_m_writes_k_blocks_where_rows_split_into_256() {
+    let dir = fixtures().join("tiny_models/llama");
+    let mut config = medify_models::LlamaConfig::from_file(dir.join("config.json")).unwrap();
+    (config.hidden_size, config.intermediate_size) = (256, 512);
+    (config.head_dim, config.num_hidden_layers) = (64, 8);
+    let source = medify_models::RandomWeights::new(config.clone(), 11);
+    let (model, _) =
+        CausalLm::load(&source, &config, &Device::flex(), &LoadOptions::dense()).unwrap();
+    let tok = ModelTokenizer::load(&dir).unwrap();
+    let reference = loss(&model);
+    let path = out("q4km");
+    let options = GgufExport {
+        dtype: GgufType::Q4KM,
+        overwrite: true,
+        ..GgufExport::default()
+    };
+    model.save_gguf(&path, &tok, &options).unwrap();
+    let source = GgufSource::open(&path).unwrap();
+    let ty = |name: &str| source.tensor_infos()[name].type_id;
+    // Q4_K = 12, Q6_K = 14: llama.cpp's use_more_bits gives layers 0, 3, 6 and 7 of 8 Q6_K.
+    assert_eq!(ty("blk.0.attn_q.weight"), 12);
+    assert_eq!(ty("token_embd.weight"), 12);
+    assert_eq!(ty("output.weight"), 14);
+    let v: Vec<u32> = (0..8)
+        .map(|i| ty(&format!("blk.{i}.attn_v.weight")))
+        .collect();
+    assert_eq!(v, [14, 12, 12, 14, 12, 12, 14, 14]);
+    assert_eq!(ty("blk.3.ffn_down.weight"), 14);
+    assert_eq!(ty("blk.0.attn_norm.weight"), 0);
+    let (back, _) = load(&path);
+    let rel = ((loss(&back) - reference) / reference).abs();
+    println!("Q4_K_M (random 256-wide model): relative loss change {rel:.2e}");
+    assert!(rel < 1e-2, "relative loss difference {rel:.2e}");
     std::fs::remove_file(&path).unwrap();
 }

@@ -9,9 +9,10 @@ fn k_quants_decode_bit_for_bit_like_gguf_py() {
     let text = include_str!("../../../fixtures/kquants.json");
     let fixture: serde_json::Value = serde_json::from_str(text).unwrap();
     let cases = fixture["cases"].as_array().unwrap();
-    assert_eq!(cases.len(), 5);
+    assert_eq!(cases.len(), 6);
     for case in cases {
         let ty = match case["type"].as_str().unwrap() {
+            "Q5_0" => GgmlType::Q5_0,
             "Q2_K" => GgmlType::Q2K,
             "Q3_K" => GgmlType::Q3K,
             "Q4_K" => GgmlType::Q4K,
