@@ -11,6 +11,7 @@ use crate::models::{
     load_pretrained,
 };
 use crate::quant::QuantConfig;
+use crate::training::Modelfile;
 use medify_chat::{Chat, chat_encoder};
 
 /// A loaded base model: the network, its tokenizer for generation, and the chat encoder that
@@ -93,6 +94,28 @@ impl BaseModel {
             overwrite,
         };
         Ok(self.model.save_gguf(path, &self.tokenizer, &options)?)
+    }
+
+    /// The Ollama `Modelfile` of this model's GGUF export at `gguf` (written beside it): its chat
+    /// template as Ollama's template, stops at the end-of-turn tokens, and `system` (or the
+    /// default educational system prompt) with the disclaimer.
+    pub fn ollama_modelfile(&self, gguf: &Path, system: Option<&str>) -> Modelfile {
+        let name = gguf
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let template = ChatTemplate::builtin_source(self.encoder.template().name())
+            .ok()
+            .map(str::to_string)
+            .or_else(|| self.tokenizer.chat_template.clone())
+            .unwrap_or_default();
+        let eos = self.tokenizer.eos_token.clone().unwrap_or_default();
+        Modelfile::new(
+            &name,
+            &template,
+            &eos,
+            Some(system.unwrap_or(crate::safety::DEFAULT_SYSTEM_PROMPT)),
+        )
     }
 }
 

@@ -11,6 +11,7 @@ pub mod memory_model;
 pub(crate) mod metrics;
 pub(crate) mod model_card;
 pub mod observers;
+pub(crate) mod ollama;
 pub(crate) mod plot;
 pub(crate) mod provenance;
 pub(crate) mod run;
@@ -31,6 +32,7 @@ pub use observers::{
     LossPlot, MetricsLog, ModelCardWriter, PeakMemory, ProgressDisplay, RunContext, TrainObserver,
     default_observers,
 };
+pub use ollama::Modelfile;
 pub use plot::write_loss_plot;
 pub use provenance::{
     AdapterBase, DataOrigin, DataSource, EMBEDDED_MEDICAL_QA, Fingerprint, ModelSource, RunSources,

@@ -27,6 +27,10 @@ pub struct Args {
     /// (llama.cpp's mixture: Q4_K, Q6_K for the output and some attn_v/ffn_down).
     #[arg(long = "type", value_name = "TYPE", requires = "gguf")]
     gguf_type: Option<GgufType>,
+    /// With --gguf: also write an Ollama `Modelfile` beside it (FROM, TEMPLATE, stop
+    /// parameters, the run's system prompt and the disclaimer): `ollama create NAME -f Modelfile`.
+    #[arg(long, requires = "gguf")]
+    ollama: bool,
     /// Weight dtype of the merged model: f32, f16 or bf16. Default: the base's own (its
     /// config.json's dtype), bf16 when it names none (GGUF).
     #[arg(long, conflicts_with = "gguf")]
@@ -40,14 +44,24 @@ pub struct Args {
 pub fn run(a: &Args) -> anyhow::Result<()> {
     // nf4/fp4 merges into the dequantized 4-bit weights (what QLoRA trained against), none
     // into the original dense weights; by default the base the adapter's record names.
-    let (base, from, summary) = a.base.load(Some(&a.adapter), None)?;
-    if let Some(summary) = summary {
-        eprintln!("{summary}");
+    let (base, from, tuned) = a.base.load(Some(&a.adapter), None)?;
+    if let Some(t) = &tuned {
+        eprintln!("{}", t.adapter);
     }
     if let Some(path) = &a.gguf {
         let ty = a.gguf_type.unwrap_or_default();
         base.save_gguf(path, ty, a.overwrite)?;
         eprintln!("merged model written to {} ({ty:?})", path.display());
+        if a.ollama {
+            let system = tuned.as_ref().and_then(|t| t.system_prompt.as_deref());
+            let modelfile = path.with_file_name("Modelfile");
+            base.ollama_modelfile(path, system).write(&modelfile)?;
+            eprintln!(
+                "Modelfile written to {} (ollama create NAME -f {})",
+                modelfile.display(),
+                modelfile.display()
+            );
+        }
         return Ok(());
     }
     let out = a

@@ -52,7 +52,7 @@ impl ModelArgs {
         &self,
         adapter: Option<&std::path::Path>,
         template: Option<&str>,
-    ) -> anyhow::Result<(BaseModel, AdapterBase, Option<LoraSummary>)> {
+    ) -> anyhow::Result<(BaseModel, AdapterBase, Option<Tuned>)> {
         let device = device_named(&self.device)?;
         let Some(dir) = adapter else {
             let from = self.base(None)?;
@@ -69,8 +69,20 @@ impl ModelArgs {
         if tuned.from.from_record {
             eprintln!("base from the adapter's record: {}", describe(&tuned.from));
         }
-        Ok((tuned.base, tuned.from, Some(tuned.adapter)))
+        let info = Tuned {
+            adapter: tuned.adapter,
+            system_prompt: tuned.settings.and_then(|s| s.system_prompt),
+        };
+        Ok((tuned.base, tuned.from, Some(info)))
     }
+}
+
+/// What loading an adapter also tells: its size and the run's system prompt.
+pub struct Tuned {
+    /// Trainable versus total parameters.
+    pub adapter: LoraSummary,
+    /// The system prompt the run trained with, when it set one.
+    pub system_prompt: Option<String>,
 }
 
 fn describe(base: &AdapterBase) -> String {

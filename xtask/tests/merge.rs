@@ -1,6 +1,6 @@
-//! `cargo xtask finetune` then `cargo xtask merge --gguf`: the run's adapter, merged over the
-//! 4-bit base it trained on, written as GGUF with the chat template it trained with, and that
-//! file served by `eval` with the loss of the adapter.
+//! `cargo xtask finetune` then `cargo xtask merge --gguf --ollama`: the run's adapter, merged
+//! over the 4-bit base it trained on, written as GGUF with the chat template it trained with and
+//! an Ollama Modelfile, and that file evaluated by `eval` with the loss of the adapter.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -76,7 +76,21 @@ fn a_fine_tuned_run_merges_into_a_gguf_that_evaluates_like_the_adapter() {
         "f32",
         "--device",
         "flex",
+        "--ollama",
     ]);
+    // The Ollama Modelfile beside it: the file, the ChatML turns as Ollama's template, the
+    // end-of-turn stop and the disclaimer in the system prompt.
+    let modelfile = std::fs::read_to_string(tmp.join("Modelfile")).unwrap();
+    assert!(modelfile.starts_with("FROM ./merged.gguf\n"), "{modelfile}");
+    assert!(
+        modelfile.contains("{{ if eq .Role \"user\" }}<|im_start|>user\n"),
+        "{modelfile}"
+    );
+    assert!(
+        modelfile.contains("PARAMETER stop \"<|im_end|>\""),
+        "{modelfile}"
+    );
+    assert!(modelfile.contains(medify_qlora::DISCLAIMER), "{modelfile}");
     let with_adapter = eval_loss(&["--adapter", run_s, "--template", "chatml"]);
     let merged = eval_loss(&["--model", gguf_s]);
     assert!(
