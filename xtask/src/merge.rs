@@ -13,9 +13,10 @@ use crate::models::ModelArgs;
 pub struct Args {
     #[command(flatten)]
     base: ModelArgs,
-    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors).
-    #[arg(long)]
-    adapter: PathBuf,
+    /// PEFT adapter directory (adapter_config.json + adapter_model.safetensors). Without one,
+    /// `--model` is converted as it is (e.g. a Hugging Face directory to GGUF).
+    #[arg(long, required_unless_present = "model")]
+    adapter: Option<PathBuf>,
     /// Output directory (must not exist or be empty, unless --overwrite).
     #[arg(long, required_unless_present = "gguf", conflicts_with = "gguf")]
     out: Option<PathBuf>,
@@ -44,7 +45,7 @@ pub struct Args {
 pub fn run(a: &Args) -> anyhow::Result<()> {
     // nf4/fp4 merges into the dequantized 4-bit weights (what QLoRA trained against), none
     // into the original dense weights; by default the base the adapter's record names.
-    let (base, from, tuned) = a.base.load(Some(&a.adapter), None)?;
+    let (base, from, tuned) = a.base.load(a.adapter.as_deref(), None)?;
     if let Some(t) = &tuned {
         eprintln!("{}", t.adapter);
     }

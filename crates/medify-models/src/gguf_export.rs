@@ -421,10 +421,12 @@ fn tokenizer_meta(tok: &ModelTokenizer, origin: &str) -> Result<Vec<(String, Met
             other => Err(bad(format!("merge {other} is not a pair"))),
         })
         .collect::<Result<_>>()?;
-    let pre = if json["pre_tokenizer"].to_string().contains("Split") {
-        "llama-bpe"
-    } else {
-        "gpt2"
+    // The name the tokenizer was read with, else llama.cpp's name for its split: the Llama 3
+    // regex, or GPT-2's (plain byte-level).
+    let pre = match &tok.gguf_pre {
+        Some(pre) => pre.as_str(),
+        None if json["pre_tokenizer"].to_string().contains("Split") => "llama-bpe",
+        None => "gpt-2",
     };
     let id_of = |t: &Option<String>| t.as_deref().and_then(|t| tok.token_id(t));
     let probe = tok.encode("a", true).map_err(|e| bad(e.to_string()))?;

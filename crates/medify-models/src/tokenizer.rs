@@ -47,6 +47,9 @@ pub struct ModelTokenizer {
     pub stop_ids: Vec<u32>,
     origin: String,
     template_origin: String,
+    /// The GGUF pre-tokenizer name (`tokenizer.ggml.pre`) this tokenizer was read with, kept so
+    /// a GGUF export names it again.
+    pub(crate) gguf_pre: Option<String>,
 }
 
 impl std::fmt::Debug for ModelTokenizer {
@@ -235,6 +238,7 @@ impl ModelTokenizer {
             stop_ids: Vec::new(),
             origin,
             template_origin,
+            gguf_pre: None,
         };
         let mut stops: BTreeSet<u32> = BTreeSet::new();
         if let Some(gen_cfg) = read_json(&dir.join("generation_config.json"))? {
@@ -403,6 +407,7 @@ impl ModelTokenizer {
             stop_ids: Vec::new(),
             template_origin: origin.clone(),
             origin,
+            gguf_pre: Some(pre.to_string()),
         };
         let mut stops = BTreeSet::new();
         stops.extend(id("tokenizer.ggml.eos_token_id").map(|i| i as u32));

@@ -96,6 +96,9 @@ fn every_type_reads_back_with_the_models_loss_and_tokenizer() {
             GgufType::Q4KM => 6,
         };
         assert_eq!((q.type_id, norm.type_id), (expect, 0), "{ty:?}");
+        // llama.cpp's name for a plain byte-level split (it refuses "gpt2").
+        let pre = source.metadata()["tokenizer.ggml.pre"].as_str();
+        assert_eq!(pre, Some("gpt-2"));
         std::fs::remove_file(&path).unwrap();
     }
 }
@@ -157,6 +160,8 @@ fn smollm2_round_trips_through_f16() {
     model.save_gguf(&path, &tok, &options).unwrap();
     let source = GgufSource::open(&path).unwrap();
     assert!(!source.tensor_infos().contains_key("output.weight")); // tied, as the original
+    let pre = source.metadata()["tokenizer.ggml.pre"].as_str();
+    assert_eq!(pre, Some("smollm")); // the name it was read with
     let (back, back_tok) = load(&path);
     let rel = ((loss(&back) - reference) / reference).abs();
     assert!(rel < 1e-3, "relative loss difference {rel:.2e}");
