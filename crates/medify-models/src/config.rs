@@ -143,6 +143,9 @@ pub struct LlamaConfig {
     pub pad_token_id: Option<u32>,
     /// bitsandbytes 4-bit checkpoint settings, when the weights are stored in 4 bits.
     pub quantization: Option<BnbQuantization>,
+    /// llama.cpp's per-frequency RoPE divisors (`rope_freqs.weight`, `head_dim / 2` of them),
+    /// as a Llama 3.1 GGUF stores its rope scaling; applied after `rope_scaling`.
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 struct Fields<'a> {
@@ -311,6 +314,7 @@ impl LlamaConfig {
             eos_token_ids: f.token_ids("eos_token_id")?,
             pad_token_id: f.token_ids("pad_token_id")?.first().copied(),
             quantization: read_quantization(&f)?,
+            rope_freq_factors: None,
         };
         config.validate(origin)?;
         Ok(config)
@@ -482,6 +486,21 @@ impl LlamaConfig {
         };
         positive("rms_norm_eps", self.rms_norm_eps)?;
         positive("rope_theta", self.rope_theta)?;
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 {
+                return bad(format!(
+                    "rope_freqs holds {} factors; head_dim {} needs {}",
+                    f.len(),
+                    self.head_dim,
+                    self.head_dim / 2
+                ));
+            }
+            if let Some(v) = f.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return bad(format!(
+                    "rope_freqs factors must be finite and positive, got {v}"
+                ));
+            }
+        }
         match self.rope_scaling {
             RopeScaling::Default => {}
             RopeScaling::Linear { factor } => positive("rope scaling factor", factor)?,

@@ -325,14 +325,21 @@ impl GgufSource {
         }
         let config = config_from_metadata(&metadata, &tensors, &origin)?;
         let names = hf_names(&tensors);
-        Ok(GgufSource {
+        let mut source = GgufSource {
             path: path.to_path_buf(),
             mmap,
             metadata,
             tensors,
             names,
             config,
-        })
+        };
+        // Llama 3.1's rope scaling, as llama.cpp stores it: a divisor per frequency.
+        if source.tensors.contains_key("rope_freqs.weight") {
+            let (_, factors) = source.decode("rope_freqs.weight")?;
+            source.config.rope_freq_factors = Some(factors);
+            source.config.validate(&origin)?;
+        }
+        Ok(source)
     }
 
     /// The model configuration read from the metadata.
@@ -561,12 +568,6 @@ fn config_from_metadata(
             "GGUF architecture {arch}"
         )));
     }
-    if tensors.contains_key("rope_freqs.weight") {
-        return Err(ModelError::config(
-            origin,
-            "GGUF tensor rope_freqs.weight (Llama 3.1 rope scaling) is not supported yet; load the Hugging Face checkpoint instead",
-        ));
-    }
     let key = |k: &str| format!("{arch}.{k}");
     let get_u = |k: &str| {
         meta.get(&key(k))
@@ -643,6 +644,7 @@ fn config_from_metadata(
         eos_token_ids: id("tokenizer.ggml.eos_token_id").into_iter().collect(),
         pad_token_id: id("tokenizer.ggml.padding_token_id"),
         quantization: None,
+        rope_freq_factors: None,
     };
     config.validate(origin)?;
     Ok(config)

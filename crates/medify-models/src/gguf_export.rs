@@ -465,6 +465,48 @@ fn tokenizer_meta(tok: &ModelTokenizer, origin: &str) -> Result<Vec<(String, Met
     Ok(meta)
 }
 
+/// Llama 3.1's rope scaling as llama.cpp's per-frequency divisors (`rope_freqs.weight`, what
+/// its converter writes): 1 for high frequencies, `factor` for low ones, and between them the
+/// inverse of transformers' smooth interpolation, so `inv_freq / divisor` is transformers'
+/// scaled frequency.
+pub fn llama3_rope_factors(c: &crate::config::LlamaConfig) -> Option<Vec<f32>> {
+    let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    } = c.rope_scaling
+    else {
+        return None;
+    };
+    let (factor, low, high) = (
+        factor as f32,
+        low_freq_factor as f32,
+        high_freq_factor as f32,
+    );
+    let old = original_max_position_embeddings as f32;
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    let base = c.rope_theta as f32;
+    let dim = c.head_dim;
+    Some(
+        (0..dim)
+            .step_by(2)
+            .map(|i| {
+                let freq = 1.0 / base.powf(i as f32 / dim as f32);
+                let wavelen = 2.0 * std::f32::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor
+                } else {
+                    let smooth = (old / wavelen - low) / (high - low);
+                    1.0 / ((1.0 - smooth) / factor + smooth)
+                }
+            })
+            .collect(),
+    )
+}
+
 impl CausalLm {
     /// Writes the model, adapters merged and 4-bit weights decoded, as one GGUF v3 file that
     /// llama.cpp and Ollama load, with `tokenizer`'s vocabulary, special tokens and chat
@@ -499,14 +541,13 @@ impl CausalLm {
             ));
         }
         let rope_scaling = match c.rope_scaling {
-            RopeScaling::Default => None,
             RopeScaling::Linear { factor } => Some(factor),
-            RopeScaling::Llama3 { .. } => {
-                return Err(ModelError::UnsupportedArchitecture(
-                    "GGUF export of Llama 3.1 rope scaling (rope_freqs) is not written yet".into(),
-                ));
-            }
+            RopeScaling::Default | RopeScaling::Llama3 { .. } => None,
         };
+        let rope_freqs = c
+            .rope_freq_factors
+            .clone()
+            .or_else(|| llama3_rope_factors(c));
         if path.exists() && !options.overwrite {
             return Err(ModelError::io(
                 path,
@@ -633,6 +674,19 @@ impl CausalLm {
                 source,
             });
             offset += (numel / per_block * block_bytes).div_ceil(ALIGNMENT) * ALIGNMENT;
+        }
+        if let Some(factors) = rope_freqs {
+            // The last tensor: nothing is placed after it.
+            let len = factors.len();
+            entries.push(Entry {
+                gguf: "rope_freqs.weight".into(),
+                hf: "rope_freqs".into(),
+                shape: vec![len],
+                ty: Storage::F32,
+                offset,
+                heads: None,
+                source: crate::save::Source::Values(factors),
+            });
         }
         // llama.cpp's converter orders tensors by block; any order loads.
         let mut head = Vec::new();

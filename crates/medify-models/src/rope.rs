@@ -56,6 +56,9 @@ impl Rope {
                 }
             }
         }
+        if let Some(factors) = &config.rope_freq_factors {
+            inv_freq.iter_mut().zip(factors).for_each(|(f, d)| *f /= d);
+        }
         Rope {
             inv_freq,
             head_dim: dim,

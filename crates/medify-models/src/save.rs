@@ -99,6 +99,8 @@ impl SaveDtype {
 }
 
 pub(crate) enum Source<'a> {
+    /// Values computed for the file (e.g. GGUF's `rope_freqs`).
+    Values(Vec<f32>),
     Vector(&'a Tensor<1>),
     Matrix(&'a Tensor<2>),
     Linear(&'a Projection),
@@ -107,6 +109,7 @@ pub(crate) enum Source<'a> {
 impl Source<'_> {
     pub(crate) fn shape(&self) -> Vec<usize> {
         match self {
+            Source::Values(v) => vec![v.len()],
             Source::Vector(t) => t.dims().to_vec(),
             Source::Matrix(t) => t.dims().to_vec(),
             Source::Linear(p) => p.dims().to_vec(),
@@ -115,6 +118,7 @@ impl Source<'_> {
 
     pub(crate) fn values(&self) -> std::result::Result<Vec<f32>, String> {
         let data = match self {
+            Source::Values(v) => return Ok(v.clone()),
             Source::Vector(t) => (*t).clone().into_data(),
             Source::Matrix(t) => (*t).clone().into_data(),
             Source::Linear(p) => p.effective_weight().into_data(),
@@ -152,6 +156,7 @@ impl CausalLm {
         overwrite: bool,
     ) -> Result<()> {
         let dir = dir.as_ref();
+        self.check_hf_expressible(dir)?;
         prepare_dir(dir, overwrite)?;
         let entries = self.save_entries();
 
@@ -225,6 +230,7 @@ impl CausalLm {
         overwrite: bool,
     ) -> Result<()> {
         let dir = dir.as_ref();
+        self.check_hf_expressible(dir)?;
         prepare_dir(dir, overwrite)?;
         let file = dir.join("model.safetensors");
         let origin = file.display().to_string();
@@ -263,6 +269,18 @@ impl CausalLm {
     }
 
     /// Every tensor of a Hugging Face checkpoint of this model, by name, sorted.
+    /// `config.json` cannot hold llama.cpp's per-frequency RoPE divisors.
+    fn check_hf_expressible(&self, dir: &Path) -> Result<()> {
+        if self.config().rope_freq_factors.is_some() {
+            return Err(ModelError::weights(
+                dir.display().to_string(),
+                "this model's rope scaling came from a GGUF's rope_freqs, which config.json cannot \
+                 express; export it as GGUF (save_gguf) instead",
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn save_entries(&self) -> Vec<(String, Source<'_>)> {
         let mut entries: Vec<(String, Source<'_>)> = vec![(
             "model.embed_tokens.weight".into(),
