@@ -295,13 +295,13 @@ impl ModelTokenizer {
             .get("tokenizer.ggml.model")
             .and_then(GgufValue::as_str)
             .unwrap_or("");
-        if model != "gpt2" {
+        if model != "gpt2" && model != "llama" {
             return Err(err(format!(
-                "tokenizer.ggml.model {model:?} is not supported (byte-level BPE \"gpt2\"); use the model's tokenizer.json"
+                "tokenizer.ggml.model {model:?} is not supported (byte-level BPE \"gpt2\" or SentencePiece \"llama\"); use the model's tokenizer.json"
             )));
         }
+        let sentencepiece = model == "llama";
         let tokens = strings("tokenizer.ggml.tokens")?;
-        let merges = strings("tokenizer.ggml.merges")?;
         let types: Vec<u64> = match meta.get("tokenizer.ggml.token_type") {
             Some(GgufValue::Array(a)) => a
                 .iter()
@@ -322,48 +322,35 @@ impl ModelTokenizer {
             .enumerate()
             .map(|(i, t)| (t.clone(), i as u32))
             .collect();
-        let merges: Vec<(String, String)> = merges
-            .iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| err(format!("merge {m:?} is not two tokens")))
-            })
-            .collect::<Result<_>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| err(e.to_string()))?;
-        let mut tokenizer = Tokenizer::new(bpe);
-        let pre = meta
-            .get("tokenizer.ggml.pre")
-            .and_then(GgufValue::as_str)
-            .unwrap_or("default");
-        let byte_level = ByteLevel::new(false, true, true);
-        match pre {
-            "llama-bpe" | "llama3" => {
-                let split = Split::new(
-                    SplitPattern::Regex(LLAMA3_SPLIT.into()),
-                    SplitDelimiterBehavior::Isolated,
-                    false,
-                )
-                .map_err(|e| err(e.to_string()))?;
-                let seq = Sequence::new(vec![
-                    PreTokenizerWrapper::Split(split),
-                    PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
-                ]);
-                tokenizer.with_pre_tokenizer(Some(seq));
-            }
-            "default" | "gpt2" | "smollm" | "gpt-2" => {
-                tokenizer.with_pre_tokenizer(Some(byte_level));
-            }
-            other => {
+        let mut tokenizer = if sentencepiece {
+            let scores: Vec<f32> = match meta.get("tokenizer.ggml.scores") {
+                Some(GgufValue::Array(a)) => a
+                    .iter()
+                    .map(|v| match v {
+                        GgufValue::F64(x) => Ok(*x as f32),
+                        GgufValue::I64(x) => Ok(*x as f32),
+                        GgufValue::U64(x) => Ok(*x as f32),
+                        _ => Err(err("tokenizer.ggml.scores holds a non-number".into())),
+                    })
+                    .collect::<Result<_>>()?,
+                _ => return Err(err("missing tokenizer.ggml.scores".into())),
+            };
+            if scores.len() != tokens.len() {
                 return Err(err(format!(
-                    "tokenizer.ggml.pre {other:?} is not supported (gpt2, smollm, llama-bpe)"
+                    "{} scores for {} tokens",
+                    scores.len(),
+                    tokens.len()
                 )));
             }
-        }
-        tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+            let merges = match meta.get("tokenizer.ggml.merges") {
+                Some(_) => split_merges(&strings("tokenizer.ggml.merges")?, &err)?,
+                None => merges_from_scores(&tokens, &scores),
+            };
+            sentencepiece_tokenizer(vocab.clone(), merges).map_err(|e| err(e.to_string()))?
+        } else {
+            let merges = split_merges(&strings("tokenizer.ggml.merges")?, &err)?;
+            byte_level_tokenizer(vocab.clone(), merges, meta, &err)?
+        };
         let specials: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
@@ -382,10 +369,11 @@ impl ModelTokenizer {
         };
         let name = |i: Option<usize>| i.and_then(|i| tokens.get(i).cloned());
         let bos = name(id("tokenizer.ggml.bos_token_id"));
-        let add_bos = matches!(
-            meta.get("tokenizer.ggml.add_bos_token"),
-            Some(GgufValue::Bool(true))
-        );
+        // llama.cpp adds BOS to a SentencePiece vocabulary whose file does not say otherwise.
+        let add_bos = match meta.get("tokenizer.ggml.add_bos_token") {
+            Some(GgufValue::Bool(b)) => *b,
+            _ => sentencepiece,
+        };
         if add_bos && let Some(b) = &bos {
             let bos_id = vocab_id(&tokens, b);
             let post = TemplateProcessing::builder()
@@ -407,7 +395,10 @@ impl ModelTokenizer {
             stop_ids: Vec::new(),
             template_origin: origin.clone(),
             origin,
-            gguf_pre: Some(pre.to_string()),
+            gguf_pre: meta
+                .get("tokenizer.ggml.pre")
+                .and_then(GgufValue::as_str)
+                .map(str::to_string),
         };
         let mut stops = BTreeSet::new();
         stops.extend(id("tokenizer.ggml.eos_token_id").map(|i| i as u32));
@@ -490,6 +481,136 @@ impl ModelTokenizer {
 
 fn vocab_id(tokens: &[String], t: &str) -> u32 {
     tokens.iter().position(|x| x == t).unwrap_or(0) as u32
+}
+
+/// `"a b"` merges as pairs.
+fn split_merges(
+    merges: &[String],
+    err: &dyn Fn(String) -> ModelError,
+) -> Result<Vec<(String, String)>> {
+    merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| err(format!("merge {m:?} is not two tokens")))
+        })
+        .collect()
+}
+
+/// The merges a SentencePiece vocabulary implies, as transformers' `generate_merges` derives
+/// them for a GGUF that lists none: every split of a token into two tokens, grouped by the
+/// token in file order and by the halves' ids within it, then ordered by the token's score,
+/// best first, and by the halves' lengths (a stable sort, so ties keep that order).
+fn merges_from_scores(tokens: &[String], scores: &[f32]) -> Vec<(String, String)> {
+    let ids: std::collections::HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    // Python's dict keeps the last score of a repeated token, in the first one's place.
+    let mut score_of: std::collections::HashMap<&str, f32> = std::collections::HashMap::new();
+    let mut order: Vec<&str> = Vec::new();
+    for (t, &s) in tokens.iter().zip(scores) {
+        if score_of.insert(t.as_str(), s).is_none() {
+            order.push(t.as_str());
+        }
+    }
+    let mut merges: Vec<(&str, &str, f32, usize, usize)> = Vec::new();
+    for token in order {
+        let score = score_of[token];
+        let mut local = Vec::new();
+        for (cut, _) in token.char_indices().skip(1) {
+            let (l, r) = token.split_at(cut);
+            if let (Some(&li), Some(&ri)) = (ids.get(l), ids.get(r)) {
+                local.push((li, ri, l, r));
+            }
+        }
+        local.sort_by_key(|&(li, ri, _, _)| (li, ri));
+        merges.extend(
+            local
+                .into_iter()
+                .map(|(_, _, l, r)| (l, r, score, l.chars().count(), r.chars().count())),
+        );
+    }
+    merges.sort_by(|a, b| b.2.total_cmp(&a.2).then(b.3.cmp(&a.3)).then(b.4.cmp(&a.4)));
+    merges
+        .into_iter()
+        .map(|(l, r, ..)| (l.to_string(), r.to_string()))
+        .collect()
+}
+
+/// A SentencePiece BPE tokenizer as transformers' `LlamaTokenizer` builds it: byte fallback,
+/// `▁` for spaces prepended to the first word, and the decoder that undoes both.
+fn sentencepiece_tokenizer(
+    vocab: Vocab,
+    merges: Vec<(String, String)>,
+) -> tokenizers::Result<Tokenizer> {
+    use tokenizers::DecoderWrapper;
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::normalizers::replace::Replace;
+    use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::First, false)));
+    tokenizer.with_decoder(Some(DecoderSequence::new(vec![
+        DecoderWrapper::Replace(Replace::new("▁", " ")?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+        DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
+    ])));
+    Ok(tokenizer)
+}
+
+/// A byte-level BPE tokenizer with the split `tokenizer.ggml.pre` names.
+fn byte_level_tokenizer(
+    vocab: Vocab,
+    merges: Vec<(String, String)>,
+    meta: &std::collections::BTreeMap<String, GgufValue>,
+    err: &dyn Fn(String) -> ModelError,
+) -> Result<Tokenizer> {
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let pre = meta
+        .get("tokenizer.ggml.pre")
+        .and_then(GgufValue::as_str)
+        .unwrap_or("default");
+    let byte_level = ByteLevel::new(false, true, true);
+    match pre {
+        "llama-bpe" | "llama3" => {
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_SPLIT.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| err(e.to_string()))?;
+            let seq = Sequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+            ]);
+            tokenizer.with_pre_tokenizer(Some(seq));
+        }
+        "default" | "gpt2" | "smollm" | "gpt-2" => {
+            tokenizer.with_pre_tokenizer(Some(byte_level));
+        }
+        other => {
+            return Err(err(format!(
+                "tokenizer.ggml.pre {other:?} is not supported (gpt2, smollm, llama-bpe)"
+            )));
+        }
+    }
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tokenizer)
 }
 
 #[cfg(test)]
