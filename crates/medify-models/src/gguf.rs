@@ -509,14 +509,32 @@ pub fn decode_blocks(ty: GgmlType, bytes: &[u8], numel: usize) -> Vec<f32> {
 
 /// Puts rows of a q or k weight back from llama.cpp's interleaved pairs into rotate-half order.
 pub fn unpermute_qk(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
+    reorder_qk(values, rows, cols, heads, false)
+}
+
+/// Moves the rows of each head between llama.cpp's interleaved RoPE pairs (row `h·d + 2i + j`)
+/// and Hugging Face's rotate-half order (row `h·d + j·d/2 + i`): into the interleaved order when
+/// `interleave`, out of it otherwise.
+pub(crate) fn reorder_qk(
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    heads: usize,
+    interleave: bool,
+) -> Vec<f32> {
     let dh = rows / heads;
     let half = dh / 2;
     let mut out = vec![0f32; values.len()];
     for h in 0..heads {
         for i in 0..half {
             for j in 0..2 {
-                let src = (h * dh + 2 * i + j) * cols;
-                let dst = (h * dh + j * half + i) * cols;
+                let paired = (h * dh + 2 * i + j) * cols;
+                let halves = (h * dh + j * half + i) * cols;
+                let (src, dst) = if interleave {
+                    (halves, paired)
+                } else {
+                    (paired, halves)
+                };
                 out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
             }
         }

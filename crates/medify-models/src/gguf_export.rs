@@ -337,19 +337,7 @@ fn gguf_name(hf: &str) -> Option<String> {
 /// Rows of a q or k weight (or bias) from Hugging Face's rotate-half order into llama.cpp's
 /// interleaved pairs (the inverse of [`crate::gguf::unpermute_qk`]).
 pub fn permute_qk(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
-    let dh = rows / heads;
-    let half = dh / 2;
-    let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let dst = (h * dh + 2 * i + j) * cols;
-                let src = (h * dh + j * half + i) * cols;
-                out[dst..dst + cols].copy_from_slice(&values[src..src + cols]);
-            }
-        }
-    }
-    out
+    crate::gguf::reorder_qk(values, rows, cols, heads, true)
 }
 
 /// The tokenizer as `tokenizer.ggml.*` metadata (byte-level BPE only for now).
