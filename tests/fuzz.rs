@@ -118,7 +118,11 @@ impl Reader {
     /// Real inputs the mutations start from.
     fn seeds(self) -> Vec<Vec<u8>> {
         match self {
-            Reader::Gguf => vec![fixture("fixtures/tiny_models/llama.gguf")],
+            Reader::Gguf => vec![
+                fixture("fixtures/tiny_models/llama.gguf"),
+                k_quant_export(),
+                sentencepiece_gguf(),
+            ],
             Reader::Safetensors => vec![
                 fixture("fixtures/tiny_models/llama/model.safetensors"),
                 fixture("fixtures/tiny_models/llama_nf4/model.safetensors"),
@@ -258,6 +262,117 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// A Q4_K_M export of a random model 256 wide (Q4_K, Q6_K and Q5_0 blocks, a tied embedding),
+/// so the mutations reach the K-quant decoders.
+fn k_quant_export() -> Vec<u8> {
+    use medify_qlora::models::{CausalLm, GgufExport, GgufType, LoadOptions, RandomWeights};
+    let dir = root().join("fixtures/tiny_models/llama");
+    let mut config = LlamaConfig::from_file(dir.join("config.json")).expect("fixture");
+    (config.hidden_size, config.intermediate_size) = (256, 320);
+    (config.head_dim, config.num_hidden_layers) = (64, 1);
+    config.tie_word_embeddings = true;
+    let source = RandomWeights::new(config.clone(), 5);
+    let (model, _) = CausalLm::load(
+        &source,
+        &config,
+        &burn::tensor::Device::flex(),
+        &LoadOptions::dense(),
+    )
+    .expect("random model");
+    let tok = ModelTokenizer::load(&dir).expect("fixture");
+    let path = scratch().join("seed-q4km.gguf");
+    let options = GgufExport {
+        dtype: GgufType::Q4KM,
+        overwrite: true,
+        ..GgufExport::default()
+    };
+    model.save_gguf(&path, &tok, &options).expect("export");
+    std::fs::read(&path).expect("export")
+}
+
+/// A tiny SentencePiece GGUF (`tokenizer.ggml.model = llama`: tokens, scores, token types, no
+/// merges), metadata only, so the mutations reach the SentencePiece tokenizer builder.
+fn sentencepiece_gguf() -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes()); // tensors
+    let string = |b: &mut Vec<u8>, s: &str| {
+        b.extend((s.len() as u64).to_le_bytes());
+        b.extend(s.as_bytes());
+    };
+    let tokens = [
+        "<unk>", "<s>", "</s>", "<0x41>", "▁", "a", "b", "▁a", "ab", "▁ab",
+    ];
+    type Value = Box<dyn Fn(&mut Vec<u8>)>;
+    let mut kv: Vec<(&str, Value)> = vec![
+        (
+            "general.architecture",
+            Box::new(move |b| {
+                b.extend(8u32.to_le_bytes());
+                string(b, "llama");
+            }),
+        ),
+        (
+            "tokenizer.ggml.model",
+            Box::new(move |b| {
+                b.extend(8u32.to_le_bytes());
+                string(b, "llama");
+            }),
+        ),
+        (
+            "tokenizer.ggml.tokens",
+            Box::new(move |b| {
+                b.extend(9u32.to_le_bytes());
+                b.extend(8u32.to_le_bytes());
+                b.extend((tokens.len() as u64).to_le_bytes());
+                tokens.iter().for_each(|t| string(b, t));
+            }),
+        ),
+        (
+            "tokenizer.ggml.scores",
+            Box::new(move |b| {
+                b.extend(9u32.to_le_bytes());
+                b.extend(6u32.to_le_bytes());
+                b.extend((tokens.len() as u64).to_le_bytes());
+                (0..tokens.len()).for_each(|i| b.extend((-(i as f32)).to_le_bytes()));
+            }),
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Box::new(move |b| {
+                b.extend(9u32.to_le_bytes());
+                b.extend(5u32.to_le_bytes());
+                b.extend((tokens.len() as u64).to_le_bytes());
+                [3i32, 3, 3, 6, 1, 1, 1, 1, 1, 1]
+                    .iter()
+                    .for_each(|t| b.extend(t.to_le_bytes()));
+            }),
+        ),
+    ];
+    for (key, value) in [
+        ("llama.embedding_length", 8u32),
+        ("llama.attention.head_count", 2),
+        ("llama.feed_forward_length", 16),
+        ("llama.block_count", 1),
+        ("tokenizer.ggml.bos_token_id", 1),
+        ("tokenizer.ggml.eos_token_id", 2),
+    ] {
+        kv.push((
+            key,
+            Box::new(move |b| {
+                b.extend(4u32.to_le_bytes());
+                b.extend(value.to_le_bytes());
+            }),
+        ));
+    }
+    b.extend((kv.len() as u64).to_le_bytes());
+    for (key, write) in &kv {
+        string(&mut b, key);
+        write(&mut b);
+    }
+    b
 }
 
 /// One edit of an input.
@@ -528,6 +643,10 @@ fn the_edits_change_inputs_and_the_seeds_are_accepted() {
             outcomes.iter().any(Result::is_ok),
             "{reader:?}: every seed is rejected: {outcomes:?}"
         );
+    }
+    // The GGUF seeds that reach the K-quant and SentencePiece paths must themselves be read.
+    for (i, seed) in Reader::Gguf.seeds().iter().enumerate() {
+        assert_eq!(Reader::Gguf.run(seed), Ok(()), "GGUF seed {i}");
     }
     let seed = b"{\"a\": 1}".to_vec();
     assert_eq!(apply(seed.clone(), &[Edit::Truncate(32768)]), b"{\"a\"");
