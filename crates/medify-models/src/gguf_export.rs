@@ -265,6 +265,7 @@ enum Meta {
     Str(String),
     Strings(Vec<String>),
     I32s(Vec<i32>),
+    F32s(Vec<f32>),
 }
 
 impl Meta {
@@ -299,6 +300,12 @@ impl Meta {
             Meta::I32s(items) => {
                 out.extend(9u32.to_le_bytes());
                 out.extend(5u32.to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                items.iter().for_each(|v| out.extend(v.to_le_bytes()));
+            }
+            Meta::F32s(items) => {
+                out.extend(9u32.to_le_bytes());
+                out.extend(6u32.to_le_bytes());
                 out.extend((items.len() as u64).to_le_bytes());
                 items.iter().for_each(|v| out.extend(v.to_le_bytes()));
             }
@@ -340,7 +347,8 @@ pub fn permute_qk(values: &[f32], rows: usize, cols: usize, heads: usize) -> Vec
     crate::gguf::reorder_qk(values, rows, cols, heads, true)
 }
 
-/// The tokenizer as `tokenizer.ggml.*` metadata (byte-level BPE only for now).
+/// The tokenizer as `tokenizer.ggml.*` metadata: byte-level BPE (`gpt2`) or SentencePiece BPE
+/// with byte fallback (`llama`).
 fn tokenizer_meta(tok: &ModelTokenizer, origin: &str) -> Result<Vec<(String, Meta)>> {
     let bad = |m: String| ModelError::Tokenizer {
         origin: origin.to_string(),
@@ -353,12 +361,14 @@ fn tokenizer_meta(tok: &ModelTokenizer, origin: &str) -> Result<Vec<(String, Met
     )
     .map_err(|e| bad(e.to_string()))?;
     let model = &json["model"];
-    if model["type"] != "BPE" || model["byte_fallback"] == true {
+    if model["type"] != "BPE" {
         return Err(bad(format!(
-            "only byte-level BPE tokenizers export to GGUF yet (this one is {} with byte_fallback {}: a SentencePiece tokenizer)",
-            model["type"], model["byte_fallback"]
+            "only BPE tokenizers (byte-level, or SentencePiece with byte fallback) export to GGUF; this one is {}",
+            model["type"]
         )));
     }
+    // SentencePiece BPE (Llama 2, TinyLlama, Mistral): `▁` for spaces, bytes as <0xXX> tokens.
+    let sentencepiece = model["byte_fallback"] == true;
     let vocab = model["vocab"]
         .as_object()
         .ok_or_else(|| bad("the BPE model has no vocabulary".into()))?;
@@ -389,8 +399,15 @@ fn tokenizer_meta(tok: &ModelTokenizer, origin: &str) -> Result<Vec<(String, Met
         .enumerate()
         .map(|(i, t)| t.ok_or_else(|| bad(format!("no token has id {i}"))))
         .collect::<Result<_>>()?;
-    let token_types: Vec<i32> = (0..tokens.len())
-        .map(|i| types.get(&i).copied().unwrap_or(1))
+    let is_byte = |t: &str| t.len() == 6 && t.starts_with("<0x") && t.ends_with('>');
+    let token_types: Vec<i32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match types.get(&i) {
+            Some(&ty) => ty,
+            None if sentencepiece && is_byte(t) => 6, // BYTE
+            None => 1,
+        })
         .collect();
     let merges: Vec<String> = model["merges"]
         .as_array()
@@ -420,16 +437,49 @@ fn tokenizer_meta(tok: &ModelTokenizer, origin: &str) -> Result<Vec<(String, Met
     let probe = tok.encode("a", true).map_err(|e| bad(e.to_string()))?;
     let bos = id_of(&tok.bos_token);
     let eos = id_of(&tok.eos_token);
-    let mut meta = vec![
-        ("tokenizer.ggml.model".to_string(), Meta::Str("gpt2".into())),
-        ("tokenizer.ggml.pre".to_string(), Meta::Str(pre.into())),
-        ("tokenizer.ggml.tokens".to_string(), Meta::Strings(tokens)),
-        (
-            "tokenizer.ggml.token_type".to_string(),
-            Meta::I32s(token_types),
-        ),
-        ("tokenizer.ggml.merges".to_string(), Meta::Strings(merges)),
-    ];
+    let mut meta = if sentencepiece {
+        // llama.cpp's SentencePiece tokenizer merges by score, not by the merge list: a token
+        // made by the merge of rank k scores -k, so merges apply in the list's order; tokens no
+        // merge makes score 0. transformers reads the merge list itself.
+        let rank: std::collections::HashMap<String, usize> = merges
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(k, m)| (m.replacen(' ', "", 1), k))
+            .collect();
+        let scores: Vec<f32> = tokens
+            .iter()
+            .map(|t| rank.get(t).map_or(0.0, |&k| -(k as f32)))
+            .collect();
+        vec![
+            (
+                "tokenizer.ggml.model".to_string(),
+                Meta::Str("llama".into()),
+            ),
+            ("tokenizer.ggml.tokens".to_string(), Meta::Strings(tokens)),
+            ("tokenizer.ggml.scores".to_string(), Meta::F32s(scores)),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                Meta::I32s(token_types),
+            ),
+            ("tokenizer.ggml.merges".to_string(), Meta::Strings(merges)),
+            (
+                "tokenizer.ggml.add_space_prefix".to_string(),
+                Meta::Bool(true),
+            ),
+        ]
+    } else {
+        vec![
+            ("tokenizer.ggml.model".to_string(), Meta::Str("gpt2".into())),
+            ("tokenizer.ggml.pre".to_string(), Meta::Str(pre.into())),
+            ("tokenizer.ggml.tokens".to_string(), Meta::Strings(tokens)),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                Meta::I32s(token_types),
+            ),
+            ("tokenizer.ggml.merges".to_string(), Meta::Strings(merges)),
+        ]
+    };
     for (key, id) in [
         ("bos_token_id", bos),
         ("eos_token_id", eos),
