@@ -581,11 +581,15 @@ fn config_from_metadata(
         .get("general.architecture")
         .and_then(GgufValue::as_str)
         .ok_or_else(|| ModelError::config(origin, "GGUF metadata lacks general.architecture"))?;
-    if arch != "llama" {
-        return Err(ModelError::UnsupportedArchitecture(format!(
-            "GGUF architecture {arch}"
-        )));
-    }
+    let gemma = match arch {
+        "llama" => false,
+        "gemma" => true,
+        other => {
+            return Err(ModelError::UnsupportedArchitecture(format!(
+                "GGUF architecture {other} (llama and gemma are read)"
+            )));
+        }
+    };
     let key = |k: &str| format!("{arch}.{k}");
     let get_u = |k: &str| {
         meta.get(&key(k))
@@ -635,7 +639,7 @@ fn config_from_metadata(
     };
     let id = |k: &str| meta.get(k).and_then(GgufValue::as_u64).map(|v| v as u32);
     let config = LlamaConfig {
-        family: Family::Llama,
+        family: if gemma { Family::Gemma } else { Family::Llama },
         vocab_size: vocab,
         hidden_size: hidden,
         intermediate_size: need("feed_forward_length")?,
@@ -655,7 +659,11 @@ fn config_from_metadata(
         max_position_embeddings: get_u("context_length").unwrap_or(2048),
         tie_word_embeddings: !tensors.contains_key("output.weight"),
         sliding_window: None,
-        hidden_act: Activation::Silu,
+        hidden_act: if gemma {
+            Activation::GeluTanh
+        } else {
+            Activation::Silu
+        },
         attention_bias: tensors.contains_key("blk.0.attn_q.bias"),
         mlp_bias: tensors.contains_key("blk.0.ffn_up.bias"),
         bos_token_id: id("tokenizer.ggml.bos_token_id"),
@@ -687,7 +695,14 @@ impl WeightSource for GgufSource {
             .get(name)
             .ok_or_else(|| ModelError::weights(self.origin(), format!("no tensor {name}")))?;
         let (shape, mut values) = self.decode(gguf_name)?;
-        let heads = if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
+        let gemma = self.config.family == Family::Gemma;
+        if gemma && gguf_name.ends_with("norm.weight") {
+            // llama.cpp's Gemma norms hold `1 + w`; the model applies Hugging Face's `1 + w`.
+            values.iter_mut().for_each(|v| *v -= 1.0);
+        }
+        let heads = if gemma {
+            None // llama.cpp's Gemma keeps Hugging Face's q/k row order
+        } else if name.ends_with("q_proj.weight") || name.ends_with("q_proj.bias") {
             Some(self.config.num_attention_heads)
         } else if name.ends_with("k_proj.weight") || name.ends_with("k_proj.bias") {
             Some(self.config.num_key_value_heads)

@@ -573,11 +573,8 @@ impl CausalLm {
         let path = path.as_ref();
         let origin = path.display().to_string();
         let c = self.config();
-        if c.family == Family::Gemma {
-            return Err(ModelError::UnsupportedArchitecture(
-                "GGUF export of Gemma (llama.cpp's `gemma` architecture) is not written yet".into(),
-            ));
-        }
+        // llama.cpp's Gemma: the same tensor names, norms holding `1 + w`, q/k rows as they are.
+        let gemma = c.family == Family::Gemma;
         let rope_scaling = match c.rope_scaling {
             RopeScaling::Linear { factor } => Some(factor),
             RopeScaling::Default | RopeScaling::Llama3 { .. } => None,
@@ -595,7 +592,7 @@ impl CausalLm {
                 ),
             ));
         }
-        let arch = "llama";
+        let arch = if gemma { "gemma" } else { "llama" };
         let key = |k: &str| format!("{arch}.{k}");
         let mut meta: Vec<(String, Meta)> = vec![
             ("general.architecture".into(), Meta::Str(arch.into())),
@@ -693,7 +690,9 @@ impl CausalLm {
                     c.tie_word_embeddings,
                 )
             };
-            let heads = if hf.contains("q_proj.") {
+            let heads = if gemma {
+                None
+            } else if hf.contains("q_proj.") {
                 Some(c.num_attention_heads)
             } else if hf.contains("k_proj.") {
                 Some(c.num_key_value_heads)
@@ -758,6 +757,9 @@ impl CausalLm {
                     unreadable = Some(format!("reading {} from the device: {m}", e.hf));
                     std::io::Error::other("unreadable tensor")
                 })?;
+                if gemma && e.gguf.ends_with("norm.weight") {
+                    values.iter_mut().for_each(|v| *v += 1.0);
+                }
                 if let Some(heads) = e.heads {
                     let rows = e.shape[0];
                     values = permute_qk(&values, rows, values.len() / rows.max(1), heads);

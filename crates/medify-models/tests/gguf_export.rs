@@ -130,16 +130,41 @@ fn merged_adapters_are_what_the_file_holds() {
 }
 
 #[test]
-fn what_cannot_be_written_yet_is_refused_by_name() {
+fn gemma_travels_as_llama_cpp_gemma() {
     let (model, tok) = load(&fixtures().join("tiny_models/gemma"));
+    let reference = loss(&model);
     let path = out("gemma");
-    let err = model
-        .save_gguf(&path, &tok, &GgufExport::default())
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("Gemma"), "{err}");
-    assert!(!path.exists());
+    let options = GgufExport {
+        dtype: GgufType::F32,
+        overwrite: true,
+        ..GgufExport::default()
+    };
+    model.save_gguf(&path, &tok, &options).unwrap();
+    let source = GgufSource::open(&path).unwrap();
+    assert_eq!(
+        source.metadata()["general.architecture"].as_str(),
+        Some("gemma")
+    );
+    // llama.cpp's Gemma norms hold 1 + w.
+    let (_, norm) = source.decode("output_norm.weight").unwrap();
+    let hf_norm: Vec<f32> = model
+        .norm
+        .weight
+        .clone()
+        .into_data()
+        .convert::<f32>()
+        .to_vec()
+        .unwrap();
+    assert!((norm[0] - (hf_norm[0] + 1.0)).abs() < 1e-6);
+    let (back, _) = load(&path);
+    assert_eq!(back.config().family, model.config().family);
+    assert!(
+        (loss(&back) - reference).abs() < 1e-5,
+        "{} vs {reference}",
+        loss(&back)
+    );
     assert!("q5_k_m".parse::<GgufType>().is_err());
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]
