@@ -153,7 +153,7 @@ fn gemma_travels_as_llama_cpp_gemma() {
         .clone()
         .into_data()
         .convert::<f32>()
-        .to_vec()
+        .try_to_vec()
         .unwrap();
     assert!((norm[0] - (hf_norm[0] + 1.0)).abs() < 1e-6);
     let (back, _) = load(&path);
