@@ -19,6 +19,24 @@ fn out(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("medify-gguf-{name}-{}.gguf", std::process::id()))
 }
 
+/// `model` written as `ty` to a fresh file named after `name`, and that file opened.
+fn export(
+    model: &CausalLm,
+    tok: &ModelTokenizer,
+    name: &str,
+    ty: GgufType,
+) -> (PathBuf, GgufSource) {
+    let path = out(name);
+    let options = GgufExport {
+        dtype: ty,
+        overwrite: true,
+        ..GgufExport::default()
+    };
+    model.save_gguf(&path, tok, &options).unwrap();
+    let source = GgufSource::open(&path).unwrap();
+    (path, source)
+}
+
 fn loss(model: &CausalLm) -> f64 {
     let (batch, labels) = common::prompt_masked_batch(model.config().vocab_size, 2, 24, 4);
     let out = model.loss(&batch, &labels).unwrap();
@@ -111,13 +129,7 @@ fn merged_adapters_are_what_the_file_holds() {
         .load_adapter(&fixtures().join("lora/peft_lora"))
         .unwrap();
     let with_adapter = loss(&model);
-    let path = out("merged");
-    let options = GgufExport {
-        dtype: GgufType::F32,
-        overwrite: true,
-        ..GgufExport::default()
-    };
-    model.save_gguf(&path, &tok, &options).unwrap();
+    let (path, _) = export(&model, &tok, "merged", GgufType::F32);
     let (back, _) = load(&path);
     assert!((loss(&back) - with_adapter).abs() < 1e-5);
     // An existing file is not replaced without `overwrite`.
@@ -133,14 +145,7 @@ fn merged_adapters_are_what_the_file_holds() {
 fn gemma_travels_as_llama_cpp_gemma() {
     let (model, tok) = load(&fixtures().join("tiny_models/gemma"));
     let reference = loss(&model);
-    let path = out("gemma");
-    let options = GgufExport {
-        dtype: GgufType::F32,
-        overwrite: true,
-        ..GgufExport::default()
-    };
-    model.save_gguf(&path, &tok, &options).unwrap();
-    let source = GgufSource::open(&path).unwrap();
+    let (path, source) = export(&model, &tok, "gemma", GgufType::F32);
     assert_eq!(
         source.metadata()["general.architecture"].as_str(),
         Some("gemma")
@@ -174,14 +179,7 @@ fn smollm2_round_trips_through_f16() {
     };
     let (model, tok) = load(&gguf);
     let reference = loss(&model);
-    let path = out("smollm2");
-    let options = GgufExport {
-        dtype: GgufType::F16,
-        overwrite: true,
-        ..GgufExport::default()
-    };
-    model.save_gguf(&path, &tok, &options).unwrap();
-    let source = GgufSource::open(&path).unwrap();
+    let (path, source) = export(&model, &tok, "smollm2", GgufType::F16);
     assert!(!source.tensor_infos().contains_key("output.weight")); // tied, as the original
     let pre = source.metadata()["tokenizer.ggml.pre"].as_str();
     assert_eq!(pre, Some("smollm")); // the name it was read with
@@ -211,14 +209,7 @@ fn q4_k_m_writes_k_blocks_where_rows_split_into_256() {
         CausalLm::load(&source, &config, &Device::flex(), &LoadOptions::dense()).unwrap();
     let tok = ModelTokenizer::load(&dir).unwrap();
     let reference = loss(&model);
-    let path = out("q4km");
-    let options = GgufExport {
-        dtype: GgufType::Q4KM,
-        overwrite: true,
-        ..GgufExport::default()
-    };
-    model.save_gguf(&path, &tok, &options).unwrap();
-    let source = GgufSource::open(&path).unwrap();
+    let (path, source) = export(&model, &tok, "q4km", GgufType::Q4KM);
     let ty = |name: &str| source.tensor_infos()[name].type_id;
     // Q4_K = 12, Q6_K = 14: llama.cpp's use_more_bits gives layers 0, 3, 6 and 7 of 8 Q6_K.
     assert_eq!(ty("blk.0.attn_q.weight"), 12);
@@ -242,14 +233,7 @@ fn llama_3_1_rope_scaling_travels_as_rope_freqs() {
     let dir = fixtures().join("tiny_models/llama3");
     let (model, tok) = load(&dir);
     let reference = loss(&model);
-    let path = out("llama3");
-    let options = GgufExport {
-        dtype: GgufType::F32,
-        overwrite: true,
-        ..GgufExport::default()
-    };
-    model.save_gguf(&path, &tok, &options).unwrap();
-    let source = GgufSource::open(&path).unwrap();
+    let (path, source) = export(&model, &tok, "llama3", GgufType::F32);
     let factors = source.config().rope_freq_factors.clone().unwrap();
     assert_eq!(factors.len(), model.config().head_dim / 2);
     assert_eq!(factors[0], 1.0); // the highest frequency is not scaled
