@@ -149,6 +149,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             r.untrained.len(),
             r.template_errors.len()
         );
+        if read.formats.len() > 1 {
+            let shapes: Vec<String> = read
+                .formats
+                .iter()
+                .map(|(f, n)| format!("{} {n}", f.name()))
+                .collect();
+            eprintln!("record shapes in the file: {}", shapes.join(", "));
+        }
     }
     Ok(())
 }

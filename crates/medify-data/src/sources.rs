@@ -13,7 +13,8 @@ use crate::record::{Example, Message, Role, SourcedExample};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InputFormat {
-    /// Decide from the first record of each file.
+    /// Decide for each record from its fields, so one file may mix shapes (MedQuAD Q&A,
+    /// Alpaca and messages records side by side).
     #[default]
     Auto,
     /// `{"messages": [{"role", "content"}…]}` (OpenAI style).
@@ -39,6 +40,18 @@ impl InputFormat {
             "qa" | "question-answer" | "medquad" => Some(InputFormat::QuestionAnswer),
             "text" | "plain" => Some(InputFormat::Text),
             _ => None,
+        }
+    }
+
+    /// The name [`parse`](Self::parse) reads first for this format.
+    pub fn name(self) -> &'static str {
+        match self {
+            InputFormat::Auto => "auto",
+            InputFormat::Messages => "messages",
+            InputFormat::ShareGpt => "sharegpt",
+            InputFormat::Alpaca => "alpaca",
+            InputFormat::QuestionAnswer => "qa",
+            InputFormat::Text => "text",
         }
     }
 }
@@ -106,7 +119,7 @@ impl FieldMap {
 /// How to read a data file.
 #[derive(Debug, Clone, Default)]
 pub struct ReadOptions {
-    /// Record shape; `Auto` detects it per file.
+    /// Record shape; `Auto` detects it per record.
     pub format: InputFormat,
     /// Field renames.
     pub fields: FieldMap,
@@ -122,6 +135,18 @@ pub struct ReadReport {
     pub records: Vec<SourcedExample>,
     /// Records left out, with where and why (e.g. MedQuAD answers removed upstream).
     pub skipped: Vec<(String, String)>,
+    /// Records read per shape, in the order each shape first appeared.
+    pub formats: Vec<(InputFormat, usize)>,
+}
+
+impl ReadReport {
+    /// Counts one record read in `format`.
+    fn count(&mut self, format: InputFormat) {
+        match self.formats.iter_mut().find(|(f, _)| *f == format) {
+            Some((_, n)) => *n += 1,
+            None => self.formats.push((format, 1)),
+        }
+    }
 }
 
 /// How one file's bytes are laid out, from its extension.
@@ -248,7 +273,7 @@ fn read_jsonl(
     options: &ReadOptions,
     report: &mut ReadReport,
 ) -> Result<()> {
-    let mut format = options.format;
+    let mut last = None;
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         if line.trim().is_empty() {
@@ -266,7 +291,7 @@ fn read_jsonl(
                 message: "expected a JSON object per line".into(),
             });
         };
-        add_record(path, line_no, &obj, &mut format, options, report)?;
+        add_record(path, line_no, &obj, &mut last, options, report)?;
     }
     Ok(())
 }
@@ -289,7 +314,7 @@ fn read_csv(
             message: format!("cannot read the header row: {e}"),
         })?
         .clone();
-    let mut format = options.format;
+    let mut last = None;
     for (i, row) in reader.records().enumerate() {
         let row = row.map_err(|e| DataError::Record {
             path: path.to_path_buf(),
@@ -302,7 +327,7 @@ fn read_csv(
             .zip(row.iter())
             .map(|(h, v)| (h.to_string(), Value::String(v.to_string())))
             .collect();
-        add_record(path, line, &obj, &mut format, options, report)?;
+        add_record(path, line, &obj, &mut last, options, report)?;
     }
     Ok(())
 }
@@ -335,6 +360,7 @@ fn read_medquad_xml(text: &str, path: &Path, report: &mut ReadReport) -> Result<
             origin: where_,
             example: Example::qa(q.trim(), a.trim()),
         });
+        report.count(InputFormat::QuestionAnswer);
     }
     if !found {
         return Err(DataError::File {
@@ -373,28 +399,39 @@ fn detect(obj: &Map<String, Value>, fields: &FieldMap) -> Option<InputFormat> {
     }
 }
 
+/// Reads one record in `options.format`, or, with `Auto`, in the shape its fields show. A
+/// record whose shape cannot be told is read as the file's previous record was, so that a
+/// record missing a field gets that field named rather than "cannot tell".
 fn add_record(
     path: &Path,
     line: usize,
     obj: &Map<String, Value>,
-    format: &mut InputFormat,
+    last: &mut Option<InputFormat>,
     options: &ReadOptions,
     report: &mut ReadReport,
 ) -> Result<()> {
     let origin = format!("{}:{line}", path.display());
-    if *format == InputFormat::Auto {
-        *format = detect(obj, &options.fields).ok_or_else(|| DataError::Record {
-            path: path.to_path_buf(),
-            line,
-            message: format!(
-                "cannot tell the format from fields {:?}; expected messages, conversations, instruction/output, question/answer or text (or pass a format and a field mapping)",
-                obj.keys().collect::<Vec<_>>()
-            ),
-        })?;
-    }
-    match parse_record(obj, *format, &options.fields) {
+    let format = match options.format {
+        InputFormat::Auto => match detect(obj, &options.fields).or(*last) {
+            Some(f) => f,
+            None => {
+                return Err(DataError::Record {
+                    path: path.to_path_buf(),
+                    line,
+                    message: format!(
+                        "cannot tell the format from fields {:?}; expected messages, conversations, instruction/output, question/answer or text (or pass a format and a field mapping)",
+                        obj.keys().collect::<Vec<_>>()
+                    ),
+                });
+            }
+        },
+        given => given,
+    };
+    *last = Some(format);
+    match parse_record(obj, format, &options.fields) {
         Ok(example) => {
             report.records.push(SourcedExample { origin, example });
+            report.count(format);
             Ok(())
         }
         Err(message) if options.skip_invalid => {
@@ -602,6 +639,53 @@ mod tests {
                 .unwrap();
         let Example::Chat(m) = with_sys else { panic!() };
         assert_eq!(m[0], Message::new(Role::System, "Be brief."));
+    }
+
+    #[test]
+    fn one_file_may_mix_record_shapes() {
+        let text = concat!(
+            "{\"question\": \"What is anemia?\", \"answer\": \"Too few red cells.\"}\n",
+            "{\"instruction\": \"Explain\", \"input\": \"asthma\", \"output\": \"A.\"}\n",
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"Q?\"}, {\"role\": \"assistant\", \"content\": \"A.\"}]}\n",
+            "{\"question\": \"Is it serious?\", \"answer\": \"It can be.\"}\n",
+        );
+        let read = read_records_from(
+            std::io::Cursor::new(text),
+            Path::new("mixed.jsonl"),
+            FileKind::Jsonl,
+            &ReadOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(read.records.len(), 4);
+        assert_eq!(
+            read.formats,
+            [
+                (InputFormat::QuestionAnswer, 2),
+                (InputFormat::Alpaca, 1),
+                (InputFormat::Messages, 1)
+            ]
+        );
+        assert_eq!(
+            read.records[1].example,
+            Example::qa("Explain\n\nasthma", "A.")
+        );
+        let names: Vec<&str> = read.formats.iter().map(|(f, _)| f.name()).collect();
+        assert_eq!(names, ["qa", "alpaca", "messages"]);
+        assert!(names.iter().all(|n| InputFormat::parse(n).is_some()));
+        // A record of no shape after a Q&A one is read as Q&A, and its missing field is named.
+        let text = "{\"question\": \"Q?\", \"answer\": \"A.\"}\n{\"questoin\": \"Q?\"}\n";
+        let err = read_records_from(
+            std::io::Cursor::new(text),
+            Path::new("typo.jsonl"),
+            FileKind::Jsonl,
+            &ReadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("typo.jsonl:2") && err.contains("\"question\""),
+            "{err}"
+        );
     }
 
     #[test]
