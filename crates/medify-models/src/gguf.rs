@@ -91,38 +91,51 @@ pub enum GgmlType {
     Q8K,
 }
 
+/// ggml's id of each type this crate reads (the writer uses the same table).
+const GGML_IDS: [(u32, GgmlType); 13] = [
+    (0, GgmlType::F32),
+    (1, GgmlType::F16),
+    (2, GgmlType::Q4_0),
+    (3, GgmlType::Q4_1),
+    (6, GgmlType::Q5_0),
+    (8, GgmlType::Q8_0),
+    (10, GgmlType::Q2K),
+    (11, GgmlType::Q3K),
+    (12, GgmlType::Q4K),
+    (13, GgmlType::Q5K),
+    (14, GgmlType::Q6K),
+    (15, GgmlType::Q8K),
+    (30, GgmlType::Bf16),
+];
+
 impl GgmlType {
+    /// ggml's type id.
+    pub(crate) fn id(self) -> u32 {
+        GGML_IDS
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map_or(u32::MAX, |(id, _)| *id)
+    }
+
     fn from_id(id: u32) -> std::result::Result<GgmlType, String> {
-        Ok(match id {
-            0 => GgmlType::F32,
-            1 => GgmlType::F16,
-            2 => GgmlType::Q4_0,
-            3 => GgmlType::Q4_1,
-            6 => GgmlType::Q5_0,
-            8 => GgmlType::Q8_0,
-            10 => GgmlType::Q2K,
-            11 => GgmlType::Q3K,
-            12 => GgmlType::Q4K,
-            13 => GgmlType::Q5K,
-            14 => GgmlType::Q6K,
-            15 => GgmlType::Q8K,
-            30 => GgmlType::Bf16,
-            other => {
-                let name = match other {
+        Ok(match GGML_IDS.iter().find(|(i, _)| *i == id) {
+            Some((_, t)) => *t,
+            None => {
+                let name = match id {
                     7 => "Q5_1",
                     9 => "Q8_1",
                     16..=23 => "an IQ type",
                     _ => "an unknown type",
                 };
                 return Err(format!(
-                    "ggml type {other} ({name}) is not supported; supported are F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K"
+                    "ggml type {id} ({name}) is not supported; supported are F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K"
                 ));
             }
         })
     }
 
     /// (values per block, bytes per block)
-    fn block(self) -> (usize, usize) {
+    pub(crate) fn block(self) -> (usize, usize) {
         match self {
             GgmlType::F32 => (1, 4),
             GgmlType::F16 | GgmlType::Bf16 => (1, 2),
@@ -422,7 +435,8 @@ impl GgufSource {
     }
 }
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
+/// The little-endian f16 at byte `i` of a block, as f32.
+pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
@@ -812,6 +826,14 @@ mod tests {
             err.contains("blk.0.attn_q.weight") && err.contains("block 40"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_type_has_one_id_both_ways() {
+        for (id, ty) in GGML_IDS {
+            assert_eq!((GgmlType::from_id(id), ty.id()), (Ok(ty), id));
+        }
+        assert!(GgmlType::from_id(7).unwrap_err().contains("Q5_1"));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use half::{bf16, f16};
 
 use crate::config::{Family, RopeScaling};
 use crate::error::{ModelError, Result};
+use crate::gguf::GgmlType;
 use crate::kquants;
 use crate::model::CausalLm;
 use crate::tokenizer::ModelTokenizer;
@@ -135,31 +136,23 @@ enum Storage {
 }
 
 impl Storage {
-    /// ggml's type id.
-    fn ggml_id(self) -> u32 {
+    /// The ggml type: its id and block layout come from the reader's table.
+    fn ggml(self) -> GgmlType {
         match self {
-            Storage::F32 => 0,
-            Storage::F16 => 1,
-            Storage::Q4_0 => 2,
-            Storage::Q5_0 => 6,
-            Storage::Q8_0 => 8,
-            Storage::Q4K => 12,
-            Storage::Q6K => 14,
-            Storage::Bf16 => 30,
+            Storage::F32 => GgmlType::F32,
+            Storage::F16 => GgmlType::F16,
+            Storage::Bf16 => GgmlType::Bf16,
+            Storage::Q8_0 => GgmlType::Q8_0,
+            Storage::Q4_0 => GgmlType::Q4_0,
+            Storage::Q5_0 => GgmlType::Q5_0,
+            Storage::Q4K => GgmlType::Q4K,
+            Storage::Q6K => GgmlType::Q6K,
         }
     }
 
     /// (values per block, bytes per block)
     fn block(self) -> (usize, usize) {
-        match self {
-            Storage::F32 => (1, 4),
-            Storage::F16 | Storage::Bf16 => (1, 2),
-            Storage::Q8_0 => (32, 34),
-            Storage::Q4_0 => (32, 18),
-            Storage::Q5_0 => (32, 22),
-            Storage::Q4K => (kquants::QK_K, 144),
-            Storage::Q6K => (kquants::QK_K, 210),
-        }
+        self.ggml().block()
     }
 
     /// `values` (whole rows of a tensor) in this type's bytes.
@@ -202,22 +195,10 @@ fn q8_0_block(x: &[f32], out: &mut Vec<u8>) {
     out.extend(x.iter().map(|v| (v * id).round() as i8 as u8));
 }
 
-/// The signed value of largest magnitude in `x`.
-fn signed_max(x: &[f32]) -> f32 {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for &v in x {
-        if amax < v.abs() {
-            amax = v.abs();
-            max = v;
-        }
-    }
-    max
-}
-
 /// ggml's `quantize_row_q4_0_ref` for one block of 32: the signed value of largest magnitude
 /// maps to -8; element `j` goes to the low nibble of byte `j`, element `j + 16` to its high one.
 fn q4_0_block(x: &[f32], out: &mut Vec<u8>) {
-    let d = signed_max(x) / -8.0;
+    let d = kquants::signed_max(x) / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     out.extend(f16::from_f32(d).to_le_bytes());
     let code = |v: f32| ((v * id + 8.5) as i8).min(15) as u8;
@@ -227,7 +208,7 @@ fn q4_0_block(x: &[f32], out: &mut Vec<u8>) {
 /// ggml's `quantize_row_q5_0_ref` for one block of 32: as Q4_0 with 5-bit codes, the fifth bit
 /// of element `j` in bit `j` of a little-endian u32.
 fn q5_0_block(x: &[f32], out: &mut Vec<u8>) {
-    let d = signed_max(x) / -16.0;
+    let d = kquants::signed_max(x) / -16.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     out.extend(f16::from_f32(d).to_le_bytes());
     let code = |v: f32| ((v * id + 16.5) as i8).min(31) as u8;
@@ -743,7 +724,7 @@ impl CausalLm {
             for d in e.shape.iter().rev() {
                 head.extend((*d as u64).to_le_bytes());
             }
-            head.extend(e.ty.ggml_id().to_le_bytes());
+            head.extend(e.ty.ggml().id().to_le_bytes());
             head.extend((e.offset as u64).to_le_bytes());
         }
         head.resize(head.len().div_ceil(ALIGNMENT) * ALIGNMENT, 0);

@@ -6,11 +6,22 @@
 
 use half::f16;
 
+use crate::gguf::f16_at;
+
 /// Values per K-quant block.
 pub const QK_K: usize = 256;
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+/// The signed value of largest magnitude in `x` (the first, on ties; 0 when empty): the value
+/// ggml's symmetric quantizers map to the most negative code.
+pub(crate) fn signed_max(x: &[f32]) -> f32 {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    max
 }
 
 /// The 6-bit scale and min of sub-block `j` (0..8) of a Q4_K/Q5_K block (`get_scale_min_k4`).
@@ -227,15 +238,9 @@ pub fn encode_q4_k(x: &[f32], out: &mut Vec<u8>) {
 pub fn encode_q6_k(x: &[f32], out: &mut Vec<u8>) {
     let mut group_scales = [0f32; 16];
     for (g, s) in group_scales.iter_mut().enumerate() {
-        let group = &x[g * 16..(g + 1) * 16];
-        let max = group
-            .iter()
-            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-        *s = max / -32.0;
+        *s = signed_max(&x[g * 16..(g + 1) * 16]) / -32.0;
     }
-    let max_scale = group_scales
-        .iter()
-        .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+    let max_scale = signed_max(&group_scales);
     let d = f16::from_f32(max_scale / -128.0);
     let df = d.to_f32();
     let sc: Vec<i8> = group_scales
@@ -311,10 +316,7 @@ mod tests {
     fn absmax_baseline(x: &[f32], group: usize, levels: f32) -> Vec<f32> {
         x.chunks(group)
             .flat_map(|g| {
-                let max = g
-                    .iter()
-                    .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
-                let step = max / -levels;
+                let step = signed_max(g) / -levels;
                 g.iter()
                     .map(move |&v| {
                         if step != 0.0 {
