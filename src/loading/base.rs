@@ -88,12 +88,19 @@ impl BaseModel {
                 .path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned()),
-            chat_template: ChatTemplate::builtin_source(self.encoder.template().name())
-                .ok()
-                .map(str::to_string),
+            chat_template: self.chat_template_source(),
             overwrite,
         };
         Ok(self.model.save_gguf(path, &self.tokenizer, &options)?)
+    }
+
+    /// The Jinja source of the chat template this model is used with: the built-in one it was
+    /// loaded with, else the model's own.
+    fn chat_template_source(&self) -> Option<String> {
+        ChatTemplate::builtin_source(self.encoder.template().name())
+            .ok()
+            .map(str::to_string)
+            .or_else(|| self.tokenizer.chat_template.clone())
     }
 
     /// The Ollama `Modelfile` of this model's GGUF export at `gguf` (written beside it): its chat
@@ -104,11 +111,7 @@ impl BaseModel {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let template = ChatTemplate::builtin_source(self.encoder.template().name())
-            .ok()
-            .map(str::to_string)
-            .or_else(|| self.tokenizer.chat_template.clone())
-            .unwrap_or_default();
+        let template = self.chat_template_source().unwrap_or_default();
         let eos = self.tokenizer.eos_token.clone().unwrap_or_default();
         Modelfile::new(
             &name,

@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 
-use crate::error::{FinetuneError, Result};
+use crate::error::Result;
 use crate::lora::{LoraExt, LoraSummary};
 use crate::models::{ComputeDtype, LoadOptions};
 use crate::training::checkpoints::{CONFIG_FILE, read_json};
+use crate::training::config::compute_dtype_on;
 use crate::training::{AdapterBase, BaseQuant, FinetuneConfig};
 
 use super::base::{BaseModel, load_base_with};
@@ -73,16 +74,12 @@ impl FinetunedModel {
         } else {
             None
         };
-        let compute_dtype = options
-            .compute_dtype
-            .or(settings.as_ref().and_then(|s| s.compute_dtype))
-            .unwrap_or_else(|| ComputeDtype::default_for(device));
-        compute_dtype
-            .check(device)
-            .map_err(|e| FinetuneError::Config {
-                field: "compute_dtype".into(),
-                reason: e.to_string(),
-            })?;
+        let compute_dtype = compute_dtype_on(
+            options
+                .compute_dtype
+                .or(settings.as_ref().and_then(|s| s.compute_dtype)),
+            device,
+        )?;
         let load = LoadOptions {
             quantize: from.quant,
             compute_dtype,

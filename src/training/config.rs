@@ -9,6 +9,19 @@ use crate::models::{Checkpointing, ComputeDtype, LoadOptions};
 use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, StateBits, Warmup};
 use crate::quant::{QuantConfig, QuantType, check_blocksize};
 
+/// `chosen`, or the device's default compute dtype, checked against `device`; an error names
+/// the `compute_dtype` setting.
+pub(crate) fn compute_dtype_on(
+    chosen: Option<ComputeDtype>,
+    device: &burn::tensor::Device,
+) -> Result<ComputeDtype> {
+    let dtype = chosen.unwrap_or_else(|| ComputeDtype::default_for(device));
+    dtype
+        .check(device)
+        .map_err(|e| bad("compute_dtype", e.to_string()))?;
+    Ok(dtype)
+}
+
 /// How the frozen base is held while an adapter trains over it: the run's setting
 /// (flattened into [`FinetuneConfig`]: `quant`, `quant_blocksize`, `double_quant`) and what a
 /// run records of its base (`run_sources.json`), so evaluation, chat and merges load the base
@@ -369,15 +382,9 @@ impl FinetuneConfig {
     /// How the base loads for this run on `device`: 4-bit settings and the compute dtype, checked
     /// against the device.
     pub fn load_options(&self, device: &burn::tensor::Device) -> Result<LoadOptions> {
-        let dtype = self
-            .compute_dtype
-            .unwrap_or_else(|| ComputeDtype::default_for(device));
-        dtype
-            .check(device)
-            .map_err(|e| bad("compute_dtype", e.to_string()))?;
         Ok(LoadOptions {
             quantize: self.quant_config()?,
-            compute_dtype: dtype,
+            compute_dtype: compute_dtype_on(self.compute_dtype, device)?,
         })
     }
 

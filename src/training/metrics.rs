@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{FinetuneError, Result, io_err};
+use crate::evaluation::EvalResult;
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +64,18 @@ pub struct EvalMetrics {
     /// Labelled tokens evaluated.
     #[serde(default)]
     pub eval_tokens: u64,
+}
+
+impl EvalMetrics {
+    /// The log line of an evaluation at `step`.
+    pub fn of(step: u64, r: &EvalResult) -> EvalMetrics {
+        EvalMetrics {
+            step,
+            eval_loss: r.loss,
+            eval_perplexity: r.perplexity,
+            eval_tokens: r.tokens as u64,
+        }
+    }
 }
 
 /// A line of `metrics.jsonl`.

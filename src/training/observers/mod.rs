@@ -40,7 +40,6 @@ pub use peak_memory::PeakMemory;
 pub use progress::ProgressDisplay;
 
 use crate::error::Result;
-use crate::evaluation::EvalResult;
 use crate::models::CausalLm;
 use crate::training::checkpoints::TrainState;
 use crate::training::config::FinetuneConfig;
@@ -111,16 +110,4 @@ pub fn default_observers(progress: bool) -> Vec<Box<dyn TrainObserver>> {
     observers.push(Box::new(LossPlot));
     observers.push(Box::new(ModelCardWriter::default()));
     observers
-}
-
-impl EvalMetrics {
-    /// The log line of an evaluation at `step`.
-    pub fn of(step: u64, r: &EvalResult) -> EvalMetrics {
-        EvalMetrics {
-            step,
-            eval_loss: r.loss,
-            eval_perplexity: r.perplexity,
-            eval_tokens: r.tokens as u64,
-        }
-    }
 }
