@@ -16,8 +16,8 @@ pub struct Args {
     cache: Option<PathBuf>,
 }
 
-/// The default model, fetched (saying so) when it is not in the cache yet.
-pub fn smollm2(cache: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+/// Says on stderr that the default model is about to be fetched, when it is not in the cache.
+pub fn announce(cache: Option<&std::path::Path>) {
     let path = smollm2_path(cache);
     if !path.is_file() {
         eprintln!(
@@ -27,7 +27,6 @@ pub fn smollm2(cache: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
                 .unwrap_or_default()
         );
     }
-    Ok(fetch_smollm2(cache)?)
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -37,6 +36,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             args.name
         );
     }
-    println!("{}", smollm2(args.cache.as_deref())?.display());
+    announce(args.cache.as_deref());
+    println!("{}", fetch_smollm2(args.cache.as_deref())?.display());
     Ok(())
 }

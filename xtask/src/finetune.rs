@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions};
-use medify_qlora::loading::SMOLLM2_HUB_ID;
 use medify_qlora::lora::TargetModules;
 use medify_qlora::optim::ScheduleKind;
 use medify_qlora::{BaseQuant, DataSource, Finetune, FinetuneConfig, ModelSource, Optimizer};
@@ -247,7 +246,10 @@ fn read_options(a: &Args) -> anyhow::Result<ReadOptions> {
 pub(crate) fn model_source(path: Option<&PathBuf>) -> anyhow::Result<ModelSource> {
     Ok(match path {
         Some(p) => ModelSource::new(p, None)?,
-        None => ModelSource::new(crate::fetch::smollm2(None)?, Some(SMOLLM2_HUB_ID))?,
+        None => {
+            crate::fetch::announce(None);
+            ModelSource::smollm2()?
+        }
     })
 }
 
