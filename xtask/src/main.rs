@@ -113,12 +113,26 @@ fn main() {
         Command::Triage(args) => triage::run(&args),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", chain_message(&e));
         if let Some(hint) = flag_hint(&e) {
             eprintln!("hint: {hint}");
         }
         std::process::exit(1);
     }
+}
+
+/// The error and its causes, each once: library errors already quote their source in their
+/// own message, which `{:#}` would print a second time.
+fn chain_message(e: &anyhow::Error) -> String {
+    let mut message = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !message.contains(&cause) {
+            message.push_str(": ");
+            message.push_str(&cause);
+        }
+    }
+    message
 }
 
 /// The flag that answers a library error named in the library's own terms.
