@@ -95,11 +95,13 @@ fn finetune_evaluate_merge_and_resume() {
     let out = out_dir("run");
     let sources = RunSources {
         model: ModelSource::new(tiny(), Some("medify/tiny-llama")).unwrap(),
-        data: DataSource::file(
-            &root().join("fixtures/medical_qa/medical_qa.jsonl"),
-            &ReadOptions::default(),
-        )
-        .unwrap(),
+        data: vec![
+            DataSource::file(
+                &root().join("fixtures/medical_qa/medical_qa.jsonl"),
+                &ReadOptions::default(),
+            )
+            .unwrap(),
+        ],
     };
     let options = |dir: &Path| TrainerOptions {
         sources: Some(sources.clone()),

@@ -24,11 +24,13 @@ fn sources() -> RunSources {
             Some("medify/tiny-llama"),
         )
         .unwrap(),
-        data: DataSource::file(
-            &root().join("fixtures/medical_qa/medical_qa.jsonl"),
-            &ReadOptions::default(),
-        )
-        .unwrap(),
+        data: vec![
+            DataSource::file(
+                &root().join("fixtures/medical_qa/medical_qa.jsonl"),
+                &ReadOptions::default(),
+            )
+            .unwrap(),
+        ],
     }
 }
 

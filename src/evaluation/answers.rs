@@ -118,6 +118,7 @@ mod tests {
         SourcedExample {
             example,
             origin: "test".into(),
+            source: 0,
         }
     }
 

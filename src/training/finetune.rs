@@ -38,7 +38,7 @@ pub struct Finetune {
     config: FinetuneConfig,
     resume: Option<Resumed>,
     model: Option<ModelSource>,
-    data: Option<DataSource>,
+    data: Vec<DataSource>,
     out_dir: Option<PathBuf>,
     device: Option<Device>,
     overwrite: bool,
@@ -64,7 +64,7 @@ impl Finetune {
             config,
             resume: None,
             model: None,
-            data: None,
+            data: Vec::new(),
             out_dir: None,
             device: None,
             overwrite: false,
@@ -103,10 +103,12 @@ impl Finetune {
         self
     }
 
-    /// The data (default for a new run: the embedded medical Q&A set; for a resumed run, as
-    /// [`model`](Self::model)).
+    /// A data source; call again to train on several at once, each read its own way and
+    /// sampled by its [`weight`](DataSource::weight). Default for a new run: the embedded
+    /// medical Q&A set; for a resumed run, as [`model`](Self::model), every recorded source
+    /// given again, in the same order.
     pub fn data(mut self, data: DataSource) -> Finetune {
-        self.data = Some(data);
+        self.data.push(data);
         self
     }
 
@@ -226,7 +228,11 @@ impl Finetune {
                     field: "model".into(),
                     reason: "a new run needs a base model".into(),
                 })?;
-                let data = data.unwrap_or_else(DataSource::embedded);
+                let data = if data.is_empty() {
+                    vec![DataSource::embedded()]
+                } else {
+                    data
+                };
                 (config, RunSources { model, data })
             }
             Some(r) => {
@@ -242,7 +248,11 @@ impl Finetune {
                     (model, _) => model,
                 };
                 let sources = match &r.recorded {
-                    Some(recorded) => recorded.for_resume(model, data, allow_source_change)?,
+                    Some(recorded) => recorded.for_resume(
+                        model,
+                        (!data.is_empty()).then_some(data),
+                        allow_source_change,
+                    )?,
                     None => RunSources {
                         model: model.ok_or_else(|| FinetuneError::Config {
                             field: "model".into(),
@@ -251,7 +261,11 @@ impl Finetune {
                                 r.checkpoint.display()
                             ),
                         })?,
-                        data: data.unwrap_or_else(DataSource::embedded),
+                        data: if data.is_empty() {
+                            vec![DataSource::embedded()]
+                        } else {
+                            data
+                        },
                     },
                 };
                 (config, sources)

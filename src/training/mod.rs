@@ -35,8 +35,8 @@ pub use observers::{
 pub use ollama::Modelfile;
 pub use plot::write_loss_plot;
 pub use provenance::{
-    AdapterBase, DataOrigin, DataSource, EMBEDDED_MEDICAL_QA, Fingerprint, ModelSource, RunSources,
-    SOURCES_FILE,
+    AdapterBase, DATA_REPORT_FILE, DataOrigin, DataReport, DataSource, EMBEDDED_MEDICAL_QA,
+    Fingerprint, ModelSource, RunSources, SOURCES_FILE, SourceReport,
 };
 pub use run::StartedRun;
 pub use step::{

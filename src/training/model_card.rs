@@ -142,10 +142,32 @@ impl ModelCard {
             || file_name(Path::new(&recorded)),
             |s| file_name(&s.model.path),
         );
-        let data = match sources.as_ref().map(|s| &s.data.origin) {
-            Some(DataOrigin::Embedded) => "the medical Q&A set embedded in medify-qlora".into(),
-            Some(DataOrigin::File { path }) => format!("`{}`", file_name(path)),
-            None => "data the run did not record".into(),
+        let data = match sources.as_ref().map(|s| s.data.as_slice()) {
+            Some(data) if !data.is_empty() => {
+                let names: Vec<String> = data
+                    .iter()
+                    .map(|d| {
+                        let name = match &d.origin {
+                            DataOrigin::Embedded => {
+                                "the medical Q&A set embedded in medify-qlora".into()
+                            }
+                            DataOrigin::File { path } => format!("`{}`", file_name(path)),
+                        };
+                        if d.weight == 1.0 {
+                            name
+                        } else {
+                            format!("{name} (weight {})", d.weight)
+                        }
+                    })
+                    .collect();
+                match names.split_last() {
+                    Some((last, rest)) if !rest.is_empty() => {
+                        format!("{} and {last}", rest.join(", "))
+                    }
+                    _ => names.join(""),
+                }
+            }
+            _ => "data the run did not record".into(),
         };
         let license = options.license.clone().or_else(|| {
             let id = base_model.as_deref()?;
@@ -607,7 +629,7 @@ mod tests {
         crate::training::checkpoints::write_json(&dir.join(ADAPTER_CONFIG), &adapter).unwrap();
         RunSources {
             model: ModelSource::new(&base, None).unwrap(),
-            data: DataSource::embedded(),
+            data: vec![DataSource::embedded()],
         }
         .write(&dir)
         .unwrap();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{FieldMap, FileKind, InputFormat, ReadOptions, ReadReport};
+use crate::data::{FieldMap, FileKind, InputFormat, PrepareReport, ReadOptions, ReadReport};
 use crate::error::{FinetuneError, Result, io_err};
 use crate::quant::QuantConfig;
 use crate::training::config::BaseQuantization;
@@ -100,6 +100,28 @@ impl Fingerprint {
     }
 }
 
+impl Fingerprint {
+    /// A data file's fingerprint, or a data directory's: the files
+    /// [`data_files`](crate::data::data_files) lists (the ones a run reads), each with its path
+    /// below the directory.
+    pub fn of_data(path: &Path) -> Result<Fingerprint> {
+        if !path.is_dir() {
+            return Fingerprint::of_path(path);
+        }
+        let mut h = Fnv::new();
+        let mut bytes = 0;
+        for f in crate::data::data_files(path)? {
+            let rel = f.strip_prefix(path).unwrap_or(&f);
+            h.update(rel.as_os_str().as_encoded_bytes());
+            bytes += hash_file(&f, &mut h)?;
+        }
+        Ok(Fingerprint {
+            bytes,
+            fnv1a64: format!("{:016x}", h.0),
+        })
+    }
+}
+
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} bytes, fnv1a64 {}", self.bytes, self.fnv1a64)
@@ -107,14 +129,18 @@ impl std::fmt::Display for Fingerprint {
 }
 
 /// The fingerprint of a recorded `path` now, or the error saying it is gone.
-fn fingerprint_now(what: &'static str, path: &Path) -> Result<Fingerprint> {
+fn fingerprint_now(
+    what: &'static str,
+    path: &Path,
+    of: fn(&Path) -> Result<Fingerprint>,
+) -> Result<Fingerprint> {
     if !path.exists() {
         return Err(FinetuneError::SourceMissing {
             what,
             path: path.to_path_buf(),
         });
     }
-    Fingerprint::of_path(path)
+    of(path)
 }
 
 fn hash_file(path: &Path, h: &mut Fnv) -> Result<u64> {
@@ -243,8 +269,8 @@ pub enum DataOrigin {
     },
 }
 
-/// A run's data: where it is, how it is read, and its content.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One source of a run's data: where it is, how it is read, its sampling weight and its content.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DataSource {
     /// Where it is.
     pub origin: DataOrigin,
@@ -254,8 +280,21 @@ pub struct DataSource {
     pub fields: FieldMap,
     /// Whether invalid records were skipped.
     pub skip_invalid: bool,
+    /// Sampling weight among several sources (see
+    /// [`DatasetConfig::source_weights`](crate::data::DatasetConfig::source_weights)): 2 trains
+    /// on each of its examples twice an epoch, 0.5 on a seeded half.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub weight: f64,
     /// Its content.
     pub fingerprint: Fingerprint,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(w: &f64) -> bool {
+    *w == 1.0
 }
 
 impl DataSource {
@@ -271,20 +310,99 @@ impl DataSource {
             format: InputFormat::Auto,
             fields: FieldMap::default(),
             skip_invalid: false,
+            weight: 1.0,
             fingerprint: Fingerprint::of_bytes(EMBEDDED_MEDICAL_QA.as_bytes()),
         }
     }
 
-    /// A data file (or MedQuAD directory) read with `options`.
+    /// A data file, or a directory of data files, read with `options`.
     pub fn file(path: &Path, options: &ReadOptions) -> Result<DataSource> {
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         Ok(DataSource {
-            fingerprint: Fingerprint::of_path(&path)?,
+            fingerprint: Fingerprint::of_data(&path)?,
             origin: DataOrigin::File { path },
             format: options.format,
             fields: options.fields.clone(),
             skip_invalid: options.skip_invalid,
+            weight: 1.0,
         })
+    }
+
+    /// The same source with sampling weight `weight` (a positive number).
+    pub fn with_weight(mut self, weight: f64) -> DataSource {
+        self.weight = weight;
+        self
+    }
+
+    /// A source from a command-line spec: `PATH`, or `PATH?key=value&key=value` with the keys
+    /// `format` (auto, messages, sharegpt, alpaca, qa, text), `fields` (renames such as
+    /// `question=Patient,answer=Doctor`), `weight` and `skip_invalid` (true or false). Keys not
+    /// given come from `defaults`.
+    ///
+    /// ```
+    /// use medify_qlora::DataSource;
+    /// use medify_qlora::data::{InputFormat, ReadOptions};
+    /// let dir = std::env::temp_dir().join(format!("medify-spec-doc-{}", std::process::id()));
+    /// std::fs::create_dir_all(&dir).unwrap();
+    /// std::fs::write(dir.join("d.csv"), "Patient,Doctor\nQ?,A.\n").unwrap();
+    /// let spec = format!("{}?format=qa&fields=question=Patient,answer=Doctor&weight=0.5",
+    ///     dir.join("d.csv").display());
+    /// let source = DataSource::parse(&spec, &ReadOptions::default()).unwrap();
+    /// assert_eq!((source.format, source.weight), (InputFormat::QuestionAnswer, 0.5));
+    /// assert_eq!(source.fields.get("question"), "Patient");
+    /// let bad = format!("{}?wieght=2", dir.join("d.csv").display());
+    /// assert!(DataSource::parse(&bad, &ReadOptions::default()).unwrap_err().to_string().contains("wieght"));
+    /// std::fs::remove_dir_all(&dir).unwrap();
+    /// ```
+    pub fn parse(spec: &str, defaults: &ReadOptions) -> Result<DataSource> {
+        let invalid = |reason: String| FinetuneError::Config {
+            field: "data".into(),
+            reason: format!("{spec:?}: {reason}"),
+        };
+        let (path, query) = match spec.split_once('?') {
+            Some((p, q)) => (p, q),
+            None => (spec, ""),
+        };
+        if path.is_empty() {
+            return Err(invalid("no path before '?'".into()));
+        }
+        let mut options = defaults.clone();
+        let mut weight = 1.0;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid(format!("{pair:?} must look like key=value")))?;
+            match key {
+                "format" => {
+                    options.format = InputFormat::parse(value).ok_or_else(|| {
+                        invalid(format!(
+                            "unknown format {value:?}; known: auto, messages, sharegpt, alpaca, qa, text"
+                        ))
+                    })?
+                }
+                "fields" => options.fields = FieldMap::parse(value)?,
+                "weight" => {
+                    weight = value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|w| w.is_finite() && *w > 0.0)
+                        .ok_or_else(|| {
+                            invalid(format!("weight {value:?} must be a positive number"))
+                        })?
+                }
+                "skip_invalid" => {
+                    options.skip_invalid = value.parse().map_err(|_| {
+                        invalid(format!("skip_invalid {value:?} must be true or false"))
+                    })?
+                }
+                other => {
+                    return Err(invalid(format!(
+                        "unknown key {other:?}; known: format, fields, weight, skip_invalid"
+                    )));
+                }
+            }
+        }
+        Ok(DataSource::file(Path::new(path), &options)?.with_weight(weight))
     }
 
     /// How the records are read.
@@ -310,6 +428,25 @@ impl DataSource {
         })
     }
 
+    /// Reads every source in order, each record marked with its source's index.
+    pub fn read_all(sources: &[DataSource]) -> Result<Vec<ReadReport>> {
+        sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut read = s.read()?;
+                read.set_source(i);
+                Ok(read)
+            })
+            .collect()
+    }
+
+    /// The weights of `sources`, in order, for
+    /// [`DatasetConfig::source_weights`](crate::data::DatasetConfig::source_weights).
+    pub fn weights(sources: &[DataSource]) -> Vec<f64> {
+        sources.iter().map(|s| s.weight).collect()
+    }
+
     /// For messages: the file's path, or "the embedded medical Q&A set".
     pub fn describe(&self) -> String {
         match &self.origin {
@@ -318,22 +455,189 @@ impl DataSource {
         }
     }
 
+    /// Every source named, with its weight where it is not 1.
+    pub fn describe_all(sources: &[DataSource]) -> String {
+        sources
+            .iter()
+            .map(|s| {
+                if s.weight == 1.0 {
+                    s.describe()
+                } else {
+                    format!("{} (weight {})", s.describe(), s.weight)
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// The same data read the same way, wherever it lies.
     fn same_as(&self, other: &DataSource) -> bool {
         self.fingerprint == other.fingerprint
             && self.format == other.format
             && self.fields == other.fields
             && self.skip_invalid == other.skip_invalid
+            && self.weight == other.weight
+    }
+
+    /// The recorded source as it is now: its fingerprint taken again (or the error saying
+    /// it is gone).
+    fn now(&self) -> Result<DataSource> {
+        Ok(DataSource {
+            fingerprint: match &self.origin {
+                DataOrigin::Embedded => Fingerprint::of_bytes(EMBEDDED_MEDICAL_QA.as_bytes()),
+                DataOrigin::File { path } => fingerprint_now("data", path, Fingerprint::of_data)?,
+            },
+            ..self.clone()
+        })
+    }
+
+    /// Why `self` (recorded) and `now` differ, for the message refusing the change.
+    fn difference(&self, now: &DataSource) -> String {
+        if now.fingerprint != self.fingerprint {
+            format!(
+                "its content differs ({} recorded; {} now)",
+                self.fingerprint, now.fingerprint
+            )
+        } else if now.weight != self.weight {
+            format!(
+                "its weight differs ({} recorded; {} now)",
+                self.weight, now.weight
+            )
+        } else {
+            format!(
+                "it is read differently (format {:?}, fields {:?}, skip_invalid {} recorded; {:?}, {:?}, {} now)",
+                self.format,
+                self.fields,
+                self.skip_invalid,
+                now.format,
+                now.fields,
+                now.skip_invalid
+            )
+        }
+    }
+}
+
+/// What the data of a run came to, per source: written to the run directory as
+/// [`DATA_REPORT_FILE`], printed by `cargo xtask finetune`, and summed up in the model card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataReport {
+    /// One entry per source, in the run's order.
+    pub sources: Vec<SourceReport>,
+}
+
+/// One source's share of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceReport {
+    /// The file or directory (or "the embedded medical Q&A set").
+    pub source: String,
+    /// Its sampling weight.
+    pub weight: f64,
+    /// Records per shape, e.g. `qa: 120, messages: 30`.
+    pub formats: Vec<(String, usize)>,
+    /// Records skipped while reading (`skip_invalid`, or MedQuAD answers removed upstream).
+    pub skipped: usize,
+    /// Records, drops, examples and trained tokens.
+    #[serde(flatten)]
+    pub counts: crate::data::SourceCounts,
+}
+
+/// The data report's file name in a run directory.
+pub const DATA_REPORT_FILE: &str = "data_report.json";
+
+impl DataReport {
+    /// The report of `sources` from what reading found (`reads`, in the same order) and what
+    /// preparation kept.
+    pub fn new(
+        sources: &[DataSource],
+        reads: &[ReadReport],
+        prepared: &PrepareReport,
+    ) -> DataReport {
+        DataReport {
+            sources: sources
+                .iter()
+                .zip(reads)
+                .enumerate()
+                .map(|(i, (s, r))| SourceReport {
+                    source: s.describe(),
+                    weight: s.weight,
+                    formats: r
+                        .formats
+                        .iter()
+                        .map(|(f, n)| (f.name().to_string(), *n))
+                        .collect(),
+                    skipped: r.skipped.len(),
+                    counts: prepared.sources.get(i).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
+    /// The report in a run directory, if it has one.
+    pub fn read(dir: &Path) -> Result<Option<DataReport>> {
+        let path = dir.join(DATA_REPORT_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        crate::training::checkpoints::read_json(&path).map(Some)
+    }
+
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        crate::training::checkpoints::write_json(&dir.join(DATA_REPORT_FILE), self)
+    }
+
+    /// One line per source: records, examples and trained tokens.
+    pub fn lines(&self) -> Vec<String> {
+        self.sources
+            .iter()
+            .map(|s| {
+                let c = &s.counts;
+                let shapes: Vec<String> =
+                    s.formats.iter().map(|(f, n)| format!("{f} {n}")).collect();
+                format!(
+                    "{}{}: {} records ({}), {} skipped reading, {} dropped → {} training examples ({} trained tokens per epoch), {} validation",
+                    s.source,
+                    if s.weight == 1.0 {
+                        String::new()
+                    } else {
+                        format!(" ×{}", s.weight)
+                    },
+                    c.records,
+                    shapes.join(", "),
+                    s.skipped,
+                    c.dropped,
+                    c.train_examples,
+                    c.trained_tokens,
+                    c.validation_examples
+                )
+            })
+            .collect()
     }
 }
 
 /// What a run trained on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSources {
     /// The base model.
     pub model: ModelSource,
-    /// The training data.
-    pub data: DataSource,
+    /// The training data: one source or several, in order (a record written before runs
+    /// could mix sources holds one object, and reads as one source).
+    #[serde(deserialize_with = "one_or_many")]
+    pub data: Vec<DataSource>,
+}
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<DataSource>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        Many(Vec<DataSource>),
+        One(Box<DataSource>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::Many(v) => v,
+        OneOrMany::One(one) => vec![*one],
+    })
 }
 
 impl RunSources {
@@ -353,7 +657,8 @@ impl RunSources {
     /// What a resumed run trains on. `model` and `data` are what the caller asked for; `None`
     /// means "the recorded one". Content is compared, not paths: a recorded file that moved is
     /// accepted at its new path, one that changed (or a different one asked for) is refused
-    /// unless `allow_change`, with a message saying what differs.
+    /// unless `allow_change`, with a message saying what differs. Every data source is
+    /// checked, in order, weight and reading options included.
     ///
     /// ```
     /// use medify_qlora::{DataSource, ModelSource, RunSources};
@@ -361,7 +666,7 @@ impl RunSources {
     /// std::fs::create_dir_all(&dir).unwrap();
     /// std::fs::write(dir.join("model.gguf"), b"weights").unwrap();
     /// let model = ModelSource::new(&dir.join("model.gguf"), None).unwrap();
-    /// let run = RunSources { model, data: DataSource::embedded() };
+    /// let run = RunSources { model, data: vec![DataSource::embedded()] };
     /// assert_eq!(run.for_resume(None, None, false).unwrap(), run);
     /// std::fs::write(dir.join("other.gguf"), b"other weights").unwrap();
     /// let other = ModelSource::new(&dir.join("other.gguf"), None).unwrap();
@@ -373,7 +678,7 @@ impl RunSources {
     pub fn for_resume(
         &self,
         model: Option<ModelSource>,
-        data: Option<DataSource>,
+        data: Option<Vec<DataSource>>,
         allow_change: bool,
     ) -> Result<RunSources> {
         let changed =
@@ -381,7 +686,7 @@ impl RunSources {
         let model = match model {
             Some(m) => m,
             None => ModelSource {
-                fingerprint: fingerprint_now("model", &self.model.path)?,
+                fingerprint: fingerprint_now("model", &self.model.path, Fingerprint::of_path)?,
                 ..self.model.clone()
             },
         };
@@ -399,42 +704,43 @@ impl RunSources {
         }
         let data = match data {
             Some(d) => d,
-            None => match &self.data.origin {
-                DataOrigin::Embedded => DataSource {
-                    fingerprint: Fingerprint::of_bytes(EMBEDDED_MEDICAL_QA.as_bytes()),
-                    ..self.data.clone()
-                },
-                DataOrigin::File { path } => DataSource {
-                    fingerprint: fingerprint_now("data", path)?,
-                    ..self.data.clone()
-                },
-            },
+            None => self
+                .data
+                .iter()
+                .map(DataSource::now)
+                .collect::<Result<Vec<_>>>()?,
         };
-        if !data.same_as(&self.data) && !allow_change {
-            let how = if data.fingerprint != self.data.fingerprint {
-                format!(
-                    "its content differs ({} recorded; {} now)",
-                    self.data.fingerprint, data.fingerprint
-                )
-            } else {
-                format!(
-                    "it is read differently (format {:?}, fields {:?}, skip_invalid {} recorded; {:?}, {:?}, {} now)",
-                    self.data.format,
-                    self.data.fields,
-                    self.data.skip_invalid,
-                    data.format,
-                    data.fields,
-                    data.skip_invalid
-                )
-            };
-            return Err(changed(
-                "data",
-                format!(
-                    "the run trained on {}, and {}: {how}",
-                    self.data.describe(),
-                    data.describe()
-                ),
-            ));
+        if !allow_change {
+            if data.len() != self.data.len() {
+                return Err(changed(
+                    "data",
+                    format!(
+                        "the run trained on {} source(s) ({}); {} given ({})",
+                        self.data.len(),
+                        DataSource::describe_all(&self.data),
+                        data.len(),
+                        DataSource::describe_all(&data)
+                    ),
+                ));
+            }
+            for (i, (recorded, now)) in self.data.iter().zip(&data).enumerate() {
+                if !now.same_as(recorded) {
+                    let which = if data.len() > 1 {
+                        format!("source {} of {}: ", i + 1, data.len())
+                    } else {
+                        String::new()
+                    };
+                    return Err(changed(
+                        "data",
+                        format!(
+                            "{which}the run trained on {}, and {}: {}",
+                            recorded.describe(),
+                            now.describe(),
+                            recorded.difference(now)
+                        ),
+                    ));
+                }
+            }
         }
         Ok(RunSources { model, data })
     }
@@ -486,7 +792,7 @@ mod tests {
         std::fs::write(d.join("m.gguf"), b"weights").unwrap();
         let run = RunSources {
             model: ModelSource::new(d.join("m.gguf"), Some("org/model")).unwrap(),
-            data: DataSource::file(&data_path, &ReadOptions::default()).unwrap(),
+            data: vec![DataSource::file(&data_path, &ReadOptions::default()).unwrap()],
         };
         assert_eq!(run.model.name_or_path, "org/model");
         assert_eq!(run.for_resume(None, None, false).unwrap(), run);
@@ -498,26 +804,30 @@ mod tests {
             "{e}"
         );
         let moved = DataSource::file(&d.join("moved.jsonl"), &ReadOptions::default()).unwrap();
-        let resumed = run.for_resume(None, Some(moved.clone()), false).unwrap();
-        assert_eq!(resumed.data, moved);
+        let resumed = run
+            .for_resume(None, Some(vec![moved.clone()]), false)
+            .unwrap();
+        assert_eq!(resumed.data, std::slice::from_ref(&moved));
         // read differently
         let qa = ReadOptions {
             format: InputFormat::QuestionAnswer,
             ..ReadOptions::default()
         };
         let other_format = DataSource::file(&d.join("moved.jsonl"), &qa).unwrap();
-        let e = run.for_resume(None, Some(other_format), false).unwrap_err();
+        let e = run
+            .for_resume(None, Some(vec![other_format]), false)
+            .unwrap_err();
         assert!(e.to_string().contains("read differently"), "{e}");
         // changed content
         std::fs::write(d.join("m.gguf"), b"weightz").unwrap();
         let e = run
-            .for_resume(None, Some(moved.clone()), false)
+            .for_resume(None, Some(vec![moved.clone()]), false)
             .unwrap_err();
         assert!(
             matches!(e, FinetuneError::SourceChanged { what: "model", .. }),
             "{e}"
         );
-        assert!(run.for_resume(None, Some(moved), true).is_ok());
+        assert!(run.for_resume(None, Some(vec![moved]), true).is_ok());
         std::fs::remove_dir_all(&d).unwrap();
     }
 
@@ -533,7 +843,7 @@ mod tests {
         });
         RunSources {
             model,
-            data: DataSource::embedded(),
+            data: vec![DataSource::embedded()],
         }
         .write(&d)
         .unwrap();
@@ -566,10 +876,16 @@ mod tests {
         });
         let run = RunSources {
             model,
-            data: DataSource::embedded(),
+            data: vec![DataSource::embedded()],
         };
         assert_eq!(RunSources::read(&d).unwrap(), None);
         run.write(&d).unwrap();
+        assert_eq!(RunSources::read(&d).unwrap(), Some(run.clone()));
+        // a record from before runs could mix sources holds one data object
+        let mut old: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join(SOURCES_FILE)).unwrap()).unwrap();
+        old["data"] = old["data"][0].clone();
+        std::fs::write(d.join(SOURCES_FILE), old.to_string()).unwrap();
         assert_eq!(RunSources::read(&d).unwrap(), Some(run));
         std::fs::remove_dir_all(&d).unwrap();
     }

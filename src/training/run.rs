@@ -7,11 +7,11 @@ use std::path::Path;
 
 use burn::tensor::Device;
 
-use crate::data::prepare;
+use crate::data::{ChatEncoder, PreparedData, SourcedExample, prepare};
 use crate::error::Result;
 use crate::loading::base::load_base_with;
 use crate::training::config::FinetuneConfig;
-use crate::training::provenance::RunSources;
+use crate::training::provenance::{DataReport, DataSource, RunSources};
 use crate::training::trainer::{TrainData, Trainer, TrainerOptions};
 
 /// A run ready to [`Trainer::train`], and what its data came to.
@@ -26,6 +26,44 @@ pub struct StartedRun {
     pub validation_sequences: usize,
     /// The model and data the run trains on.
     pub sources: RunSources,
+    /// What each data source came to (also in the run directory's `data_report.json`).
+    pub data: DataReport,
+}
+
+/// A run's data read, prepared and counted.
+pub(crate) struct RunData {
+    /// The records as read, every source in order.
+    pub records: Vec<SourcedExample>,
+    /// Training and validation examples.
+    pub prepared: PreparedData,
+    /// Per-source counts.
+    pub report: DataReport,
+}
+
+/// Reads every source of `data`, marks each record with its source, and prepares them
+/// together with `config`'s dataset settings and the sources' weights. The trainer and the
+/// sweep's held-out answers both see the data through here.
+pub(crate) fn prepare_data(
+    config: &FinetuneConfig,
+    data: &[DataSource],
+    encoder: &ChatEncoder,
+) -> Result<RunData> {
+    let mut reads = DataSource::read_all(data)?;
+    let records: Vec<SourcedExample> = reads
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.records))
+        .collect();
+    let dataset = crate::data::DatasetConfig {
+        source_weights: DataSource::weights(data),
+        ..config.dataset_config()
+    };
+    let prepared = prepare(records.clone(), encoder, &dataset)?;
+    let report = DataReport::new(data, &reads, &prepared.report);
+    Ok(RunData {
+        records,
+        prepared,
+        report,
+    })
 }
 
 /// Loads `sources.model` on `device` (an autodiff device), prepares `sources.data` with
@@ -48,8 +86,11 @@ pub(crate) fn start_run(
         .encoder
         .clone()
         .with_system_prompt(config.system_prompt.clone());
-    let read = sources.data.read()?;
-    let prepared = prepare(read.records, &encoder, &config.dataset_config())?;
+    let RunData {
+        prepared,
+        report: data_report,
+        ..
+    } = prepare_data(config, &sources.data, &encoder)?;
     let data = TrainData::from_prepared(&prepared, config, encoder.pad_id());
     let (records, train_sequences, validation_sequences) = (
         prepared.report.records,
@@ -64,11 +105,13 @@ pub(crate) fn start_run(
         Some(ckpt) => Trainer::resume_with(ckpt, config, base.model, data, options)?,
         None => Trainer::new(config.clone(), base.model, data, options)?,
     };
+    data_report.write(trainer.out_dir())?;
     Ok(StartedRun {
         trainer,
         records,
         train_sequences,
         validation_sequences,
         sources,
+        data: data_report,
     })
 }

@@ -30,7 +30,6 @@ use serde_json::{Map, Value};
 use burn::module::Module;
 
 use crate::chat::Chat;
-use crate::data::prepare;
 use crate::error::{FinetuneError, Result, io_err};
 use crate::evaluation::answers::{AnswerCase, AnswerReport, score_generated_answers};
 use crate::evaluation::text_metrics::TextScores;
@@ -401,9 +400,9 @@ fn variant_answers(
         .clone()
         .with_system_prompt(config.system_prompt.clone());
     // The validation split the trainer held out, in its order, as chat cases.
-    let read = sources.data.read()?;
-    let records = read.records.clone();
-    let prepared = prepare(read.records, &encoder, &config.dataset_config())?;
+    let crate::training::run::RunData {
+        records, prepared, ..
+    } = crate::training::run::prepare_data(config, &sources.data, &encoder)?;
     let by_origin: std::collections::HashMap<&str, &crate::data::SourcedExample> =
         records.iter().map(|r| (r.origin.as_str(), r)).collect();
     let held_out: Vec<_> = prepared

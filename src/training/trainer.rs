@@ -349,6 +349,11 @@ impl Trainer {
             .expect("the model is only taken during a step")
     }
 
+    /// The run directory.
+    pub fn out_dir(&self) -> &Path {
+        &self.options.out_dir
+    }
+
     /// The adapters' configuration (for `save_adapter`).
     pub fn lora_config(&self) -> &LoraConfig {
         &self.lora

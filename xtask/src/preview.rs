@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use clap::Args as ClapArgs;
 use medify_qlora::data::{
     ChatEncoder, DatasetConfig, FieldMap, IGNORE, InputFormat, ReadOptions, Truncation, prepare,
-    read_records,
 };
+use medify_qlora::{DataReport, DataSource};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -18,9 +18,14 @@ pub struct Args {
     /// A model directory or .gguf file (its tokenizer and chat template are used).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// JSONL, CSV/TSV, a MedQuAD XML file or a directory of them.
-    #[arg(long)]
-    data: PathBuf,
+    /// JSONL, CSV/TSV, a MedQuAD XML file or a directory of them; repeat for several sources,
+    /// each optionally PATH?format=..&fields=..&weight=.. as for finetune.
+    #[arg(
+        long,
+        required = true,
+        value_name = "PATH[?format=..&fields=..&weight=..]"
+    )]
+    data: Vec<String>,
     /// Built-in template instead of the model's: chatml, tinyllama, llama2, llama3, mistral, gemma.
     #[arg(long)]
     template: Option<String>,
@@ -65,18 +70,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         encoder_for(source, args.template.as_deref())?.with_system_prompt(args.system.clone());
     let format = InputFormat::parse(&args.format)
         .ok_or_else(|| anyhow::anyhow!("unknown --format {:?}", args.format))?;
-    let read = read_records(
-        &args.data,
-        &ReadOptions {
-            format,
-            fields: FieldMap::parse(&args.fields)?,
-            skip_invalid: args.skip_invalid,
-        },
-    )?;
-    let mut records = read.records;
-    if let Some(n) = args.limit.or((!args.json).then_some(5)) {
-        records.truncate(n);
-    }
+    let defaults = ReadOptions {
+        format,
+        fields: FieldMap::parse(&args.fields)?,
+        skip_invalid: args.skip_invalid,
+    };
+    let sources = args
+        .data
+        .iter()
+        .map(|spec| DataSource::parse(spec, &defaults))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut reads = DataSource::read_all(&sources)?;
+    let records: Vec<_> = reads
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.records))
+        .collect();
     let config = DatasetConfig {
         max_len: args.max_len,
         truncation: if args.drop_long {
@@ -86,9 +94,34 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         },
         dedupe: false,
         shuffle: false,
+        source_weights: DataSource::weights(&sources),
         ..DatasetConfig::default()
     };
-    let prepared = prepare(records, &encoder, &config)?;
+    let position: std::collections::HashMap<String, usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.origin.clone(), i))
+        .collect();
+    // Every record is prepared so the counts cover the whole data; only `limit` are shown.
+    let mut prepared = prepare(records, &encoder, &config)?;
+    let report = DataReport::new(&sources, &reads, &prepared.report);
+    let trained_tokens: usize = prepared
+        .train
+        .iter()
+        .map(|e| e.encoded.trained_tokens())
+        .sum();
+    let examples = prepared.train.len();
+    if sources.iter().any(|s| s.weight != 1.0) {
+        // Show records as they are in the files, each once.
+        let mut seen = std::collections::HashSet::new();
+        prepared.train.retain(|e| seen.insert(e.origin.clone()));
+        prepared
+            .train
+            .sort_by_key(|e| position.get(&e.origin).copied());
+    }
+    if let Some(n) = args.limit.or((!args.json).then_some(5)) {
+        prepared.train.truncate(n);
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let color = !args.json && stdout.is_terminal();
@@ -131,31 +164,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let r = &prepared.report;
     if !args.json {
         eprintln!(
-            "{} records shown ({}; trained tokens {}). Skipped while reading: {}; truncated: {}; dropped too long: {}; no trained token: {}; template errors: {}",
+            "{} of {examples} examples shown ({}); trained tokens in all: {trained_tokens}. Skipped while reading: {}; truncated: {}; dropped too long: {}; no trained token: {}; template errors: {}",
             prepared.train.len(),
             if color {
                 "trained text in green"
             } else {
                 "trained text in [[ ]]"
             },
-            prepared
-                .train
-                .iter()
-                .map(|e| e.encoded.trained_tokens())
-                .sum::<usize>(),
-            read.skipped.len(),
+            reads.iter().map(|r| r.skipped.len()).sum::<usize>(),
             r.truncated,
             r.too_long,
             r.untrained.len(),
             r.template_errors.len()
         );
-        if read.formats.len() > 1 {
-            let shapes: Vec<String> = read
-                .formats
-                .iter()
-                .map(|(f, n)| format!("{} {n}", f.name()))
-                .collect();
-            eprintln!("record shapes in the file: {}", shapes.join(", "));
+        for line in report.lines() {
+            eprintln!("  {line}");
         }
     }
     Ok(())

@@ -25,9 +25,10 @@ pub struct Args {
     /// Base model (default: SmolLM2-135M-Instruct, as for finetune).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Training data (default: the embedded medical Q&A set).
-    #[arg(long)]
-    data: Option<PathBuf>,
+    /// Training data, as finetune's --data (repeatable, PATH?format=..&fields=..&weight=..;
+    /// default: the embedded medical Q&A set).
+    #[arg(long, value_name = "PATH[?format=..&fields=..&weight=..]")]
+    data: Vec<String>,
     /// Device: flex (CPU), wgpu, cuda, or auto.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -49,15 +50,19 @@ fn clock(s: f64) -> String {
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let spec = SweepSpec::read(&a.config)?;
     // The variants start from finetune's defaults: the demo's on the embedded default.
-    let start = if a.model.is_none() && a.data.is_none() {
+    let start = if a.model.is_none() && a.data.is_empty() {
         medify_qlora::FinetuneConfig::demo()
     } else {
         FinetuneConfig::default()
     };
     let variants = spec.variants(&start)?;
-    let data = match &a.data {
-        Some(p) => DataSource::file(p, &ReadOptions::default())?,
-        None => DataSource::embedded(),
+    let data = if a.data.is_empty() {
+        vec![DataSource::embedded()]
+    } else {
+        a.data
+            .iter()
+            .map(|spec| DataSource::parse(spec, &ReadOptions::default()))
+            .collect::<Result<_, _>>()?
     };
     let sources = RunSources {
         model: model_source(a.model.as_ref())?,

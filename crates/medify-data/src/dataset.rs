@@ -39,6 +39,13 @@ pub struct DatasetConfig {
     pub seed: u64,
     /// Shuffle before splitting.
     pub shuffle: bool,
+    /// Sampling weight of each data source ([`SourcedExample::source`] indexes it; a source
+    /// not listed weighs 1). A source of weight `w` puts `w` times its training examples in
+    /// an epoch: each one `floor(w)` times, plus a seeded sample without replacement of the
+    /// fraction (0.5 trains on half of them, 2 on each twice). Applied after deduplication and
+    /// the validation split, so validation holds each record at most once and never a copy of
+    /// a training one.
+    pub source_weights: Vec<f64>,
 }
 
 impl Default for DatasetConfig {
@@ -51,6 +58,7 @@ impl Default for DatasetConfig {
             validation_fraction: 0.0,
             seed: 42,
             shuffle: true,
+            source_weights: Vec::new(),
         }
     }
 }
@@ -60,6 +68,8 @@ impl Default for DatasetConfig {
 pub struct EncodedExample {
     /// `file:line` of the record.
     pub origin: String,
+    /// The data source it came from.
+    pub source: usize,
     /// Ids and labels.
     pub encoded: Encoded,
 }
@@ -81,6 +91,24 @@ pub struct PrepareReport {
     pub untrained: Vec<String>,
     /// Records whose template raised, with the message.
     pub template_errors: Vec<(String, String)>,
+    /// What each data source came to, indexed by [`SourcedExample::source`].
+    pub sources: Vec<SourceCounts>,
+}
+
+/// What one data source of a run came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceCounts {
+    /// Records read.
+    pub records: usize,
+    /// Dropped as duplicates, for short replies, for length, with no trained token or for a
+    /// template error.
+    pub dropped: usize,
+    /// Training examples in an epoch (after the source's weight).
+    pub train_examples: usize,
+    /// Validation examples.
+    pub validation_examples: usize,
+    /// Trained (labelled) tokens of its training examples in an epoch.
+    pub trained_tokens: usize,
 }
 
 /// Training and validation sequences.
@@ -113,15 +141,35 @@ pub fn prepare(
             config.validation_fraction
         )));
     }
+    if let Some((i, w)) = config
+        .source_weights
+        .iter()
+        .enumerate()
+        .find(|(_, w)| !(w.is_finite() && **w > 0.0))
+    {
+        return Err(DataError::Invalid(format!(
+            "the weight of data source {} is {w}; it must be a positive number",
+            i + 1
+        )));
+    }
+    let n_sources = records
+        .iter()
+        .map(|r| r.source + 1)
+        .max()
+        .unwrap_or(0)
+        .max(config.source_weights.len());
     let mut report = PrepareReport {
         records: records.len(),
+        sources: vec![SourceCounts::default(); n_sources],
         ..PrepareReport::default()
     };
     let mut seen = HashSet::new();
     let mut kept = Vec::with_capacity(records.len());
     for r in records {
+        report.sources[r.source].records += 1;
         if config.dedupe && !seen.insert(r.example.clone()) {
             report.duplicates += 1;
+            report.sources[r.source].dropped += 1;
             continue;
         }
         if config.min_reply_chars > 0
@@ -130,6 +178,7 @@ pub fn prepare(
                 .any(|a| a.trim().chars().count() < config.min_reply_chars)
         {
             report.short_replies += 1;
+            report.sources[r.source].dropped += 1;
             continue;
         }
         kept.push(r);
@@ -137,16 +186,17 @@ pub fn prepare(
     if config.shuffle {
         kept.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
     }
-    let encoded: Vec<(String, Result<Encoded>)> = kept
+    let encoded: Vec<(String, usize, Result<Encoded>)> = kept
         .par_iter()
-        .map(|r| (r.origin.clone(), encoder.encode(&r.example)))
+        .map(|r| (r.origin.clone(), r.source, encoder.encode(&r.example)))
         .collect();
     let mut out = Vec::with_capacity(encoded.len());
-    for (origin, e) in encoded {
+    for (origin, source, e) in encoded {
         let mut e = match e {
             Ok(e) => e,
             Err(DataError::Template { message, .. }) => {
                 report.template_errors.push((origin, message));
+                report.sources[source].dropped += 1;
                 continue;
             }
             Err(other) => return Err(other),
@@ -155,6 +205,7 @@ pub fn prepare(
             match config.truncation {
                 Truncation::Drop => {
                     report.too_long += 1;
+                    report.sources[source].dropped += 1;
                     continue;
                 }
                 Truncation::KeepStart => {
@@ -166,9 +217,14 @@ pub fn prepare(
         }
         if e.trained_tokens() == 0 {
             report.untrained.push(origin);
+            report.sources[source].dropped += 1;
             continue;
         }
-        out.push(EncodedExample { origin, encoded: e });
+        out.push(EncodedExample {
+            origin,
+            source,
+            encoded: e,
+        });
     }
     if !report.untrained.is_empty() {
         eprintln!(
@@ -188,11 +244,49 @@ pub fn prepare(
     }
     let n_val = (out.len() as f64 * config.validation_fraction).round() as usize;
     let validation = out.split_off(out.len() - n_val.min(out.len()));
+    let train = weighted(out, &config.source_weights, config.seed);
+    for e in &validation {
+        report.sources[e.source].validation_examples += 1;
+    }
+    for e in &train {
+        let counts = &mut report.sources[e.source];
+        counts.train_examples += 1;
+        counts.trained_tokens += e.encoded.trained_tokens();
+    }
     Ok(PreparedData {
-        train: out,
+        train,
         validation,
         report,
     })
+}
+
+/// The training examples of an epoch under the sources' weights (see
+/// [`DatasetConfig::source_weights`]), reshuffled with a seed of their own so copies spread
+/// out. With every weight 1 the examples come back as they are.
+fn weighted(train: Vec<EncodedExample>, weights: &[f64], seed: u64) -> Vec<EncodedExample> {
+    if weights.iter().all(|&w| w == 1.0) {
+        return train;
+    }
+    let weight = |source: usize| weights.get(source).copied().unwrap_or(1.0);
+    let sources = train.iter().map(|e| e.source + 1).max().unwrap_or(0);
+    let mut out = Vec::new();
+    for source in 0..sources {
+        let own: Vec<&EncodedExample> = train.iter().filter(|e| e.source == source).collect();
+        let w = weight(source);
+        let whole = w.floor() as usize;
+        for _ in 0..whole {
+            out.extend(own.iter().map(|&e| e.clone()));
+        }
+        let extra = ((w - w.floor()) * own.len() as f64).round() as usize;
+        if extra > 0 {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (0x5eed_0000 + source as u64));
+            let mut picked = own.clone();
+            picked.shuffle(&mut rng);
+            out.extend(picked.into_iter().take(extra).cloned());
+        }
+    }
+    out.shuffle(&mut ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)));
+    out
 }
 
 /// One training row: several examples packed, or one padded example.
@@ -368,6 +462,104 @@ mod tests {
         Encoded {
             input_ids: (10..10 + n).collect(),
             labels: (10..10 + n as i64).collect(),
+        }
+    }
+
+    fn records(source: usize, n: usize) -> Vec<SourcedExample> {
+        (0..n)
+            .map(|i| SourcedExample {
+                origin: format!("s{source}:{i}"),
+                example: crate::Example::Text(format!("source {source} record {i} text")),
+                source,
+            })
+            .collect()
+    }
+
+    fn encoder() -> ChatEncoder {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/tokenizers/smollm2-instruct/tokenizer.json");
+        let tokenizer = tokenizers::Tokenizer::from_file(path).expect("the shared tokenizer");
+        let specials = crate::TokenizerSpecials {
+            eos: Some("<|im_end|>".into()),
+            ..crate::TokenizerSpecials::default()
+        };
+        ChatEncoder::new(
+            tokenizer,
+            crate::ChatTemplate::builtin("chatml").unwrap(),
+            specials,
+        )
+    }
+
+    #[test]
+    fn source_weights_repeat_and_sample_training_examples_and_are_counted() {
+        let mut all = records(0, 10);
+        all.extend(records(1, 8));
+        all.extend(records(2, 4));
+        all.push(all[0].clone()); // a duplicate, counted against source 0
+        let config = DatasetConfig {
+            validation_fraction: 0.0,
+            source_weights: vec![2.0, 0.5],
+            ..DatasetConfig::default()
+        };
+        let enc = encoder();
+        let p = prepare(all.clone(), &enc, &config).unwrap();
+        let counts: Vec<usize> = p.report.sources.iter().map(|c| c.train_examples).collect();
+        assert_eq!(counts, vec![20, 4, 4]);
+        assert_eq!(p.report.sources[0].records, 11);
+        assert_eq!(p.report.sources[0].dropped, 1);
+        // each source-0 record twice; source 1's half is a sample without replacement
+        for i in 0..10 {
+            let n = p
+                .train
+                .iter()
+                .filter(|e| e.origin == format!("s0:{i}"))
+                .count();
+            assert_eq!(n, 2, "s0:{i}");
+        }
+        let half: HashSet<&str> = p
+            .train
+            .iter()
+            .filter(|e| e.source == 1)
+            .map(|e| e.origin.as_str())
+            .collect();
+        assert_eq!(half.len(), 4);
+        let tokens: usize = p
+            .train
+            .iter()
+            .filter(|e| e.source == 2)
+            .map(|e| e.encoded.trained_tokens())
+            .sum();
+        assert_eq!(p.report.sources[2].trained_tokens, tokens);
+        // seeded: the same again, another seed another sample
+        let again = prepare(all.clone(), &enc, &config).unwrap();
+        assert_eq!(
+            again.train.iter().map(|e| &e.origin).collect::<Vec<_>>(),
+            p.train.iter().map(|e| &e.origin).collect::<Vec<_>>()
+        );
+        // validation takes records once, before weighting
+        let split = DatasetConfig {
+            validation_fraction: 0.25,
+            ..config.clone()
+        };
+        let p = prepare(all.clone(), &enc, &split).unwrap();
+        let val: HashSet<&str> = p.validation.iter().map(|e| e.origin.as_str()).collect();
+        assert_eq!(val.len(), p.validation.len());
+        assert!(p.train.iter().all(|e| !val.contains(e.origin.as_str())));
+        // all weights 1: exactly the unweighted order
+        let plain = prepare(all.clone(), &enc, &DatasetConfig::default()).unwrap();
+        let ones = DatasetConfig {
+            source_weights: vec![1.0, 1.0, 1.0],
+            ..DatasetConfig::default()
+        };
+        let same = prepare(all.clone(), &enc, &ones).unwrap();
+        assert_eq!(plain.train, same.train);
+        for bad in [0.0, -1.0, f64::NAN] {
+            let config = DatasetConfig {
+                source_weights: vec![1.0, bad],
+                ..DatasetConfig::default()
+            };
+            let err = prepare(all.clone(), &enc, &config).unwrap_err().to_string();
+            assert!(err.contains("data source 2"), "{err}");
         }
     }
 

@@ -9,13 +9,14 @@ mod sources;
 mod template;
 
 pub use dataset::{
-    Batch, DatasetConfig, EncodedExample, PrepareReport, PreparedData, Sequence, Truncation, pack,
-    prepare, unpacked,
+    Batch, DatasetConfig, EncodedExample, PrepareReport, PreparedData, Sequence, SourceCounts,
+    Truncation, pack, prepare, unpacked,
 };
 pub use encode::{ChatEncoder, Encoded, IGNORE, Rendered, TokenizerSpecials};
 pub use error::{DataError, Result};
 pub use record::{Example, Message, Role, SourcedExample};
 pub use sources::{
-    FieldMap, FileKind, InputFormat, ReadOptions, ReadReport, read_records, read_records_from,
+    DATA_FILE_EXTENSIONS, FieldMap, FileKind, InputFormat, ReadOptions, ReadReport, data_files,
+    read_records, read_records_from,
 };
 pub use template::{BUILTIN_TEMPLATES, ChatTemplate, SpecialTokens};

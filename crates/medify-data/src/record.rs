@@ -100,4 +100,7 @@ pub struct SourcedExample {
     pub origin: String,
     /// The record.
     pub example: Example,
+    /// Which of a run's data sources it came from (0 when there is one), so a mix of sources
+    /// can be weighted and counted per source.
+    pub source: usize,
 }

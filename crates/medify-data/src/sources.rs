@@ -137,6 +137,8 @@ pub struct ReadReport {
     pub skipped: Vec<(String, String)>,
     /// Records read per shape, in the order each shape first appeared.
     pub formats: Vec<(InputFormat, usize)>,
+    /// Records read per file (one entry for a file, one per data file for a directory).
+    pub files: Vec<(PathBuf, usize)>,
 }
 
 impl ReadReport {
@@ -147,6 +149,47 @@ impl ReadReport {
             None => self.formats.push((format, 1)),
         }
     }
+
+    /// Marks every record as coming from data source `source` of a mix.
+    pub fn set_source(&mut self, source: usize) {
+        for r in &mut self.records {
+            r.source = source;
+        }
+    }
+}
+
+/// The extensions a directory's data files are read by (JSONL, CSV, TSV, MedQuAD XML).
+pub const DATA_FILE_EXTENSIONS: [&str; 4] = ["jsonl", "csv", "tsv", "xml"];
+
+/// The data files under `dir`, in subdirectories too, sorted by path: files whose extension is
+/// one of [`DATA_FILE_EXTENSIONS`], hidden files and directories left out. Reading a directory
+/// and fingerprinting it both list it here, so they always see the same files.
+pub fn data_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = entry.map_err(io_err(dir))?.path();
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else if path.extension().is_some_and(|e| {
+                DATA_FILE_EXTENSIONS
+                    .iter()
+                    .any(|k| e.eq_ignore_ascii_case(k))
+            }) {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files)?;
+    files.sort();
+    Ok(files)
 }
 
 /// How one file's bytes are laid out, from its extension.
@@ -178,8 +221,9 @@ impl FileKind {
     }
 }
 
-/// Reads a JSONL file, a CSV file (by extension `.csv`/`.tsv`), an XML file or a directory of
-/// MedQuAD XML files.
+/// Reads a JSONL file, a CSV file (by extension `.csv`/`.tsv`), a MedQuAD XML file, or a
+/// directory of them (see [`data_files`]; each file is read by its extension, and
+/// [`ReadReport::files`] counts the records of each).
 ///
 /// ```
 /// use medify_data::{read_records, ReadOptions, Example};
@@ -195,21 +239,19 @@ impl FileKind {
 pub fn read_records(path: &Path, options: &ReadOptions) -> Result<ReadReport> {
     let mut report = ReadReport::default();
     if path.is_dir() {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(io_err(path))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("xml")))
-            .collect();
-        files.sort();
+        let files = data_files(path)?;
         if files.is_empty() {
             return Err(DataError::File {
                 path: path.to_path_buf(),
-                message: "directory holds no .xml files (MedQuAD's original format)".into(),
+                message: format!(
+                    "directory holds no data files (.{})",
+                    DATA_FILE_EXTENSIONS.join(", .")
+                ),
             });
         }
         for f in files {
             let text = std::fs::read_to_string(&f).map_err(io_err(&f))?;
-            read_text(&text, &f, FileKind::MedquadXml, options, &mut report)?;
+            read_text(&text, &f, FileKind::from_path(&f), options, &mut report)?;
         }
     } else {
         let text = std::fs::read_to_string(path).map_err(io_err(path))?;
@@ -249,12 +291,17 @@ fn read_text(
     options: &ReadOptions,
     report: &mut ReadReport,
 ) -> Result<()> {
+    let before = report.records.len();
     match kind {
         FileKind::Csv => read_csv(text, path, b',', options, report),
         FileKind::Tsv => read_csv(text, path, b'\t', options, report),
         FileKind::MedquadXml => read_medquad_xml(text, path, report),
         FileKind::Jsonl => read_jsonl(text, path, options, report),
-    }
+    }?;
+    report
+        .files
+        .push((path.to_path_buf(), report.records.len() - before));
+    Ok(())
 }
 
 fn finish(report: ReadReport, path: &Path) -> Result<ReadReport> {
@@ -359,6 +406,7 @@ fn read_medquad_xml(text: &str, path: &Path, report: &mut ReadReport) -> Result<
         report.records.push(SourcedExample {
             origin: where_,
             example: Example::qa(q.trim(), a.trim()),
+            source: 0,
         });
         report.count(InputFormat::QuestionAnswer);
     }
@@ -430,7 +478,11 @@ fn add_record(
     *last = Some(format);
     match parse_record(obj, format, &options.fields) {
         Ok(example) => {
-            report.records.push(SourcedExample { origin, example });
+            report.records.push(SourcedExample {
+                origin,
+                example,
+                source: 0,
+            });
             report.count(format);
             Ok(())
         }
@@ -686,6 +738,56 @@ mod tests {
             err.contains("typo.jsonl:2") && err.contains("\"question\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_directory_reads_every_data_file_under_it_by_extension() {
+        let dir = std::env::temp_dir().join(format!("medify-data-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("xml").join(".hidden")).unwrap();
+        std::fs::write(
+            dir.join("a.jsonl"),
+            "{\"question\": \"Q1?\", \"answer\": \"A1.\"}\n{\"text\": \"plain\"}\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("b.CSV"), "question,answer\nQ2?,A2.\n").unwrap();
+        std::fs::write(
+            dir.join("xml").join("c.xml"),
+            "<Document><QAPairs><QAPair pid=\"1\"><Question>Q3?</Question><Answer>A3.</Answer></QAPair></QAPairs></Document>",
+        )
+        .unwrap();
+        std::fs::write(dir.join("README.md"), "not data").unwrap();
+        std::fs::write(dir.join("xml").join(".hidden").join("d.jsonl"), "broken").unwrap();
+        let read = read_records(&dir, &ReadOptions::default()).unwrap();
+        let per_file: Vec<(String, usize)> = read
+            .files
+            .iter()
+            .map(|(p, n)| (p.strip_prefix(&dir).unwrap().display().to_string(), *n))
+            .collect();
+        assert_eq!(
+            per_file,
+            [
+                ("a.jsonl".to_string(), 2),
+                ("b.CSV".to_string(), 1),
+                (format!("xml{}c.xml", std::path::MAIN_SEPARATOR), 1)
+            ]
+        );
+        assert_eq!(read.records[2].example, Example::qa("Q2?", "A2."));
+        assert_eq!(data_files(&dir).unwrap().len(), 3);
+        // a bad file in the directory is named
+        std::fs::write(dir.join("e.jsonl"), "{\"question\": 1}\n").unwrap();
+        let err = read_records(&dir, &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("e.jsonl:1"), "{err}");
+        let empty = dir.join("xml").join("empty");
+        std::fs::create_dir_all(empty.join(".git")).unwrap();
+        std::fs::write(empty.join(".git").join("x.jsonl"), "{}").unwrap();
+        let err = read_records(&empty, &ReadOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no data files"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
