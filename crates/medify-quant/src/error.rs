@@ -53,6 +53,9 @@ pub enum QuantError {
         /// What failed.
         reason: String,
     },
+    /// A stored 8-bit weight or its `SCB` is missing, mistyped or inconsistent.
+    #[error("invalid 8-bit weight {0}")]
+    Format(String),
     /// An operation needs a shape it was not given (e.g. a matmul with a non-2D weight).
     #[error("unsupported: {0}")]
     Unsupported(String),

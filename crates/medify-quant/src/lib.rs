@@ -21,6 +21,7 @@
 mod codebook;
 mod error;
 mod host_kernels;
+mod int8;
 mod packed;
 mod quant_state;
 
@@ -38,6 +39,7 @@ pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_un
 pub use device::{Nf4Tensor, Quant4Ops, is_flex, linear_4bit};
 pub use dropout::{DropoutKey, DropoutOps, dropout, dropout_at};
 pub use error::QuantError;
+pub use int8::{Int8Weight, SCB_SUFFIX, int8_quantization_config};
 pub use host_kernels::{PackedView, Rhs, Scales, gemm_f32, matmul_4bit};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};
 pub use quant_state::{
