@@ -36,7 +36,7 @@ pub mod host_tensor;
 pub mod simd;
 
 pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_unsigned_map};
-pub use device::{Nf4Tensor, Quant4Ops, is_flex, linear_4bit};
+pub use device::{Int8Ops, Int8Tensor, Nf4Tensor, Quant4Ops, is_flex, linear_4bit};
 pub use dropout::{DropoutKey, DropoutOps, dropout, dropout_at};
 pub use error::QuantError;
 pub use int8::{Int8Weight, SCB_SUFFIX, int8_quantization_config};

@@ -5,12 +5,14 @@
 //! hand-written backward for autodiff. The backend is picked at run time from the device.
 
 mod autodiff;
+pub mod int8;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
 #[cfg(feature = "flex")]
 mod flex;
 mod ops;
 
+pub use int8::{Int8Ops, Int8Tensor};
 pub use ops::Quant4Ops;
 
 use burn::backend::Dispatch;
