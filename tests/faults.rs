@@ -48,7 +48,7 @@ fn tiny_base(config: &FinetuneConfig) -> medify_qlora::Result<BaseModel> {
     load_base(
         &root().join("fixtures/tiny_models/llama"),
         &Device::flex().autodiff(),
-        config.quant_config()?,
+        config.quantization.linear_quant()?,
         None,
     )
 }

@@ -65,7 +65,13 @@ fn device() -> Device {
 
 fn quantized_base() -> medify_qlora::BaseModel {
     let config = config();
-    load_base(&tiny(), &device(), config.quant_config().unwrap(), None).unwrap()
+    load_base(
+        &tiny(),
+        &device(),
+        config.quantization.linear_quant().unwrap(),
+        None,
+    )
+    .unwrap()
 }
 
 fn tensors(path: &Path) -> Vec<(String, Vec<u8>)> {
@@ -258,7 +264,10 @@ fn finetune_evaluate_merge_and_resume() {
     // eval, chat and merge load the adapter over the base it trained on, held the same way.
     let recorded_base = AdapterBase::resolve(Some(&out), None, None).unwrap();
     assert_eq!(recorded_base.model, std::path::absolute(tiny()).unwrap());
-    assert_eq!(recorded_base.quant, config.quant_config().unwrap());
+    assert_eq!(
+        recorded_base.quant,
+        config.quantization.linear_quant().unwrap()
+    );
     let checkpoints = medify_qlora::training::checkpoints::list_checkpoints(&out);
     let names: Vec<_> = checkpoints
         .iter()

@@ -6,11 +6,11 @@ use burn::tensor::Device;
 
 use crate::data::{ChatEncoder, ChatTemplate};
 use crate::error::{FinetuneError, Result, io_err};
+use crate::models::LinearQuant;
 use crate::models::{
     CausalLm, GgufExport, GgufType, LoadOptions, LoadReport, ModelTokenizer, SaveDtype,
     load_pretrained,
 };
-use crate::quant::QuantConfig;
 use crate::training::Modelfile;
 use medify_chat::{Chat, chat_encoder};
 
@@ -157,22 +157,22 @@ pub(crate) fn check_output_dir(dir: &Path, overwrite: bool, ours: &[&str]) -> Re
     Ok(())
 }
 
-/// Loads a Hugging Face directory (safetensors, dense or bitsandbytes 4-bit) or a GGUF file.
-/// With `quant`, dense weights are quantized to 4-bit on load (QLoRA's frozen base); a
-/// bitsandbytes checkpoint stays 4-bit either way. `template` picks a built-in chat template
+/// Loads a Hugging Face directory (safetensors, dense or bitsandbytes 4-bit or 8-bit) or a GGUF
+/// file. With `quant`, dense weights are quantized on load (QLoRA's frozen base: 4-bit, or
+/// int8); a bitsandbytes checkpoint stays as it is stored either way. `template` picks a built-in chat template
 /// (`chatml`, `llama3`, …) instead of the model's own.
 ///
 /// ```
 /// use burn::tensor::Device;
 /// use medify_qlora::{load_base, quant::QuantConfig};
 /// let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/tiny_models/llama.gguf");
-/// let base = load_base(path.as_ref(), &Device::flex(), Some(QuantConfig::default()), Some("chatml")).unwrap();
+/// let base = load_base(path.as_ref(), &Device::flex(), Some(QuantConfig::default().into()), Some("chatml")).unwrap();
 /// assert!(base.report.device_bytes > 0);
 /// ```
 pub fn load_base(
     path: &Path,
     device: &Device,
-    quant: Option<QuantConfig>,
+    quant: Option<LinearQuant>,
     template: Option<&str>,
 ) -> Result<BaseModel> {
     let options = LoadOptions {

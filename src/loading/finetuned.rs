@@ -66,7 +66,7 @@ impl FinetunedModel {
         let from = AdapterBase::resolve(
             Some(adapter_dir),
             options.model.as_deref(),
-            options.quant.map(BaseQuant::default_config),
+            options.quant.map(BaseQuant::linear_quant),
         )?;
         let config_file = adapter_dir.join(CONFIG_FILE);
         let settings: Option<FinetuneConfig> = if config_file.is_file() {
@@ -81,7 +81,7 @@ impl FinetunedModel {
             device,
         )?;
         let load = LoadOptions {
-            quantize: from.quant,
+            quantize: from.quant.clone(),
             compute_dtype,
         };
         let template = options

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::DatasetConfig;
 use crate::error::{FinetuneError, Result};
 use crate::lora::{LoraConfig, TargetModules};
-use crate::models::{Checkpointing, ComputeDtype, LoadOptions};
+use crate::models::{Checkpointing, ComputeDtype, LinearQuant, LoadOptions};
 use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, StateBits, Warmup};
 use crate::quant::{QuantConfig, QuantType, check_blocksize};
 
@@ -33,6 +33,8 @@ pub(crate) fn compute_dtype_on(
 /// assert_eq!((q.quant, q.blocksize, q.double_quant), (BaseQuant::Nf4, 64, true));
 /// assert!(BaseQuantization { blocksize: 48, ..q }.quant_config().is_err());
 /// assert_eq!(BaseQuantization { quant: BaseQuant::Dense, ..q }.quant_config().unwrap(), None);
+/// let int8 = BaseQuantization { quant: BaseQuant::Int8, ..q };
+/// assert_eq!(int8.linear_quant().unwrap(), Some(medify_qlora::models::LinearQuant::Int8));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -58,8 +60,17 @@ impl Default for BaseQuantization {
 }
 
 impl BaseQuantization {
-    /// The 4-bit settings to load the base with, or `None` for a dense base. The block size
-    /// is checked by the quantizer's own rule.
+    /// How the base's linear layers are loaded: 4-bit with its settings, int8, or `None` for
+    /// a dense base.
+    pub fn linear_quant(&self) -> Result<Option<LinearQuant>> {
+        Ok(match self.quant {
+            BaseQuant::Int8 => Some(LinearQuant::Int8),
+            _ => self.quant_config()?.map(LinearQuant::Bits4),
+        })
+    }
+
+    /// The 4-bit settings to load the base with, or `None` for a dense or int8 base. The
+    /// block size is checked by the quantizer's own rule.
     pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
         let Some(quant_type) = self.quant.quant_type() else {
             return Ok(None);
@@ -73,13 +84,15 @@ impl BaseQuantization {
     }
 }
 
-/// How the frozen base's linear layers are held: QLoRA's 4-bit codes, or dense (plain LoRA).
+/// How the frozen base's linear layers are held: QLoRA's 4-bit codes, LLM.int8 (bitsandbytes'
+/// `load_in_8bit`), or dense (plain LoRA).
 ///
 /// ```
 /// use medify_qlora::BaseQuant;
 /// assert_eq!("NF4".parse::<BaseQuant>().unwrap(), BaseQuant::Nf4);
 /// assert_eq!(serde_json::to_string(&BaseQuant::Dense).unwrap(), "\"none\"");
-/// assert!("int8".parse::<BaseQuant>().unwrap_err().to_string().contains("nf4, fp4, none"));
+/// assert_eq!("int8".parse::<BaseQuant>().unwrap(), BaseQuant::Int8);
+/// assert!("int4".parse::<BaseQuant>().unwrap_err().to_string().contains("nf4, fp4, int8, none"));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum BaseQuant {
@@ -90,19 +103,27 @@ pub enum BaseQuant {
     /// bitsandbytes' 4-bit float.
     #[serde(rename = "fp4")]
     Fp4,
+    /// Row-wise absmax int8 (LLM.int8, bitsandbytes' `Linear8bitLt`).
+    #[serde(rename = "int8")]
+    Int8,
     /// Dense weights, as stored.
     #[serde(rename = "none", alias = "dense")]
     Dense,
 }
 
 impl BaseQuant {
-    /// The 4-bit code, or `None` for a dense base.
+    /// The 4-bit code, or `None` for an int8 or dense base.
     pub fn quant_type(self) -> Option<QuantType> {
         match self {
             BaseQuant::Nf4 => Some(QuantType::Nf4),
             BaseQuant::Fp4 => Some(QuantType::Fp4),
-            BaseQuant::Dense => None,
+            BaseQuant::Int8 | BaseQuant::Dense => None,
         }
+    }
+
+    /// Whether the base is held quantized (4-bit or int8).
+    pub fn is_quantized(self) -> bool {
+        self != BaseQuant::Dense
     }
 
     /// QLoRA's 4-bit settings (block size 64, double quantization) with this code.
@@ -111,11 +132,20 @@ impl BaseQuant {
             .map(|t| QuantConfig::default().with_quant_type(t))
     }
 
+    /// How linear layers load with this choice's default settings (`None`: dense).
+    pub fn linear_quant(self) -> Option<LinearQuant> {
+        match self {
+            BaseQuant::Int8 => Some(LinearQuant::Int8),
+            _ => self.default_config().map(LinearQuant::Bits4),
+        }
+    }
+
     /// The name in configs and on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             BaseQuant::Nf4 => "nf4",
             BaseQuant::Fp4 => "fp4",
+            BaseQuant::Int8 => "int8",
             BaseQuant::Dense => "none",
         }
     }
@@ -134,10 +164,11 @@ impl std::str::FromStr for BaseQuant {
         match s.to_ascii_lowercase().as_str() {
             "nf4" => Ok(BaseQuant::Nf4),
             "fp4" => Ok(BaseQuant::Fp4),
+            "int8" | "8bit" => Ok(BaseQuant::Int8),
             "none" | "dense" => Ok(BaseQuant::Dense),
             other => Err(bad(
                 "quant",
-                format!("`{other}` is not one of nf4, fp4, none"),
+                format!("`{other}` is not one of nf4, fp4, int8, none"),
             )),
         }
     }
@@ -383,7 +414,7 @@ impl FinetuneConfig {
     /// against the device.
     pub fn load_options(&self, device: &burn::tensor::Device) -> Result<LoadOptions> {
         Ok(LoadOptions {
-            quantize: self.quant_config()?,
+            quantize: self.quantization.linear_quant()?,
             compute_dtype: compute_dtype_on(self.compute_dtype, device)?,
         })
     }

@@ -18,7 +18,7 @@ use crate::error::{FinetuneError, Result, io_err};
 use crate::lora::{ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 use crate::safety::DISCLAIMER;
 use crate::training::checkpoints::{CONFIG_FILE, PLOT_FILE, SUMMARY_FILE, read_json, write_atomic};
-use crate::training::config::FinetuneConfig;
+use crate::training::config::{BaseQuant, FinetuneConfig};
 use crate::training::provenance::{DataOrigin, RunSources};
 use crate::training::trainer::TrainSummary;
 
@@ -246,11 +246,13 @@ impl ModelCard {
             || format!("`{}`", self.base_file),
             |b| format!("[{b}](https://huggingface.co/{b})"),
         );
-        let method = match (c.use_dora, c.quantization.quant.quant_type()) {
-            (true, Some(_)) => "QDoRA (DoRA over a 4-bit base)",
-            (true, None) => "DoRA",
-            (false, Some(_)) => "QLoRA",
-            (false, None) => "LoRA",
+        let method = match (c.use_dora, c.quantization.quant) {
+            (true, BaseQuant::Int8) => "DoRA (over an 8-bit base)",
+            (false, BaseQuant::Int8) => "LoRA (over an 8-bit base, LLM.int8)",
+            (true, q) if q.quant_type().is_some() => "QDoRA (DoRA over a 4-bit base)",
+            (true, _) => "DoRA",
+            (false, q) if q.quant_type().is_some() => "QLoRA",
+            (false, _) => "LoRA",
         };
         let mut md = format!(
             "{}\n{CARD_MARK}\n\n# {}\n\nA {method} adapter for {base}, fine-tuned with \
@@ -303,6 +305,9 @@ impl ModelCard {
                     ""
                 }
             ),
+            None if c.quantization.quant == BaseQuant::Int8 => {
+                "INT8 (LLM.int8, row-wise absmax)".into()
+            }
             None => "none (dense base)".into(),
         };
         let rows: Vec<(&str, String)> = vec![

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{FieldMap, FileKind, InputFormat, PrepareReport, ReadOptions, ReadReport};
 use crate::error::{FinetuneError, Result, io_err};
-use crate::quant::QuantConfig;
+use crate::models::LinearQuant;
 use crate::training::config::BaseQuantization;
 
 /// The record's file name, beside `adapter_config.json` and `finetune_config.json`.
@@ -170,7 +170,7 @@ pub struct AdapterBase {
     /// The base model's file or directory.
     pub model: PathBuf,
     /// How to hold its linear layers (`None`: as stored).
-    pub quant: Option<QuantConfig>,
+    pub quant: Option<LinearQuant>,
     /// Whether the adapter's [`SOURCES_FILE`] supplied what was not given.
     pub from_record: bool,
 }
@@ -191,14 +191,14 @@ impl AdapterBase {
     pub fn resolve(
         adapter: Option<&Path>,
         model: Option<&Path>,
-        quant: Option<Option<QuantConfig>>,
+        quant: Option<Option<LinearQuant>>,
     ) -> Result<AdapterBase> {
         let record = match adapter {
             Some(dir) => RunSources::read(dir)?.map(|r| r.model),
             None => None,
         };
         let recorded_quant = match record.as_ref().and_then(|m| m.quantization.as_ref()) {
-            Some(q) => Some(q.quant_config()?),
+            Some(q) => Some(q.linear_quant()?),
             None => None,
         };
         let from_record =
@@ -849,7 +849,9 @@ mod tests {
         .unwrap();
         let base = AdapterBase::resolve(Some(&d), None, None).unwrap();
         assert_eq!(base.model, std::path::absolute(d.join("m.gguf")).unwrap());
-        let q = base.quant.unwrap();
+        let Some(LinearQuant::Bits4(q)) = base.quant else {
+            panic!("{:?}", base.quant)
+        };
         assert_eq!(
             (q.quant_type, q.blocksize, q.double_quant),
             (crate::quant::QuantType::Fp4, 128, false)

@@ -133,7 +133,7 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let device = device_named(&a.device)?;
-    let quant = a.quant.and_then(BaseQuant::default_config);
+    let quant = a.quant.and_then(BaseQuant::linear_quant);
     let base = load_base(&a.model, &device, quant, None)?;
 
     // Baseline: one sequence through `generate`, same prompt rendering as the server's.

@@ -38,7 +38,7 @@ impl ModelArgs {
         let base = AdapterBase::resolve(
             adapter,
             self.model.as_deref(),
-            self.quant.map(BaseQuant::default_config),
+            self.quant.map(BaseQuant::linear_quant),
         )?;
         if base.from_record {
             eprintln!("base from the adapter's record: {}", describe(&base));
@@ -56,7 +56,7 @@ impl ModelArgs {
         let device = device_named(&self.device)?;
         let Some(dir) = adapter else {
             let from = self.base(None)?;
-            let base = load_base(&from.model, &device, from.quant, template)?;
+            let base = load_base(&from.model, &device, from.quant.clone(), template)?;
             return Ok((base, from, None));
         };
         let options = FinetunedOptions {
@@ -89,10 +89,9 @@ fn describe(base: &AdapterBase) -> String {
     format!(
         "{} ({})",
         base.model.display(),
-        base.quant.map_or("dense".to_string(), |q| format!(
-            "{:?} blocksize {}",
-            q.quant_type, q.blocksize
-        ))
+        base.quant
+            .as_ref()
+            .map_or("dense".to_string(), ToString::to_string)
     )
 }
 
@@ -234,9 +233,9 @@ pub struct EvalArgs {
 pub fn generate(args: &GenerateArgs) -> anyhow::Result<()> {
     let device = device_named(&args.model.device)?;
     let base = args.model.base(None)?;
-    let options = match base.quant {
-        Some(q) => LoadOptions::quantized(q),
-        None => LoadOptions::dense(),
+    let options = LoadOptions {
+        quantize: base.quant.clone(),
+        ..LoadOptions::dense()
     };
     let (model, tok, _) = load_pretrained(&base.model, &device, &options)?;
     let prompt = tok.encode(&args.prompt, true)?;

@@ -1,12 +1,13 @@
-//! `cargo xtask quantize`: a dense (or GGUF) model written as a bitsandbytes 4-bit Hugging Face
-//! directory that transformers loads with `from_pretrained`.
+//! `cargo xtask quantize`: a dense (or GGUF) model written as a bitsandbytes 4-bit or 8-bit
+//! Hugging Face directory that transformers loads with `from_pretrained`.
 
 use std::path::PathBuf;
 
 use burn::tensor::Device;
 use clap::Args as ClapArgs;
-use medify_qlora::models::{LoadOptions, load_pretrained};
-use medify_qlora::quant::{QuantConfig, QuantType};
+use medify_qlora::BaseQuant;
+use medify_qlora::models::{LinearQuant, LoadOptions, load_pretrained};
+use medify_qlora::quant::QuantConfig;
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -16,10 +17,10 @@ pub struct Args {
     /// Output directory (must not exist or be empty, unless --overwrite).
     #[arg(long)]
     out: PathBuf,
-    /// nf4 or fp4.
+    /// nf4, fp4 (bitsandbytes 4-bit, `load_in_4bit`) or int8 (LLM.int8, `load_in_8bit`).
     #[arg(long, default_value = "nf4")]
-    quant: QuantType,
-    /// Values per absmax block.
+    quant: BaseQuant,
+    /// Values per absmax block (4-bit).
     #[arg(long, default_value_t = 64)]
     blocksize: usize,
     /// Turn double quantization (absmax values quantized again, QLoRA's default and finetune's)
@@ -36,15 +37,21 @@ pub struct Args {
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let _ = a.double_quant; // the default either way
-    let config = QuantConfig {
-        quant_type: a.quant,
-        blocksize: a.blocksize,
-        double_quant: !a.no_double_quant,
+    let quant = match (a.quant, a.quant.quant_type()) {
+        (BaseQuant::Int8, _) => LinearQuant::Int8,
+        (_, Some(quant_type)) => LinearQuant::Bits4(QuantConfig {
+            quant_type,
+            blocksize: a.blocksize,
+            double_quant: !a.no_double_quant,
+        }),
+        (_, None) => {
+            anyhow::bail!("--quant none writes nothing to quantize; use `merge` for a dense copy")
+        }
     };
     // Dense on the CPU: each weight is quantized once, on the host, from its original values.
     let (model, tokenizer, _) = load_pretrained(&a.model, &Device::flex(), &LoadOptions::dense())?;
-    model.save_pretrained_4bit(&a.out, &config, a.overwrite)?;
+    model.save_pretrained_quantized(&a.out, &quant, a.overwrite)?;
     tokenizer.save_pretrained(&a.out)?;
-    eprintln!("{} written to {}", config.quant_type, a.out.display());
+    eprintln!("{quant} written to {}", a.out.display());
     Ok(())
 }

@@ -1,17 +1,17 @@
-//! A frozen linear layer over a dense or 4-bit weight.
+//! A frozen linear layer over a dense, 4-bit or int8 weight.
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use medify_quant::dtype::{cast_to, to_f32};
-use medify_quant::{Nf4Tensor, QuantConfig, QuantError};
+use medify_quant::{Int8Tensor, Nf4Tensor, QuantConfig, QuantError};
 
 use crate::adapter::LoraAdapter;
 use crate::error::LoraError;
 
 /// The frozen base weight of a projection, in PyTorch's `[out, in]` orientation.
 ///
-/// A dense weight is a constant tensor (no gradient buffer); a 4-bit weight keeps only its
-/// packed codes and statistics on the device and is decoded inside the matmul.
+/// A dense weight is a constant tensor (no gradient buffer); a 4-bit or int8 weight keeps only
+/// its codes and statistics on the device and is decoded inside the matmul.
 // One per projection: a box would save a few hundred bytes per layer and cost an indirection.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub enum FrozenWeight {
     Dense(Tensor<2>),
     /// An NF4/FP4 (optionally double-quantized) weight.
     Quant4(Nf4Tensor),
+    /// An LLM.int8 weight (row-wise absmax, bitsandbytes' `Linear8bitLt` layout).
+    Int8(Int8Tensor),
 }
 
 impl FrozenWeight {
@@ -28,6 +30,7 @@ impl FrozenWeight {
         match self {
             FrozenWeight::Dense(w) => w.dims(),
             FrozenWeight::Quant4(q) => q.dims(),
+            FrozenWeight::Int8(q) => q.dims(),
         }
     }
 
@@ -36,6 +39,7 @@ impl FrozenWeight {
         match self {
             FrozenWeight::Dense(w) => dense_matmul(x, w),
             FrozenWeight::Quant4(q) => q.matmul(x),
+            FrozenWeight::Int8(q) => q.matmul(x),
         }
     }
 
@@ -51,17 +55,18 @@ impl FrozenWeight {
         g.reshape([rows, out]).matmul(w).reshape(dims)
     }
 
-    /// The weight as a dense `[out, in]` tensor (decoded for 4-bit weights).
+    /// The weight as a dense `[out, in]` tensor (decoded for 4-bit and int8 weights).
     pub fn to_dense(&self) -> Tensor<2> {
         match self {
             FrozenWeight::Dense(w) => w.clone(),
             FrozenWeight::Quant4(q) => q.dequantize(),
+            FrozenWeight::Int8(q) => q.dequantize(),
         }
     }
 
-    /// Whether the weight is stored in 4 bits.
+    /// Whether the weight is stored quantized (4-bit or int8).
     pub fn is_quantized(&self) -> bool {
-        matches!(self, FrozenWeight::Quant4(_))
+        !matches!(self, FrozenWeight::Dense(_))
     }
 
     /// Bytes the weight occupies on its device.
@@ -69,6 +74,7 @@ impl FrozenWeight {
         match self {
             FrozenWeight::Dense(w) => w.shape().num_elements() * w.dtype().size(),
             FrozenWeight::Quant4(q) => q.device_bytes(),
+            FrozenWeight::Int8(q) => q.device_bytes(),
         }
     }
 
@@ -77,6 +83,7 @@ impl FrozenWeight {
         match self {
             FrozenWeight::Dense(w) => w.device(),
             FrozenWeight::Quant4(q) => q.device(),
+            FrozenWeight::Int8(q) => q.device(),
         }
     }
 }
@@ -101,19 +108,22 @@ enum MergedBase {
     /// A 4-bit base was requantized after the merge; the original codes are kept (they are
     /// small) so unmerging restores them bit for bit instead of rounding twice.
     Quant4 { original: Nf4Tensor },
+    /// An int8 base, requantized after the merge (as PEFT merges into `Linear8bitLt`), its
+    /// original codes kept the same way.
+    Int8 { original: Int8Tensor },
 }
 
 /// What [`Projection::merge`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergeOutcome {
-    /// The base is 4-bit and was requantized: the merged weights are rounded.
+    /// The base is 4-bit or int8 and was requantized: the merged weights are rounded.
     pub requantized: bool,
     /// Largest absolute difference between the exact merged weight and its requantized form
     /// (0 for dense bases).
     pub max_rounding_error: f32,
 }
 
-/// A frozen linear layer `y = x Wᵀ + b` whose weight may be dense or 4-bit, with an optional
+/// A frozen linear layer `y = x Wᵀ + b` whose weight may be dense, 4-bit or int8, with an optional
 /// trainable LoRA adapter on top.
 ///
 /// ```
@@ -150,6 +160,11 @@ impl Projection {
     /// A projection over an already quantized weight.
     pub fn quant4(weight: Nf4Tensor, bias: Option<Tensor<1>>) -> Projection {
         Projection::with_weight(FrozenWeight::Quant4(weight), bias)
+    }
+
+    /// A projection over an int8 weight.
+    pub fn int8(weight: Int8Tensor, bias: Option<Tensor<1>>) -> Projection {
+        Projection::with_weight(FrozenWeight::Int8(weight), bias)
     }
 
     fn with_weight(weight: FrozenWeight, bias: Option<Tensor<1>>) -> Projection {
@@ -264,8 +279,9 @@ impl Projection {
         }
     }
 
-    /// Folds the adapter into the base weight so inference costs nothing extra. A 4-bit base is
-    /// dequantized, summed and requantized with its own settings: the rounding is reported.
+    /// Folds the adapter into the base weight so inference costs nothing extra. A 4-bit or int8
+    /// base is dequantized, summed and requantized with its own settings: the rounding is
+    /// reported.
     pub fn merge(&mut self) -> Result<MergeOutcome, LoraError> {
         let adapter = self
             .lora
@@ -305,6 +321,22 @@ impl Projection {
                     max_rounding_error: err,
                 })
             }
+            FrozenWeight::Int8(q) => {
+                let requantized = Int8Tensor::quantize(merged.clone())?;
+                let err = requantized
+                    .dequantize()
+                    .sub(merged)
+                    .abs()
+                    .max()
+                    .into_scalar::<f32>();
+                let original = q.clone();
+                self.weight = FrozenWeight::Int8(requantized);
+                self.merged = Some(MergedBase::Int8 { original });
+                Ok(MergeOutcome {
+                    requantized: true,
+                    max_rounding_error: err,
+                })
+            }
         }
     }
 
@@ -318,6 +350,10 @@ impl Projection {
             None => Err(LoraError::State("the adapter is not merged".into())),
             Some(MergedBase::Quant4 { original }) => {
                 self.weight = FrozenWeight::Quant4(original);
+                Ok(())
+            }
+            Some(MergedBase::Int8 { original }) => {
+                self.weight = FrozenWeight::Int8(original);
                 Ok(())
             }
             Some(MergedBase::Dense { dora_scale }) => {

@@ -85,17 +85,26 @@ pub enum RopeScaling {
     },
 }
 
-/// 4-bit quantization recorded in `config.json` by transformers for bitsandbytes checkpoints.
+/// The bitsandbytes quantization transformers records in `config.json`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct BnbQuantization {
-    /// `nf4` or `fp4`.
-    pub quant_type: String,
-    /// Whether the block scales are themselves quantized.
-    pub double_quant: bool,
-    /// The compute dtype the checkpoint was made for.
-    pub compute_dtype: String,
-    /// The dtype the packed bytes are stored as (`uint8` normally).
-    pub quant_storage: String,
+pub enum BnbQuantization {
+    /// `load_in_4bit`.
+    FourBit {
+        /// `nf4` or `fp4`.
+        quant_type: String,
+        /// Whether the block scales are themselves quantized.
+        double_quant: bool,
+        /// The compute dtype the checkpoint was made for.
+        compute_dtype: String,
+        /// The dtype the packed bytes are stored as (`uint8` normally).
+        quant_storage: String,
+    },
+    /// `load_in_8bit` (LLM.int8): int8 weights with a per-row `SCB`.
+    Int8 {
+        /// `llm_int8_threshold`: bitsandbytes' outlier threshold for its inference path (its
+        /// training path, which this crate follows, decodes the weight and ignores it).
+        threshold: f64,
+    },
 }
 
 /// Hyper-parameters of a Llama-family model, as read from `config.json` (or a GGUF header).
@@ -655,7 +664,7 @@ fn read_quantization(f: &Fields<'_>) -> Result<Option<BnbQuantization>> {
             return Err(ModelError::config(
                 origin,
                 format!(
-                    "quantization_config.quant_method {other:?} is not supported (only bitsandbytes 4-bit)"
+                    "quantization_config.quant_method {other:?} is not supported (only bitsandbytes 4-bit and 8-bit)"
                 ),
             ));
         }
@@ -667,18 +676,30 @@ fn read_quantization(f: &Fields<'_>) -> Result<Option<BnbQuantization>> {
         }
     }
     if qf.bool_opt("load_in_8bit")?.unwrap_or(false) {
-        return Err(ModelError::config(
-            origin,
-            "bitsandbytes 8-bit checkpoints are not supported; use a 4-bit or dense one",
-        ));
+        if qf.bool_opt("llm_int8_has_fp16_weight")?.unwrap_or(false) {
+            return Err(ModelError::config(
+                origin,
+                "llm_int8_has_fp16_weight checkpoints keep 16-bit weights, not int8 ones; load the dense model instead",
+            ));
+        }
+        let threshold = match qf.get("llm_int8_threshold") {
+            None | Some(Value::Null) => 6.0,
+            Some(v) => v.as_f64().ok_or_else(|| {
+                ModelError::config(
+                    origin,
+                    "quantization_config.llm_int8_threshold must be a number",
+                )
+            })?,
+        };
+        return Ok(Some(BnbQuantization::Int8 { threshold }));
     }
     if !qf.bool_opt("load_in_4bit")?.unwrap_or(false) {
         return Err(ModelError::config(
             origin,
-            "quantization_config.load_in_4bit must be true",
+            "quantization_config needs load_in_4bit or load_in_8bit set true",
         ));
     }
-    Ok(Some(BnbQuantization {
+    Ok(Some(BnbQuantization::FourBit {
         quant_type: qf
             .str_opt("bnb_4bit_quant_type")?
             .unwrap_or("fp4")

@@ -53,7 +53,7 @@ pub use gguf::GgufSource;
 pub use gguf_export::{GgufExport, GgufType, permute_qk};
 pub use gradient_checkpointing::{Checkpointing, MicroBatchGradients};
 pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, RmsNorm};
-pub use loader::{LoadOptions, LoadReport};
+pub use loader::{LinearQuant, LoadOptions, LoadReport};
 pub use loss::{CHUNK_BYTES, LmLossOps, chunked_lm_loss};
 pub use model::{CausalLm, DEFAULT_TILE_BYTES, KvCache, Label, LossOutput, TokenBatch};
 pub use random::RandomWeights;

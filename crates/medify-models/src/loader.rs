@@ -4,7 +4,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use medify_lora::Projection;
-use medify_quant::{Nf4Tensor, Packed4Bit, QuantConfig};
+use medify_quant::{Int8Tensor, Int8Weight, Nf4Tensor, Packed4Bit, QuantConfig};
 
 use crate::config::{Family, LlamaConfig};
 use crate::dtype::ComputeDtype;
@@ -14,12 +14,43 @@ use crate::layers::{Attention, DecoderLayer, Mlp, RmsNorm};
 use crate::model::CausalLm;
 use crate::weights::{HostWeight, SafetensorsSource, Tracker, WeightSource};
 
+/// How linear layers are quantized while loading.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinearQuant {
+    /// NF4/FP4 with `QuantConfig` (QLoRA's frozen base; bitsandbytes' `load_in_4bit`).
+    Bits4(QuantConfig),
+    /// Row-wise absmax int8 (LLM.int8; bitsandbytes' `load_in_8bit`).
+    Int8,
+}
+
+impl std::fmt::Display for LinearQuant {
+    /// `nf4 (blocks of 64, double quant)`, `int8`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LinearQuant::Bits4(c) => write!(
+                f,
+                "{} (blocks of {}{})",
+                c.quant_type.as_str(),
+                c.blocksize,
+                if c.double_quant { ", double quant" } else { "" }
+            ),
+            LinearQuant::Int8 => f.write_str("int8"),
+        }
+    }
+}
+
+impl From<QuantConfig> for LinearQuant {
+    fn from(config: QuantConfig) -> LinearQuant {
+        LinearQuant::Bits4(config)
+    }
+}
+
 /// How to place a checkpoint on the device.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Quantize dense linear weights to 4 bits while loading (QLoRA's frozen base). Weights
-    /// already stored in 4 bits (bitsandbytes checkpoints) stay as they are either way.
-    pub quantize: Option<QuantConfig>,
+    /// Quantize dense linear weights while loading (the frozen base). Weights already stored in
+    /// 4 or 8 bits (bitsandbytes checkpoints) stay as they are either way.
+    pub quantize: Option<LinearQuant>,
     /// The dtype dense weights are stored in on the device and activations computed in
     /// (QLoRA's `bnb_4bit_compute_dtype`); checked against the device when loading.
     pub compute_dtype: ComputeDtype,
@@ -35,7 +66,16 @@ impl LoadOptions {
     /// as bitsandbytes leaves them).
     pub fn quantized(config: QuantConfig) -> LoadOptions {
         LoadOptions {
-            quantize: Some(config),
+            quantize: Some(LinearQuant::Bits4(config)),
+            compute_dtype: ComputeDtype::F32,
+        }
+    }
+
+    /// Every linear layer in int8, quantized as bitsandbytes' `load_in_8bit` does
+    /// (embeddings, norms and `lm_head` stay dense).
+    pub fn int8() -> LoadOptions {
+        LoadOptions {
+            quantize: Some(LinearQuant::Int8),
             compute_dtype: ComputeDtype::F32,
         }
     }
@@ -93,6 +133,10 @@ impl Builder<'_> {
                 self.report.origin.clone(),
                 format!("{name} is stored in 4 bits but must be dense"),
             )),
+            Some(HostWeight::Int8(_)) => Err(ModelError::weights(
+                self.report.origin.clone(),
+                format!("{name} is stored in 8 bits but must be dense"),
+            )),
         }
     }
 
@@ -136,9 +180,20 @@ impl Builder<'_> {
             name: name.clone(),
             source: e,
         };
+        let int8 = |w: Int8Weight, report: &mut LoadReport| -> Result<Option<Projection>> {
+            let q = Int8Tensor::from_weight(&w, self.device).map_err(quant)?;
+            report.quantized_linears += 1;
+            report.device_bytes += q.device_bytes();
+            Ok(Some(Projection::int8(q, bias.clone())))
+        };
         let packed = match (weight, &self.options.quantize) {
+            (HostWeight::Int8(w), _) => return int8(w, &mut self.report),
+            (HostWeight::Dense { values, .. }, Some(LinearQuant::Int8)) => {
+                let w = Int8Weight::quantize(&values, [out, inp]).map_err(quant)?;
+                return int8(w, &mut self.report);
+            }
             (HostWeight::Quant4(p), _) => p,
-            (HostWeight::Dense { values, .. }, Some(cfg)) => {
+            (HostWeight::Dense { values, .. }, Some(LinearQuant::Bits4(cfg))) => {
                 Packed4Bit::quantize(&values, &[out, inp], cfg).map_err(quant)?
             }
             (HostWeight::Dense { values, .. }, None) => {

@@ -5,13 +5,15 @@ use std::io::Write;
 use std::path::Path;
 
 use burn::tensor::Tensor;
+use medify_lora::FrozenWeight;
 use medify_lora::Projection;
 use medify_quant::bnb::{self, OwnedTensor};
-use medify_quant::{Packed4Bit, QuantConfig};
+use medify_quant::{Int8Weight, Packed4Bit, QuantConfig, int8_quantization_config};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
 use crate::error::{ModelError, Result};
+use crate::loader::LinearQuant;
 use crate::model::CausalLm;
 use crate::tokenizer::ModelTokenizer;
 
@@ -229,6 +231,33 @@ impl CausalLm {
         quant: &QuantConfig,
         overwrite: bool,
     ) -> Result<()> {
+        self.save_pretrained_quantized(dir, &LinearQuant::Bits4(*quant), overwrite)
+    }
+
+    /// Writes a bitsandbytes Hugging Face directory, 4-bit or 8-bit: what transformers'
+    /// `save_pretrained` writes after loading with `load_in_4bit` or `load_in_8bit`. Decoder
+    /// linear layers are quantized from the weight they effectively apply (adapters merged);
+    /// an int8 layer whose stored weight is the one it applies (no adapter, or merged) is
+    /// written as stored, so an 8-bit checkpoint round-trips byte for byte. Embeddings, norms and
+    /// an untied `lm_head` stay f32. A non-empty `dir` is refused unless `overwrite`.
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use medify_models::{CausalLm, LinearQuant, LoadOptions};
+    /// let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama");
+    /// let (model, _) = CausalLm::from_pretrained(src, &Device::flex(), &LoadOptions::dense()).unwrap();
+    /// let out = std::env::temp_dir().join(format!("medify-doc-int8-{}", std::process::id()));
+    /// model.save_pretrained_quantized(&out, &LinearQuant::Int8, true).unwrap();
+    /// let (_, report) = CausalLm::from_pretrained(&out, &Device::flex(), &LoadOptions::dense()).unwrap();
+    /// assert_eq!(report.quantized_linears, 14);
+    /// std::fs::remove_dir_all(&out).unwrap();
+    /// ```
+    pub fn save_pretrained_quantized(
+        &self,
+        dir: impl AsRef<Path>,
+        quant: &LinearQuant,
+        overwrite: bool,
+    ) -> Result<()> {
         let dir = dir.as_ref();
         self.check_hf_expressible(dir)?;
         prepare_dir(dir, overwrite)?;
@@ -236,15 +265,30 @@ impl CausalLm {
         let origin = file.display().to_string();
         let mut tensors = BTreeMap::new();
         for (name, src) in self.save_entries() {
+            let bad = |e: medify_quant::QuantError| {
+                ModelError::weights(origin.clone(), format!("{name}: {e}"))
+            };
+            if let (Source::Linear(p), LinearQuant::Int8) = (&src, quant)
+                && let FrozenWeight::Int8(w) = p.weight()
+                && (p.lora().is_none() || p.is_merged())
+            {
+                tensors.extend(w.to_weight().to_tensors(&name));
+                continue;
+            }
             let values = src
                 .values()
                 .map_err(|m| ModelError::weights(origin.clone(), format!("{name}: {m}")))?;
             let shape = src.shape();
-            match src {
-                Source::Linear(_) if name.starts_with("model.layers.") => {
-                    let packed = Packed4Bit::quantize(&values, &shape, quant)
-                        .map_err(|e| ModelError::weights(origin.clone(), format!("{name}: {e}")))?;
+            match (src, quant) {
+                (Source::Linear(_), LinearQuant::Bits4(config))
+                    if name.starts_with("model.layers.") =>
+                {
+                    let packed = Packed4Bit::quantize(&values, &shape, config).map_err(bad)?;
                     tensors.extend(bnb::to_tensors(&name, &packed));
+                }
+                (Source::Linear(_), LinearQuant::Int8) if name.starts_with("model.layers.") => {
+                    let w = Int8Weight::quantize(&values, [shape[0], shape[1]]).map_err(bad)?;
+                    tensors.extend(w.to_tensors(&name));
                 }
                 _ => {
                     tensors.insert(name, OwnedTensor::f32(shape, &values));
@@ -255,7 +299,10 @@ impl CausalLm {
             .map_err(|e| ModelError::weights(origin.clone(), e.to_string()))?;
         write_bytes(&file, &bytes)?;
         let mut config = self.config().to_json("float32");
-        config["quantization_config"] = bnb::quantization_config(quant, "float32");
+        config["quantization_config"] = match quant {
+            LinearQuant::Bits4(c) => bnb::quantization_config(c, "float32"),
+            LinearQuant::Int8 => int8_quantization_config(),
+        };
         write_json(&dir.join("config.json"), &config)?;
         self.write_generation_config(dir)
     }

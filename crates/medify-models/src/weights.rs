@@ -7,7 +7,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
-use medify_quant::{Packed4Bit, bnb};
+use medify_quant::{Int8Weight, Packed4Bit, SCB_SUFFIX, WEIGHT_FORMAT_SUFFIX, bnb};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
@@ -25,6 +25,8 @@ pub enum HostWeight {
     },
     /// A bitsandbytes 4-bit weight, kept packed.
     Quant4(Packed4Bit),
+    /// A bitsandbytes 8-bit (LLM.int8) weight, kept as int8 codes and `SCB`.
+    Int8(Int8Weight),
 }
 
 impl HostWeight {
@@ -33,6 +35,7 @@ impl HostWeight {
         match self {
             HostWeight::Dense { shape, .. } => shape.clone(),
             HostWeight::Quant4(p) => p.state.shape.clone(),
+            HostWeight::Int8(w) => w.shape().to_vec(),
         }
     }
 }
@@ -106,6 +109,8 @@ pub struct SafetensorsSource {
     index: BTreeMap<String, usize>,
     /// names of packed 4-bit weights (those with a quant_state companion)
     quantized: BTreeSet<String>,
+    /// names of 8-bit weights (those with an `SCB` companion)
+    int8: BTreeSet<String>,
     origin: String,
 }
 
@@ -193,10 +198,16 @@ impl SafetensorsSource {
                     .map(str::to_string)
             })
             .collect();
+        let int8 = index
+            .keys()
+            .filter_map(|k| k.strip_suffix(SCB_SUFFIX).map(|p| format!("{p}.weight")))
+            .filter(|w| index.contains_key(w))
+            .collect();
         Ok(SafetensorsSource {
             files,
             index,
             quantized,
+            int8,
             origin,
         })
     }
@@ -225,6 +236,9 @@ impl WeightSource for SafetensorsSource {
                 !BNB_SUFFIXES.iter().any(|s| {
                     k.strip_suffix(s)
                         .is_some_and(|base| self.quantized.contains(base))
+                }) && ![SCB_SUFFIX, WEIGHT_FORMAT_SUFFIX].iter().any(|s| {
+                    k.strip_suffix(s)
+                        .is_some_and(|p| self.int8.contains(&format!("{p}.weight")))
                 })
             })
             .cloned()
@@ -246,6 +260,13 @@ impl WeightSource for SafetensorsSource {
                 source,
             })?;
             return Ok(HostWeight::Quant4(packed));
+        }
+        if self.int8.contains(name) {
+            let w = Int8Weight::read(&st, name).map_err(|source| ModelError::Quant {
+                name: name.to_string(),
+                source,
+            })?;
+            return Ok(HostWeight::Int8(w));
         }
         let view = st
             .tensor(name)

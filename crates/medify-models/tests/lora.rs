@@ -504,7 +504,7 @@ fn packed_bases(model: &CausalLm) -> Vec<Packed4Bit> {
         .iter()
         .filter_map(|(_, p)| match p.weight() {
             FrozenWeight::Quant4(q) => Some(q.to_packed()),
-            FrozenWeight::Dense(_) => None,
+            FrozenWeight::Dense(_) | FrozenWeight::Int8(_) => None,
         })
         .collect()
 }

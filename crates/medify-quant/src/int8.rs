@@ -19,6 +19,10 @@ use crate::error::QuantError;
 /// The `SCB` companion's suffix in a transformers 8-bit checkpoint (`P.SCB` beside `P.weight`).
 pub const SCB_SUFFIX: &str = ".SCB";
 
+/// The `weight_format` companion's suffix: a scalar u8, 0 for bitsandbytes' row-major layout
+/// (the only one it writes since 0.45; the GPU tile layouts of older versions are refused).
+pub const WEIGHT_FORMAT_SUFFIX: &str = ".weight_format";
+
 /// A frozen int8 weight on the host: codes and per-row absmax.
 ///
 /// ```
@@ -147,8 +151,8 @@ impl Int8Weight {
         self.codes.len() + 4 * self.scb.len()
     }
 
-    /// The two tensors transformers saves for the weight `weight_key` (`"P.weight"`): the
-    /// int8 codes under `weight_key` and `SCB` under `"P.SCB"`.
+    /// The tensors transformers saves for the weight `weight_key` (`"P.weight"`): the int8
+    /// codes under `weight_key`, `SCB` under `"P.SCB"` and the row layout's `weight_format` 0.
     pub fn to_tensors(&self, weight_key: &str) -> BTreeMap<String, OwnedTensor> {
         let prefix = weight_key.strip_suffix(".weight").unwrap_or(weight_key);
         let mut out = BTreeMap::new();
@@ -163,6 +167,10 @@ impl Int8Weight {
         out.insert(
             format!("{prefix}{SCB_SUFFIX}"),
             OwnedTensor::f32(vec![self.shape[0]], &self.scb),
+        );
+        out.insert(
+            format!("{prefix}{WEIGHT_FORMAT_SUFFIX}"),
+            OwnedTensor::u8(vec![], vec![0]),
         );
         out
     }
@@ -191,6 +199,16 @@ impl Int8Weight {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
+        let format_key = format!("{prefix}{WEIGHT_FORMAT_SUFFIX}");
+        if let Ok(f) = st.tensor(&format_key)
+            && f.data() != [0]
+        {
+            return Err(bad(format!(
+                "{format_key} is {:?}: only bitsandbytes' row-major layout (0) is read; \
+                 re-save the model with bitsandbytes 0.45 or newer",
+                f.data()
+            )));
+        }
         let codes: Vec<i8> = bytemuck::cast_slice(w.data()).to_vec();
         Int8Weight::from_parts(codes, scb, shape).map_err(|e| bad(e.to_string()))
     }

@@ -39,8 +39,8 @@ pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_un
 pub use device::{Int8Ops, Int8Tensor, Nf4Tensor, Quant4Ops, is_flex, linear_4bit};
 pub use dropout::{DropoutKey, DropoutOps, dropout, dropout_at};
 pub use error::QuantError;
-pub use int8::{Int8Weight, SCB_SUFFIX, int8_quantization_config};
 pub use host_kernels::{PackedView, Rhs, Scales, gemm_f32, matmul_4bit};
+pub use int8::{Int8Weight, SCB_SUFFIX, WEIGHT_FORMAT_SUFFIX, int8_quantization_config};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};
 pub use quant_state::{
     Absmax, NESTED_BLOCKSIZE, NestedAbsmax, QuantState, QuantStateJson, check_blocksize,

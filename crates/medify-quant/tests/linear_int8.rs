@@ -35,7 +35,10 @@ fn backward_decodes_again(device: &Device) {
     let q = Int8Tensor::from_weight(&w, device).unwrap();
     let x = Tensor::<3>::ones([2, 3, 40], device).require_grad();
     let g = Tensor::<3>::from_data(
-        TensorData::new((0..2 * 3 * 24).map(|i| i as f32 * 0.01).collect(), [2, 3, 24]),
+        TensorData::new(
+            (0..2 * 3 * 24).map(|i| i as f32 * 0.01).collect(),
+            [2, 3, 24],
+        ),
         device,
     );
     let grads = (q.matmul(x.clone()) * g.clone()).sum().backward();

@@ -43,16 +43,22 @@ fn quantizing_the_dense_weights_reproduces_transformers_bytes() {
         let prefix = name.strip_suffix(".weight").unwrap();
         let tensors = ours.to_tensors(&name);
         assert_eq!(tensors[&name].data, view.data(), "{name}");
-        let scb = format!("{prefix}{SCB_SUFFIX}");
-        assert_eq!(tensors[&scb].data, theirs.tensor(&scb).unwrap().data(), "{scb}");
+        assert_eq!(tensors.len(), 3);
+        for (key, t) in &tensors {
+            let their = theirs.tensor(key).unwrap();
+            assert_eq!(t.data, their.data(), "{key}");
+            assert_eq!(
+                (t.dtype, t.shape.as_slice()),
+                (their.dtype(), their.shape()),
+                "{key}"
+            );
+        }
+        assert!(tensors.contains_key(&format!("{prefix}{SCB_SUFFIX}")));
         checked += 1;
     }
     // 2 layers × q, k, v, o, gate, up, down; lm_head stays dense as transformers leaves it
     assert_eq!(checked, 14);
-    assert_eq!(
-        theirs.tensor("lm_head.weight").unwrap().dtype(),
-        Dtype::F32
-    );
+    assert_eq!(theirs.tensor("lm_head.weight").unwrap().dtype(), Dtype::F32);
     // a serialized set of our tensors reads back
     let w = Int8Weight::quantize(&[1.0, -0.5, 0.25, 0.125], [2, 2]).unwrap();
     let bytes = bnb::serialize(&w.to_tensors("p.weight")).unwrap();

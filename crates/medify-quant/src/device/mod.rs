@@ -5,11 +5,11 @@
 //! hand-written backward for autodiff. The backend is picked at run time from the device.
 
 mod autodiff;
-pub mod int8;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod cube;
 #[cfg(feature = "flex")]
 mod flex;
+pub mod int8;
 mod ops;
 
 pub use int8::{Int8Ops, Int8Tensor};

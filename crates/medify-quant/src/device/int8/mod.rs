@@ -163,7 +163,9 @@ mod tests {
     use super::*;
 
     fn weight() -> Int8Weight {
-        let values: Vec<f32> = (0..7 * 13).map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0).collect();
+        let values: Vec<f32> = (0..7 * 13)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 40.0)
+            .collect();
         Int8Weight::quantize(&values, [7, 13]).unwrap()
     }
 
@@ -197,7 +199,12 @@ mod tests {
         let y = q.matmul(x.clone());
         assert_eq!(y.dims(), [2, 2, 7]);
         let grads = (y * 2.0).sum().backward();
-        let g = x.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let g = x
+            .grad(&grads)
+            .unwrap()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
         let wd = w.dequantize();
         for k in 0..13 {
             let want: f32 = (0..7).map(|o| 2.0 * wd[o * 13 + k]).sum();
