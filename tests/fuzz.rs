@@ -126,6 +126,7 @@ impl Reader {
             Reader::Safetensors => vec![
                 fixture("fixtures/tiny_models/llama/model.safetensors"),
                 fixture("fixtures/tiny_models/llama_nf4/model.safetensors"),
+                fixture("fixtures/transformers_llama_int8/model.safetensors"),
                 fixture("fixtures/lora/peft_lora/adapter_model.safetensors"),
             ],
             Reader::Bnb => vec![fixture("fixtures/tiny_models/llama_nf4/model.safetensors")],
@@ -145,6 +146,7 @@ impl Reader {
             Reader::ModelConfig => vec![
                 fixture("fixtures/tiny_models/llama/config.json"),
                 fixture("fixtures/tiny_models/llama_nf4/config.json"),
+                fixture("fixtures/transformers_llama_int8/config.json"),
                 fixture("fixtures/tiny_models/llama3/config.json"),
                 fixture("fixtures/tiny_models/gemma/config.json"),
             ],
@@ -620,7 +622,7 @@ macro_rules! fuzz_tests {
 
 fuzz_tests! {
     gguf => Gguf,
-    safetensors_dense_and_4bit => Safetensors,
+    safetensors_dense_4bit_and_8bit => Safetensors,
     bnb_layout => Bnb,
     quant_state_json => QuantState,
     model_config_json => ModelConfig,

@@ -1,5 +1,5 @@
 //! `cargo xtask bench-lora`: training memory and speed of LoRA over a dense base versus QLoRA
-//! (the same adapters over an NF4 + DQ base). Each variant trains in its own child process, so
+//! (the same adapters over an NF4 + DQ base), and with `--int8` over an LLM.int8 base. Each variant trains in its own child process, so
 //! its peak memory is its own; both run in one invocation so the ratio is comparable.
 
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_qlora::FinetuneConfig;
 use medify_qlora::lora::{LoraConfig, LoraExt, TargetModules};
-use medify_qlora::models::{Checkpointing, LoadOptions, load_pretrained};
+use medify_qlora::models::{Checkpointing, LinearQuant, LoadOptions, load_pretrained};
 use medify_qlora::optim::PagedAdamW;
 use medify_qlora::quant::QuantConfig;
 use medify_qlora::training::memory_model::synthetic_batch;
@@ -54,7 +54,10 @@ pub struct Args {
     /// and loss only); the reference then runs with checkpointing too (PEFT's QLoRA recipe).
     #[arg(long)]
     pub(crate) gradient_checkpointing: bool,
-    /// Internal: run this variant ("dense", "nf4", "nf4-checkpointed" or "nf4-eval") and print
+    /// Also train the same adapters over an LLM.int8 base (bitsandbytes' `load_in_8bit`).
+    #[arg(long)]
+    pub(crate) int8: bool,
+    /// Internal: run this variant ("dense", "nf4", "int8", "nf4-checkpointed" or "nf4-eval") and print
     /// the measurements.
     #[arg(long, hide = true)]
     pub(crate) child: Option<String>,
@@ -135,18 +138,20 @@ fn reference(args: &Args) -> anyhow::Result<Value> {
 }
 
 /// One measured variant: the base's quantization and what the step keeps for backward.
-fn variant(name: &str) -> anyhow::Result<(bool, Option<Checkpointing>)> {
+fn variant(name: &str) -> anyhow::Result<(Option<LinearQuant>, Option<Checkpointing>)> {
+    let nf4 = Some(LinearQuant::Bits4(QuantConfig::default()));
     Ok(match name {
-        "dense" => (false, Some(Checkpointing::Off)),
-        "nf4" => (true, Some(Checkpointing::Off)),
-        "nf4-checkpointed" => (true, Some(Checkpointing::Layers)),
-        "nf4-eval" => (true, None),
+        "dense" => (None, Some(Checkpointing::Off)),
+        "nf4" => (nf4, Some(Checkpointing::Off)),
+        "int8" => (Some(LinearQuant::Int8), Some(Checkpointing::Off)),
+        "nf4-checkpointed" => (nf4, Some(Checkpointing::Layers)),
+        "nf4-eval" => (nf4, None),
         other => return Err(anyhow::anyhow!("unknown bench variant {other}")),
     })
 }
 
 fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
-    let (quantized, checkpointing) = variant(name)?;
+    let (quantize, checkpointing) = variant(name)?;
     let device = device_named(&args.device)?;
     // Evaluation runs without autodiff, as `eval` and the trainer's evaluation do.
     let device = if checkpointing.is_some() {
@@ -154,10 +159,9 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
     } else {
         device
     };
-    let options = if quantized {
-        LoadOptions::quantized(QuantConfig::default())
-    } else {
-        LoadOptions::dense()
+    let options = LoadOptions {
+        quantize,
+        ..LoadOptions::dense()
     };
     let (mut model, _, report) = load_pretrained(&args.model, &device, &options)?;
     let load_peak = peak_rss();
@@ -249,13 +253,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             r["tokens_per_s"].as_f64().unwrap_or(0.0) > b["tokens_per_s"].as_f64().unwrap_or(0.0)
         })
     };
-    let variants: &[&str] = if args.gradient_checkpointing {
-        &["dense", "nf4", "nf4-checkpointed", "nf4-eval"]
-    } else {
-        &["dense", "nf4"]
-    };
+    let mut variants = vec!["dense", "nf4"];
+    if args.int8 {
+        variants.push("int8");
+    }
+    if args.gradient_checkpointing {
+        variants.extend(["nf4-checkpointed", "nf4-eval"]);
+    }
     for round in 0..args.repeats.max(1) {
-        for &base in variants {
+        for &base in &variants {
             let r = child(args, base)?;
             if !args.json {
                 eprintln!("round {round} {base}: {r}");
@@ -297,6 +303,16 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "tokens_per_s_qlora_over_lora": get("nf4", "tokens_per_s") / get("dense", "tokens_per_s"),
         },
     });
+    if args.int8 {
+        out["lora_int8"] = results["int8"].clone();
+        out["ratios"]["peak_rss_int8_over_nf4"] =
+            json!(get("int8", "peak_rss_bytes") / get("nf4", "peak_rss_bytes"));
+        out["ratios"]["base_weights_int8_over_nf4"] = json!(
+            get("int8", "base_weight_bytes_on_device") / get("nf4", "base_weight_bytes_on_device")
+        );
+        out["ratios"]["tokens_per_s_int8_over_nf4"] =
+            json!(get("int8", "tokens_per_s") / get("nf4", "tokens_per_s"));
+    }
     if args.gradient_checkpointing {
         out["qlora_checkpointed"] = results["nf4-checkpointed"].clone();
         out["evaluation"] = results["nf4-eval"].clone();
@@ -366,6 +382,9 @@ pub struct TrainArgs {
     /// `bench-lora --gradient-checkpointing`).
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// Also train over an LLM.int8 base (see `bench-lora --int8`).
+    #[arg(long)]
+    int8: bool,
 }
 
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
@@ -380,6 +399,7 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         json: a.json,
         reference: a.reference,
         gradient_checkpointing: a.gradient_checkpointing,
+        int8: a.int8,
         child: None,
     })
 }

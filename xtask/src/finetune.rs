@@ -70,7 +70,7 @@ pub struct Args {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    /// nf4, fp4 or none (dense base: plain LoRA).
+    /// nf4, fp4, int8 (LLM.int8, bitsandbytes load_in_8bit) or none (dense base: plain LoRA).
     #[arg(long)]
     quant: Option<BaseQuant>,
     /// 4-bit block size.

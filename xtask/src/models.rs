@@ -25,7 +25,7 @@ pub struct ModelArgs {
     /// Device: flex (CPU), wgpu, cuda, or auto.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// nf4, fp4 or none: hold linear layers in 4 bits while loading dense checkpoints. Default:
+    /// nf4, fp4, int8 or none: hold linear layers in 4 or 8 bits while loading dense checkpoints. Default:
     /// with an adapter our trainer wrote, the quantization it trained over; otherwise none (as
     /// stored).
     #[arg(long)]

@@ -99,6 +99,32 @@ fn an_int8_base_matches_transformers_and_bitsandbytes() {
     let eval_mode = r["int8_eval_mode_loss"].as_f64().unwrap();
     assert!((from_stored - eval_mode).abs() < 1e-3 * eval_mode);
 
+    // The other tiny families (Gemma's scaled embedding and GeGLU, Llama 3, Mistral) quantized
+    // on load: the same agreement with transformers + bitsandbytes.
+    for (family, want) in r["families"].as_object().unwrap() {
+        let (model, _) = CausalLm::from_pretrained(
+            fixtures().join("tiny_models").join(family),
+            &device,
+            &LoadOptions::int8(),
+        )
+        .unwrap();
+        let decoder = model
+            .linear_layers()
+            .iter()
+            .filter(|(name, _)| name.starts_with("model.layers."))
+            .count();
+        assert_eq!(
+            int8_layers(&model),
+            decoder,
+            "{family}: lm_head stays dense"
+        );
+        let (ours, theirs) = (loss(&model), want["int8_train_mode_loss"].as_f64().unwrap());
+        assert!(
+            (ours - theirs).abs() < 1e-5 * theirs,
+            "{family}: int8 loss {ours} vs transformers {theirs}"
+        );
+    }
+
     // Saving writes transformers' tensors, byte for byte.
     let out = std::env::temp_dir().join(format!("medify-int8-save-{}", std::process::id()));
     stored
