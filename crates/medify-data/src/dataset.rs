@@ -477,7 +477,7 @@ mod tests {
 
     fn encoder() -> ChatEncoder {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../../shared/tokenizers/smollm2-instruct/tokenizer.json");
+            .join("../../fixtures/tiny_models/llama/tokenizer.json");
         let tokenizer = tokenizers::Tokenizer::from_file(path).expect("the shared tokenizer");
         let specials = crate::TokenizerSpecials {
             eos: Some("<|im_end|>".into()),
