@@ -13,6 +13,7 @@ pub(crate) mod model_card;
 pub mod observers;
 pub(crate) mod ollama;
 pub(crate) mod plot;
+pub mod preference;
 pub(crate) mod provenance;
 pub(crate) mod run;
 mod step;
@@ -34,6 +35,10 @@ pub use observers::{
 };
 pub use ollama::Modelfile;
 pub use plot::write_loss_plot;
+pub use preference::{
+    Method, PairLogps, PairStats, PreferenceLoss, PreferenceObjective, ReferenceLogps,
+    preference_loss,
+};
 pub use provenance::{
     AdapterBase, DATA_REPORT_FILE, DataOrigin, DataReport, DataSource, EMBEDDED_MEDICAL_QA,
     Fingerprint, ModelSource, RunSources, SOURCES_FILE, SourceReport,

@@ -55,7 +55,9 @@ pub use gradient_checkpointing::{Checkpointing, MicroBatchGradients};
 pub use layers::{Attention, AttentionContext, DecoderLayer, LayerCache, Mlp, RmsNorm};
 pub use loader::{LinearQuant, LoadOptions, LoadReport};
 pub use loss::{CHUNK_BYTES, LmLossOps, chunked_lm_loss};
-pub use model::{CausalLm, DEFAULT_TILE_BYTES, KvCache, Label, LossOutput, TokenBatch};
+pub use model::{
+    CausalLm, DEFAULT_TILE_BYTES, KvCache, Label, LossOutput, SequenceLogps, TokenBatch,
+};
 pub use random::RandomWeights;
 pub use rope::Rope;
 pub use save::SaveDtype;

@@ -246,6 +246,16 @@ pub struct LossOutput {
     pub tokens: usize,
 }
 
+/// Per-row log-probabilities of the labelled tokens: what preference objectives compare.
+#[derive(Debug, Clone)]
+pub struct SequenceLogps {
+    /// `[rows]`: the sum of `log p(label | prefix)` over each row's labelled tokens
+    /// (differentiable, as [`LossOutput::loss`]).
+    pub logps: Tensor<1>,
+    /// Labelled tokens per row.
+    pub tokens: Vec<usize>,
+}
+
 /// A Llama-family causal LM: Llama 2/3, TinyLlama, SmolLM2, Mistral, Gemma.
 #[derive(Module, Debug)]
 pub struct CausalLm {
@@ -540,6 +550,49 @@ impl CausalLm {
         let sum = self.loss_sum(hidden, targets, weights);
         let loss = sum.clone().div_scalar(tokens.max(1) as f32);
         Ok(LossOutput { loss, sum, tokens })
+    }
+
+    /// Each row's summed log-probability of its labelled next tokens (`labels` as for
+    /// [`loss`](Self::loss)), from one forward pass over the whole batch: what TRL's preference
+    /// trainers call the sequence log-probability. Each row's sum goes through the same chunked
+    /// loss as training, on that row's hidden states only, so backward keeps `[tokens, hidden]`
+    /// in all, never the logits.
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use medify_models::{CausalLm, LoadOptions, TokenBatch};
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama");
+    /// let (model, _) = CausalLm::from_pretrained(dir, &Device::flex(), &LoadOptions::dense()).unwrap();
+    /// let ids = vec![vec![1u32, 5, 9, 17], vec![1, 7, 3, 0]];
+    /// let labels = vec![vec![None, None, Some(9), Some(17)], vec![None, Some(7), Some(3), None]];
+    /// let out = model.sequence_logps(&TokenBatch::new(ids.clone()), &labels).unwrap();
+    /// assert_eq!(out.tokens, vec![2, 2]);
+    /// let sums: Vec<f32> = out.logps.into_data().try_into_vec().unwrap();
+    /// let loss = model.loss(&TokenBatch::new(ids), &labels).unwrap().sum.into_scalar::<f32>();
+    /// assert!((sums[0] + sums[1] + loss).abs() < 1e-4);
+    /// ```
+    pub fn sequence_logps(
+        &self,
+        batch: &TokenBatch,
+        labels: &[Vec<Label>],
+    ) -> Result<SequenceLogps> {
+        let (targets, weights, _) = self.loss_targets(batch, labels)?;
+        let hidden = self.forward_hidden(batch, None)?;
+        let [b, s, _] = hidden.dims();
+        let n = s - 1;
+        let mut tokens = Vec::with_capacity(b);
+        let rows: Vec<Tensor<1>> = (0..b)
+            .map(|r| {
+                let w = weights[r * n..(r + 1) * n].to_vec();
+                tokens.push(w.iter().filter(|&&x| x > 0.0).count());
+                let t = targets[r * n..(r + 1) * n].to_vec();
+                self.loss_sum(hidden.clone().narrow(0, r, 1), t, w).neg()
+            })
+            .collect();
+        Ok(SequenceLogps {
+            logps: Tensor::cat(rows, 0),
+            tokens,
+        })
     }
 
     /// The weighted cross-entropy sum from final (normed) hidden states `[batch, seq, hidden]`

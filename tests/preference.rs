@@ -1,0 +1,243 @@
+//! The preference objectives against TRL (`fixtures/scripts/make_preference_references.py`):
+//! on the tiny Llama with PEFT's `peft_lora` adapter and a fixed batch of two pairs, over the
+//! dense base and over bitsandbytes NF4, the per-pair log-probabilities (policy and reference),
+//! the loss, TRL's logged rewards and every adapter gradient agree with DPOTrainer (sigmoid and
+//! IPO), CPOTrainer (SimPO) and ORPOTrainer.
+
+use std::path::PathBuf;
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+use medify_qlora::lora::{LoraExt, LoraModel};
+use medify_qlora::models::{CausalLm, Label, LoadOptions, TokenBatch};
+use medify_qlora::training::{
+    Method, PairLogps, PreferenceObjective, ReferenceLogps, preference_loss,
+};
+use safetensors::SafeTensors;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+fn reference() -> Value {
+    let text = std::fs::read_to_string(fixtures().join("preference/reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+/// TRL's concatenated batch: chosen rows, then rejected rows, right-padded, labels on the
+/// completions only. With `all_tokens`, every real token is labelled (ORPO's NLL rows).
+fn batch(r: &Value, sides: &[&str], all_tokens: bool) -> (TokenBatch, Vec<Vec<Label>>) {
+    let pad = r["pad_id"].as_u64().unwrap() as u32;
+    let mut rows = Vec::new();
+    for side in sides {
+        for p in r["pairs"].as_array().unwrap() {
+            let prompt = ids(&p["prompt_ids"]);
+            let completion = ids(&p[format!("{side}_ids")]);
+            let mut labels: Vec<Label> = vec![None; prompt.len()];
+            if all_tokens {
+                labels
+                    .iter_mut()
+                    .zip(&prompt)
+                    .for_each(|(l, &t)| *l = Some(t));
+            }
+            labels.extend(completion.iter().map(|&t| Some(t)));
+            rows.push(([prompt, completion].concat(), labels));
+        }
+    }
+    let width = rows.iter().map(|(i, _)| i.len()).max().unwrap();
+    let (mut all_ids, mut all_labels) = (Vec::new(), Vec::new());
+    for (mut i, mut l) in rows {
+        l.resize(width, None);
+        i.resize(width, pad);
+        all_ids.push(i);
+        all_labels.push(l);
+    }
+    (TokenBatch::new(all_ids), all_labels)
+}
+
+fn policy(base: &str) -> CausalLm {
+    let dir = fixtures().join("tiny_models").join(if base == "dense" {
+        "llama"
+    } else {
+        "llama_nf4"
+    });
+    let (mut model, _) =
+        CausalLm::from_pretrained(&dir, &Device::flex().autodiff(), &LoadOptions::dense()).unwrap();
+    model
+        .load_adapter(&fixtures().join("lora/peft_lora"))
+        .unwrap();
+    model.set_adapters_training(true);
+    model
+}
+
+fn close(got: f64, want: f64, tol: f64, what: &str) {
+    assert!(
+        (got - want).abs() <= tol * want.abs().max(1.0),
+        "{what}: {got} vs TRL {want}"
+    );
+}
+
+fn check(method: Method, base: &str) {
+    let r = reference();
+    let name = format!("{method}_{base}");
+    let want = &r["runs"][&name];
+    let settings = &r["settings"][method.as_str()];
+    let objective = PreferenceObjective {
+        beta: settings["beta"].as_f64().unwrap(),
+        simpo_gamma: settings["simpo_gamma"].as_f64().unwrap_or(0.5),
+        ..PreferenceObjective::new(method)
+    };
+    let model = policy(base);
+    let (pairs, labels) = batch(&r, &["chosen", "rejected"], false);
+    let logps =
+        PairLogps::from_concatenated(model.sequence_logps(&pairs, &labels).unwrap()).unwrap();
+    let (chosen, rejected) = logps.values();
+    for (got, key) in [(&chosen, "policy_chosen"), (&rejected, "policy_rejected")] {
+        for (g, w) in got.iter().zip(floats(&want[key])) {
+            close(*g, w, 1e-5, &format!("{name} {key}"));
+        }
+    }
+    assert_eq!(logps.chosen_tokens, [4, 5]);
+
+    // The reference: the same weights with the adapters off (PEFT's way), no autodiff.
+    let reference = method.needs_reference().then(|| {
+        let mut frozen = model.valid();
+        frozen.remove_adapters().unwrap();
+        let (c, r) = PairLogps::from_concatenated(frozen.sequence_logps(&pairs, &labels).unwrap())
+            .unwrap()
+            .values();
+        for (got, key) in [(&c, "reference_chosen"), (&r, "reference_rejected")] {
+            for (g, w) in got.iter().zip(floats(&want[key])) {
+                close(*g, w, 1e-5, &format!("{name} {key}"));
+            }
+        }
+        ReferenceLogps {
+            chosen: c,
+            rejected: r,
+        }
+    });
+    let nll = (method == Method::Orpo).then(|| {
+        let (rows, all) = batch(&r, &["chosen"], true);
+        model.loss(&rows, &all).unwrap().loss
+    });
+    let out = preference_loss(&objective, &logps, reference.as_ref(), nll).unwrap();
+    let metrics = &want["metrics"];
+    let stats = &out.stats;
+    for (got, key) in [
+        (stats.mean_reward_chosen(), "rewards/chosen"),
+        (stats.mean_reward_rejected(), "rewards/rejected"),
+        (stats.accuracy(), "rewards/accuracies"),
+        (stats.margin(), "rewards/margins"),
+        (stats.mean_logps_chosen(), "logps/chosen"),
+        (stats.mean_logps_rejected(), "logps/rejected"),
+    ] {
+        close(
+            got,
+            metrics[key].as_f64().unwrap(),
+            1e-4,
+            &format!("{name} {key}"),
+        );
+    }
+    if method == Method::Orpo {
+        for (got, key) in [
+            (stats.nll_loss.unwrap(), "nll_loss"),
+            (stats.log_odds_ratio.unwrap(), "log_odds_ratio"),
+            (stats.log_odds_chosen.unwrap(), "log_odds_chosen"),
+        ] {
+            close(
+                got,
+                metrics[key].as_f64().unwrap(),
+                1e-4,
+                &format!("{name} {key}"),
+            );
+        }
+    }
+    let loss: Tensor<1> = out.loss;
+    close(
+        loss.clone().into_scalar::<f64>(),
+        want["loss"].as_f64().unwrap(),
+        1e-4,
+        &format!("{name} loss"),
+    );
+
+    // Every adapter gradient.
+    let grads = loss.backward();
+    let bytes =
+        std::fs::read(fixtures().join(format!("preference/grads_{name}.safetensors"))).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut checked = 0;
+    for (path, proj) in model.linear_layers() {
+        let Some(adapter) = proj.lora() else { continue };
+        for (suffix, tensor) in [
+            ("lora_A", adapter.lora_a.val()),
+            ("lora_B", adapter.lora_b.val()),
+        ] {
+            let key = format!("base_model.model.{path}.{suffix}.weight");
+            let want: Vec<f32> = st
+                .tensor(&key)
+                .unwrap_or_else(|e| panic!("{name}: {key}: {e}"))
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let got: Vec<f32> = tensor
+                .grad(&grads)
+                .unwrap_or_else(|| panic!("{name}: no gradient for {key}"))
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let diff = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+            assert!(
+                diff <= 1e-4 * scale.max(1e-2),
+                "{name} {key}: max diff {diff} (largest {scale})"
+            );
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, st.len(), "{name}: every PEFT gradient compared");
+}
+
+#[test]
+fn dpo_matches_trl_over_dense_and_nf4() {
+    check(Method::Dpo, "dense");
+    check(Method::Dpo, "nf4");
+}
+
+#[test]
+fn ipo_matches_trl_over_dense_and_nf4() {
+    check(Method::Ipo, "dense");
+    check(Method::Ipo, "nf4");
+}
+
+#[test]
+fn simpo_matches_trl_over_dense_and_nf4() {
+    check(Method::Simpo, "dense");
+    check(Method::Simpo, "nf4");
+}
+
+#[test]
+fn orpo_matches_trl_over_dense_and_nf4() {
+    check(Method::Orpo, "dense");
+    check(Method::Orpo, "nf4");
+}
