@@ -207,3 +207,62 @@ fn a_template_that_raises_is_an_error_not_a_panic() {
         .to_string();
     assert!(e.contains("strict") && e.contains("one turn only"), "{e}");
 }
+
+/// Preference pairs tokenized as TRL's `DPOTrainer` tokenizes them
+/// (`fixtures/scripts/make_preference_tokenization.py`): conversational pairs from the
+/// medical-safety set, an implicit-prompt conversation, and text pairs, for every family.
+#[test]
+fn preference_pairs_tokenize_like_trls_dpo_trainer() {
+    let path = fixtures().join("../preference/tokenization.json");
+    let want: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let jsonl = |records: &Value| -> String {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r}\n"))
+            .collect()
+    };
+    let inputs = [
+        ("chat", jsonl(&want["chat_pairs"])),
+        ("implicit", format!("{}\n", want["implicit"])),
+        ("text", jsonl(&want["text_pairs"])),
+    ];
+    for (family, runs) in want["families"].as_object().unwrap() {
+        let dir = family_dir(family, "preference");
+        let enc = medify_chat::load_chat_encoder(&dir, None).unwrap();
+        for (kind, text) in &inputs {
+            let Some(expected) = runs.get(*kind) else {
+                continue;
+            };
+            let read = medify_data::read_preferences_from(
+                text.as_bytes(),
+                Path::new("pairs.jsonl"),
+                medify_data::FileKind::Jsonl,
+                &medify_data::ReadOptions::default(),
+            )
+            .unwrap();
+            for (pair, e) in read.pairs.iter().zip(expected.as_array().unwrap()) {
+                let got = enc.encode_pair(pair).unwrap();
+                let what = format!("{family} {kind} {}", pair.origin);
+                assert_eq!(
+                    got.prompt,
+                    numbers::<u32>(&e["prompt_ids"]),
+                    "{what}: prompt"
+                );
+                assert_eq!(
+                    got.chosen,
+                    numbers::<u32>(&e["chosen_ids"]),
+                    "{what}: chosen"
+                );
+                assert_eq!(
+                    got.rejected,
+                    numbers::<u32>(&e["rejected_ids"]),
+                    "{what}: rejected"
+                );
+            }
+            assert_eq!(read.pairs.len(), expected.as_array().unwrap().len());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -135,7 +135,7 @@ impl ChatEncoder {
         }
     }
 
-    fn special(&self) -> SpecialTokens {
+    pub(crate) fn special(&self) -> SpecialTokens {
         SpecialTokens {
             bos: self.specials.bos.clone().unwrap_or_default(),
             eos: self.specials.eos.clone().unwrap_or_default(),

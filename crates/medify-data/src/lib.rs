@@ -4,6 +4,7 @@
 mod dataset;
 mod encode;
 mod error;
+mod preference;
 mod record;
 mod sources;
 mod template;
@@ -14,6 +15,10 @@ pub use dataset::{
 };
 pub use encode::{ChatEncoder, Encoded, IGNORE, Rendered, TokenizerSpecials};
 pub use error::{DataError, Result};
+pub use preference::{
+    EncodedPair, PreferencePair, PreferenceReport, SourcedPair, Turns, read_preferences,
+    read_preferences_from,
+};
 pub use record::{Example, Message, Role, SourcedExample};
 pub use sources::{
     DATA_FILE_EXTENSIONS, FieldMap, FileKind, InputFormat, ReadOptions, ReadReport, data_files,

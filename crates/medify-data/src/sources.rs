@@ -58,12 +58,12 @@ impl InputFormat {
 
 /// Renames of the fields each format reads, e.g. `question=Patient,answer=Doctor` for a CSV.
 /// Canonical names: `messages role content conversations from value instruction input output
-/// question answer text system`.
+/// question answer text system description`, and for preference pairs `prompt chosen rejected`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct FieldMap(BTreeMap<String, String>);
 
-const CANONICAL: [&str; 14] = [
+const CANONICAL: [&str; 17] = [
     "messages",
     "role",
     "content",
@@ -78,6 +78,9 @@ const CANONICAL: [&str; 14] = [
     "text",
     "system",
     "description",
+    "prompt",
+    "chosen",
+    "rejected",
 ];
 
 impl FieldMap {
