@@ -241,3 +241,106 @@ fn orpo_matches_trl_over_dense_and_nf4() {
     check(Method::Orpo, "dense");
     check(Method::Orpo, "nf4");
 }
+
+/// The pairs of the TRL reference as the data pipeline hands them over.
+fn encoded_pairs(r: &Value) -> Vec<medify_qlora::data::EncodedPair> {
+    r["pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| medify_qlora::data::EncodedPair {
+            origin: format!("pair {i}"),
+            source: 0,
+            prompt: ids(&p["prompt_ids"]),
+            chosen: ids(&p["chosen_ids"]),
+            rejected: ids(&p["rejected_ids"]),
+        })
+        .collect()
+}
+
+#[test]
+fn precomputed_and_on_the_fly_references_give_trls_step_in_micro_batches() {
+    use medify_qlora::data::PairTruncation;
+    use medify_qlora::training::{
+        PairMicroBatch, Reference, precompute_reference, preference_step_gradients, reference_model,
+    };
+    let r = reference();
+    let pad = r["pad_id"].as_u64().unwrap() as u32;
+    // One pair per micro-batch: two accumulated micro-batches are TRL's batch of two.
+    let micro: Vec<PairMicroBatch> = encoded_pairs(&r)
+        .chunks(1)
+        .map(|c| PairMicroBatch::new(c, pad, None, PairTruncation::KeepStart))
+        .collect();
+    let model = policy("dense");
+    let frozen = reference_model(&model, false).unwrap();
+    let table = precompute_reference(&frozen, &micro).unwrap();
+    let objective = PreferenceObjective::new(Method::Dpo);
+    let live =
+        preference_step_gradients(&model, &micro, &objective, Reference::Model(&frozen), 7, 1)
+            .unwrap();
+    let stored = preference_step_gradients(
+        &model,
+        &micro,
+        &objective,
+        Reference::Precomputed(&table),
+        7,
+        1,
+    )
+    .unwrap();
+    assert_eq!(live.loss, stored.loss);
+    assert_eq!(live.stats, stored.stats);
+    let want = &r["runs"]["dpo_dense"];
+    close(
+        live.loss,
+        want["loss"].as_f64().unwrap(),
+        1e-5,
+        "accumulated DPO loss",
+    );
+    close(
+        live.stats.margin(),
+        want["metrics"]["rewards/margins"].as_f64().unwrap(),
+        1e-4,
+        "margins",
+    );
+    assert_eq!(live.pairs, 2);
+    // Accumulated gradients: identical either way, and TRL's for the whole batch.
+    let bytes = std::fs::read(fixtures().join("preference/grads_dpo_dense.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    for (path, proj) in model.linear_layers() {
+        let Some(adapter) = proj.lora() else { continue };
+        for (suffix, id) in [("lora_A", adapter.lora_a.id), ("lora_B", adapter.lora_b.id)] {
+            let a: Vec<f32> = live
+                .grads
+                .get::<2>(id)
+                .unwrap()
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            let b: Vec<f32> = stored
+                .grads
+                .get::<2>(id)
+                .unwrap()
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            assert_eq!(a, b, "{path}.{suffix}");
+            let key = format!("base_model.model.{path}.{suffix}.weight");
+            let want: Vec<f32> = st
+                .tensor(&key)
+                .unwrap()
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let diff = a
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+            assert!(diff <= 1e-4 * scale.max(1e-2), "{key}: {diff}");
+        }
+    }
+    // A DPO step without any reference is an error, not a panic.
+    assert!(preference_step_gradients(&model, &micro, &objective, Reference::None, 7, 1).is_err());
+}

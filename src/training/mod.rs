@@ -14,6 +14,7 @@ pub mod observers;
 pub(crate) mod ollama;
 pub(crate) mod plot;
 pub mod preference;
+pub mod preference_step;
 pub(crate) mod provenance;
 pub(crate) mod run;
 mod step;
@@ -38,6 +39,10 @@ pub use plot::write_loss_plot;
 pub use preference::{
     Method, PairLogps, PairStats, PreferenceLoss, PreferenceObjective, ReferenceLogps,
     preference_loss,
+};
+pub use preference_step::{
+    PairMicroBatch, PreferenceStepGradients, Reference, pair_logps, precompute_reference,
+    preference_step_gradients, reference_logps, reference_model,
 };
 pub use provenance::{
     AdapterBase, DATA_REPORT_FILE, DataOrigin, DataReport, DataSource, EMBEDDED_MEDICAL_QA,

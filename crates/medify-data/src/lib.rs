@@ -16,8 +16,8 @@ pub use dataset::{
 pub use encode::{ChatEncoder, Encoded, IGNORE, Rendered, TokenizerSpecials};
 pub use error::{DataError, Result};
 pub use preference::{
-    EncodedPair, PreferencePair, PreferenceReport, SourcedPair, Turns, read_preferences,
-    read_preferences_from,
+    EncodedPair, PairTruncation, PreferencePair, PreferenceReport, SourcedPair, Turns, pair_batch,
+    read_preferences, read_preferences_from,
 };
 pub use record::{Example, Message, Role, SourcedExample};
 pub use sources::{

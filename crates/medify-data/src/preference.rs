@@ -10,7 +10,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::encode::ChatEncoder;
+use crate::dataset::{Batch, Sequence};
+use crate::encode::{ChatEncoder, IGNORE};
 use crate::error::{DataError, Result, io_err};
 use crate::record::{Message, Role};
 use crate::sources::{FieldMap, FileKind, ReadOptions};
@@ -319,6 +320,84 @@ pub struct EncodedPair {
     pub chosen: Vec<u32>,
     /// Rejected completion ids.
     pub rejected: Vec<u32>,
+}
+
+/// Which end of an over-long prompt + completion survives `max_length` (TRL's
+/// `truncation_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PairTruncation {
+    /// Keep the first `max_length` tokens (TRL's default): the end of a long answer is cut.
+    #[default]
+    KeepStart,
+    /// Keep the last `max_length` tokens: the start of a long prompt is cut.
+    KeepEnd,
+}
+
+impl EncodedPair {
+    /// The pair as TRL's `DataCollatorForPreference` lays it out before padding: the chosen
+    /// sequence (prompt + chosen) and the rejected one, each cut to `max_length` per
+    /// `truncation`, labelled on its completion tokens only.
+    pub fn rows(&self, max_length: Option<usize>, truncation: PairTruncation) -> [Sequence; 2] {
+        let row = |completion: &[u32]| {
+            let mut ids: Vec<u32> = self.prompt.iter().chain(completion).copied().collect();
+            let mut labels: Vec<i64> = std::iter::repeat_n(IGNORE, self.prompt.len())
+                .chain(completion.iter().map(|&t| t as i64))
+                .collect();
+            if let Some(max) = max_length
+                && ids.len() > max
+            {
+                match truncation {
+                    PairTruncation::KeepStart => {
+                        ids.truncate(max);
+                        labels.truncate(max);
+                    }
+                    PairTruncation::KeepEnd => {
+                        ids.drain(..ids.len() - max);
+                        labels.drain(..labels.len() - max);
+                    }
+                }
+            }
+            Sequence {
+                positions: (0..ids.len() as u32).collect(),
+                segments: vec![0; ids.len()],
+                input_ids: ids,
+                labels,
+            }
+        };
+        [row(&self.chosen), row(&self.rejected)]
+    }
+}
+
+/// A micro-batch of pairs as TRL concatenates it: every chosen row, then every rejected row,
+/// right-padded to one width ([`Batch::collate`]).
+///
+/// ```
+/// use medify_data::{EncodedPair, PairTruncation, pair_batch};
+/// let pair = |p: Vec<u32>, c: Vec<u32>, r: Vec<u32>| EncodedPair { origin: String::new(), source: 0,
+///     prompt: p, chosen: c, rejected: r };
+/// let b = pair_batch(&[pair(vec![1, 2, 3], vec![4, 5], vec![6]), pair(vec![7, 8], vec![9], vec![10, 11])],
+///     0, None, PairTruncation::KeepStart);
+/// // TRL's DataCollatorForPreference example: the same ids and completion positions
+/// assert_eq!(b.input_ids, vec![vec![1, 2, 3, 4, 5], vec![7, 8, 9, 0, 0], vec![1, 2, 3, 6, 0], vec![7, 8, 10, 11, 0]]);
+/// assert_eq!(b.labels[1], vec![-100, -100, 9, -100, -100]);
+/// ```
+pub fn pair_batch(
+    pairs: &[EncodedPair],
+    pad_id: u32,
+    max_length: Option<usize>,
+    truncation: PairTruncation,
+) -> Batch {
+    let rows: Vec<[Sequence; 2]> = pairs
+        .iter()
+        .map(|p| p.rows(max_length, truncation))
+        .collect();
+    let ordered: Vec<Sequence> = rows
+        .iter()
+        .map(|[c, _]| c.clone())
+        .chain(rows.iter().map(|[_, r]| r.clone()))
+        .collect();
+    Batch::collate(&ordered, pad_id)
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {

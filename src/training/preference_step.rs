@@ -1,0 +1,215 @@
+//! One optimizer step's gradients under a preference objective: each micro-batch of pairs (TRL's
+//! concatenated batch, chosen rows then rejected rows) through the policy, the reference
+//! log-probabilities from a frozen model or from a precomputed table, the objective
+//! ([`preference_loss`]), and the gradients accumulated over the step's micro-batches as TRL's
+//! trainers average them.
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+
+use crate::data::{Batch, PairTruncation, pair_batch};
+use crate::error::{FinetuneError, Result};
+use crate::evaluation::loss::{batch_labels, token_batch};
+use crate::lora::LoraExt;
+use crate::models::{CausalLm, TokenBatch};
+use crate::training::preference::{
+    Method, PairLogps, PairStats, PreferenceObjective, ReferenceLogps, preference_loss,
+};
+use crate::training::step::{DROPOUT_CALLS_PER_STEP_BITS, MicroBatch};
+
+/// A micro-batch of `pairs` pairs, collated for the model: `2 · pairs` rows.
+#[derive(Debug, Clone)]
+pub struct PairMicroBatch {
+    /// Ids and labels (completion tokens only), chosen rows first.
+    pub batch: MicroBatch,
+    /// The collated rows (for ORPO's NLL over whole chosen sequences).
+    pub rows: Batch,
+    /// Pairs in it.
+    pub pairs: usize,
+}
+
+impl PairMicroBatch {
+    /// Collates pairs as TRL's `DataCollatorForPreference` does (see [`pair_batch`]).
+    pub fn new(
+        pairs: &[crate::data::EncodedPair],
+        pad_id: u32,
+        max_length: Option<usize>,
+        truncation: PairTruncation,
+    ) -> PairMicroBatch {
+        let rows = pair_batch(pairs, pad_id, max_length, truncation);
+        PairMicroBatch {
+            batch: (token_batch(&rows), batch_labels(&rows)),
+            rows,
+            pairs: pairs.len(),
+        }
+    }
+
+    /// The chosen rows, every real token labelled: what ORPO's NLL term is computed over
+    /// (prompt and answer, as TRL's `ORPOTrainer` does).
+    fn chosen_sequences(&self) -> MicroBatch {
+        let n = self.pairs;
+        let r = &self.rows;
+        let batch = TokenBatch {
+            ids: r.input_ids[..n].to_vec(),
+            positions: Some(r.positions[..n].to_vec()),
+            attention_mask: Some(r.attention_mask[..n].to_vec()),
+            segments: Some(r.segments[..n].to_vec()),
+        };
+        let labels = r.input_ids[..n]
+            .iter()
+            .zip(&r.attention_mask[..n])
+            .map(|(ids, mask)| {
+                ids.iter()
+                    .zip(mask)
+                    .map(|(&t, &m)| m.then_some(t))
+                    .collect()
+            })
+            .collect();
+        (batch, labels)
+    }
+}
+
+/// Where DPO and IPO take the reference log-probabilities from.
+#[derive(Clone, Copy)]
+pub enum Reference<'a> {
+    /// None is needed (SimPO, ORPO).
+    None,
+    /// A frozen model ([`reference_model`]), run without autodiff on every micro-batch.
+    Model(&'a CausalLm),
+    /// Computed once before training ([`precompute_reference`]), one entry per micro-batch.
+    Precomputed(&'a [ReferenceLogps]),
+}
+
+/// The reference model of a policy, sharing its frozen base: a copy without autodiff and, for a
+/// new adapter, without adapters (PEFT's `disable_adapter`: the base model). With
+/// `keep_adapters` the copy keeps the policy's current adapters, frozen: for a run that starts
+/// from an SFT adapter, the reference is the SFT model, at the cost of a second copy of the
+/// adapter only (TRL's `ref_adapter_name`).
+pub fn reference_model(policy: &CausalLm, keep_adapters: bool) -> Result<CausalLm> {
+    let mut frozen = policy.valid();
+    frozen.set_adapters_training(false);
+    if !keep_adapters {
+        frozen.remove_adapters()?;
+    }
+    Ok(frozen)
+}
+
+/// The policy's log-probabilities of each completion in a micro-batch.
+pub fn pair_logps(model: &CausalLm, mb: &PairMicroBatch) -> Result<PairLogps> {
+    let (batch, labels) = &mb.batch;
+    PairLogps::from_concatenated(model.sequence_logps(batch, labels)?)
+}
+
+/// The reference model's log-probabilities of each completion (no gradient).
+pub fn reference_logps(reference: &CausalLm, mb: &PairMicroBatch) -> Result<ReferenceLogps> {
+    let (chosen, rejected) = pair_logps(reference, mb)?.values();
+    Ok(ReferenceLogps { chosen, rejected })
+}
+
+/// The reference log-probabilities of every micro-batch, computed once (TRL's
+/// `precompute_ref_log_probs`): the reference model can then be dropped, and a resumed run
+/// reads them back instead of recomputing.
+pub fn precompute_reference(
+    reference: &CausalLm,
+    micro_batches: &[PairMicroBatch],
+) -> Result<Vec<ReferenceLogps>> {
+    micro_batches
+        .iter()
+        .map(|mb| reference_logps(reference, mb))
+        .collect()
+}
+
+/// The gradients of one preference step, before the update.
+pub struct PreferenceStepGradients {
+    /// Summed over the step's micro-batches, each micro-batch's loss divided by their number
+    /// (TRL: the mean over a micro-batch's pairs, averaged over gradient accumulation).
+    pub grads: GradientsParams,
+    /// The step's loss: the mean of its micro-batches' losses.
+    pub loss: f64,
+    /// Every pair's statistics (ORPO's NLL and log-odds: the mean over micro-batches).
+    pub stats: PairStats,
+    /// Pairs in the step.
+    pub pairs: usize,
+    /// Completion tokens in the step (chosen and rejected).
+    pub tokens: usize,
+}
+
+/// The gradients of one step over `micro_batches` under `objective`. Dropout masks are
+/// numbered by `(seed, step)` as for supervised steps, so resuming is exact; the reference pass
+/// runs without autodiff (and without dropout).
+pub fn preference_step_gradients(
+    model: &CausalLm,
+    micro_batches: &[PairMicroBatch],
+    objective: &PreferenceObjective,
+    reference: Reference<'_>,
+    seed: u64,
+    step: u64,
+) -> Result<PreferenceStepGradients> {
+    if !model.device().is_autodiff() {
+        return Err(FinetuneError::NoData(
+            "training needs an autodiff device (Device::autodiff)".into(),
+        ));
+    }
+    model.seek_dropout(seed, step << DROPOUT_CALLS_PER_STEP_BITS);
+    let n = micro_batches.len().max(1) as f64;
+    let mut accumulator = GradientsAccumulator::<CausalLm>::new();
+    let mut stats = PairStats::default();
+    let (mut loss, mut pairs, mut tokens) = (0.0, 0, 0);
+    let mut orpo_terms: Vec<(f64, f64, f64)> = Vec::new();
+    for (i, mb) in micro_batches.iter().enumerate() {
+        let policy = pair_logps(model, mb)?;
+        let reference = match (objective.method.needs_reference(), reference) {
+            (false, _) => None,
+            (true, Reference::Model(m)) => Some(reference_logps(m, mb)?),
+            (true, Reference::Precomputed(table)) => {
+                Some(table.get(i).cloned().ok_or_else(|| {
+                    FinetuneError::NoData(format!(
+                        "no precomputed reference log-probabilities for micro-batch {i}"
+                    ))
+                })?)
+            }
+            (true, Reference::None) => {
+                return Err(FinetuneError::NoData(format!(
+                    "{} needs a reference model or precomputed reference log-probabilities",
+                    objective.method
+                )));
+            }
+        };
+        let nll = if objective.method == Method::Orpo {
+            let (batch, labels) = mb.chosen_sequences();
+            Some(model.loss(&batch, &labels)?.loss)
+        } else {
+            None
+        };
+        tokens += policy.chosen_tokens.iter().sum::<usize>()
+            + policy.rejected_tokens.iter().sum::<usize>();
+        let out = preference_loss(objective, &policy, reference.as_ref(), nll)?;
+        let value = out.loss.clone().into_scalar::<f64>();
+        let grads = GradientsParams::from_grads(out.loss.div_scalar(n).backward(), model);
+        accumulator.accumulate(model, grads);
+        loss += value / n;
+        pairs += mb.pairs;
+        let s = out.stats;
+        if let (Some(a), Some(b), Some(c)) = (s.nll_loss, s.log_odds_ratio, s.log_odds_chosen) {
+            orpo_terms.push((a, b, c));
+        }
+        stats.rewards_chosen.extend(s.rewards_chosen);
+        stats.rewards_rejected.extend(s.rewards_rejected);
+        stats.logps_chosen.extend(s.logps_chosen);
+        stats.logps_rejected.extend(s.logps_rejected);
+        stats.losses.extend(s.losses);
+    }
+    if !orpo_terms.is_empty() {
+        let k = orpo_terms.len() as f64;
+        stats.nll_loss = Some(orpo_terms.iter().map(|t| t.0).sum::<f64>() / k);
+        stats.log_odds_ratio = Some(orpo_terms.iter().map(|t| t.1).sum::<f64>() / k);
+        stats.log_odds_chosen = Some(orpo_terms.iter().map(|t| t.2).sum::<f64>() / k);
+    }
+    Ok(PreferenceStepGradients {
+        grads: accumulator.grads(),
+        loss,
+        stats,
+        pairs,
+        tokens,
+    })
+}
