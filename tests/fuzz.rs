@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use medify_qlora::data::{Example, Message, Role};
-use medify_qlora::data::{FileKind, ReadOptions, read_records_from};
+use medify_qlora::data::{FileKind, ReadOptions, read_preferences_from, read_records_from};
 use medify_qlora::lora::LoraConfig;
 use medify_qlora::models::{
     GgufSource, LlamaConfig, ModelTokenizer, SafetensorsSource, WeightSource,
@@ -84,6 +84,7 @@ enum Reader {
     Jsonl,
     Csv,
     MedquadXml,
+    Preferences,
 }
 
 /// A temporary directory per thread, reused across cases.
@@ -101,7 +102,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 impl Reader {
-    const ALL: [Reader; 11] = [
+    const ALL: [Reader; 12] = [
         Reader::Gguf,
         Reader::Safetensors,
         Reader::Bnb,
@@ -113,6 +114,7 @@ impl Reader {
         Reader::Jsonl,
         Reader::Csv,
         Reader::MedquadXml,
+        Reader::Preferences,
     ];
 
     /// Real inputs the mutations start from.
@@ -180,6 +182,20 @@ impl Reader {
                 fixture("fixtures/data/medquad_xml/10_MPlus_ADAM_QA__0000009.xml"),
                 fixture("fixtures/data/medquad_xml/3_GHR_QA__0000590.xml"),
             ],
+            Reader::Preferences => {
+                // conversational pairs, an implicit prompt, and text pairs
+                let heldout = fixture("fixtures/medical_preferences/heldout.jsonl");
+                let first: Vec<u8> = heldout
+                    .split(|&b| b == b'\n')
+                    .take(3)
+                    .collect::<Vec<_>>()
+                    .join(&b'\n');
+                vec![
+                    first,
+                    br#"{"chosen": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Blue."}], "rejected": [{"role": "user", "content": "Sky?"}, {"role": "assistant", "content": "Green."}]}"#.to_vec(),
+                    b"{\"prompt\": \"Q: fever?\", \"chosen\": \" See a doctor if it lasts.\", \"rejected\": \" Ignore it.\"}\n".to_vec(),
+                ]
+            }
         }
     }
 
@@ -245,6 +261,33 @@ impl Reader {
                     Message::new(Role::Assistant, "A form of arthritis."),
                 ]);
                 encoder.encode(&chat).map_err(|e| s(&e))?;
+            }
+            Reader::Preferences => {
+                let encoder = medify_qlora::load_chat_encoder(
+                    &root().join("fixtures/tiny_models/llama"),
+                    Some("chatml"),
+                )
+                .map_err(|e| s(&e))?;
+                let lenient = ReadOptions {
+                    skip_invalid: true,
+                    ..ReadOptions::default()
+                };
+                let _ = read_preferences_from(
+                    Cursor::new(bytes),
+                    Path::new("p.jsonl"),
+                    FileKind::Jsonl,
+                    &lenient,
+                );
+                let read = read_preferences_from(
+                    Cursor::new(bytes),
+                    Path::new("p.jsonl"),
+                    FileKind::Jsonl,
+                    &ReadOptions::default(),
+                )
+                .map_err(|e| s(&e))?;
+                for pair in &read.pairs {
+                    encoder.encode_pair(pair).map_err(|e| s(&e))?;
+                }
             }
             Reader::Jsonl | Reader::Csv | Reader::MedquadXml => {
                 let (name, kind) = match self {
@@ -632,6 +675,7 @@ fuzz_tests! {
     jsonl_records => Jsonl,
     csv_records => Csv,
     medquad_xml_records => MedquadXml,
+    preference_pairs => Preferences,
 }
 
 #[test]
