@@ -4,6 +4,8 @@
 //! the loss, TRL's logged rewards and every adapter gradient agree with DPOTrainer (sigmoid and
 //! IPO), CPOTrainer (SimPO) and ORPOTrainer.
 
+mod common;
+
 use std::path::PathBuf;
 
 use burn::module::Module;
@@ -190,28 +192,13 @@ fn check(method: Method, base: &str) {
             ("lora_B", adapter.lora_b.val()),
         ] {
             let key = format!("base_model.model.{path}.{suffix}.weight");
-            let want: Vec<f32> = st
-                .tensor(&key)
-                .unwrap_or_else(|e| panic!("{name}: {key}: {e}"))
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
             let got: Vec<f32> = tensor
                 .grad(&grads)
                 .unwrap_or_else(|| panic!("{name}: no gradient for {key}"))
                 .into_data()
                 .try_into_vec()
                 .unwrap();
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let diff = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-            assert!(
-                diff <= 1e-4 * scale.max(1e-2),
-                "{name} {key}: max diff {diff} (largest {scale})"
-            );
+            common::assert_gradient(&st, &key, &got, 1e-2);
             checked += 1;
         }
     }
@@ -326,19 +313,7 @@ fn precomputed_and_on_the_fly_references_give_trls_step_in_micro_batches() {
                 .unwrap();
             assert_eq!(a, b, "{path}.{suffix}");
             let key = format!("base_model.model.{path}.{suffix}.weight");
-            let want: Vec<f32> = st
-                .tensor(&key)
-                .unwrap()
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-            let diff = a
-                .iter()
-                .zip(&want)
-                .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-            assert!(diff <= 1e-4 * scale.max(1e-2), "{key}: {diff}");
+            common::assert_gradient(&st, &key, &a, 1e-2);
         }
     }
     // A DPO step without any reference is an error, not a panic.

@@ -174,7 +174,7 @@ impl PairLogps {
     /// batch) into its halves.
     pub fn from_concatenated(logps: crate::models::SequenceLogps) -> Result<PairLogps> {
         let rows = logps.tokens.len();
-        if rows % 2 != 0 || rows == 0 {
+        if !rows.is_multiple_of(2) || rows == 0 {
             return Err(FinetuneError::NoData(format!(
                 "a preference batch has chosen and rejected rows in equal numbers, got {rows} rows"
             )));

@@ -62,3 +62,29 @@ pub fn smollm2_gguf_or_skip() -> Option<PathBuf> {
     }
     path
 }
+
+/// The f32 tensor `key` of a safetensors file (a reference's gradients, say).
+pub fn f32_tensor(st: &safetensors::SafeTensors<'_>, key: &str) -> Vec<f32> {
+    st.tensor(key)
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+/// Asserts `got` equals the reference gradient `key` to `1e-4` of its largest value (or of
+/// `floor`, when that is larger), naming the tensor and the worst difference.
+pub fn assert_gradient(st: &safetensors::SafeTensors<'_>, key: &str, got: &[f32], floor: f32) {
+    let want = f32_tensor(st, key);
+    assert_eq!(got.len(), want.len(), "{key}: length");
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let diff = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    assert!(
+        diff <= 1e-4 * scale.max(floor),
+        "{key}: max diff {diff} (largest {scale})"
+    );
+}

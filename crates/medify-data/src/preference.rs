@@ -14,7 +14,7 @@ use crate::dataset::{Batch, Sequence};
 use crate::encode::{ChatEncoder, IGNORE};
 use crate::error::{DataError, Result, io_err};
 use crate::record::{Message, Role};
-use crate::sources::{FieldMap, FileKind, ReadOptions};
+use crate::sources::{FieldMap, FileKind, ReadOptions, each_record};
 
 /// A prompt or a completion: plain text, or chat turns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -135,60 +135,13 @@ fn read_text(
             }),
         }
     };
-    match kind {
-        FileKind::Jsonl => {
-            for (i, line) in text.lines().enumerate() {
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let value: Value = serde_json::from_str(line).map_err(|e| DataError::Record {
-                    path: path.to_path_buf(),
-                    line: i + 1,
-                    message: format!("malformed JSON: {e}"),
-                })?;
-                let Value::Object(obj) = value else {
-                    return Err(DataError::Record {
-                        path: path.to_path_buf(),
-                        line: i + 1,
-                        message: "expected a JSON object per line".into(),
-                    });
-                };
-                add(i + 1, &obj, &mut report)?;
-            }
-        }
-        FileKind::Csv | FileKind::Tsv => {
-            let mut reader = csv::ReaderBuilder::new()
-                .delimiter(if kind == FileKind::Csv { b',' } else { b'\t' })
-                .from_reader(text.as_bytes());
-            let headers = reader
-                .headers()
-                .map_err(|e| DataError::File {
-                    path: path.to_path_buf(),
-                    message: format!("cannot read the header row: {e}"),
-                })?
-                .clone();
-            for (i, row) in reader.records().enumerate() {
-                let row = row.map_err(|e| DataError::Record {
-                    path: path.to_path_buf(),
-                    line: e.position().map_or(i + 2, |p| p.line() as usize),
-                    message: format!("malformed CSV: {e}"),
-                })?;
-                let line = row.position().map_or(i + 2, |p| p.line() as usize);
-                let obj: Map<String, Value> = headers
-                    .iter()
-                    .zip(row.iter())
-                    .map(|(h, v)| (h.to_string(), Value::String(v.to_string())))
-                    .collect();
-                add(line, &obj, &mut report)?;
-            }
-        }
-        FileKind::MedquadXml => {
-            return Err(DataError::File {
-                path: path.to_path_buf(),
-                message: "MedQuAD XML holds question/answer pairs, not preference pairs".into(),
-            });
-        }
+    if kind == FileKind::MedquadXml {
+        return Err(DataError::File {
+            path: path.to_path_buf(),
+            message: "MedQuAD XML holds question/answer pairs, not preference pairs".into(),
+        });
     }
+    each_record(text, path, kind, |line, obj| add(line, obj, &mut report))?;
     if report.pairs.is_empty() {
         return Err(DataError::File {
             path: path.to_path_buf(),

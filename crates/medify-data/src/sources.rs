@@ -296,10 +296,13 @@ fn read_text(
 ) -> Result<()> {
     let before = report.records.len();
     match kind {
-        FileKind::Csv => read_csv(text, path, b',', options, report),
-        FileKind::Tsv => read_csv(text, path, b'\t', options, report),
         FileKind::MedquadXml => read_medquad_xml(text, path, report),
-        FileKind::Jsonl => read_jsonl(text, path, options, report),
+        _ => {
+            let mut last = None;
+            each_record(text, path, kind, |line, obj| {
+                add_record(path, line, obj, &mut last, options, report)
+            })
+        }
     }?;
     report
         .files
@@ -317,42 +320,44 @@ fn finish(report: ReadReport, path: &Path) -> Result<ReadReport> {
     Ok(report)
 }
 
-fn read_jsonl(
+/// Calls `record` with each JSON object of a JSONL text, or each row of a CSV/TSV text as an
+/// object of its header's columns, with its line number; malformed lines are errors naming the
+/// file and line. Supervised records and preference pairs are both read through here.
+pub(crate) fn each_record(
     text: &str,
     path: &Path,
-    options: &ReadOptions,
-    report: &mut ReadReport,
+    kind: FileKind,
+    mut record: impl FnMut(usize, &Map<String, Value>) -> Result<()>,
 ) -> Result<()> {
-    let mut last = None;
-    for (i, line) in text.lines().enumerate() {
-        let line_no = i + 1;
-        if line.trim().is_empty() {
-            continue;
+    let bad = |line: usize, message: String| DataError::Record {
+        path: path.to_path_buf(),
+        line,
+        message,
+    };
+    let delimiter = match kind {
+        FileKind::Jsonl => {
+            for (i, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let value: Value = serde_json::from_str(line)
+                    .map_err(|e| bad(i + 1, format!("malformed JSON: {e}")))?;
+                let Value::Object(obj) = value else {
+                    return Err(bad(i + 1, "expected a JSON object per line".into()));
+                };
+                record(i + 1, &obj)?;
+            }
+            return Ok(());
         }
-        let value: Value = serde_json::from_str(line).map_err(|e| DataError::Record {
-            path: path.to_path_buf(),
-            line: line_no,
-            message: format!("malformed JSON: {e}"),
-        })?;
-        let Value::Object(obj) = value else {
-            return Err(DataError::Record {
+        FileKind::Csv => b',',
+        FileKind::Tsv => b'\t',
+        FileKind::MedquadXml => {
+            return Err(DataError::File {
                 path: path.to_path_buf(),
-                line: line_no,
-                message: "expected a JSON object per line".into(),
+                message: "MedQuAD XML is read by its own reader".into(),
             });
-        };
-        add_record(path, line_no, &obj, &mut last, options, report)?;
-    }
-    Ok(())
-}
-
-fn read_csv(
-    text: &str,
-    path: &Path,
-    delimiter: u8,
-    options: &ReadOptions,
-    report: &mut ReadReport,
-) -> Result<()> {
+        }
+    };
     let mut reader = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(false)
@@ -364,12 +369,12 @@ fn read_csv(
             message: format!("cannot read the header row: {e}"),
         })?
         .clone();
-    let mut last = None;
     for (i, row) in reader.records().enumerate() {
-        let row = row.map_err(|e| DataError::Record {
-            path: path.to_path_buf(),
-            line: e.position().map_or(i + 2, |p| p.line() as usize),
-            message: format!("malformed CSV: {e}"),
+        let row = row.map_err(|e| {
+            bad(
+                e.position().map_or(i + 2, |p| p.line() as usize),
+                format!("malformed CSV: {e}"),
+            )
         })?;
         let line = row.position().map_or(i + 2, |p| p.line() as usize);
         let obj: Map<String, Value> = headers
@@ -377,7 +382,7 @@ fn read_csv(
             .zip(row.iter())
             .map(|(h, v)| (h.to_string(), Value::String(v.to_string())))
             .collect();
-        add_record(path, line, &obj, &mut last, options, report)?;
+        record(line, &obj)?;
     }
     Ok(())
 }

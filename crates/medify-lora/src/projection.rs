@@ -307,35 +307,19 @@ impl Projection {
                     .with_blocksize(q.blocksize())
                     .with_double_quant(q.is_double_quant());
                 let requantized = Nf4Tensor::quantize(merged.clone(), &config)?;
-                let err = requantized
-                    .dequantize()
-                    .sub(merged)
-                    .abs()
-                    .max()
-                    .into_scalar::<f32>();
+                let err = rounding_error(requantized.dequantize(), merged);
                 let original = q.clone();
                 self.weight = FrozenWeight::Quant4(requantized);
                 self.merged = Some(MergedBase::Quant4 { original });
-                Ok(MergeOutcome {
-                    requantized: true,
-                    max_rounding_error: err,
-                })
+                Ok(MergeOutcome::requantized(err))
             }
             FrozenWeight::Int8(q) => {
                 let requantized = Int8Tensor::quantize(merged.clone())?;
-                let err = requantized
-                    .dequantize()
-                    .sub(merged)
-                    .abs()
-                    .max()
-                    .into_scalar::<f32>();
+                let err = rounding_error(requantized.dequantize(), merged);
                 let original = q.clone();
                 self.weight = FrozenWeight::Int8(requantized);
                 self.merged = Some(MergedBase::Int8 { original });
-                Ok(MergeOutcome {
-                    requantized: true,
-                    max_rounding_error: err,
-                })
+                Ok(MergeOutcome::requantized(err))
             }
         }
     }
@@ -365,6 +349,20 @@ impl Projection {
                 self.weight = FrozenWeight::Dense(w - adapter.delta());
                 Ok(())
             }
+        }
+    }
+}
+
+/// The largest absolute difference between a requantized weight and the exact one.
+fn rounding_error(requantized: Tensor<2>, exact: Tensor<2>) -> f32 {
+    requantized.sub(exact).abs().max().into_scalar::<f32>()
+}
+
+impl MergeOutcome {
+    fn requantized(max_rounding_error: f32) -> MergeOutcome {
+        MergeOutcome {
+            requantized: true,
+            max_rounding_error,
         }
     }
 }

@@ -4,6 +4,9 @@
 //! recorded `rust_saved` losses; QLoRA training must lower the loss and leave the 4-bit base
 //! untouched, on flex and on wgpu.
 
+#[path = "../../../tests/common/mod.rs"]
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -236,28 +239,13 @@ fn gradients_of_a_and_b_match_peft() {
             ("lora_B", adapter.lora_b.val()),
         ] {
             let key = format!("base_model.model.{path}.{suffix}.weight");
-            let want: Vec<f32> = st
-                .tensor(&key)
-                .unwrap()
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
             let got: Vec<f32> = tensor
                 .grad(&grads)
                 .unwrap_or_else(|| panic!("no gradient for {key}"))
                 .into_data()
                 .try_into_vec()
                 .unwrap();
-            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
-            let diff = got
-                .iter()
-                .zip(&want)
-                .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
-            assert!(
-                diff <= 1e-4 * scale.max(1.0),
-                "{key}: max diff {diff} (scale {scale})"
-            );
+            common::assert_gradient(&st, &key, &got, 1.0);
             checked += 1;
         }
     }

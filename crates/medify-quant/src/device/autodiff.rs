@@ -68,16 +68,28 @@ impl<B: Backend + Quant4Ops> Backward<B, 1> for Q4MatmulBackward {
             s.in_features,
             s.blocksize,
         );
-        let dense = B::float_cast(dense, grad.dtype().into());
-        let dims = grad.shape().to_vec();
-        let rank = dims.len();
-        let m: usize = dims[..rank - 1].iter().product();
-        let grad2 = B::float_reshape(grad, [m, s.out_features].into());
-        let dx = B::float_matmul(grad2, dense);
-        let mut out_dims = dims;
-        out_dims[rank - 1] = s.in_features;
-        grads.register::<B>(node.id, B::float_reshape(dx, out_dims.into()));
+        grads.register::<B>(node.id, input_gradient::<B>(grad, dense, s.in_features));
     }
+}
+
+/// `dy @ W` for a frozen weight `W [out, in]` decoded for backward, over the last dim of `dy`
+/// (`[.., out]` → `[.., in]`), in `dy`'s dtype: the input gradient of every frozen quantized
+/// matmul (4-bit and int8).
+pub(crate) fn input_gradient<B: Backend>(
+    grad: FloatTensor<B>,
+    dense: FloatTensor<B>,
+    in_features: usize,
+) -> FloatTensor<B> {
+    let dense = B::float_cast(dense, grad.dtype().into());
+    let out_features = dense.shape().to_vec()[0];
+    let dims = grad.shape().to_vec();
+    let rank = dims.len();
+    let m: usize = dims[..rank - 1].iter().product();
+    let grad2 = B::float_reshape(grad, [m, out_features].into());
+    let dx = B::float_matmul(grad2, dense);
+    let mut out_dims = dims;
+    out_dims[rank - 1] = in_features;
+    B::float_reshape(dx, out_dims.into())
 }
 
 impl<B: Backend + Quant4Ops, C: CheckpointStrategy> Quant4Ops for Autodiff<B, C> {

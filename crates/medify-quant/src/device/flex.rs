@@ -122,23 +122,36 @@ fn matmul(
     out_features: usize,
     blocksize: usize,
 ) -> FlexTensor {
+    let words = u32s(packed);
+    let code = code16(code);
+    frozen_rows_matmul(x, out_features, |xs, m, k, out| {
+        let view = checked(PackedView::new(
+            &words,
+            absmax,
+            &code,
+            out_features,
+            k,
+            blocksize,
+        ));
+        matmul_4bit(xs, m, &view, out);
+    })
+}
+
+/// A frozen weight's matmul on Flex: `x [.., k]` read as f32 rows, `kernel(x, m, k, out)`
+/// filling `out [m, out_features]`, and the result in `x`'s shape (last dim `out_features`)
+/// and dtype.
+pub(crate) fn frozen_rows_matmul(
+    x: FlexTensor,
+    out_features: usize,
+    kernel: impl FnOnce(&[f32], usize, usize, &mut [f32]),
+) -> FlexTensor {
     let dims = x.layout().shape().to_vec();
     let k = *dims.last().expect("x has a feature dim");
     let m = dims.iter().product::<usize>() / k.max(1);
     let dtype = x.dtype();
     let xs = f32s(&x);
-    let words = u32s(packed);
-    let code = code16(code);
-    let view = checked(PackedView::new(
-        &words,
-        absmax,
-        &code,
-        out_features,
-        k,
-        blocksize,
-    ));
     let mut out = vec![0f32; m * out_features];
-    matmul_4bit(&xs, m, &view, &mut out);
+    kernel(&xs, m, k, &mut out);
     let mut shape = dims;
     *shape.last_mut().expect("non-empty") = out_features;
     from_f32(out, shape, dtype)

@@ -271,15 +271,11 @@ impl Nf4Tensor {
 
     /// [`Nf4Tensor::matmul`], with a shape mismatch reported as an error.
     pub fn try_matmul<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>, QuantError> {
-        let dims = x.dims();
-        if D == 0 || dims[D - 1] != self.shape[1] {
-            return Err(QuantError::Unsupported(format!(
-                "input of shape {dims:?} cannot multiply a 4-bit weight of shape {:?}: its last dim must be {}",
-                self.shape, self.shape[1]
-            )));
-        }
-        let m: usize = dims[..D - 1].iter().product();
-        let x2: Tensor<2> = x.reshape([m, self.shape[1]]);
+        frozen_matmul(x, self.shape, "a 4-bit", |x2| self.matmul_rows(x2))
+    }
+
+    /// `x2 [m, in] @ W^T` through the backend extension.
+    fn matmul_rows(&self, x2: Tensor<2>) -> Tensor<2> {
         let y = match &self.scales {
             DeviceScales::Plain(absmax) => <Dispatch as Quant4Ops>::q4_matmul(
                 x2.into_dispatch(),
@@ -306,11 +302,31 @@ impl Nf4Tensor {
                 self.blocksize,
             ),
         };
-        let y = Tensor::<2>::from_dispatch(y);
-        let mut out = dims;
-        out[D - 1] = self.shape[0];
-        Ok(y.reshape(out))
+        Tensor::<2>::from_dispatch(y)
     }
+}
+
+/// `x [.., in] @ W^T` for a frozen weight of `shape` `[out, in]`: `x` flattened to rows,
+/// multiplied by `rows`, and given its leading dims back. A last dim other than `in` is an
+/// error naming `what` weight it met.
+pub(crate) fn frozen_matmul<const D: usize>(
+    x: Tensor<D>,
+    shape: [usize; 2],
+    what: &str,
+    rows: impl FnOnce(Tensor<2>) -> Tensor<2>,
+) -> Result<Tensor<D>, QuantError> {
+    let dims = x.dims();
+    if D == 0 || dims[D - 1] != shape[1] {
+        return Err(QuantError::Unsupported(format!(
+            "input of shape {dims:?} cannot multiply {what} weight of shape {shape:?}: its last dim must be {}",
+            shape[1]
+        )));
+    }
+    let m: usize = dims[..D - 1].iter().product();
+    let y = rows(x.reshape([m, shape[1]]));
+    let mut out = dims;
+    out[D - 1] = shape[0];
+    Ok(y.reshape(out))
 }
 
 /// A frozen 4-bit linear layer: `x @ W^T + bias`, differentiable in `x` only.

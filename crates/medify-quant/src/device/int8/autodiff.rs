@@ -33,15 +33,10 @@ impl<B: Backend + Int8Ops> Backward<B, 1> for I8MatmulBackward {
         let Some(node) = node_x else { return };
         let s = ops.state;
         let dense = B::i8_dequantize(s.codes, s.scales, s.out_features, s.in_features);
-        let dense = B::float_cast(dense, grad.dtype().into());
-        let dims = grad.shape().to_vec();
-        let rank = dims.len();
-        let m: usize = dims[..rank - 1].iter().product();
-        let grad2 = B::float_reshape(grad, [m, s.out_features].into());
-        let dx = B::float_matmul(grad2, dense);
-        let mut out_dims = dims;
-        out_dims[rank - 1] = s.in_features;
-        grads.register::<B>(node.id, B::float_reshape(dx, out_dims.into()));
+        grads.register::<B>(
+            node.id,
+            crate::device::autodiff::input_gradient::<B>(grad, dense, s.in_features),
+        );
     }
 }
 

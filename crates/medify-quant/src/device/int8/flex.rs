@@ -6,7 +6,7 @@ use rayon::prelude::*;
 
 use super::ops::Int8Ops;
 use crate::host_kernels::{Rhs, gemm_f32};
-use crate::host_tensor::{f32s, from_f32, values};
+use crate::host_tensor::{f32s, values};
 
 /// Decodes row-major int8 codes (packed in `u32` words) into `out` with one scale per row.
 pub(crate) fn decode_rows(words: &[u32], scales: &[f32], cols: usize, out: &mut [f32]) {
@@ -46,17 +46,10 @@ impl Int8Ops for Flex {
         scales: FlexTensor,
         out_features: usize,
     ) -> FlexTensor {
-        let dims = x.layout().shape().to_vec();
-        let k = *dims.last().expect("x has a feature dim");
-        let m = dims.iter().product::<usize>() / k.max(1);
-        let dtype = x.dtype();
-        let xs = f32s(&x);
-        let mut w = vec![0f32; out_features * k];
-        decode_rows(&values::<u32>(&codes), &f32s(&scales), k, &mut w);
-        let mut out = vec![0f32; m * out_features];
-        gemm_f32(&mut out, &xs, &w, m, out_features, k, Rhs::Transposed);
-        let mut shape = dims;
-        *shape.last_mut().expect("non-empty") = out_features;
-        from_f32(out, shape, dtype)
+        crate::device::flex::frozen_rows_matmul(x, out_features, |xs, m, k, out| {
+            let mut w = vec![0f32; out_features * k];
+            decode_rows(&values::<u32>(&codes), &f32s(&scales), k, &mut w);
+            gemm_f32(out, xs, &w, m, out_features, k, Rhs::Transposed);
+        })
     }
 }

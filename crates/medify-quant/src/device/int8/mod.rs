@@ -137,24 +137,14 @@ impl Int8Tensor {
 
     /// [`Int8Tensor::matmul`], with a shape mismatch reported as an error.
     pub fn try_matmul<const D: usize>(&self, x: Tensor<D>) -> Result<Tensor<D>, QuantError> {
-        let dims = x.dims();
-        if D == 0 || dims[D - 1] != self.shape[1] {
-            return Err(QuantError::Unsupported(format!(
-                "input of shape {dims:?} cannot multiply an int8 weight of shape {:?}: its last dim must be {}",
-                self.shape, self.shape[1]
-            )));
-        }
-        let m: usize = dims[..D - 1].iter().product();
-        let x2: Tensor<2> = x.reshape([m, self.shape[1]]);
-        let y = Tensor::<2>::from_dispatch(<Dispatch as Int8Ops>::i8_matmul(
-            x2.into_dispatch(),
-            self.codes.clone().into_dispatch(),
-            self.scales.clone().into_dispatch(),
-            self.shape[0],
-        ));
-        let mut out = dims;
-        out[D - 1] = self.shape[0];
-        Ok(y.reshape(out))
+        super::frozen_matmul(x, self.shape, "an int8", |x2| {
+            Tensor::<2>::from_dispatch(<Dispatch as Int8Ops>::i8_matmul(
+                x2.into_dispatch(),
+                self.codes.clone().into_dispatch(),
+                self.scales.clone().into_dispatch(),
+                self.shape[0],
+            ))
+        })
     }
 }
 
