@@ -97,13 +97,19 @@ fn close(got: f64, want: f64, tol: f64, what: &str) {
 }
 
 fn check(method: Method, base: &str) {
+    check_variant(method, method.as_str(), base);
+}
+
+/// `variant` names the run's settings in the reference (e.g. `simpo_smoothed`).
+fn check_variant(method: Method, variant: &str, base: &str) {
     let r = reference();
-    let name = format!("{method}_{base}");
+    let name = format!("{variant}_{base}");
     let want = &r["runs"][&name];
-    let settings = &r["settings"][method.as_str()];
+    let settings = &r["settings"][variant];
     let objective = PreferenceObjective {
         beta: settings["beta"].as_f64().unwrap(),
         simpo_gamma: settings["simpo_gamma"].as_f64().unwrap_or(0.5),
+        label_smoothing: settings["label_smoothing"].as_f64().unwrap_or(0.0),
         ..PreferenceObjective::new(method)
     };
     let model = policy(base);
@@ -221,6 +227,9 @@ fn ipo_matches_trl_over_dense_and_nf4() {
 fn simpo_matches_trl_over_dense_and_nf4() {
     check(Method::Simpo, "dense");
     check(Method::Simpo, "nf4");
+    // with conservative label smoothing (CPOTrainer's `label_smoothing`)
+    check_variant(Method::Simpo, "simpo_smoothed", "dense");
+    check_variant(Method::Simpo, "simpo_smoothed", "nf4");
 }
 
 #[test]
