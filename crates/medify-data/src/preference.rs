@@ -14,7 +14,7 @@ use crate::dataset::{Batch, Sequence};
 use crate::encode::{ChatEncoder, IGNORE};
 use crate::error::{DataError, Result, io_err};
 use crate::record::{Message, Role};
-use crate::sources::{FieldMap, FileKind, ReadOptions, each_record};
+use crate::sources::{FieldMap, FileKind, ReadOptions, each_record, field, turns};
 
 /// A prompt or a completion: plain text, or chat turns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -151,33 +151,23 @@ fn read_text(
     Ok(report)
 }
 
-fn turns(value: &Value, name: &str, fields: &FieldMap) -> std::result::Result<Turns, String> {
-    match value {
-        Value::String(s) => Ok(Turns::Text(s.clone())),
-        Value::Array(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.iter().enumerate() {
-                let Value::Object(m) = item else {
-                    return Err(format!(
-                        "{name}[{i}] must be a {{\"role\", \"content\"}} object"
-                    ));
-                };
-                let role_name = match m.get(fields.get("role")) {
-                    Some(Value::String(r)) => r,
-                    _ => return Err(format!("{name}[{i}] has no \"role\"")),
-                };
-                let role = Role::parse(role_name)
-                    .ok_or_else(|| format!("{name}[{i}]: unknown role {role_name:?}"))?;
-                let content = match m.get(fields.get("content")) {
-                    Some(Value::String(c)) => c.clone(),
-                    _ => return Err(format!("{name}[{i}] has no string \"content\"")),
-                };
-                out.push(Message::new(role, content));
-            }
-            Ok(Turns::Chat(out))
-        }
-        Value::Null => Err(format!("missing field {name:?}")),
-        other => Err(format!(
+/// A prompt or completion: text, or turns read as every conversation of the crate is read.
+fn side(
+    obj: &Map<String, Value>,
+    canonical: &str,
+    fields: &FieldMap,
+) -> std::result::Result<Option<Turns>, String> {
+    let name = fields.get(canonical);
+    match field(obj, name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(Turns::Text(s.clone()))),
+        Some(list @ Value::Array(_)) => Ok(Some(Turns::Chat(turns(
+            list,
+            name,
+            fields.get("role"),
+            fields.get("content"),
+        )?))),
+        Some(other) => Err(format!(
             "field {name:?} must be a string or a list of turns, got {other}"
         )),
     }
@@ -219,13 +209,13 @@ fn parse_pair(
     obj: &Map<String, Value>,
     fields: &FieldMap,
 ) -> std::result::Result<PreferencePair, String> {
-    let get = |canonical: &str| obj.get(fields.get(canonical)).unwrap_or(&Value::Null);
-    let chosen = turns(get("chosen"), "chosen", fields)?;
-    let rejected = turns(get("rejected"), "rejected", fields)?;
-    let prompt = match get("prompt") {
-        Value::Null => None,
-        v => Some(turns(v, "prompt", fields)?),
+    let required = |canonical: &str| {
+        side(obj, canonical, fields)?
+            .ok_or_else(|| format!("missing field {:?}", fields.get(canonical)))
     };
+    let chosen = required("chosen")?;
+    let rejected = required("rejected")?;
+    let prompt = side(obj, "prompt", fields)?;
     let pair = match prompt {
         // A prompt of the completions' kind is the prompt; otherwise the prompt is implicit in
         // the completions (some datasets add a text prompt beside conversations that hold it).

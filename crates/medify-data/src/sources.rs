@@ -428,7 +428,7 @@ fn read_medquad_xml(text: &str, path: &Path, report: &mut ReadReport) -> Result<
 }
 
 /// Finds a field by its mapped name, then case-insensitively.
-fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
+pub(crate) fn field<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
     obj.get(name).or_else(|| {
         obj.iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
@@ -534,7 +534,9 @@ fn content_of(v: Option<&Value>, name: &str) -> std::result::Result<String, Stri
     }
 }
 
-fn turns(
+/// A list of `{role, content}` turns (under `role_key`/`content_key`), named `list_name` in
+/// errors: the one reader of conversations, for records and for preference pairs.
+pub(crate) fn turns(
     list: &Value,
     list_name: &str,
     role_key: &str,
