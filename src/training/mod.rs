@@ -48,7 +48,7 @@ pub use provenance::{
     AdapterBase, DATA_REPORT_FILE, DataOrigin, DataReport, DataSource, EMBEDDED_MEDICAL_QA,
     Fingerprint, ModelSource, RunSources, SOURCES_FILE, SourceReport,
 };
-pub use run::StartedRun;
+pub use run::{PreparedSources, StartedRun, prepare_sources};
 pub use step::{
     DROPOUT_CALLS_PER_STEP_BITS, MicroBatch, StepGradients, step_gradients, train_step,
 };

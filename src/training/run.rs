@@ -7,7 +7,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 
-use crate::data::{ChatEncoder, PreparedData, SourcedExample, prepare};
+use crate::data::{ChatEncoder, DatasetConfig, PreparedData, SourcedExample, prepare};
 use crate::error::Result;
 use crate::loading::base::load_base_with;
 use crate::training::config::FinetuneConfig;
@@ -30,8 +30,8 @@ pub struct StartedRun {
     pub data: DataReport,
 }
 
-/// A run's data read, prepared and counted.
-pub(crate) struct RunData {
+/// Data sources read, prepared and counted.
+pub struct PreparedSources {
     /// The records as read, every source in order.
     pub records: Vec<SourcedExample>,
     /// Training and validation examples.
@@ -41,25 +41,25 @@ pub(crate) struct RunData {
 }
 
 /// Reads every source of `data`, marks each record with its source, and prepares them
-/// together with `config`'s dataset settings and the sources' weights. The trainer and the
-/// sweep's held-out answers both see the data through here.
-pub(crate) fn prepare_data(
-    config: &FinetuneConfig,
+/// together with `dataset`'s settings and the sources' weights. Runs, the sweep's held-out
+/// answers and `cargo xtask preview` all see data through here.
+pub fn prepare_sources(
     data: &[DataSource],
     encoder: &ChatEncoder,
-) -> Result<RunData> {
+    dataset: DatasetConfig,
+) -> Result<PreparedSources> {
     let mut reads = DataSource::read_all(data)?;
     let records: Vec<SourcedExample> = reads
         .iter_mut()
         .flat_map(|r| std::mem::take(&mut r.records))
         .collect();
-    let dataset = crate::data::DatasetConfig {
+    let dataset = DatasetConfig {
         source_weights: DataSource::weights(data),
-        ..config.dataset_config()
+        ..dataset
     };
     let prepared = prepare(records.clone(), encoder, &dataset)?;
     let report = DataReport::new(data, &reads, &prepared.report);
-    Ok(RunData {
+    Ok(PreparedSources {
         records,
         prepared,
         report,
@@ -86,11 +86,11 @@ pub(crate) fn start_run(
         .encoder
         .clone()
         .with_system_prompt(config.system_prompt.clone());
-    let RunData {
+    let PreparedSources {
         prepared,
         report: data_report,
         ..
-    } = prepare_data(config, &sources.data, &encoder)?;
+    } = prepare_sources(&sources.data, &encoder, config.dataset_config())?;
     let data = TrainData::from_prepared(&prepared, config, encoder.pad_id());
     let (records, train_sequences, validation_sequences) = (
         prepared.report.records,

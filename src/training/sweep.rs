@@ -400,9 +400,9 @@ fn variant_answers(
         .clone()
         .with_system_prompt(config.system_prompt.clone());
     // The validation split the trainer held out, in its order, as chat cases.
-    let crate::training::run::RunData {
+    let crate::training::run::PreparedSources {
         records, prepared, ..
-    } = crate::training::run::prepare_data(config, &sources.data, &encoder)?;
+    } = crate::training::run::prepare_sources(&sources.data, &encoder, config.dataset_config())?;
     let by_origin: std::collections::HashMap<&str, &crate::data::SourcedExample> =
         records.iter().map(|r| (r.origin.as_str(), r)).collect();
     let held_out: Vec<_> = prepared

@@ -5,10 +5,11 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Args as ClapArgs;
+use medify_qlora::DataSource;
 use medify_qlora::data::{
-    ChatEncoder, DatasetConfig, FieldMap, IGNORE, InputFormat, ReadOptions, Truncation, prepare,
+    ChatEncoder, DatasetConfig, FieldMap, IGNORE, InputFormat, ReadOptions, Truncation,
 };
-use medify_qlora::{DataReport, DataSource};
+use medify_qlora::training::{PreparedSources, prepare_sources};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -80,11 +81,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         .iter()
         .map(|spec| DataSource::parse(spec, &defaults))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut reads = DataSource::read_all(&sources)?;
-    let records: Vec<_> = reads
-        .iter_mut()
-        .flat_map(|r| std::mem::take(&mut r.records))
-        .collect();
     let config = DatasetConfig {
         max_len: args.max_len,
         truncation: if args.drop_long {
@@ -94,17 +90,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         },
         dedupe: false,
         shuffle: false,
-        source_weights: DataSource::weights(&sources),
         ..DatasetConfig::default()
     };
-    let position: std::collections::HashMap<String, usize> = records
+    // Every record is prepared so the counts cover the whole data; only `limit` are shown.
+    let PreparedSources {
+        records,
+        mut prepared,
+        report,
+    } = prepare_sources(&sources, &encoder, config)?;
+    let position: std::collections::HashMap<&str, usize> = records
         .iter()
         .enumerate()
-        .map(|(i, r)| (r.origin.clone(), i))
+        .map(|(i, r)| (r.origin.as_str(), i))
         .collect();
-    // Every record is prepared so the counts cover the whole data; only `limit` are shown.
-    let mut prepared = prepare(records, &encoder, &config)?;
-    let report = DataReport::new(&sources, &reads, &prepared.report);
     let trained_tokens: usize = prepared
         .train
         .iter()
@@ -117,7 +115,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         prepared.train.retain(|e| seen.insert(e.origin.clone()));
         prepared
             .train
-            .sort_by_key(|e| position.get(&e.origin).copied());
+            .sort_by_key(|e| position.get(e.origin.as_str()).copied());
     }
     if let Some(n) = args.limit.or((!args.json).then_some(5)) {
         prepared.train.truncate(n);
@@ -171,7 +169,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             } else {
                 "trained text in [[ ]]"
             },
-            reads.iter().map(|r| r.skipped.len()).sum::<usize>(),
+            report.sources.iter().map(|s| s.skipped).sum::<usize>(),
             r.truncated,
             r.too_long,
             r.untrained.len(),
