@@ -63,8 +63,6 @@ impl Fingerprint {
     /// The fingerprint of a file, or of a directory's model or data files (`.json`,
     /// `.safetensors`, `.gguf`, `.model`, `.xml`, `.jsonl`, `.csv`, `.tsv`, by name order).
     pub fn of_path(path: &Path) -> Result<Fingerprint> {
-        let mut h = Fnv::new();
-        let mut bytes = 0;
         if path.is_dir() {
             const KINDS: [&str; 8] = [
                 "json",
@@ -86,12 +84,25 @@ impl Fingerprint {
                 })
                 .collect();
             files.sort();
-            for f in files {
-                h.update(f.file_name().unwrap_or_default().as_encoded_bytes());
-                bytes += hash_file(&f, &mut h)?;
-            }
-        } else {
-            bytes = hash_file(path, &mut h)?;
+            return Fingerprint::of_files(path, &files);
+        }
+        let mut h = Fnv::new();
+        let bytes = hash_file(path, &mut h)?;
+        Ok(Fingerprint {
+            bytes,
+            fnv1a64: format!("{:016x}", h.0),
+        })
+    }
+
+    /// The fingerprint of `files` under `root`, in order: each one's path below `root`, then
+    /// its content.
+    fn of_files(root: &Path, files: &[PathBuf]) -> Result<Fingerprint> {
+        let mut h = Fnv::new();
+        let mut bytes = 0;
+        for f in files {
+            let rel = f.strip_prefix(root).unwrap_or(f);
+            h.update(rel.as_os_str().as_encoded_bytes());
+            bytes += hash_file(f, &mut h)?;
         }
         Ok(Fingerprint {
             bytes,
@@ -108,17 +119,7 @@ impl Fingerprint {
         if !path.is_dir() {
             return Fingerprint::of_path(path);
         }
-        let mut h = Fnv::new();
-        let mut bytes = 0;
-        for f in crate::data::data_files(path)? {
-            let rel = f.strip_prefix(path).unwrap_or(&f);
-            h.update(rel.as_os_str().as_encoded_bytes());
-            bytes += hash_file(&f, &mut h)?;
-        }
-        Ok(Fingerprint {
-            bytes,
-            fnv1a64: format!("{:016x}", h.0),
-        })
+        Fingerprint::of_files(path, &crate::data::data_files(path)?)
     }
 }
 
