@@ -98,6 +98,15 @@ fn download_bytes(t: &Tensor<1, Int>, len: usize) -> Vec<u8> {
     bytes
 }
 
+/// A dense weight's values on the host, as f32 (what the host quantizers read).
+fn host_values(weight: Tensor<2>) -> Result<Vec<f32>, QuantError> {
+    weight
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| QuantError::Unsupported(format!("reading weight: {e:?}")))
+}
+
 fn download_f32(t: &Tensor<1>) -> Vec<f32> {
     t.to_data()
         .convert::<f32>()
@@ -143,12 +152,7 @@ impl Nf4Tensor {
     pub fn quantize(weight: Tensor<2>, config: &QuantConfig) -> Result<Nf4Tensor, QuantError> {
         let device = weight.device();
         let dims = weight.dims();
-        let values = weight
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| QuantError::Unsupported(format!("reading weight: {e:?}")))?;
-        let packed = Packed4Bit::quantize(&values, &dims, config)?;
+        let packed = Packed4Bit::quantize(&host_values(weight)?, &dims, config)?;
         Nf4Tensor::from_packed(&packed, &device)
     }
 

@@ -16,7 +16,7 @@ pub use ops::Int8Ops;
 use std::sync::Arc;
 
 use burn::backend::Dispatch;
-use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 
 use crate::{Int8Weight, QuantError};
 
@@ -46,21 +46,9 @@ pub struct Int8Tensor {
 impl Int8Tensor {
     /// Uploads a host int8 weight.
     pub fn from_weight(w: &Int8Weight, device: &Device) -> Result<Int8Tensor, QuantError> {
-        let bytes: &[u8] = bytemuck::cast_slice(w.codes());
-        let words: Vec<u32> = bytes
-            .chunks(4)
-            .map(|c| {
-                let mut b = [0u8; 4];
-                b[..c.len()].copy_from_slice(c);
-                u32::from_le_bytes(b)
-            })
-            .collect();
-        let n = words.len();
-        let scales = w.row_scales();
-        let rows = scales.len();
         Ok(Int8Tensor {
-            codes: Tensor::from_data(TensorData::new(words, [n]), (device, DType::U32)),
-            scales: Tensor::from_data(TensorData::new(scales, [rows]), (device, DType::F32)),
+            codes: super::words_tensor(bytemuck::cast_slice(w.codes()), device),
+            scales: super::f32_tensor(&w.row_scales(), device),
             scb: Arc::new(w.scb().to_vec()),
             shape: w.shape(),
         })
@@ -70,30 +58,17 @@ impl Int8Tensor {
     /// and uploads it to the weight's device.
     pub fn quantize(weight: Tensor<2>) -> Result<Int8Tensor, QuantError> {
         let device = weight.device();
-        let [rows, cols] = weight.dims();
-        let values = weight
-            .into_data()
-            .convert::<f32>()
-            .try_into_vec::<f32>()
-            .map_err(|e| QuantError::Unsupported(format!("reading weight: {e:?}")))?;
-        Int8Tensor::from_weight(&Int8Weight::quantize(&values, [rows, cols])?, &device)
+        let dims = weight.dims();
+        Int8Tensor::from_weight(
+            &Int8Weight::quantize(&super::host_values(weight)?, dims)?,
+            &device,
+        )
     }
 
     /// Downloads back to the host form (for saving in transformers' 8-bit layout).
     pub fn to_weight(&self) -> Int8Weight {
-        let numel = self.shape[0] * self.shape[1];
-        let words = self
-            .codes
-            .to_data()
-            .convert::<u32>()
-            .try_into_vec::<u32>()
-            .expect("u32 words");
-        let codes: Vec<i8> = words
-            .iter()
-            .flat_map(|w| w.to_le_bytes())
-            .take(numel)
-            .map(|b| b as i8)
-            .collect();
+        let bytes = super::download_bytes(&self.codes, self.shape[0] * self.shape[1]);
+        let codes: Vec<i8> = bytemuck::cast_slice(&bytes).to_vec();
         Int8Weight::from_parts(codes, self.scb.to_vec(), self.shape)
             .expect("an uploaded weight downloads consistently")
     }
@@ -151,6 +126,7 @@ impl Int8Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
 
     fn weight() -> Int8Weight {
         let values: Vec<f32> = (0..7 * 13)
