@@ -68,14 +68,14 @@ pub use loading::{
 pub use medify_chat::{Chat, ChatError, Reply, chat_encoder, load_chat_encoder};
 pub use medify_safety::DISCLAIMER;
 pub use training::{
-    ANSWERS_FILE, AdapterBase, BaseQuant, BaseQuantization, CARD_FILE, CardOptions,
-    DATA_REPORT_FILE, DataOrigin, DataReport, DataSource, EMBEDDED_MEDICAL_QA, Finetune,
-    FinetuneConfig, Fingerprint, GenerateSpec, HubExport, ModelCard, ModelSource, Optimizer,
-    RESUMABLE_SETTINGS, RunSources, SOURCES_FILE, SourceReport, StartedRun, StepMemory,
-    SweepOptions, SweepProgress, SweepReport, SweepSpec, TrainData, TrainSummary, Trainer,
-    TrainerOptions, Variant, VariantResult, export_hub, is_hub_id, peak_rss_bytes,
-    release_freed_memory, reset_peak_memory, retain_freed_memory, run_sweep, write_loss_plot,
-    write_model_card,
+    ANSWERS_FILE, AdapterBase, AdapterSource, BaseQuant, BaseQuantization, CARD_FILE, CardOptions,
+    DATA_REPORT_FILE, DataOrigin, DataReport, DataSource, EMBEDDED_MEDICAL_PREFERENCES,
+    EMBEDDED_MEDICAL_QA, Finetune, FinetuneConfig, Fingerprint, GenerateSpec, HubExport, ModelCard,
+    ModelSource, Optimizer, REFERENCE_LOGPS_FILE, RESUMABLE_SETTINGS, RunSources, SOURCES_FILE,
+    SourceReport, StartedRun, StepMemory, SweepOptions, SweepProgress, SweepReport, SweepSpec,
+    TrainData, TrainSummary, Trainer, TrainerOptions, Variant, VariantResult, export_hub,
+    is_hub_id, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
+    run_sweep, write_loss_plot, write_model_card,
 };
 
 pub use medify_chat as chat;

@@ -108,6 +108,7 @@ fn finetune_evaluate_merge_and_resume() {
             )
             .unwrap(),
         ],
+        adapter: None,
     };
     let options = |dir: &Path| TrainerOptions {
         sources: Some(sources.clone()),

@@ -31,6 +31,7 @@ fn sources() -> RunSources {
             )
             .unwrap(),
         ],
+        adapter: None,
     }
 }
 

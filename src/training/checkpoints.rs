@@ -23,6 +23,9 @@ pub struct TrainState {
     pub best_eval: Option<(u64, f64)>,
     /// Validation before the first step.
     pub eval_before: Option<EvalResult>,
+    /// A preference run's held-out rewards before the first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference_before: Option<crate::training::metrics::EvalPreferenceMetrics>,
 }
 
 /// Files of a run directory.

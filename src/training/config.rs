@@ -2,12 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::DatasetConfig;
+use crate::data::{DatasetConfig, PairTruncation};
 use crate::error::{FinetuneError, Result};
 use crate::lora::{LoraConfig, TargetModules};
 use crate::models::{Checkpointing, ComputeDtype, LinearQuant, LoadOptions};
 use crate::optim::{AdamWConfig, LrSchedule, ScheduleKind, StateBits, Warmup};
 use crate::quant::{QuantConfig, QuantType, check_blocksize};
+use crate::training::preference::{Method, PreferenceObjective};
 
 /// `chosen`, or the device's default compute dtype, checked against `device`; an error names
 /// the `compute_dtype` setting.
@@ -311,6 +312,20 @@ pub struct FinetuneConfig {
     pub template: Option<String>,
     /// System prompt added to conversations without one.
     pub system_prompt: Option<String>,
+    /// What the run optimises: `sft` (next-token loss on the replies) or a preference
+    /// objective on `prompt`/`chosen`/`rejected` pairs (`dpo`, `ipo`, `orpo`, `simpo`).
+    pub method: Method,
+    /// DPO's β, IPO's τ, SimPO's β, ORPO's λ; unset: TRL's default (0.1, or 2.0 for SimPO).
+    pub beta: Option<f64>,
+    /// Conservative DPO and SimPO: the assumed share of flipped preference labels.
+    pub label_smoothing: f64,
+    /// SimPO's target reward margin γ.
+    pub simpo_gamma: f64,
+    /// DPO/IPO: compute the reference log-probabilities once before training and store them
+    /// with the run (resume reads them back), instead of a reference pass every step.
+    pub precompute_ref_logps: bool,
+    /// Which end of an over-long prompt + completion survives `max_len` (preference pairs).
+    pub pair_truncation: PairTruncation,
 }
 
 impl Default for FinetuneConfig {
@@ -348,6 +363,12 @@ impl Default for FinetuneConfig {
             seed: 42,
             template: None,
             system_prompt: None,
+            method: Method::Sft,
+            beta: None,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.5,
+            precompute_ref_logps: false,
+            pair_truncation: PairTruncation::KeepStart,
         }
     }
 }
@@ -513,6 +534,27 @@ impl FinetuneConfig {
         if self.keep_last == 0 {
             return Err(bad("keep_last", "must be at least 1"));
         }
+        if let Some(objective) = self.objective() {
+            objective.validate()?;
+            if self.packing {
+                return Err(bad(
+                    "packing",
+                    format!("{} trains on whole pairs; turn packing off", self.method),
+                ));
+            }
+        } else if self.beta.is_some() || self.label_smoothing != 0.0 || self.precompute_ref_logps {
+            let field = if self.beta.is_some() {
+                "beta"
+            } else if self.label_smoothing != 0.0 {
+                "label_smoothing"
+            } else {
+                "precompute_ref_logps"
+            };
+            return Err(bad(
+                field,
+                "applies to preference methods only; set method to dpo, ipo, orpo or simpo",
+            ));
+        }
         if self.offload_checkpoints && !self.gradient_checkpointing {
             return Err(bad(
                 "offload_checkpoints",
@@ -522,9 +564,42 @@ impl FinetuneConfig {
         Ok(())
     }
 
+    /// The preference objective with its coefficients (TRL's defaults where unset), or `None`
+    /// for supervised fine-tuning.
+    ///
+    /// ```
+    /// use medify_qlora::FinetuneConfig;
+    /// use medify_qlora::training::Method;
+    /// assert!(FinetuneConfig::default().objective().is_none());
+    /// let simpo = FinetuneConfig { method: Method::Simpo, ..FinetuneConfig::default() };
+    /// assert_eq!(simpo.objective().unwrap().beta, 2.0);
+    /// ```
+    pub fn objective(&self) -> Option<PreferenceObjective> {
+        self.method.is_preference().then(|| {
+            let defaults = PreferenceObjective::new(self.method);
+            PreferenceObjective {
+                beta: self.beta.unwrap_or(defaults.beta),
+                label_smoothing: self.label_smoothing,
+                simpo_gamma: self.simpo_gamma,
+                ..defaults
+            }
+        })
+    }
+
     /// The base's quantization, or `None` for a dense base.
     pub fn quant_config(&self) -> Result<Option<QuantConfig>> {
         self.quantization.quant_config()
+    }
+
+    /// Takes the adapter settings (rank, alpha, dropout, targets, rsLoRA, DoRA) of an adapter a
+    /// run starts from, so the run's configuration says what it trains.
+    pub fn adopt_adapter(&mut self, lora: &LoraConfig) {
+        self.lora_r = lora.r;
+        self.lora_alpha = lora.alpha;
+        self.lora_dropout = lora.dropout;
+        self.target_modules = lora.target_modules.clone();
+        self.use_rslora = lora.use_rslora;
+        self.use_dora = lora.use_dora;
     }
 
     /// The adapters' configuration.

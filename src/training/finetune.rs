@@ -13,7 +13,7 @@ use crate::loading::{SMOLLM2_HUB_ID, auto_device};
 use crate::training::checkpoints::{CHECKPOINTS_DIR, checkpoint_to_resume, read_checkpoint};
 use crate::training::config::FinetuneConfig;
 use crate::training::observers::TrainObserver;
-use crate::training::provenance::{DataSource, ModelSource, RunSources};
+use crate::training::provenance::{AdapterSource, DataSource, ModelSource, RunSources};
 use crate::training::run::{StartedRun, start_run};
 use crate::training::trainer::{TrainSummary, TrainerOptions};
 
@@ -39,6 +39,7 @@ pub struct Finetune {
     resume: Option<Resumed>,
     model: Option<ModelSource>,
     data: Vec<DataSource>,
+    adapter: Option<AdapterSource>,
     out_dir: Option<PathBuf>,
     device: Option<Device>,
     overwrite: bool,
@@ -65,6 +66,7 @@ impl Finetune {
             resume: None,
             model: None,
             data: Vec::new(),
+            adapter: None,
             out_dir: None,
             device: None,
             overwrite: false,
@@ -103,9 +105,19 @@ impl Finetune {
         self
     }
 
+    /// Starts the policy from an adapter instead of a new one: the usual recipe is an SFT run,
+    /// then DPO from its adapter. For DPO and IPO the reference model is then the base with
+    /// this adapter, frozen (TRL's `ref_adapter_name`: a second copy of the adapter, not of the
+    /// base). A resumed run uses the recorded one.
+    pub fn adapter(mut self, adapter: AdapterSource) -> Finetune {
+        self.adapter = Some(adapter);
+        self
+    }
+
     /// A data source; call again to train on several at once, each read its own way and
     /// sampled by its [`weight`](DataSource::weight). Default for a new run: the embedded
-    /// medical Q&A set; for a resumed run, as [`model`](Self::model), every recorded source
+    /// medical Q&A set (the embedded medical-safety preference pairs for a preference method);
+    /// for a resumed run, as [`model`](Self::model), every recorded source
     /// given again, in the same order.
     pub fn data(mut self, data: DataSource) -> Finetune {
         self.data.push(data);
@@ -201,6 +213,7 @@ impl Finetune {
             resume,
             model,
             data,
+            adapter,
             out_dir,
             device,
             overwrite,
@@ -229,11 +242,11 @@ impl Finetune {
                     reason: "a new run needs a base model".into(),
                 })?;
                 let data = if data.is_empty() {
-                    vec![DataSource::embedded()]
+                    vec![default_data(&config)]
                 } else {
                     data
                 };
-                (config, RunSources { model, data })
+                (config, RunSources::new(model, data).with_adapter(adapter))
             }
             Some(r) => {
                 // Checked now, before the model loads; the trainer checks again.
@@ -262,10 +275,11 @@ impl Finetune {
                             ),
                         })?,
                         data: if data.is_empty() {
-                            vec![DataSource::embedded()]
+                            vec![default_data(&config)]
                         } else {
                             data
                         },
+                        adapter,
                     },
                 };
                 (config, sources)
@@ -295,6 +309,16 @@ impl Finetune {
 }
 
 /// The run directory of `run/checkpoints/step-N`.
+/// The embedded data a run trains on when given none: the medical Q&A set, or for a
+/// preference method the medical-safety preference pairs.
+fn default_data(config: &FinetuneConfig) -> DataSource {
+    if config.method.is_preference() {
+        DataSource::embedded_preferences()
+    } else {
+        DataSource::embedded()
+    }
+}
+
 fn run_dir_of(checkpoint: &Path) -> Option<PathBuf> {
     checkpoint
         .parent()

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FinetuneError, Result, io_err};
 use crate::evaluation::EvalResult;
+use crate::training::preference::PairStats;
 
 /// What one optimizer step did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,6 +50,101 @@ pub struct StepMetrics {
     /// Bytes the device allocator holds after the step, when measured.
     #[serde(default)]
     pub device_reserved_bytes: Option<u64>,
+    /// A preference step's rewards and log-probabilities, under TRL's names
+    /// (`rewards/chosen`, …); absent for supervised steps.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
+}
+
+/// What TRL logs of a preference batch, under its names: the means over the batch's pairs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceMetrics {
+    /// Mean implicit reward of the chosen answers (DPO: β times the policy/reference log-ratio).
+    #[serde(rename = "rewards/chosen")]
+    pub rewards_chosen: f64,
+    /// Mean implicit reward of the rejected answers.
+    #[serde(rename = "rewards/rejected")]
+    pub rewards_rejected: f64,
+    /// Share of pairs whose chosen reward beats the rejected one.
+    #[serde(rename = "rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    /// Mean chosen minus rejected reward.
+    #[serde(rename = "rewards/margins")]
+    pub rewards_margins: f64,
+    /// Mean summed (SimPO, ORPO: per-token mean) log-probability of the chosen answers.
+    #[serde(rename = "logps/chosen")]
+    pub logps_chosen: f64,
+    /// The same for the rejected answers.
+    #[serde(rename = "logps/rejected")]
+    pub logps_rejected: f64,
+    /// ORPO: the chosen sequences' NLL term.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nll_loss: Option<f64>,
+    /// ORPO: the mean log-sigmoid of the log odds ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_odds_ratio: Option<f64>,
+    /// ORPO: the mean log odds ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_odds_chosen: Option<f64>,
+}
+
+impl PreferenceMetrics {
+    /// The means of a batch's statistics.
+    pub fn of(stats: &PairStats) -> PreferenceMetrics {
+        PreferenceMetrics {
+            rewards_chosen: stats.mean_reward_chosen(),
+            rewards_rejected: stats.mean_reward_rejected(),
+            rewards_accuracies: stats.accuracy(),
+            rewards_margins: stats.margin(),
+            logps_chosen: stats.mean_logps_chosen(),
+            logps_rejected: stats.mean_logps_rejected(),
+            nll_loss: stats.nll_loss,
+            log_odds_ratio: stats.log_odds_ratio,
+            log_odds_chosen: stats.log_odds_chosen,
+        }
+    }
+}
+
+/// [`PreferenceMetrics`] of an evaluation, under TRL's `eval_` names (`eval_rewards/chosen`, …).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalPreferenceMetrics {
+    /// See [`PreferenceMetrics::rewards_chosen`].
+    #[serde(rename = "eval_rewards/chosen")]
+    pub rewards_chosen: f64,
+    /// See [`PreferenceMetrics::rewards_rejected`].
+    #[serde(rename = "eval_rewards/rejected")]
+    pub rewards_rejected: f64,
+    /// See [`PreferenceMetrics::rewards_accuracies`].
+    #[serde(rename = "eval_rewards/accuracies")]
+    pub rewards_accuracies: f64,
+    /// See [`PreferenceMetrics::rewards_margins`].
+    #[serde(rename = "eval_rewards/margins")]
+    pub rewards_margins: f64,
+    /// See [`PreferenceMetrics::logps_chosen`].
+    #[serde(rename = "eval_logps/chosen")]
+    pub logps_chosen: f64,
+    /// See [`PreferenceMetrics::logps_rejected`].
+    #[serde(rename = "eval_logps/rejected")]
+    pub logps_rejected: f64,
+    /// Pairs evaluated.
+    #[serde(rename = "eval_pairs")]
+    pub pairs: u64,
+}
+
+impl EvalPreferenceMetrics {
+    /// The means of held-out pairs' statistics.
+    pub fn of(stats: &PairStats) -> EvalPreferenceMetrics {
+        let m = PreferenceMetrics::of(stats);
+        EvalPreferenceMetrics {
+            rewards_chosen: m.rewards_chosen,
+            rewards_rejected: m.rewards_rejected,
+            rewards_accuracies: m.rewards_accuracies,
+            rewards_margins: m.rewards_margins,
+            logps_chosen: m.logps_chosen,
+            logps_rejected: m.logps_rejected,
+            pairs: stats.rewards_chosen.len() as u64,
+        }
+    }
 }
 
 /// One evaluation on the validation sequences.
@@ -64,6 +160,10 @@ pub struct EvalMetrics {
     /// Labelled tokens evaluated.
     #[serde(default)]
     pub eval_tokens: u64,
+    /// Held-out preference pairs: reward accuracy and margin, under TRL's `eval_` names. The
+    /// loss is then the preference objective's, and `eval_perplexity` its exponential.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<EvalPreferenceMetrics>,
 }
 
 impl EvalMetrics {
@@ -74,6 +174,7 @@ impl EvalMetrics {
             eval_loss: r.loss,
             eval_perplexity: r.perplexity,
             eval_tokens: r.tokens as u64,
+            preference: None,
         }
     }
 }
@@ -170,6 +271,7 @@ mod tests {
             elapsed_s: 0.4,
             peak_rss_bytes: Some(1 << 20),
             device_reserved_bytes: None,
+            preference: None,
         });
         let line = serde_json::to_string(&step).unwrap();
         assert!(
@@ -183,8 +285,60 @@ mod tests {
             eval_loss: 2.0,
             eval_perplexity: 2f64.exp(),
             eval_tokens: 9,
+            preference: None,
         });
         let line = serde_json::to_string(&eval).unwrap();
+        assert_eq!(serde_json::from_str::<MetricsRecord>(&line).unwrap(), eval);
+    }
+
+    #[test]
+    fn preference_records_use_trl_names_and_round_trip() {
+        let stats = PairStats {
+            rewards_chosen: vec![0.2, -0.1],
+            rewards_rejected: vec![-0.3, 0.0],
+            logps_chosen: vec![-10.0, -20.0],
+            logps_rejected: vec![-12.0, -19.0],
+            losses: vec![0.5, 0.7],
+            nll_loss: Some(1.5),
+            log_odds_ratio: Some(-0.6),
+            log_odds_chosen: Some(0.1),
+        };
+        let step = MetricsRecord::Step(StepMetrics {
+            step: 1,
+            epoch: 0,
+            loss: 0.6,
+            lr: 1e-5,
+            grad_norm: 0.1,
+            clip_scale: 1.0,
+            tokens: 12,
+            tokens_per_s: 10.0,
+            skipped: false,
+            elapsed_s: 1.0,
+            peak_rss_bytes: None,
+            device_reserved_bytes: None,
+            preference: Some(PreferenceMetrics::of(&stats)),
+        });
+        let line = serde_json::to_string(&step).unwrap();
+        for name in [
+            "\"rewards/chosen\":0.05",
+            "\"rewards/accuracies\":0.5",
+            "\"rewards/margins\":0.2",
+            "\"logps/rejected\":-15.5",
+            "\"nll_loss\":1.5",
+        ] {
+            assert!(line.contains(name), "{name} in {line}");
+        }
+        assert_eq!(serde_json::from_str::<MetricsRecord>(&line).unwrap(), step);
+        let eval = MetricsRecord::Eval(EvalMetrics {
+            step: 4,
+            eval_loss: 0.69,
+            eval_perplexity: 0.69f64.exp(),
+            eval_tokens: 30,
+            preference: Some(EvalPreferenceMetrics::of(&stats)),
+        });
+        let line = serde_json::to_string(&eval).unwrap();
+        assert!(line.contains("\"eval_rewards/accuracies\":0.5"), "{line}");
+        assert!(line.contains("\"eval_pairs\":2"), "{line}");
         assert_eq!(serde_json::from_str::<MetricsRecord>(&line).unwrap(), eval);
     }
 
@@ -200,6 +354,7 @@ mod tests {
                 eval_loss: 3.0,
                 eval_perplexity: 3f64.exp(),
                 eval_tokens: 5,
+                preference: None,
             }),
         )
         .unwrap();

@@ -16,6 +16,7 @@ pub(crate) mod plot;
 pub mod preference;
 pub mod preference_step;
 pub(crate) mod provenance;
+pub mod reference_table;
 pub(crate) mod run;
 mod step;
 pub(crate) mod sweep;
@@ -26,7 +27,10 @@ pub use finetune::Finetune;
 pub use memory::{
     StepMemory, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
 };
-pub use metrics::{EvalMetrics, MetricsRecord, StepMetrics, append_metrics, read_metrics};
+pub use metrics::{
+    EvalMetrics, EvalPreferenceMetrics, MetricsRecord, PreferenceMetrics, StepMetrics,
+    append_metrics, read_metrics,
+};
 pub use model_card::{
     CARD_FILE, CardOptions, HubExport, ModelCard, export_hub, is_hub_id, write_model_card,
 };
@@ -41,14 +45,18 @@ pub use preference::{
     preference_loss,
 };
 pub use preference_step::{
-    PairMicroBatch, PreferenceStepGradients, Reference, pair_logps, precompute_reference,
-    preference_step_gradients, reference_logps, reference_model,
+    PairEvaluation, PairMicroBatch, PreferenceStepGradients, Reference, evaluate_pairs, pair_logps,
+    precompute_reference, preference_step_gradients, reference_logps, reference_model,
 };
 pub use provenance::{
-    AdapterBase, DATA_REPORT_FILE, DataOrigin, DataReport, DataSource, EMBEDDED_MEDICAL_QA,
-    Fingerprint, ModelSource, RunSources, SOURCES_FILE, SourceReport,
+    AdapterBase, AdapterSource, DATA_REPORT_FILE, DataOrigin, DataReport, DataSource,
+    EMBEDDED_MEDICAL_PREFERENCES, EMBEDDED_MEDICAL_QA, Fingerprint, ModelSource, RunSources,
+    SOURCES_FILE, SourceReport,
 };
-pub use run::{PreparedSources, StartedRun, prepare_sources};
+pub use reference_table::{REFERENCE_LOGPS_FILE, ReferenceTable};
+pub use run::{
+    PreparedPairSources, PreparedSources, StartedRun, prepare_pair_sources, prepare_sources,
+};
 pub use step::{
     DROPOUT_CALLS_PER_STEP_BITS, MicroBatch, StepGradients, step_gradients, train_step,
 };

@@ -151,6 +151,9 @@ impl ModelCard {
                             DataOrigin::Embedded => {
                                 "the medical Q&A set embedded in medify-qlora".into()
                             }
+                            DataOrigin::EmbeddedPreferences => {
+                                "the medical-safety preference set embedded in medify-qlora".into()
+                            }
                             DataOrigin::File { path } => format!("`{}`", file_name(path)),
                         };
                         if d.weight == 1.0 {
@@ -632,10 +635,10 @@ mod tests {
         let adapter = serde_json::json!({"r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
             "target_modules": ["q_proj"], "base_model_name_or_path": base.display().to_string()});
         crate::training::checkpoints::write_json(&dir.join(ADAPTER_CONFIG), &adapter).unwrap();
-        RunSources {
-            model: ModelSource::new(&base, None).unwrap(),
-            data: vec![DataSource::embedded()],
-        }
+        RunSources::new(
+            ModelSource::new(&base, None).unwrap(),
+            vec![DataSource::embedded()],
+        )
         .write(&dir)
         .unwrap();
 

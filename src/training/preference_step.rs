@@ -80,6 +80,32 @@ pub enum Reference<'a> {
     Precomputed(&'a [ReferenceLogps]),
 }
 
+impl Reference<'_> {
+    /// The reference log-probabilities of micro-batch `i` (`mb`), or `None` for a method
+    /// without a reference.
+    fn for_micro_batch(
+        &self,
+        i: usize,
+        mb: &PairMicroBatch,
+        method: Method,
+    ) -> Result<Option<ReferenceLogps>> {
+        if !method.needs_reference() {
+            return Ok(None);
+        }
+        match self {
+            Reference::Model(m) => reference_logps(m, mb).map(Some),
+            Reference::Precomputed(table) => table.get(i).cloned().map(Some).ok_or_else(|| {
+                FinetuneError::NoData(format!(
+                    "no precomputed reference log-probabilities for micro-batch {i}"
+                ))
+            }),
+            Reference::None => Err(FinetuneError::NoData(format!(
+                "{method} needs a reference model or precomputed reference log-probabilities"
+            ))),
+        }
+    }
+}
+
 /// The reference model of a policy, sharing its frozen base: a copy without autodiff and, for a
 /// new adapter, without adapters (PEFT's `disable_adapter`: the base model). With
 /// `keep_adapters` the copy keeps the policy's current adapters, frozen: for a run that starts
@@ -117,6 +143,87 @@ pub fn precompute_reference(
         .iter()
         .map(|mb| reference_logps(reference, mb))
         .collect()
+}
+
+/// The objective on one micro-batch of pairs under `model` (with or without autodiff), and
+/// its completion tokens.
+fn micro_batch_loss(
+    model: &CausalLm,
+    mb: &PairMicroBatch,
+    objective: &PreferenceObjective,
+    reference: Option<&ReferenceLogps>,
+) -> Result<(crate::training::preference::PreferenceLoss, usize)> {
+    let policy = pair_logps(model, mb)?;
+    let nll = if objective.method == Method::Orpo {
+        let (batch, labels) = mb.chosen_sequences();
+        Some(model.loss(&batch, &labels)?.loss)
+    } else {
+        None
+    };
+    let tokens =
+        policy.chosen_tokens.iter().sum::<usize>() + policy.rejected_tokens.iter().sum::<usize>();
+    Ok((preference_loss(objective, &policy, reference, nll)?, tokens))
+}
+
+/// What evaluating a policy on held-out pairs found.
+#[derive(Debug, Clone)]
+pub struct PairEvaluation {
+    /// The objective's mean over the pairs (ORPO: over micro-batches, with its NLL term).
+    pub loss: f64,
+    /// Every pair's rewards and log-probabilities.
+    pub stats: PairStats,
+    /// Completion tokens evaluated.
+    pub tokens: usize,
+}
+
+/// The objective and TRL's statistics of `model` on `micro_batches` of held-out pairs, without
+/// autodiff and without dropout: reward accuracy and margin say how often, and by how much, the
+/// policy prefers the chosen answer relative to the reference.
+pub fn evaluate_pairs(
+    model: &CausalLm,
+    micro_batches: &[PairMicroBatch],
+    objective: &PreferenceObjective,
+    reference: Reference<'_>,
+) -> Result<PairEvaluation> {
+    let mut plain = model.valid();
+    plain.set_adapters_training(false);
+    let mut stats = PairStats::default();
+    let (mut loss, mut pairs, mut tokens) = (0.0, 0usize, 0);
+    let mut orpo_terms: Vec<(f64, f64, f64)> = Vec::new();
+    for (i, mb) in micro_batches.iter().enumerate() {
+        let reference = reference.for_micro_batch(i, mb, objective.method)?;
+        let (out, n) = micro_batch_loss(&plain, mb, objective, reference.as_ref())?;
+        tokens += n;
+        loss += out.loss.into_scalar::<f64>() * mb.pairs as f64;
+        pairs += mb.pairs;
+        merge_stats(&mut stats, out.stats, &mut orpo_terms);
+    }
+    finish_orpo(&mut stats, &orpo_terms);
+    Ok(PairEvaluation {
+        loss: loss / pairs.max(1) as f64,
+        stats,
+        tokens,
+    })
+}
+
+fn merge_stats(into: &mut PairStats, s: PairStats, orpo_terms: &mut Vec<(f64, f64, f64)>) {
+    if let (Some(a), Some(b), Some(c)) = (s.nll_loss, s.log_odds_ratio, s.log_odds_chosen) {
+        orpo_terms.push((a, b, c));
+    }
+    into.rewards_chosen.extend(s.rewards_chosen);
+    into.rewards_rejected.extend(s.rewards_rejected);
+    into.logps_chosen.extend(s.logps_chosen);
+    into.logps_rejected.extend(s.logps_rejected);
+    into.losses.extend(s.losses);
+}
+
+fn finish_orpo(stats: &mut PairStats, orpo_terms: &[(f64, f64, f64)]) {
+    if !orpo_terms.is_empty() {
+        let k = orpo_terms.len() as f64;
+        stats.nll_loss = Some(orpo_terms.iter().map(|t| t.0).sum::<f64>() / k);
+        stats.log_odds_ratio = Some(orpo_terms.iter().map(|t| t.1).sum::<f64>() / k);
+        stats.log_odds_chosen = Some(orpo_terms.iter().map(|t| t.2).sum::<f64>() / k);
+    }
 }
 
 /// The gradients of one preference step, before the update.
@@ -157,54 +264,17 @@ pub fn preference_step_gradients(
     let (mut loss, mut pairs, mut tokens) = (0.0, 0, 0);
     let mut orpo_terms: Vec<(f64, f64, f64)> = Vec::new();
     for (i, mb) in micro_batches.iter().enumerate() {
-        let policy = pair_logps(model, mb)?;
-        let reference = match (objective.method.needs_reference(), reference) {
-            (false, _) => None,
-            (true, Reference::Model(m)) => Some(reference_logps(m, mb)?),
-            (true, Reference::Precomputed(table)) => {
-                Some(table.get(i).cloned().ok_or_else(|| {
-                    FinetuneError::NoData(format!(
-                        "no precomputed reference log-probabilities for micro-batch {i}"
-                    ))
-                })?)
-            }
-            (true, Reference::None) => {
-                return Err(FinetuneError::NoData(format!(
-                    "{} needs a reference model or precomputed reference log-probabilities",
-                    objective.method
-                )));
-            }
-        };
-        let nll = if objective.method == Method::Orpo {
-            let (batch, labels) = mb.chosen_sequences();
-            Some(model.loss(&batch, &labels)?.loss)
-        } else {
-            None
-        };
-        tokens += policy.chosen_tokens.iter().sum::<usize>()
-            + policy.rejected_tokens.iter().sum::<usize>();
-        let out = preference_loss(objective, &policy, reference.as_ref(), nll)?;
+        let reference = reference.for_micro_batch(i, mb, objective.method)?;
+        let (out, completion_tokens) = micro_batch_loss(model, mb, objective, reference.as_ref())?;
+        tokens += completion_tokens;
         let value = out.loss.clone().into_scalar::<f64>();
         let grads = GradientsParams::from_grads(out.loss.div_scalar(n).backward(), model);
         accumulator.accumulate(model, grads);
         loss += value / n;
         pairs += mb.pairs;
-        let s = out.stats;
-        if let (Some(a), Some(b), Some(c)) = (s.nll_loss, s.log_odds_ratio, s.log_odds_chosen) {
-            orpo_terms.push((a, b, c));
-        }
-        stats.rewards_chosen.extend(s.rewards_chosen);
-        stats.rewards_rejected.extend(s.rewards_rejected);
-        stats.logps_chosen.extend(s.logps_chosen);
-        stats.logps_rejected.extend(s.logps_rejected);
-        stats.losses.extend(s.losses);
+        merge_stats(&mut stats, out.stats, &mut orpo_terms);
     }
-    if !orpo_terms.is_empty() {
-        let k = orpo_terms.len() as f64;
-        stats.nll_loss = Some(orpo_terms.iter().map(|t| t.0).sum::<f64>() / k);
-        stats.log_odds_ratio = Some(orpo_terms.iter().map(|t| t.1).sum::<f64>() / k);
-        stats.log_odds_chosen = Some(orpo_terms.iter().map(|t| t.2).sum::<f64>() / k);
-    }
+    finish_orpo(&mut stats, &orpo_terms);
     Ok(PreferenceStepGradients {
         grads: accumulator.grads(),
         loss,

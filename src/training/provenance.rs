@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{FieldMap, FileKind, InputFormat, PrepareReport, ReadOptions, ReadReport};
+use crate::data::{
+    FieldMap, FileKind, InputFormat, PreferenceReport, PrepareReport, ReadOptions, ReadReport,
+};
 use crate::error::{FinetuneError, Result, io_err};
 use crate::models::LinearQuant;
 use crate::training::config::BaseQuantization;
@@ -16,6 +18,11 @@ pub const SOURCES_FILE: &str = "run_sources.json";
 
 /// The embedded default data: general-health Q&A pairs written for the project.
 pub const EMBEDDED_MEDICAL_QA: &str = include_str!("../../fixtures/medical_qa/medical_qa.jsonl");
+
+/// The embedded default preference data: the training split of the medical-safety preference
+/// set written for the project (`fixtures/medical_preferences/`, see `docs/preference-data.md`).
+pub const EMBEDDED_MEDICAL_PREFERENCES: &str =
+    include_str!("../../fixtures/medical_preferences/train.jsonl");
 
 /// Files up to this size are hashed whole; larger ones (weights) by their size and their first
 /// and last MiB, which tells a different checkpoint apart without reading gigabytes.
@@ -263,6 +270,8 @@ impl ModelSource {
 pub enum DataOrigin {
     /// [`EMBEDDED_MEDICAL_QA`].
     Embedded,
+    /// [`EMBEDDED_MEDICAL_PREFERENCES`].
+    EmbeddedPreferences,
     /// A file or a directory of MedQuAD XML files.
     File {
         /// Its path (absolute when it could be made so).
@@ -313,6 +322,20 @@ impl DataSource {
             skip_invalid: false,
             weight: 1.0,
             fingerprint: Fingerprint::of_bytes(EMBEDDED_MEDICAL_QA.as_bytes()),
+        }
+    }
+
+    /// The embedded medical-safety preference pairs (98), the default data of a preference run.
+    ///
+    /// ```
+    /// let data = medify_qlora::DataSource::embedded_preferences();
+    /// assert_eq!(data.read_pairs().unwrap().pairs.len(), 98);
+    /// ```
+    pub fn embedded_preferences() -> DataSource {
+        DataSource {
+            origin: DataOrigin::EmbeddedPreferences,
+            fingerprint: Fingerprint::of_bytes(EMBEDDED_MEDICAL_PREFERENCES.as_bytes()),
+            ..DataSource::embedded()
         }
     }
 
@@ -425,8 +448,61 @@ impl DataSource {
                 FileKind::Jsonl,
                 &options,
             )?,
+            DataOrigin::EmbeddedPreferences => {
+                return Err(FinetuneError::Config {
+                    field: "data".into(),
+                    reason: "the embedded preference set holds preference pairs; train on it \
+                             with a preference method (dpo, ipo, orpo, simpo)"
+                        .into(),
+                });
+            }
             DataOrigin::File { path } => crate::data::read_records(path, &options)?,
         })
+    }
+
+    /// Reads the source as preference pairs (see [`read_preferences`](crate::data::read_preferences));
+    /// a directory's data files are read in order.
+    pub fn read_pairs(&self) -> Result<PreferenceReport> {
+        let options = self.read_options();
+        Ok(match &self.origin {
+            DataOrigin::Embedded => {
+                return Err(FinetuneError::Config {
+                    field: "data".into(),
+                    reason: "the embedded medical Q&A set has no preference pairs; give pairs \
+                             with --data, or use the embedded preference set"
+                        .into(),
+                });
+            }
+            DataOrigin::EmbeddedPreferences => crate::data::read_preferences_from(
+                EMBEDDED_MEDICAL_PREFERENCES.as_bytes(),
+                Path::new("embedded medical_preferences.jsonl"),
+                FileKind::Jsonl,
+                &options,
+            )?,
+            DataOrigin::File { path } if path.is_dir() => {
+                let mut all = PreferenceReport::default();
+                for file in crate::data::data_files(path)? {
+                    let mut one = crate::data::read_preferences(&file, &options)?;
+                    all.pairs.append(&mut one.pairs);
+                    all.skipped.append(&mut one.skipped);
+                }
+                all
+            }
+            DataOrigin::File { path } => crate::data::read_preferences(path, &options)?,
+        })
+    }
+
+    /// Reads every source as preference pairs, each pair marked with its source's index.
+    pub fn read_all_pairs(sources: &[DataSource]) -> Result<Vec<PreferenceReport>> {
+        sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut read = s.read_pairs()?;
+                read.set_source(i);
+                Ok(read)
+            })
+            .collect()
     }
 
     /// Reads every source in order, each record marked with its source's index.
@@ -452,6 +528,7 @@ impl DataSource {
     pub fn describe(&self) -> String {
         match &self.origin {
             DataOrigin::Embedded => "the embedded medical Q&A set".into(),
+            DataOrigin::EmbeddedPreferences => "the embedded medical-safety preference set".into(),
             DataOrigin::File { path } => path.display().to_string(),
         }
     }
@@ -486,6 +563,9 @@ impl DataSource {
         Ok(DataSource {
             fingerprint: match &self.origin {
                 DataOrigin::Embedded => Fingerprint::of_bytes(EMBEDDED_MEDICAL_QA.as_bytes()),
+                DataOrigin::EmbeddedPreferences => {
+                    Fingerprint::of_bytes(EMBEDDED_MEDICAL_PREFERENCES.as_bytes())
+                }
                 DataOrigin::File { path } => fingerprint_now("data", path, Fingerprint::of_data)?,
             },
             ..self.clone()
@@ -573,6 +653,29 @@ impl DataReport {
         }
     }
 
+    /// The report of preference `sources` from what reading found and what preparation kept
+    /// (records are pairs; their shape is `pairs`).
+    pub fn of_pairs(
+        sources: &[DataSource],
+        reads: &[PreferenceReport],
+        prepared: &PrepareReport,
+    ) -> DataReport {
+        DataReport {
+            sources: sources
+                .iter()
+                .zip(reads)
+                .enumerate()
+                .map(|(i, (s, r))| SourceReport {
+                    source: s.describe(),
+                    weight: s.weight,
+                    formats: vec![("pairs".to_string(), r.pairs.len())],
+                    skipped: r.skipped.len(),
+                    counts: prepared.sources.get(i).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        }
+    }
+
     /// The report in a run directory, if it has one.
     pub fn read(dir: &Path) -> Result<Option<DataReport>> {
         let path = dir.join(DATA_REPORT_FILE);
@@ -624,6 +727,42 @@ pub struct RunSources {
     /// could mix sources holds one object, and reads as one source).
     #[serde(deserialize_with = "one_or_many")]
     pub data: Vec<DataSource>,
+    /// The adapter the run started from (e.g. an SFT adapter a DPO run continues), if any:
+    /// the policy starts from it and, for DPO and IPO, it is the reference model's adapter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterSource>,
+}
+
+/// An adapter directory a run started from, and its content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdapterSource {
+    /// The directory (absolute when it could be made so).
+    pub path: PathBuf,
+    /// Its content (`adapter_config.json` and the weights).
+    pub fingerprint: Fingerprint,
+}
+
+impl AdapterSource {
+    /// Records an adapter directory (a PEFT adapter, or a run or checkpoint directory holding
+    /// one).
+    pub fn new(dir: impl AsRef<Path>) -> Result<AdapterSource> {
+        let dir = dir.as_ref();
+        let path = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        for file in [crate::lora::ADAPTER_CONFIG, crate::lora::ADAPTER_WEIGHTS] {
+            if !path.join(file).is_file() {
+                return Err(FinetuneError::SourceMissing {
+                    what: "adapter",
+                    path: path.join(file),
+                });
+            }
+        }
+        let files =
+            [crate::lora::ADAPTER_CONFIG, crate::lora::ADAPTER_WEIGHTS].map(|f| path.join(f));
+        Ok(AdapterSource {
+            fingerprint: Fingerprint::of_files(&path, &files)?,
+            path,
+        })
+    }
 }
 
 fn one_or_many<'de, D: serde::Deserializer<'de>>(
@@ -642,6 +781,21 @@ fn one_or_many<'de, D: serde::Deserializer<'de>>(
 }
 
 impl RunSources {
+    /// A run on `model` and `data`, started from no adapter.
+    pub fn new(model: ModelSource, data: Vec<DataSource>) -> RunSources {
+        RunSources {
+            model,
+            data,
+            adapter: None,
+        }
+    }
+
+    /// The same run, started from `adapter`.
+    pub fn with_adapter(mut self, adapter: Option<AdapterSource>) -> RunSources {
+        self.adapter = adapter;
+        self
+    }
+
     /// The record in `dir` (a run, checkpoint or adapter directory), if it has one.
     pub fn read(dir: &Path) -> Result<Option<RunSources>> {
         let path = dir.join(SOURCES_FILE);
@@ -667,7 +821,7 @@ impl RunSources {
     /// std::fs::create_dir_all(&dir).unwrap();
     /// std::fs::write(dir.join("model.gguf"), b"weights").unwrap();
     /// let model = ModelSource::new(&dir.join("model.gguf"), None).unwrap();
-    /// let run = RunSources { model, data: vec![DataSource::embedded()] };
+    /// let run = RunSources::new(model, vec![DataSource::embedded()]);
     /// assert_eq!(run.for_resume(None, None, false).unwrap(), run);
     /// std::fs::write(dir.join("other.gguf"), b"other weights").unwrap();
     /// let other = ModelSource::new(&dir.join("other.gguf"), None).unwrap();
@@ -743,7 +897,30 @@ impl RunSources {
                 }
             }
         }
-        Ok(RunSources { model, data })
+        let adapter = match &self.adapter {
+            Some(a) if a.path.exists() => {
+                let now = AdapterSource::new(&a.path)?;
+                if now.fingerprint != a.fingerprint && !allow_change {
+                    return Err(changed(
+                        "adapter",
+                        format!(
+                            "the run started from {} ({}); it is {} now",
+                            a.path.display(),
+                            a.fingerprint,
+                            now.fingerprint
+                        ),
+                    ));
+                }
+                Some(a.clone())
+            }
+            // Needed again only to rebuild a DPO reference; the trainer says so if it is.
+            other => other.clone(),
+        };
+        Ok(RunSources {
+            model,
+            data,
+            adapter,
+        })
     }
 }
 
@@ -794,6 +971,7 @@ mod tests {
         let run = RunSources {
             model: ModelSource::new(d.join("m.gguf"), Some("org/model")).unwrap(),
             data: vec![DataSource::file(&data_path, &ReadOptions::default()).unwrap()],
+            adapter: None,
         };
         assert_eq!(run.model.name_or_path, "org/model");
         assert_eq!(run.for_resume(None, None, false).unwrap(), run);
@@ -842,12 +1020,9 @@ mod tests {
             blocksize: 128,
             double_quant: false,
         });
-        RunSources {
-            model,
-            data: vec![DataSource::embedded()],
-        }
-        .write(&d)
-        .unwrap();
+        RunSources::new(model, vec![DataSource::embedded()])
+            .write(&d)
+            .unwrap();
         let base = AdapterBase::resolve(Some(&d), None, None).unwrap();
         assert_eq!(base.model, std::path::absolute(d.join("m.gguf")).unwrap());
         let Some(LinearQuant::Bits4(q)) = base.quant else {
@@ -877,10 +1052,7 @@ mod tests {
             blocksize: 64,
             double_quant: true,
         });
-        let run = RunSources {
-            model,
-            data: vec![DataSource::embedded()],
-        };
+        let run = RunSources::new(model, vec![DataSource::embedded()]);
         assert_eq!(RunSources::read(&d).unwrap(), None);
         run.write(&d).unwrap();
         assert_eq!(RunSources::read(&d).unwrap(), Some(run.clone()));

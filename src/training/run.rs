@@ -7,7 +7,10 @@ use std::path::Path;
 
 use burn::tensor::Device;
 
-use crate::data::{ChatEncoder, DatasetConfig, PreparedData, SourcedExample, prepare};
+use crate::data::{
+    ChatEncoder, DatasetConfig, PairTruncation, PreparedData, PreparedPairs, SourcedExample,
+    SourcedPair, prepare, prepare_pairs,
+};
 use crate::error::Result;
 use crate::loading::base::load_base_with;
 use crate::training::config::FinetuneConfig;
@@ -20,9 +23,9 @@ pub struct StartedRun {
     pub trainer: Trainer,
     /// Records read from the data.
     pub records: usize,
-    /// Training sequences after rendering, truncation and packing.
+    /// Training sequences after rendering, truncation and packing (pairs, for a preference run).
     pub train_sequences: usize,
-    /// Validation sequences.
+    /// Validation sequences (pairs, for a preference run).
     pub validation_sequences: usize,
     /// The model and data the run trains on.
     pub sources: RunSources,
@@ -66,6 +69,40 @@ pub fn prepare_sources(
     })
 }
 
+/// Preference data sources read, prepared and counted.
+pub struct PreparedPairSources {
+    /// The pairs as read, every source in order.
+    pub pairs: Vec<SourcedPair>,
+    /// Training and validation pairs.
+    pub prepared: PreparedPairs,
+    /// Per-source counts (records are pairs).
+    pub report: DataReport,
+}
+
+/// [`prepare_sources`] for preference pairs: reads every source of `data` as pairs, marks
+/// each with its source, and prepares them together (dedupe, split, weights, TRL's
+/// tokenization cut to `dataset.max_len` with `truncation`).
+pub fn prepare_pair_sources(
+    data: &[DataSource],
+    encoder: &ChatEncoder,
+    dataset: DatasetConfig,
+    truncation: PairTruncation,
+) -> Result<PreparedPairSources> {
+    let reads = DataSource::read_all_pairs(data)?;
+    let pairs: Vec<SourcedPair> = reads.iter().flat_map(|r| r.pairs.clone()).collect();
+    let dataset = DatasetConfig {
+        source_weights: DataSource::weights(data),
+        ..dataset
+    };
+    let prepared = prepare_pairs(pairs.clone(), encoder, &dataset, truncation)?;
+    let report = DataReport::of_pairs(data, &reads, &prepared.report);
+    Ok(PreparedPairSources {
+        pairs,
+        prepared,
+        report,
+    })
+}
+
 /// Loads `sources.model` on `device` (an autodiff device), prepares `sources.data` with
 /// `config`, and creates the trainer writing to `options.out_dir`, or resumes it from
 /// `resume` (a checkpoint directory). `options.sources` is set to `sources`.
@@ -86,17 +123,25 @@ pub(crate) fn start_run(
         .encoder
         .clone()
         .with_system_prompt(config.system_prompt.clone());
-    let PreparedSources {
-        prepared,
-        report: data_report,
-        ..
-    } = prepare_sources(&sources.data, &encoder, config.dataset_config())?;
-    let data = TrainData::from_prepared(&prepared, config, encoder.pad_id());
-    let (records, train_sequences, validation_sequences) = (
-        prepared.report.records,
-        data.train.len(),
-        data.validation.len(),
-    );
+    let (data, data_report, records) = if config.method.is_preference() {
+        let p = prepare_pair_sources(
+            &sources.data,
+            &encoder,
+            config.dataset_config(),
+            config.pair_truncation,
+        )?;
+        let data = TrainData::from_pairs(&p.prepared, config, encoder.pad_id());
+        (data, p.report, p.prepared.report.records)
+    } else {
+        let p = prepare_sources(&sources.data, &encoder, config.dataset_config())?;
+        let data = TrainData::from_prepared(&p.prepared, config, encoder.pad_id());
+        (data, p.report, p.prepared.report.records)
+    };
+    let (train_sequences, validation_sequences) = if config.method.is_preference() {
+        (data.pairs.len(), data.validation_pairs.len())
+    } else {
+        (data.train.len(), data.validation.len())
+    };
     let options = TrainerOptions {
         sources: Some(sources.clone()),
         ..options

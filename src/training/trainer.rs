@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Batch, PreparedData, Sequence, pack, unpacked};
+use crate::data::{Batch, EncodedPair, PreparedData, PreparedPairs, Sequence, pack, unpacked};
 use crate::error::{FinetuneError, Result, io_err};
 use crate::evaluation::loss::{EvalResult, batch_labels, evaluate_loss, token_batch};
 use crate::lora::{LoraConfig, LoraExt, LoraSummary};
@@ -22,12 +22,20 @@ use crate::training::checkpoints::{
     TrainState,
 };
 use crate::training::config::FinetuneConfig;
-use crate::training::metrics::{EvalMetrics, StepMetrics};
+use crate::training::metrics::{
+    EvalMetrics, EvalPreferenceMetrics, PreferenceMetrics, StepMetrics,
+};
 use crate::training::observers::{RunContext, TrainObserver, default_observers};
+use crate::training::preference::{PairStats, PreferenceObjective};
+use crate::training::preference_step::{
+    PairMicroBatch, Reference, evaluate_pairs, preference_step_gradients, reference_model,
+};
 use crate::training::provenance::RunSources;
+use crate::training::reference_table::ReferenceTable;
 use crate::training::step::{MicroBatch, step_gradients};
 
-/// Sequences to train and validate on, already tokenized with labels.
+/// Sequences (supervised) or pairs (preference methods) to train and validate on, already
+/// tokenized.
 #[derive(Debug, Clone, Default)]
 pub struct TrainData {
     /// Training sequences (packed or one example each).
@@ -36,6 +44,10 @@ pub struct TrainData {
     pub validation: Vec<Sequence>,
     /// Padding id for collation.
     pub pad_id: u32,
+    /// Training preference pairs.
+    pub pairs: Vec<EncodedPair>,
+    /// Validation preference pairs.
+    pub validation_pairs: Vec<EncodedPair>,
 }
 
 impl TrainData {
@@ -70,6 +82,30 @@ impl TrainData {
             },
             validation: unpacked(&validation),
             pad_id,
+            ..TrainData::default()
+        }
+    }
+
+    /// Training and up to `config.max_eval_records` validation pairs for a preference run.
+    pub fn from_pairs(prepared: &PreparedPairs, config: &FinetuneConfig, pad_id: u32) -> TrainData {
+        let mut validation_pairs = prepared.validation.clone();
+        if config.max_eval_records > 0 {
+            validation_pairs.truncate(config.max_eval_records);
+        }
+        TrainData {
+            pad_id,
+            pairs: prepared.train.clone(),
+            validation_pairs,
+            ..TrainData::default()
+        }
+    }
+
+    /// Items an epoch walks through: pairs for a preference run, sequences otherwise.
+    fn train_len(&self, preference: bool) -> usize {
+        if preference {
+            self.pairs.len()
+        } else {
+            self.train.len()
         }
     }
 }
@@ -126,6 +162,12 @@ pub struct TrainSummary {
     pub skipped_steps: u64,
     /// Stopped early by the interrupt flag.
     pub interrupted: bool,
+    /// Preference runs: reward accuracy and margin on the held-out pairs before training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference_before: Option<EvalPreferenceMetrics>,
+    /// The same after training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preference_after: Option<EvalPreferenceMetrics>,
     /// Newest checkpoint written.
     pub last_checkpoint: Option<PathBuf>,
 }
@@ -149,6 +191,28 @@ pub struct Trainer {
     summary: Option<LoraSummary>,
     last_checkpoint: Option<PathBuf>,
     observers: Vec<Box<dyn TrainObserver>>,
+    /// The preference objective, or `None` for supervised training.
+    objective: Option<PreferenceObjective>,
+    /// DPO/IPO's reference: a frozen model sharing the base, or the precomputed table.
+    reference: RunReference,
+}
+
+/// Where a preference run takes its reference log-probabilities from.
+enum RunReference {
+    /// None needed (supervised, SimPO, ORPO).
+    None,
+    /// A frozen copy sharing the policy's base, run every step.
+    Model(Box<CausalLm>),
+    /// Computed once before training and stored with the run.
+    Table(ReferenceTable),
+}
+
+/// What one optimizer step did.
+struct StepOutcome {
+    loss: f64,
+    tokens: usize,
+    report: crate::optim::StepReport,
+    preference: Option<PairStats>,
 }
 
 fn micro_batches_per_epoch(train: usize, batch: usize) -> usize {
@@ -156,7 +220,10 @@ fn micro_batches_per_epoch(train: usize, batch: usize) -> usize {
 }
 
 impl Trainer {
-    /// Adds adapters to `model` and prepares a fresh run in `options.out_dir`.
+    /// Adds adapters to `model` and prepares a fresh run in `options.out_dir`. When
+    /// `options.sources` names a starting adapter ([`RunSources::adapter`]), the policy starts
+    /// from it instead (its rank, alpha and targets replace the settings'), and for DPO and IPO
+    /// the reference model is the base with that adapter, frozen.
     pub fn new(
         config: FinetuneConfig,
         mut model: CausalLm,
@@ -164,19 +231,55 @@ impl Trainer {
         options: TrainerOptions,
     ) -> Result<Trainer> {
         config.validate()?;
-        if data.train.is_empty() {
-            return Err(FinetuneError::NoData(
-                "no training sequences: every record was filtered out".into(),
-            ));
+        let objective = config.objective();
+        if data.train_len(objective.is_some()) == 0 {
+            return Err(FinetuneError::NoData(if objective.is_some() {
+                "no training pairs: every pair was filtered out".into()
+            } else {
+                "no training sequences: every record was filtered out".into()
+            }));
         }
         checkpoints::prepare_run_dir(&options.out_dir, options.overwrite)?;
         checkpoints::remove_leftovers(&options.out_dir)?;
-        let mut lora = config.lora_config()?;
+        let mut config = config;
+        let start = options.sources.as_ref().and_then(|s| s.adapter.clone());
+        let (mut lora, summary) = match &start {
+            Some(adapter) => {
+                let (lora, summary) = model.load_adapter(&adapter.path)?;
+                config.adopt_adapter(&lora);
+                (lora, summary)
+            }
+            None => {
+                let lora = config.lora_config()?;
+                let summary = model.add_adapters(&lora)?;
+                (lora, summary)
+            }
+        };
         if let Some(sources) = &options.sources {
             lora.base_model_name_or_path
                 .get_or_insert_with(|| sources.model.name_or_path.clone());
         }
-        let summary = model.add_adapters(&lora)?;
+        let reference = match objective.filter(|o| o.method.needs_reference()) {
+            None => RunReference::None,
+            Some(_) => {
+                let frozen = reference_model(&model, start.is_some())?;
+                if config.precompute_ref_logps {
+                    let table = ReferenceTable::compute(
+                        &frozen,
+                        &data.pairs,
+                        &data.validation_pairs,
+                        data.pad_id,
+                        config.batch_size.max(4),
+                        config.max_len,
+                        config.pair_truncation,
+                    )?;
+                    table.write(&options.out_dir)?;
+                    RunReference::Table(table)
+                } else {
+                    RunReference::Model(Box::new(frozen))
+                }
+            }
+        };
         model.set_adapters_training(true);
         checkpoints::write_json(&options.out_dir.join(CONFIG_FILE), &config)?;
         let trainer = Self::assemble(
@@ -187,6 +290,7 @@ impl Trainer {
             options,
             TrainState::default(),
             Some(summary),
+            reference,
         )?;
         trainer.write_sources(&trainer.options.out_dir)?;
         Ok(trainer)
@@ -207,7 +311,9 @@ impl Trainer {
 
     /// [`resume`](Self::resume) with settings changed as [`FinetuneConfig::resumed_with`]
     /// allows: e.g. a larger `max_steps` extends the run. `max_steps` below the checkpoint's
-    /// step is refused.
+    /// step is refused. A preference run's precomputed reference log-probabilities are read
+    /// back from the checkpoint; otherwise its reference model is rebuilt (from the base, or
+    /// the base and the run's starting adapter).
     pub fn resume_with(
         checkpoint_dir: &Path,
         requested: &FinetuneConfig,
@@ -226,11 +332,53 @@ impl Trainer {
                 ),
             });
         }
+        let needs_reference = config
+            .objective()
+            .is_some_and(|o| o.method.needs_reference());
+        let reference = if !needs_reference {
+            RunReference::None
+        } else if config.precompute_ref_logps {
+            RunReference::Table(ReferenceTable::read(
+                checkpoint_dir,
+                data.pairs.len(),
+                data.validation_pairs.len(),
+            )?)
+        } else {
+            let start = options.sources.as_ref().and_then(|s| s.adapter.as_ref());
+            let frozen = match start {
+                Some(adapter) => {
+                    if !adapter.path.exists() {
+                        return Err(FinetuneError::SourceMissing {
+                            what: "starting adapter (the reference model's)",
+                            path: adapter.path.clone(),
+                        });
+                    }
+                    model.load_adapter(&adapter.path)?;
+                    let frozen = reference_model(&model, true)?;
+                    model.remove_adapters()?;
+                    frozen
+                }
+                None => reference_model(&model, false)?,
+            };
+            RunReference::Model(Box::new(frozen))
+        };
         let (lora, summary) = model.load_adapter(checkpoint_dir)?;
         model.set_adapters_training(true);
         std::fs::create_dir_all(&options.out_dir).map_err(io_err(&options.out_dir))?;
         checkpoints::remove_leftovers(&options.out_dir)?;
-        let mut trainer = Self::assemble(config, lora, model, data, options, state, Some(summary))?;
+        if let RunReference::Table(table) = &reference {
+            table.write(&options.out_dir)?;
+        }
+        let mut trainer = Self::assemble(
+            config,
+            lora,
+            model,
+            data,
+            options,
+            state,
+            Some(summary),
+            reference,
+        )?;
         let state_file = checkpoint_dir.join(OPTIMIZER_FILE);
         trainer.optimizer.load_state(&state_file)?;
         // Refused here, while the caller still has a usable error, rather than mid-step.
@@ -263,6 +411,7 @@ impl Trainer {
         self.write_sources(dir)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: FinetuneConfig,
         lora: LoraConfig,
@@ -271,9 +420,12 @@ impl Trainer {
         options: TrainerOptions,
         state: TrainState,
         summary: Option<LoraSummary>,
+        reference: RunReference,
     ) -> Result<Trainer> {
-        let per_epoch = micro_batches_per_epoch(data.train.len(), config.batch_size)
-            .div_ceil(config.grad_accum) as u64;
+        let objective = config.objective();
+        let per_epoch =
+            micro_batches_per_epoch(data.train_len(objective.is_some()), config.batch_size)
+                .div_ceil(config.grad_accum) as u64;
         let total_steps = config.max_steps.unwrap_or(per_epoch * config.epochs as u64);
         let schedule = config.schedule(total_steps)?;
         let optimizer = PagedAdamW::new(config.adamw_config()?)?;
@@ -291,6 +443,8 @@ impl Trainer {
             summary,
             last_checkpoint: None,
             observers,
+            objective,
+            reference,
         })
     }
 
@@ -375,20 +529,72 @@ impl Trainer {
     }
 
     /// Validation loss of the current adapters (`None` without validation data, or when no
-    /// validation row has a labelled token).
+    /// validation row has a labelled token). For a preference run: the objective's mean over
+    /// the held-out pairs (its `perplexity` is that loss's exponential, not a perplexity; see
+    /// [`evaluate_preferences`](Self::evaluate_preferences) for rewards).
     pub fn evaluate(&self) -> Result<Option<EvalResult>> {
+        Ok(self.evaluation()?.map(|(r, _)| r))
+    }
+
+    /// Reward accuracy, margin and log-probabilities of the current adapters on the held-out
+    /// pairs (`None` for a supervised run or without validation pairs).
+    pub fn evaluate_preferences(&self) -> Result<Option<EvalPreferenceMetrics>> {
+        Ok(self.evaluation()?.and_then(|(_, p)| p))
+    }
+
+    fn evaluation(&self) -> Result<Option<(EvalResult, Option<EvalPreferenceMetrics>)>> {
+        let batch = self.config.batch_size.max(4);
+        if let Some(objective) = &self.objective {
+            let pairs = &self.data.validation_pairs;
+            if pairs.is_empty() {
+                return Ok(None);
+            }
+            let micro_batches: Vec<PairMicroBatch> = pairs
+                .chunks(batch)
+                .map(|chunk| self.pair_micro_batch(chunk))
+                .collect();
+            let table: Vec<_>;
+            let reference = match &self.reference {
+                RunReference::None => Reference::None,
+                RunReference::Model(m) => Reference::Model(m),
+                RunReference::Table(t) => {
+                    table = (0..pairs.len())
+                        .step_by(batch)
+                        .map(|start| t.validation_batch(start..(start + batch).min(pairs.len())))
+                        .collect();
+                    Reference::Precomputed(&table)
+                }
+            };
+            let e = evaluate_pairs(self.model(), &micro_batches, objective, reference)?;
+            let result = EvalResult {
+                loss: e.loss,
+                perplexity: e.loss.exp(),
+                tokens: e.tokens,
+                records: pairs.len(),
+            };
+            return Ok(Some((result, Some(EvalPreferenceMetrics::of(&e.stats)))));
+        }
         if self.data.validation.is_empty() {
             return Ok(None);
         }
-        let batch = self.config.batch_size.max(4);
         let r = evaluate_loss(self.model(), &self.data.validation, self.data.pad_id, batch)?;
         // Validation rows with no labelled token (all cut by max_len) give no loss to track.
-        Ok((r.tokens > 0).then_some(r))
+        Ok((r.tokens > 0).then_some((r, None)))
+    }
+
+    /// Pairs collated for the model, cut to `max_len` as the settings say.
+    fn pair_micro_batch(&self, pairs: &[EncodedPair]) -> PairMicroBatch {
+        PairMicroBatch::new(
+            pairs,
+            self.data.pad_id,
+            Some(self.config.max_len),
+            self.config.pair_truncation,
+        )
     }
 
     /// Micro-batches (indices into `train`) of one epoch, in its shuffled order.
     fn epoch_batches(&self, epoch: u64) -> Vec<Vec<usize>> {
-        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+        let mut order: Vec<usize> = (0..self.data.train_len(self.objective.is_some())).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(
             self.config.seed ^ (epoch + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         );
@@ -413,31 +619,66 @@ impl Trainer {
         window
     }
 
-    /// One optimizer step over the next window of micro-batches ([`step_gradients`], then the
-    /// optimizer); the trainer keeps the model whatever fails.
-    fn step(&mut self) -> Result<(f64, usize, crate::optim::StepReport)> {
+    /// One optimizer step over the next window of micro-batches ([`step_gradients`], or
+    /// [`preference_step_gradients`] for a preference run, then the optimizer); the trainer
+    /// keeps the model whatever fails.
+    fn step(&mut self) -> Result<StepOutcome> {
         let step = self.state.step + 1;
         let window = self.next_window();
-        let micro_batches: Vec<MicroBatch> = window
-            .iter()
-            .map(|idx| {
-                let rows: Vec<Sequence> = idx.iter().map(|&i| self.data.train[i].clone()).collect();
-                let batch = Batch::collate(&rows, self.data.pad_id);
-                (token_batch(&batch), batch_labels(&batch))
-            })
-            .collect();
         let model = self.model();
-        let g = step_gradients(
-            model,
-            &micro_batches,
-            self.config.seed,
-            step,
-            self.config.checkpointing(),
-        )?;
-        if !g.loss.is_finite() {
+        let (grads, loss, tokens, preference) = match &self.objective {
+            None => {
+                let micro_batches: Vec<MicroBatch> = window
+                    .iter()
+                    .map(|idx| {
+                        let rows: Vec<Sequence> =
+                            idx.iter().map(|&i| self.data.train[i].clone()).collect();
+                        let batch = Batch::collate(&rows, self.data.pad_id);
+                        (token_batch(&batch), batch_labels(&batch))
+                    })
+                    .collect();
+                let g = step_gradients(
+                    model,
+                    &micro_batches,
+                    self.config.seed,
+                    step,
+                    self.config.checkpointing(),
+                )?;
+                (g.grads, g.loss, g.tokens, None)
+            }
+            Some(objective) => {
+                let micro_batches: Vec<PairMicroBatch> = window
+                    .iter()
+                    .map(|idx| {
+                        let pairs: Vec<EncodedPair> =
+                            idx.iter().map(|&i| self.data.pairs[i].clone()).collect();
+                        self.pair_micro_batch(&pairs)
+                    })
+                    .collect();
+                let table: Vec<_>;
+                let reference = match &self.reference {
+                    RunReference::None => Reference::None,
+                    RunReference::Model(m) => Reference::Model(m),
+                    RunReference::Table(t) => {
+                        table = window.iter().map(|idx| t.train_batch(idx)).collect();
+                        Reference::Precomputed(&table)
+                    }
+                };
+                let g = preference_step_gradients(
+                    model,
+                    &micro_batches,
+                    objective,
+                    reference,
+                    self.config.seed,
+                    step,
+                )?;
+                (g.grads, g.loss, g.tokens, Some(g.stats))
+            }
+        };
+        if !loss.is_finite() {
             return Err(FinetuneError::NonFiniteLoss {
                 step,
-                loss: g.loss,
+                loss,
                 last_checkpoint: self.last_checkpoint.clone(),
             });
         }
@@ -449,11 +690,16 @@ impl Trainer {
             .model
             .take()
             .expect("the model is only taken for the optimizer step");
-        let (model, report) = self.optimizer.step(lr, model, g.grads)?;
+        let (model, report) = self.optimizer.step(lr, model, grads)?;
         self.model = Some(model);
         self.state.step = step;
-        self.state.tokens += g.tokens as u64;
-        Ok((g.loss, g.tokens, report))
+        self.state.tokens += tokens as u64;
+        Ok(StepOutcome {
+            loss,
+            tokens,
+            report,
+            preference,
+        })
     }
 
     /// Writes a checkpoint (adapter, optimizer state, position, configuration) atomically and
@@ -469,6 +715,9 @@ impl Trainer {
             self.save_adapter_to(tmp)?;
             self.optimizer.save(&tmp.join(OPTIMIZER_FILE), true)?;
             checkpoints::write_json(&tmp.join(STATE_FILE), &self.state)?;
+            if let RunReference::Table(table) = &self.reference {
+                table.write(tmp)?;
+            }
             checkpoints::write_json(&tmp.join(CONFIG_FILE), &self.config)
         })?;
         checkpoints::prune_checkpoints(&self.options.out_dir, self.config.keep_last)?;
@@ -477,11 +726,14 @@ impl Trainer {
         Ok(dir)
     }
 
-    fn evaluate_and_log(&mut self) -> Result<Option<EvalResult>> {
-        let Some(r) = self.evaluate()? else {
+    fn evaluate_and_log(&mut self) -> Result<Option<(EvalResult, Option<EvalPreferenceMetrics>)>> {
+        let Some((r, preference)) = self.evaluation()? else {
             return Ok(None);
         };
-        let eval = EvalMetrics::of(self.state.step, &r);
+        let eval = EvalMetrics {
+            preference,
+            ..EvalMetrics::of(self.state.step, &r)
+        };
         self.notify(|o, run| o.on_eval(run, &eval))?;
         let better = self.state.best_eval.is_none_or(|(_, best)| r.loss < best);
         if better && self.state.step > 0 {
@@ -489,7 +741,7 @@ impl Trainer {
             let dir = self.options.out_dir.join(BEST_DIR);
             checkpoints::write_dir_atomic(&dir, |tmp| self.save_adapter_to(tmp))?;
         }
-        Ok(Some(r))
+        Ok(Some((r, preference)))
     }
 
     /// Trains to the last step (or until interrupted), evaluating and checkpointing as
@@ -500,14 +752,21 @@ impl Trainer {
         let started = Instant::now();
         self.notify(|o, run| o.on_train_start(run))?;
         if self.state.step == 0 && self.state.eval_before.is_none() {
-            self.state.eval_before = self.evaluate_and_log()?;
+            let before = self.evaluate_and_log()?;
+            self.state.eval_before = before.map(|(r, _)| r);
+            self.state.preference_before = before.and_then(|(_, p)| p);
         }
         let mut last_loss = None;
         let mut interrupted = false;
         while self.state.step < self.total_steps {
             self.notify(|o, run| o.before_step(run))?;
             let t = Instant::now();
-            let (loss, tokens, report) = self.step()?;
+            let StepOutcome {
+                loss,
+                tokens,
+                report,
+                preference,
+            } = self.step()?;
             let secs = t.elapsed().as_secs_f64();
             last_loss = Some(loss);
             let mut metrics = StepMetrics {
@@ -523,6 +782,7 @@ impl Trainer {
                 elapsed_s: started.elapsed().as_secs_f64(),
                 peak_rss_bytes: None,
                 device_reserved_bytes: None,
+                preference: preference.as_ref().map(PreferenceMetrics::of),
             };
             self.notify(|o, run| o.after_step(run, &mut metrics))?;
             let step = self.state.step;
@@ -546,10 +806,13 @@ impl Trainer {
                 break;
             }
         }
-        let eval_after = if interrupted {
-            None
+        let (eval_after, preference_after) = if interrupted {
+            (None, None)
         } else {
-            self.evaluate_and_log()?
+            match self.evaluate_and_log()? {
+                Some((r, p)) => (Some(r), p),
+                None => (None, None),
+            }
         };
         let out = self.options.out_dir.clone();
         if !interrupted {
@@ -566,6 +829,8 @@ impl Trainer {
             skipped_steps: self.optimizer.skipped_steps(),
             interrupted,
             last_checkpoint: self.last_checkpoint.clone(),
+            preference_before: self.state.preference_before,
+            preference_after,
         };
         checkpoints::write_json(&out.join(SUMMARY_FILE), &summary)?;
         self.notify(|o, run| o.on_train_end(run, &summary))?;

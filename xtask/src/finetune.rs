@@ -7,10 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
+use medify_qlora::data::PairTruncation;
 use medify_qlora::data::{FieldMap, InputFormat, ReadOptions};
 use medify_qlora::lora::TargetModules;
 use medify_qlora::optim::ScheduleKind;
-use medify_qlora::{BaseQuant, DataSource, Finetune, FinetuneConfig, ModelSource, Optimizer};
+use medify_qlora::training::Method;
+use medify_qlora::{
+    AdapterSource, BaseQuant, DataSource, Finetune, FinetuneConfig, ModelSource, Optimizer,
+};
 use serde_json::{Map, Value};
 
 use crate::device::device_named;
@@ -160,6 +164,32 @@ pub struct Args {
     /// Seed.
     #[arg(long)]
     seed: Option<u64>,
+    /// What to optimise: sft (next-token loss on the replies), or a preference objective on
+    /// prompt/chosen/rejected pairs: dpo, ipo, orpo, simpo. A preference method without --data
+    /// trains on the embedded medical-safety preference set.
+    #[arg(long)]
+    method: Option<Method>,
+    /// DPO's β, IPO's τ, SimPO's β, ORPO's λ (default: TRL's, 0.1; SimPO 2.0).
+    #[arg(long)]
+    beta: Option<f64>,
+    /// DPO and SimPO: assumed share of flipped preference labels (conservative DPO).
+    #[arg(long)]
+    label_smoothing: Option<f64>,
+    /// SimPO's target reward margin γ (default 0.5).
+    #[arg(long)]
+    simpo_gamma: Option<f64>,
+    /// DPO/IPO: compute the reference log-probabilities once before training and store them
+    /// with the run (resume reads them back).
+    #[arg(long)]
+    precompute_ref_logps: bool,
+    /// Which end of an over-long pair survives --max-len: keep_start (TRL's default) or keep_end.
+    #[arg(long)]
+    pair_truncation: Option<PairTruncation>,
+    /// Start from this adapter (a run directory, checkpoint or PEFT adapter) instead of a new
+    /// one: SFT first, then DPO from its adapter. For DPO/IPO the reference is then the base
+    /// with this adapter, frozen.
+    #[arg(long, conflicts_with = "resume")]
+    adapter: Option<PathBuf>,
 }
 
 /// The settings given as flags, by their [`FinetuneConfig`] names.
@@ -182,7 +212,9 @@ fn flag_settings(a: &Args) -> anyhow::Result<Map<String, Value>> {
         max_steps => "max_steps", eval_every => "eval_every", save_every => "save_every",
         keep_last => "keep_last", validation_fraction => "validation_fraction",
         max_eval_records => "max_eval_records", seed => "seed", template => "template",
-        system => "system_prompt");
+        system => "system_prompt", method => "method", beta => "beta",
+        label_smoothing => "label_smoothing", simpo_gamma => "simpo_gamma",
+        pair_truncation => "pair_truncation");
     if let Some(v) = &a.memory.compute_dtype {
         m.insert("compute_dtype".into(), serde_json::to_value(v)?);
     }
@@ -202,6 +234,7 @@ fn flag_settings(a: &Args) -> anyhow::Result<Map<String, Value>> {
             false,
         ),
         (a.memory.offload_checkpoints, "offload_checkpoints", true),
+        (a.precompute_ref_logps, "precompute_ref_logps", true),
     ] {
         if on {
             m.insert(name.into(), Value::Bool(value));
@@ -283,6 +316,9 @@ fn new_run(a: &Args) -> anyhow::Result<Finetune> {
     };
     let config = apply_flags(&base_config, a)?;
     let mut run = Finetune::new(config).model(model_source(a.model.as_ref())?);
+    if let Some(dir) = &a.adapter {
+        run = run.adapter(AdapterSource::new(dir)?);
+    }
     for data in data_sources(a)? {
         run = run.data(data);
     }
@@ -344,6 +380,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     })?;
     let device = device_named(&a.device)?;
     let quant = run.config().quantization.quant;
+    let method = run.config().method;
     let started = run
         .device(device.clone())
         .overwrite(a.overwrite)
@@ -359,13 +396,21 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             format!("{quant} base")
         }
     );
+    let unit = if method.is_preference() {
+        "pairs"
+    } else {
+        "sequences"
+    };
     eprintln!(
-        "data: {} records from {} → {} training sequences, {} validation",
+        "data: {} records from {} → {} training {unit}, {} validation",
         started.records,
         DataSource::describe_all(&started.sources.data),
         started.train_sequences,
         started.validation_sequences
     );
+    if let Some(adapter) = &started.sources.adapter {
+        eprintln!("starting from the adapter in {}", adapter.path.display());
+    }
     if started.data.sources.len() > 1 {
         for line in started.data.lines() {
             eprintln!("  {line}");
@@ -377,17 +422,31 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     }
     eprintln!("training {} steps on {device:?}", trainer.total_steps());
     let summary = trainer.train()?;
-    if let Some(b) = summary.eval_before {
-        eprintln!(
-            "eval loss before: {:.4} (perplexity {:.2})",
-            b.loss, b.perplexity
-        );
-    }
-    if let Some(r) = summary.eval_after {
-        eprintln!(
-            "eval loss after:  {:.4} (perplexity {:.2})",
-            r.loss, r.perplexity
-        );
+    if method.is_preference() {
+        for (when, loss, p) in [
+            ("before", summary.eval_before, summary.preference_before),
+            ("after: ", summary.eval_after, summary.preference_after),
+        ] {
+            if let (Some(r), Some(p)) = (loss, p) {
+                eprintln!(
+                    "held-out {when} {method} loss {:.4}, reward accuracy {:.3}, margin {:.4} ({} pairs)",
+                    r.loss, p.rewards_accuracies, p.rewards_margins, p.pairs
+                );
+            }
+        }
+    } else {
+        if let Some(b) = summary.eval_before {
+            eprintln!(
+                "eval loss before: {:.4} (perplexity {:.2})",
+                b.loss, b.perplexity
+            );
+        }
+        if let Some(r) = summary.eval_after {
+            eprintln!(
+                "eval loss after:  {:.4} (perplexity {:.2})",
+                r.loss, r.perplexity
+            );
+        }
     }
     if summary.interrupted {
         eprintln!(

@@ -64,10 +64,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             .map(|spec| DataSource::parse(spec, &ReadOptions::default()))
             .collect::<Result<_, _>>()?
     };
-    let sources = RunSources {
-        model: model_source(a.model.as_ref())?,
-        data,
-    };
+    let sources = RunSources::new(model_source(a.model.as_ref())?, data);
     let options = SweepOptions {
         out_dir: a.out.clone(),
         device: device_named(&a.device)?.autodiff(),

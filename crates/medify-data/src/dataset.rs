@@ -122,13 +122,8 @@ pub struct PreparedData {
     pub report: PrepareReport,
 }
 
-/// Cleans, shuffles, splits and encodes records. Records that end up with no trained token are
-/// dropped with a loud warning on stderr (and listed in the report).
-pub fn prepare(
-    records: Vec<SourcedExample>,
-    encoder: &ChatEncoder,
-    config: &DatasetConfig,
-) -> Result<PreparedData> {
+/// Checks the settings both supervised and preference data are prepared with.
+pub(crate) fn check_config(config: &DatasetConfig) -> Result<()> {
     if config.max_len < 2 {
         return Err(DataError::Invalid(format!(
             "max_len {} is too short",
@@ -152,6 +147,17 @@ pub fn prepare(
             i + 1
         )));
     }
+    Ok(())
+}
+
+/// Cleans, shuffles, splits and encodes records. Records that end up with no trained token are
+/// dropped with a loud warning on stderr (and listed in the report).
+pub fn prepare(
+    records: Vec<SourcedExample>,
+    encoder: &ChatEncoder,
+    config: &DatasetConfig,
+) -> Result<PreparedData> {
+    check_config(config)?;
     let n_sources = records
         .iter()
         .map(|r| r.source + 1)
@@ -242,9 +248,7 @@ pub fn prepare(
             report.template_errors[0].1
         );
     }
-    let n_val = (out.len() as f64 * config.validation_fraction).round() as usize;
-    let validation = out.split_off(out.len() - n_val.min(out.len()));
-    let train = weighted(out, &config.source_weights, config.seed);
+    let (train, validation) = split(out, config, |e| e.source);
     for e in &validation {
         report.sources[e.source].validation_examples += 1;
     }
@@ -260,18 +264,38 @@ pub fn prepare(
     })
 }
 
-/// The training examples of an epoch under the sources' weights (see
+/// Splits shuffled, encoded `items` into training and validation (the last
+/// `validation_fraction` of them) and applies the sources' weights to the training part.
+pub(crate) fn split<T: Clone>(
+    mut items: Vec<T>,
+    config: &DatasetConfig,
+    source: impl Fn(&T) -> usize,
+) -> (Vec<T>, Vec<T>) {
+    let n_val = (items.len() as f64 * config.validation_fraction).round() as usize;
+    let validation = items.split_off(items.len() - n_val.min(items.len()));
+    (
+        weighted(items, &config.source_weights, config.seed, source),
+        validation,
+    )
+}
+
+/// The training items of an epoch under the sources' weights (see
 /// [`DatasetConfig::source_weights`]), reshuffled with a seed of their own so copies spread
-/// out. With every weight 1 the examples come back as they are.
-fn weighted(train: Vec<EncodedExample>, weights: &[f64], seed: u64) -> Vec<EncodedExample> {
+/// out. With every weight 1 the items come back as they are.
+fn weighted<T: Clone>(
+    train: Vec<T>,
+    weights: &[f64],
+    seed: u64,
+    source_of: impl Fn(&T) -> usize,
+) -> Vec<T> {
     if weights.iter().all(|&w| w == 1.0) {
         return train;
     }
     let weight = |source: usize| weights.get(source).copied().unwrap_or(1.0);
-    let sources = train.iter().map(|e| e.source + 1).max().unwrap_or(0);
+    let sources = train.iter().map(|e| source_of(e) + 1).max().unwrap_or(0);
     let mut out = Vec::new();
     for source in 0..sources {
-        let own: Vec<&EncodedExample> = train.iter().filter(|e| e.source == source).collect();
+        let own: Vec<&T> = train.iter().filter(|e| source_of(e) == source).collect();
         let w = weight(source);
         let whole = w.floor() as usize;
         for _ in 0..whole {

@@ -5,6 +5,7 @@ mod dataset;
 mod encode;
 mod error;
 mod preference;
+mod preference_dataset;
 mod record;
 mod sources;
 mod template;
@@ -19,6 +20,7 @@ pub use preference::{
     EncodedPair, PairTruncation, PreferencePair, PreferenceReport, SourcedPair, Turns, pair_batch,
     read_preferences, read_preferences_from,
 };
+pub use preference_dataset::{PreparedPairs, prepare_pairs};
 pub use record::{Example, Message, Role, SourcedExample};
 pub use sources::{
     DATA_FILE_EXTENSIONS, FieldMap, FileKind, InputFormat, ReadOptions, ReadReport, data_files,

@@ -277,6 +277,21 @@ pub enum PairTruncation {
     KeepEnd,
 }
 
+impl std::str::FromStr for PairTruncation {
+    type Err = DataError;
+
+    /// `keep_start` or `keep_end` (TRL's `truncation_mode` values).
+    fn from_str(s: &str) -> Result<PairTruncation> {
+        match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "keep_start" => Ok(PairTruncation::KeepStart),
+            "keep_end" => Ok(PairTruncation::KeepEnd),
+            other => Err(DataError::Invalid(format!(
+                "pair truncation `{other}` is not one of keep_start, keep_end"
+            ))),
+        }
+    }
+}
+
 impl EncodedPair {
     /// The pair as TRL's `DataCollatorForPreference` lays it out before padding: the chosen
     /// sequence (prompt + chosen) and the rejected one, each cut to `max_length` per

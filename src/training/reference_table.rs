@@ -1,0 +1,137 @@
+//! The reference model's log-probabilities of every pair of a run, computed once before
+//! training (`precompute_ref_logps`, TRL's `precompute_ref_log_probs`) and stored with the run
+//! and its checkpoints, so the reference model can be dropped and a resumed run reads them
+//! back instead of recomputing.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{EncodedPair, PairTruncation};
+use crate::error::{FinetuneError, Result};
+use crate::models::CausalLm;
+use crate::training::checkpoints::{read_json, write_json};
+use crate::training::preference::ReferenceLogps;
+use crate::training::preference_step::{PairMicroBatch, reference_logps};
+
+/// The table's file name in a run directory and in each checkpoint.
+pub const REFERENCE_LOGPS_FILE: &str = "reference_logps.json";
+
+/// Summed reference log-probabilities `[chosen, rejected]` of each training and validation
+/// pair, in the order of [`TrainData`](crate::TrainData)'s `pairs` and `validation_pairs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceTable {
+    /// One entry per training pair.
+    pub train: Vec<[f64; 2]>,
+    /// One entry per validation pair.
+    pub validation: Vec<[f64; 2]>,
+}
+
+fn column(
+    reference: &CausalLm,
+    pairs: &[EncodedPair],
+    pad_id: u32,
+    batch: usize,
+    max_len: usize,
+    truncation: PairTruncation,
+) -> Result<Vec<[f64; 2]>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    for chunk in pairs.chunks(batch.max(1)) {
+        let mb = PairMicroBatch::new(chunk, pad_id, Some(max_len), truncation);
+        let r = reference_logps(reference, &mb)?;
+        out.extend(r.chosen.into_iter().zip(r.rejected).map(|(c, r)| [c, r]));
+    }
+    Ok(out)
+}
+
+impl ReferenceTable {
+    /// Runs `reference` (a model without autodiff, see
+    /// [`reference_model`](crate::training::reference_model)) over every pair, `batch` pairs at
+    /// a time, cut to `max_len` as training cuts them.
+    pub fn compute(
+        reference: &CausalLm,
+        train: &[EncodedPair],
+        validation: &[EncodedPair],
+        pad_id: u32,
+        batch: usize,
+        max_len: usize,
+        truncation: PairTruncation,
+    ) -> Result<ReferenceTable> {
+        Ok(ReferenceTable {
+            train: column(reference, train, pad_id, batch, max_len, truncation)?,
+            validation: column(reference, validation, pad_id, batch, max_len, truncation)?,
+        })
+    }
+
+    /// The entries of training pairs `indices`, as one micro-batch's reference.
+    pub fn train_batch(&self, indices: &[usize]) -> ReferenceLogps {
+        Self::batch(&self.train, indices.iter().copied())
+    }
+
+    /// The entries of validation pairs `range`, as one micro-batch's reference.
+    pub fn validation_batch(&self, range: std::ops::Range<usize>) -> ReferenceLogps {
+        Self::batch(&self.validation, range)
+    }
+
+    fn batch(column: &[[f64; 2]], indices: impl Iterator<Item = usize>) -> ReferenceLogps {
+        let (chosen, rejected) = indices.map(|i| (column[i][0], column[i][1])).unzip();
+        ReferenceLogps { chosen, rejected }
+    }
+
+    /// Writes the table into `dir` (atomically). f64 values round-trip exactly through JSON.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        write_json(&dir.join(REFERENCE_LOGPS_FILE), self)
+    }
+
+    /// The table stored in `dir`, checked against the run's `train` and `validation` pair
+    /// counts.
+    pub fn read(dir: &Path, train: usize, validation: usize) -> Result<ReferenceTable> {
+        let path = dir.join(REFERENCE_LOGPS_FILE);
+        if !path.is_file() {
+            return Err(FinetuneError::Checkpoint {
+                path,
+                reason: "missing: the run precomputed its reference log-probabilities \
+                         (precompute_ref_logps) and stores them here"
+                    .into(),
+            });
+        }
+        let table: ReferenceTable = read_json(&path)?;
+        if table.train.len() != train || table.validation.len() != validation {
+            return Err(FinetuneError::Checkpoint {
+                path,
+                reason: format!(
+                    "holds {} training and {} validation pairs; the data gives {train} and \
+                     {validation}",
+                    table.train.len(),
+                    table.validation.len()
+                ),
+            });
+        }
+        Ok(table)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_exactly_and_counts_are_checked() {
+        let dir = std::env::temp_dir().join(format!("medify-reftable-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let table = ReferenceTable {
+            train: vec![[-12.345678901234567, -0.1 - 0.2], [-1e-300, -3.0]],
+            validation: vec![[-7.0, -f64::MIN_POSITIVE]],
+        };
+        table.write(&dir).unwrap();
+        assert_eq!(ReferenceTable::read(&dir, 2, 1).unwrap(), table);
+        let e = ReferenceTable::read(&dir, 3, 1).unwrap_err().to_string();
+        assert!(e.contains(REFERENCE_LOGPS_FILE) && e.contains("3"), "{e}");
+        let b = table.train_batch(&[1, 0]);
+        assert_eq!(b.chosen, vec![-1e-300, -12.345678901234567]);
+        assert_eq!(b.rejected, vec![-3.0, -0.1 - 0.2]);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let e = ReferenceTable::read(&dir, 2, 1).unwrap_err().to_string();
+        assert!(e.contains("missing"), "{e}");
+    }
+}
