@@ -38,6 +38,8 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const METRICS_FILE: &str = "metrics.jsonl";
 /// Train and eval loss versus step.
 pub const PLOT_FILE: &str = "loss.png";
+/// A preference run's reward margins and accuracy versus step.
+pub const REWARDS_PLOT_FILE: &str = "rewards.png";
 /// Before/after figures of the run.
 pub const SUMMARY_FILE: &str = "train_summary.json";
 /// Checkpoint directories live here.
@@ -46,10 +48,12 @@ pub const CHECKPOINTS_DIR: &str = "checkpoints";
 pub const BEST_DIR: &str = "best";
 
 /// What the trainer writes into a run directory (and may replace with `overwrite`).
-const OUTPUTS: [&str; 8] = [
+const OUTPUTS: [&str; 10] = [
     CONFIG_FILE,
     METRICS_FILE,
     PLOT_FILE,
+    REWARDS_PLOT_FILE,
+    crate::training::reference_table::REFERENCE_LOGPS_FILE,
     SUMMARY_FILE,
     CHECKPOINTS_DIR,
     BEST_DIR,

@@ -39,7 +39,7 @@ pub use observers::{
     default_observers,
 };
 pub use ollama::Modelfile;
-pub use plot::write_loss_plot;
+pub use plot::{write_loss_plot, write_rewards_plot};
 pub use preference::{
     Method, PairLogps, PairStats, PreferenceLoss, PreferenceObjective, ReferenceLogps,
     preference_loss,

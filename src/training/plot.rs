@@ -44,6 +44,14 @@ fn glyph(c: char) -> [u8; 7] {
         'o' => [0, 0, 14, 17, 17, 17, 14],
         's' => [0, 0, 15, 16, 14, 1, 30],
         'p' => [0, 0, 30, 17, 30, 16, 16],
+        'm' => [0, 0, 26, 21, 21, 17, 17],
+        'g' => [0, 0, 15, 17, 15, 1, 14],
+        'c' => [0, 0, 14, 16, 16, 17, 14],
+        'u' => [0, 0, 17, 17, 17, 19, 13],
+        'y' => [0, 0, 17, 17, 15, 1, 14],
+        'w' => [0, 0, 17, 17, 21, 21, 10],
+        'd' => [1, 1, 13, 19, 17, 17, 15],
+        'h' => [16, 16, 22, 25, 17, 17, 17],
         _ => [0; 7],
     }
 }
@@ -142,6 +150,44 @@ pub fn write_loss_plot(metrics: &Path, png_path: &Path) -> Result<()> {
     draw(
         &[("train", TRAIN, &train), ("eval", EVAL, &eval)],
         "loss",
+        png_path,
+    )
+}
+
+/// Draws the reward margins (training steps and held-out evaluations) and the held-out
+/// reward accuracy of a preference run's `metrics` into `png_path`; a supervised run's log has
+/// none, and nothing is written.
+pub fn write_rewards_plot(metrics: &Path, png_path: &Path) -> Result<()> {
+    if !metrics.exists() {
+        return Ok(());
+    }
+    let (mut margin, mut eval_margin, mut eval_accuracy) =
+        (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+    for record in read_metrics(metrics)? {
+        match record {
+            MetricsRecord::Step(s) => {
+                if let Some(p) = s.preference {
+                    margin.insert(s.step, p.rewards_margins);
+                }
+            }
+            MetricsRecord::Eval(e) => {
+                if let Some(p) = e.preference {
+                    eval_margin.insert(e.step, p.rewards_margins);
+                    eval_accuracy.insert(e.step, p.rewards_accuracies);
+                }
+            }
+        }
+    }
+    if margin.is_empty() && eval_margin.is_empty() {
+        return Ok(());
+    }
+    draw(
+        &[
+            ("train margin", TRAIN, &margin),
+            ("eval margin", EVAL, &eval_margin),
+            ("eval accuracy", PALETTE[2], &eval_accuracy),
+        ],
+        "rewards",
         png_path,
     )
 }
@@ -250,10 +296,17 @@ fn draw(
             }
         }
     }
+    let widest = series
+        .iter()
+        .map(|(name, _, _)| text_width(name))
+        .max()
+        .unwrap_or(0)
+        .max(64);
     for (k, (name, colour, _)) in series.iter().enumerate() {
         let y = y0 + 10 + 22 * k as i64;
-        c.line((x1 - 110, y + 7), (x1 - 80, y + 7), *colour, true);
-        c.text(x1 - 72, y, name, INK);
+        let x = x1 - widest - 46;
+        c.line((x, y + 7), (x + 30, y + 7), *colour, true);
+        c.text(x + 38, y, name, INK);
     }
     let mut bytes = Vec::new();
     {
@@ -302,5 +355,40 @@ mod tests {
             count(TRAIN),
             count(EVAL)
         );
+    }
+
+    #[test]
+    fn rewards_plot_draws_margins_and_accuracy_only_for_preference_runs() {
+        let dir = std::env::temp_dir().join(format!("medify-rplot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let metrics = dir.join("metrics.jsonl");
+        std::fs::write(&metrics, "{\"step\":1,\"loss\":2.0}\n").unwrap();
+        let png_path = dir.join("rewards.png");
+        write_rewards_plot(&metrics, &png_path).unwrap();
+        assert!(!png_path.exists());
+        let mut lines = String::new();
+        let names = "\"rewards/chosen\":0.1,\"rewards/rejected\":0.0,\"rewards/accuracies\":0.5,\"logps/chosen\":-9.0,\"logps/rejected\":-9.5";
+        let eval_names = "\"eval_rewards/chosen\":0.1,\"eval_rewards/rejected\":0.0,\"eval_logps/chosen\":-9.0,\"eval_logps/rejected\":-9.5,\"eval_pairs\":4";
+        for s in 1..=20 {
+            let m = s as f64 * 0.05;
+            lines += &format!("{{\"step\":{s},\"loss\":0.6,{names},\"rewards/margins\":{m}}}\n");
+            if s % 5 == 0 {
+                lines += &format!(
+                    "{{\"step\":{s},\"eval_loss\":0.6,{eval_names},\"eval_rewards/margins\":{},\"eval_rewards/accuracies\":{}}}\n",
+                    m * 0.8,
+                    0.5 + s as f64 / 50.0
+                );
+            }
+        }
+        std::fs::write(&metrics, lines).unwrap();
+        write_rewards_plot(&metrics, &png_path).unwrap();
+        let bytes = std::fs::read(&png_path).unwrap();
+        let decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+        let mut reader = decoder.read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        reader.next_frame(&mut buf).unwrap();
+        let count = |c: [u8; 3]| buf.chunks(3).filter(|p| *p == c).count();
+        assert!(count(TRAIN) > 300 && count(EVAL) > 100 && count(PALETTE[2]) > 100);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -36,8 +36,14 @@ impl TrainObserver for ProgressDisplay {
 
     fn after_step(&mut self, _run: &RunContext, step: &mut StepMetrics) -> Result<()> {
         if let Some(bar) = &self.bar {
+            let rewards = step.preference.map_or_else(String::new, |p| {
+                format!(
+                    "  acc {:.2}  margin {:+.3}",
+                    p.rewards_accuracies, p.rewards_margins
+                )
+            });
             bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  {:.0} tok/s",
+                "loss {:.4}{rewards}  lr {:.2e}  {:.0} tok/s",
                 step.loss, step.lr, step.tokens_per_s
             ));
             bar.set_position(step.step);
@@ -50,10 +56,16 @@ impl TrainObserver for ProgressDisplay {
         if let Some(bar) = &self.bar
             && eval.step < run.total_steps
         {
-            bar.println(format!(
-                "step {}: eval loss {:.4} (perplexity {:.2})",
-                eval.step, eval.eval_loss, eval.eval_perplexity
-            ));
+            bar.println(match &eval.preference {
+                Some(p) => format!(
+                    "step {}: held-out loss {:.4}, reward accuracy {:.3}, margin {:+.4}",
+                    eval.step, eval.eval_loss, p.rewards_accuracies, p.rewards_margins
+                ),
+                None => format!(
+                    "step {}: eval loss {:.4} (perplexity {:.2})",
+                    eval.step, eval.eval_loss, eval.eval_perplexity
+                ),
+            });
         }
         Ok(())
     }
