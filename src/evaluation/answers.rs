@@ -36,6 +36,37 @@ impl AnswerCase {
             .collect()
     }
 
+    /// The cases of preference pairs: the prompt's turns (or text, as a user turn) and the
+    /// chosen answer as the reference.
+    pub fn from_pairs(pairs: &[crate::data::SourcedPair]) -> Vec<AnswerCase> {
+        use crate::data::Turns;
+        pairs
+            .iter()
+            .filter_map(|p| {
+                let conversation = match &p.pair.prompt {
+                    Turns::Chat(m) => m.clone(),
+                    Turns::Text(t) => vec![Message {
+                        role: Role::User,
+                        content: t.clone(),
+                    }],
+                };
+                let reference = match &p.pair.chosen {
+                    Turns::Chat(m) => m
+                        .iter()
+                        .rev()
+                        .find(|m| m.role == Role::Assistant)?
+                        .content
+                        .clone(),
+                    Turns::Text(t) => t.trim().to_string(),
+                };
+                Some(AnswerCase {
+                    conversation,
+                    reference,
+                })
+            })
+            .collect()
+    }
+
     /// The last user turn (what was asked).
     pub fn question(&self) -> &str {
         self.conversation

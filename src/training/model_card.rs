@@ -313,9 +313,30 @@ impl ModelCard {
             }
             None => "none (dense base)".into(),
         };
+        let objective = match c.objective() {
+            None => "supervised fine-tuning (next-token loss on the replies)".to_string(),
+            Some(o) => {
+                let mut text = format!("{} on preference pairs, beta {}", o.method, o.beta);
+                if o.label_smoothing > 0.0 {
+                    text.push_str(&format!(", label smoothing {}", o.label_smoothing));
+                }
+                if o.method == crate::training::Method::Simpo {
+                    text.push_str(&format!(", gamma {}", o.simpo_gamma));
+                }
+                if o.method.needs_reference() {
+                    text.push_str(if c.precompute_ref_logps {
+                        ", reference log-probabilities precomputed"
+                    } else {
+                        ", reference computed every step"
+                    });
+                }
+                text
+            }
+        };
         let rows: Vec<(&str, String)> = vec![
             ("base model", base.clone()),
             ("base quantization", quant),
+            ("objective", objective),
             (
                 "LoRA rank / alpha / dropout",
                 format!(
@@ -416,6 +437,26 @@ impl ModelCard {
                         loss.exp()
                     ));
                     any = true;
+                }
+                if let (Some(b), Some(a)) = (&s.preference_before, &s.preference_after) {
+                    md.push_str(&format!(
+                        "| held-out pairs ({}) | reward accuracy | reward margin | chosen log-prob | rejected log-prob |\n|---|---|---|---|---|\n",
+                        a.pairs
+                    ));
+                    for (who, p) in [("before training", b), ("with this adapter", a)] {
+                        md.push_str(&format!(
+                            "| {who} | {:.3} | {:.4} | {:.2} | {:.2} |\n",
+                            p.rewards_accuracies,
+                            p.rewards_margins,
+                            p.logps_chosen,
+                            p.logps_rejected
+                        ));
+                    }
+                    md.push_str(
+                        "\nRewards as TRL logs them: beta times the policy's log-probability \
+                         ratio to the reference (SimPO, ORPO: to none); the validation loss \
+                         below is the preference objective's.\n\n",
+                    );
                 }
                 if any {
                     md.push_str(&t);

@@ -165,6 +165,22 @@ fn micro_batch_loss(
     Ok((preference_loss(objective, &policy, reference, nll)?, tokens))
 }
 
+impl PairMicroBatch {
+    /// `pairs` in micro-batches of `batch`, in order.
+    pub fn chunks(
+        pairs: &[crate::data::EncodedPair],
+        batch: usize,
+        pad_id: u32,
+        max_length: Option<usize>,
+        truncation: PairTruncation,
+    ) -> Vec<PairMicroBatch> {
+        pairs
+            .chunks(batch.max(1))
+            .map(|chunk| PairMicroBatch::new(chunk, pad_id, max_length, truncation))
+            .collect()
+    }
+}
+
 /// What evaluating a policy on held-out pairs found.
 #[derive(Debug, Clone)]
 pub struct PairEvaluation {

@@ -549,10 +549,13 @@ impl Trainer {
             if pairs.is_empty() {
                 return Ok(None);
             }
-            let micro_batches: Vec<PairMicroBatch> = pairs
-                .chunks(batch)
-                .map(|chunk| self.pair_micro_batch(chunk))
-                .collect();
+            let micro_batches = PairMicroBatch::chunks(
+                pairs,
+                batch,
+                self.data.pad_id,
+                Some(self.config.max_len),
+                self.config.pair_truncation,
+            );
             let table: Vec<_>;
             let reference = match &self.reference {
                 RunReference::None => Reference::None,

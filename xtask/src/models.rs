@@ -8,6 +8,7 @@ use medify_qlora::data::{DatasetConfig, ReadOptions, prepare, read_records, unpa
 use medify_qlora::loading::{FinetunedModel, FinetunedOptions};
 use medify_qlora::lora::LoraSummary;
 use medify_qlora::models::{GenerationConfig, LoadOptions, TextStreamer, load_pretrained};
+use medify_qlora::training::Method;
 use medify_qlora::{
     AdapterBase, AnswerCase, BaseModel, BaseQuant, Chat, evaluate_loss, load_base,
     score_generated_answers,
@@ -171,10 +172,25 @@ pub struct EvalArgs {
     /// reads (only the assistant's tokens count, exactly the labels preview shows).
     #[arg(
         long,
-        required_unless_present = "multiple_choice",
-        conflicts_with = "multiple_choice"
+        required_unless_present_any = ["multiple_choice", "pairs"],
+        conflicts_with_all = ["multiple_choice", "pairs"]
     )]
     pub data: Option<PathBuf>,
+    /// Preference pairs (TRL's format: prompt/chosen/rejected, text or conversations) instead:
+    /// the objective, reward accuracy and margin of the model (with --adapter) against the
+    /// reference (the base, or the base with --reference-adapter), as DPO's evaluation logs
+    /// them. With --generate the prompts are answered and scored against the chosen answers.
+    #[arg(long, value_name = "FILE", conflicts_with = "multiple_choice")]
+    pub pairs: Option<PathBuf>,
+    /// With --pairs: the reference's adapter (e.g. the SFT adapter a DPO run started from).
+    #[arg(long, requires = "pairs")]
+    pub reference_adapter: Option<PathBuf>,
+    /// With --pairs: the objective whose rewards are reported: dpo, ipo, orpo or simpo.
+    #[arg(long, requires = "pairs", default_value = "dpo")]
+    pub method: Method,
+    /// With --pairs: β (default: TRL's for the method).
+    #[arg(long, requires = "pairs")]
+    pub beta: Option<f64>,
     /// Multiple-choice accuracy instead: a JSONL file of questions (MedQA, MedMCQA, PubMedQA or
     /// a list of choices), each option scored by its log-likelihood after lm-eval's prompt.
     #[arg(long, value_name = "FILE")]
@@ -295,6 +311,9 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let (base, _, _) = args
         .model
         .load(args.adapter.as_deref(), args.template.as_deref())?;
+    if args.pairs.is_some() {
+        return preference_pairs(args, &base);
+    }
     let Some(data) = &args.data else {
         return multiple_choice(args, &base);
     };
@@ -317,37 +336,139 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         args.batch_size,
     )?;
     let mut out = serde_json::to_value(report)?;
-    let mut scores = None;
-    if args.generate {
-        let chat = Chat::new(&base.model, &base.tokenizer, &encoder)
-            .with_disclaimer(false)
-            .with_generation(GenerationConfig {
-                max_new_tokens: args.max_new_tokens,
-                repetition_penalty: args.repetition_penalty,
-                ..GenerationConfig::default()
-            });
-        let total = cases.len();
-        let answered = score_generated_answers(&chat, &cases, &mut |i, a| {
-            if !args.json {
-                eprintln!("[{}/{total}] {}", i + 1, a.answer);
-            }
-        })?;
-        let s = answered.scores;
-        out["bleu"] = s.bleu.into();
-        out["rouge1"] = s.rouge1.into();
-        out["rouge2"] = s.rouge2.into();
-        out["rougeL"] = s.rouge_l.into();
-        out["generated"] = s.records.into();
-        // What was asked and answered, for reading the scores against the text.
-        out["answers"] = serde_json::to_value(&answered.answers)?;
-        scores = Some(s);
-    }
+    let scores = if args.generate {
+        Some(answer_cases(args, &base, &encoder, &cases, &mut out)?)
+    } else {
+        None
+    };
     if args.json {
         println!("{out}");
     } else {
         println!(
             "loss {:.4}  perplexity {:.2}  over {} tokens in {} records",
             report.loss, report.perplexity, report.tokens, report.records
+        );
+        if let Some(s) = scores {
+            println!(
+                "BLEU {:.4}  ROUGE-1 {:.4}  ROUGE-2 {:.4}  ROUGE-L {:.4}  over {} answers",
+                s.bleu, s.rouge1, s.rouge2, s.rouge_l, s.records
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `eval --generate`: answers every case's question greedily, scores the answers against the
+/// references, and puts scores and answers into `out`.
+fn answer_cases(
+    args: &EvalArgs,
+    base: &BaseModel,
+    encoder: &medify_qlora::data::ChatEncoder,
+    cases: &[AnswerCase],
+    out: &mut serde_json::Value,
+) -> anyhow::Result<medify_qlora::TextScores> {
+    let chat = Chat::new(&base.model, &base.tokenizer, encoder)
+        .with_disclaimer(false)
+        .with_generation(GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            repetition_penalty: args.repetition_penalty,
+            ..GenerationConfig::default()
+        });
+    let total = cases.len();
+    let answered = score_generated_answers(&chat, cases, &mut |i, a| {
+        if !args.json {
+            eprintln!("[{}/{total}] {}", i + 1, a.answer);
+        }
+    })?;
+    let s = answered.scores;
+    out["bleu"] = s.bleu.into();
+    out["rouge1"] = s.rouge1.into();
+    out["rouge2"] = s.rouge2.into();
+    out["rougeL"] = s.rouge_l.into();
+    out["generated"] = s.records.into();
+    // What was asked and answered, for reading the scores against the text.
+    out["answers"] = serde_json::to_value(&answered.answers)?;
+    Ok(s)
+}
+
+/// `eval --pairs`: the preference objective and DPO's reward statistics of the model against
+/// its reference, over a file of pairs.
+fn preference_pairs(args: &EvalArgs, base: &BaseModel) -> anyhow::Result<()> {
+    use burn::module::Module;
+    use medify_qlora::data::{PairTruncation, prepare_pairs, read_preferences};
+    use medify_qlora::lora::LoraExt;
+    use medify_qlora::training::{
+        EvalPreferenceMetrics, PairMicroBatch, PreferenceObjective, Reference, evaluate_pairs,
+    };
+    let path = args.pairs.as_deref().expect("called with --pairs");
+    let objective = PreferenceObjective {
+        beta: args
+            .beta
+            .unwrap_or(PreferenceObjective::new(args.method).beta),
+        ..PreferenceObjective::new(args.method)
+    };
+    objective.validate()?;
+    let encoder = base.encoder.clone().with_system_prompt(args.system.clone());
+    let read = read_preferences(path, &ReadOptions::default())?;
+    let config = DatasetConfig {
+        max_len: args.max_len,
+        dedupe: false,
+        shuffle: false,
+        validation_fraction: 0.0,
+        ..DatasetConfig::default()
+    };
+    let prepared = prepare_pairs(
+        read.pairs.clone(),
+        &encoder,
+        &config,
+        PairTruncation::KeepStart,
+    )?;
+    // The reference shares the base: the same weights with the reference's adapter, or none.
+    let mut reference = base.model.valid();
+    reference.remove_adapters()?;
+    if let Some(dir) = &args.reference_adapter {
+        reference.load_adapter(dir)?;
+    }
+    reference.set_adapters_training(false);
+    let micro_batches = PairMicroBatch::chunks(
+        &prepared.train,
+        args.batch_size,
+        encoder.pad_id(),
+        Some(args.max_len),
+        PairTruncation::KeepStart,
+    );
+    let e = evaluate_pairs(
+        &base.model,
+        &micro_batches,
+        &objective,
+        Reference::Model(&reference),
+    )?;
+    let m = EvalPreferenceMetrics::of(&e.stats);
+    let mut out = serde_json::to_value(m)?;
+    out["method"] = objective.method.as_str().into();
+    out["beta"] = objective.beta.into();
+    out["eval_loss"] = e.loss.into();
+    let scores = if args.generate {
+        let mut cases = AnswerCase::from_pairs(&read.pairs);
+        if let Some(n) = args.limit {
+            cases.truncate(n);
+        }
+        Some(answer_cases(args, base, &encoder, &cases, &mut out)?)
+    } else {
+        None
+    };
+    if args.json {
+        println!("{out}");
+    } else {
+        println!(
+            "{} loss {:.4}  reward accuracy {:.3}  margin {:.4}  (chosen {:.4}, rejected {:.4}) over {} pairs",
+            objective.method,
+            e.loss,
+            m.rewards_accuracies,
+            m.rewards_margins,
+            m.rewards_chosen,
+            m.rewards_rejected,
+            m.pairs
         );
         if let Some(s) = scores {
             println!(
