@@ -253,3 +253,45 @@ fn asked_for_answers_the_table_gains_bleu_and_rouge() {
     assert_eq!(fewer.results[0].answers.as_ref().unwrap().records, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn preference_sweeps_vary_beta_and_method_and_report_rewards() {
+    let spec: SweepSpec = serde_json::from_str(
+        r#"{"base": {"method": "dpo", "max_steps": 3, "learning_rate": 0.005, "batch_size": 2,
+                     "max_len": 160, "validation_fraction": 0.05},
+            "grid": {"beta": [0.1, 0.5], "method": ["dpo", "ipo"]}}"#,
+    )
+    .unwrap();
+    let variants = spec.variants(&start()).unwrap();
+    assert_eq!(variants.len(), 4);
+    let dir = out("preference");
+    let options = SweepOptions {
+        out_dir: dir.clone(),
+        device: Device::flex().autodiff(),
+        progress: false,
+        interrupt: None,
+        generate: Some(medify_qlora::GenerateSpec {
+            max_records: 1,
+            max_new_tokens: 4,
+            ..medify_qlora::GenerateSpec::default()
+        }),
+    };
+    let sources = RunSources::new(
+        ModelSource::new(root().join("fixtures/tiny_models/llama"), None).unwrap(),
+        vec![DataSource::embedded_preferences()],
+    );
+    let report = run_sweep(&variants, &sources, &options, &mut |_| {}).unwrap();
+    for r in &report.results {
+        let rewards = r.eval_rewards.expect("held-out rewards");
+        assert_eq!(rewards.pairs, 5);
+        assert_eq!(r.answers.as_ref().unwrap().records, 1, "{}", r.name);
+    }
+    let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.starts_with("curve,variant,beta,method,")
+            && header.contains(",eval_reward_accuracy,eval_reward_margin,"),
+        "{header}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

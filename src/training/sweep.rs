@@ -232,6 +232,9 @@ pub struct VariantResult {
     pub peak_rss_bytes: Option<u64>,
     /// BLEU and ROUGE of its answers to held-out records, when the sweep asks for them.
     pub answers: Option<TextScores>,
+    /// Preference runs: held-out reward accuracy and margin at the end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_rewards: Option<crate::training::metrics::EvalPreferenceMetrics>,
     /// Trained in an earlier invocation of the sweep (not run again).
     pub skipped: bool,
 }
@@ -399,18 +402,42 @@ fn variant_answers(
         .encoder
         .clone()
         .with_system_prompt(config.system_prompt.clone());
-    // The validation split the trainer held out, in its order, as chat cases.
-    let crate::training::run::PreparedSources {
-        records, prepared, ..
-    } = crate::training::run::prepare_sources(&sources.data, &encoder, config.dataset_config())?;
-    let by_origin: std::collections::HashMap<&str, &crate::data::SourcedExample> =
-        records.iter().map(|r| (r.origin.as_str(), r)).collect();
-    let held_out: Vec<_> = prepared
-        .validation
-        .iter()
-        .filter_map(|e| by_origin.get(e.origin.as_str()).map(|r| (*r).clone()))
-        .collect();
-    let mut cases = AnswerCase::from_records(&held_out);
+    // The validation split the trainer held out, in its order, as chat cases: records, or
+    // the prompts of pairs (answered against the chosen answer).
+    let mut cases = if config.method.is_preference() {
+        let crate::training::run::PreparedPairSources {
+            pairs, prepared, ..
+        } = crate::training::run::prepare_pair_sources(
+            &sources.data,
+            &encoder,
+            config.dataset_config(),
+            config.pair_truncation,
+        )?;
+        let by_origin: std::collections::HashMap<&str, &crate::data::SourcedPair> =
+            pairs.iter().map(|p| (p.origin.as_str(), p)).collect();
+        let held_out: Vec<_> = prepared
+            .validation
+            .iter()
+            .filter_map(|e| by_origin.get(e.origin.as_str()).map(|p| (*p).clone()))
+            .collect();
+        AnswerCase::from_pairs(&held_out)
+    } else {
+        let crate::training::run::PreparedSources {
+            records, prepared, ..
+        } = crate::training::run::prepare_sources(
+            &sources.data,
+            &encoder,
+            config.dataset_config(),
+        )?;
+        let by_origin: std::collections::HashMap<&str, &crate::data::SourcedExample> =
+            records.iter().map(|r| (r.origin.as_str(), r)).collect();
+        let held_out: Vec<_> = prepared
+            .validation
+            .iter()
+            .filter_map(|e| by_origin.get(e.origin.as_str()).map(|r| (*r).clone()))
+            .collect();
+        AnswerCase::from_records(&held_out)
+    };
     cases.truncate(spec.max_records);
     if cases.is_empty() {
         return Err(FinetuneError::NoData(format!(
@@ -467,6 +494,7 @@ fn result_of(
         wall_s: s.seconds,
         peak_rss_bytes: peak,
         answers: None,
+        eval_rewards: s.preference_after,
         skipped,
     })
 }
@@ -499,6 +527,10 @@ fn write_results(dir: &Path, variants: &[Variant], results: &[VariantResult]) ->
         ]
         .map(String::from),
     );
+    let rewarded = results.iter().any(|r| r.eval_rewards.is_some());
+    if rewarded {
+        header.extend(["eval_reward_accuracy", "eval_reward_margin"].map(String::from));
+    }
     let answered = results.iter().any(|r| r.answers.is_some());
     if answered {
         header.extend(["bleu", "rouge1", "rouge2", "rougeL"].map(String::from));
@@ -532,6 +564,13 @@ fn write_results(dir: &Path, variants: &[Variant], results: &[VariantResult]) ->
                     format!("{:.0}", b as f64 / (1 << 20) as f64)
                 }),
             ]);
+            if rewarded {
+                let p = r.eval_rewards.as_ref();
+                row.extend([
+                    opt(p.map(|p| p.rewards_accuracies), 3),
+                    opt(p.map(|p| p.rewards_margins), 4),
+                ]);
+            }
             if answered {
                 let a = r.answers.as_ref();
                 row.extend([
