@@ -271,6 +271,33 @@ pub fn synthetic_batch(
     (TokenBatch::new(ids), labels)
 }
 
+/// `pairs` synthetic preference pairs whose chosen and rejected rows are `seq_len` tokens each
+/// (a shared prompt of half of them, then different completions): the same tokens through the
+/// policy as [`synthetic_batch`] with `2 · pairs` rows, for comparing a preference step with a
+/// supervised one.
+pub fn synthetic_pairs(
+    vocab: usize,
+    pairs: usize,
+    seq_len: usize,
+) -> Vec<crate::data::EncodedPair> {
+    let vocab = vocab as u64;
+    let ids = |seed: u64, n: usize| -> Vec<u32> {
+        (0..n as u64)
+            .map(|i| ((i * 7919 + seed * 104_729 + 13) % vocab) as u32)
+            .collect()
+    };
+    let prompt = seq_len / 2;
+    (0..pairs as u64)
+        .map(|p| crate::data::EncodedPair {
+            origin: format!("synthetic:{p}"),
+            source: 0,
+            prompt: ids(3 * p, prompt),
+            chosen: ids(3 * p + 1, seq_len - prompt),
+            rejected: ids(3 * p + 2, seq_len - prompt),
+        })
+        .collect()
+}
+
 /// The predicted training peak of the whole model and what it consists of, in bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MemoryPrediction {

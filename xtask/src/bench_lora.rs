@@ -8,12 +8,16 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_qlora::FinetuneConfig;
+use medify_qlora::data::PairTruncation;
 use medify_qlora::lora::{LoraConfig, LoraExt, TargetModules};
 use medify_qlora::models::{Checkpointing, LinearQuant, LoadOptions, load_pretrained};
 use medify_qlora::optim::PagedAdamW;
 use medify_qlora::quant::QuantConfig;
-use medify_qlora::training::memory_model::synthetic_batch;
-use medify_qlora::training::train_step;
+use medify_qlora::training::memory_model::{synthetic_batch, synthetic_pairs};
+use medify_qlora::training::{
+    Method, PairMicroBatch, PreferenceObjective, Reference, preference_step_gradients,
+    reference_model, train_step,
+};
 use serde_json::{Value, json};
 
 use crate::bench_models::{json_child, peak_rss};
@@ -57,6 +61,10 @@ pub struct Args {
     /// Also train the same adapters over an LLM.int8 base (bitsandbytes' `load_in_8bit`).
     #[arg(long)]
     pub(crate) int8: bool,
+    /// Also take DPO steps (policy and reference passes, TRL's sigmoid loss) over pairs whose
+    /// chosen and rejected rows hold the same tokens as the supervised step's batch.
+    #[arg(long)]
+    pub(crate) dpo: bool,
     /// Internal: run this variant ("dense", "nf4", "int8", "nf4-checkpointed" or "nf4-eval") and print
     /// the measurements.
     #[arg(long, hide = true)]
@@ -85,11 +93,19 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// Runs the reference stack on the same batch, or says why it was skipped.
-fn reference(args: &Args) -> anyhow::Result<Value> {
+/// Runs the reference stack on the same batch (with `dpo`: TRL's DPOTrainer on the same
+/// pairs), or says why it was skipped.
+fn reference(args: &Args, dpo: bool) -> anyhow::Result<Value> {
     let python = std::env::var("MEDIFY_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = std::process::Command::new(&python)
-        .args(["-c", "import torch, peft, bitsandbytes, transformers"])
+        .args([
+            "-c",
+            if dpo {
+                "import torch, peft, bitsandbytes, transformers, trl"
+            } else {
+                "import torch, peft, bitsandbytes, transformers"
+            },
+        ])
         .output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         return Ok(json!({
@@ -120,6 +136,7 @@ fn reference(args: &Args) -> anyhow::Result<Value> {
             args.gradient_checkpointing
                 .then_some("--gradient-checkpointing"),
         )
+        .args(dpo.then_some("--dpo"))
         .output()
         .with_context(|| format!("running {REFERENCE_SCRIPT}"))?;
     if !out.status.success() {
@@ -146,6 +163,7 @@ fn variant(name: &str) -> anyhow::Result<(Option<LinearQuant>, Option<Checkpoint
         "int8" => (Some(LinearQuant::Int8), Some(Checkpointing::Off)),
         "nf4-checkpointed" => (nf4, Some(Checkpointing::Layers)),
         "nf4-eval" => (nf4, None),
+        "nf4-dpo" => (nf4, Some(Checkpointing::Off)),
         other => return Err(anyhow::anyhow!("unknown bench variant {other}")),
     })
 }
@@ -180,8 +198,38 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
     let mut optim = PagedAdamW::new(recipe.adamw_config()?)?;
     let mut losses = Vec::new();
     let mut seconds = 0.0;
+    let dpo = (name == "nf4-dpo").then(|| {
+        let pairs = synthetic_pairs(
+            model.config().vocab_size,
+            (args.batch_size / 2).max(1),
+            args.seq_len,
+        );
+        PairMicroBatch::new(&pairs, 0, None, PairTruncation::KeepStart)
+    });
+    let reference = match dpo {
+        Some(_) => Some(reference_model(&model, false)?),
+        None => None,
+    };
+    let objective = PreferenceObjective::new(Method::Dpo);
     for step in 0..=args.steps {
         let t = Instant::now();
+        if let (Some(mb), Some(reference)) = (&dpo, &reference) {
+            let g = preference_step_gradients(
+                &model,
+                std::slice::from_ref(mb),
+                &objective,
+                Reference::Model(reference),
+                recipe.seed,
+                step as u64 + 1,
+            )?;
+            let (next, _) = optim.step(recipe.learning_rate, model, g.grads)?;
+            model = next;
+            if step > 0 {
+                seconds += t.elapsed().as_secs_f64();
+                losses.push(g.loss);
+            }
+            continue;
+        }
         let loss = match checkpointing {
             Some(mode) => {
                 let (next, loss, _) = train_step(
@@ -207,7 +255,12 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
             losses.push(loss);
         }
     }
-    let tokens = (args.batch_size * args.seq_len * args.steps) as f64;
+    // Tokens through the policy: a DPO step's pairs hold as many as the supervised batch.
+    let rows = match &dpo {
+        Some(mb) => 2 * mb.pairs,
+        None => args.batch_size,
+    };
+    let tokens = (rows * args.seq_len * args.steps) as f64;
     Ok(json!({
         "peak_rss_bytes": peak_rss(),
         "load_peak_rss_bytes": load_peak,
@@ -248,6 +301,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     // a shared machine hits them alike; each variant reports its fastest round.
     let mut results = serde_json::Map::new();
     let mut reference_best: Option<Value> = None;
+    let mut reference_dpo_best: Option<Value> = None;
     let faster = |best: &Option<Value>, r: &Value| {
         best.as_ref().is_none_or(|b| {
             r["tokens_per_s"].as_f64().unwrap_or(0.0) > b["tokens_per_s"].as_f64().unwrap_or(0.0)
@@ -259,6 +313,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.gradient_checkpointing {
         variants.extend(["nf4-checkpointed", "nf4-eval"]);
+    }
+    if args.dpo {
+        variants.push("nf4-dpo");
     }
     for round in 0..args.repeats.max(1) {
         for &base in &variants {
@@ -272,12 +329,21 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
         }
         if args.reference {
-            let r = reference(args)?;
+            let r = reference(args, false)?;
             if !args.json {
                 eprintln!("round {round} reference: {r}");
             }
             if r.get("skipped").is_some() || faster(&reference_best, &r) {
                 reference_best = Some(r);
+            }
+            if args.dpo {
+                let r = reference(args, true)?;
+                if !args.json {
+                    eprintln!("round {round} reference DPO: {r}");
+                }
+                if r.get("skipped").is_some() || faster(&reference_dpo_best, &r) {
+                    reference_dpo_best = Some(r);
+                }
             }
         }
     }
@@ -313,6 +379,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         out["ratios"]["tokens_per_s_int8_over_nf4"] =
             json!(get("int8", "tokens_per_s") / get("nf4", "tokens_per_s"));
     }
+    if args.dpo {
+        out["qlora_dpo"] = results["nf4-dpo"].clone();
+        out["ratios"]["tokens_per_s_dpo_over_sft"] =
+            json!(get("nf4-dpo", "tokens_per_s") / get("nf4", "tokens_per_s"));
+        out["ratios"]["peak_rss_dpo_over_sft"] =
+            json!(get("nf4-dpo", "peak_rss_bytes") / get("nf4", "peak_rss_bytes"));
+    }
     if args.gradient_checkpointing {
         out["qlora_checkpointed"] = results["nf4-checkpointed"].clone();
         out["evaluation"] = results["nf4-eval"].clone();
@@ -320,6 +393,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             json!(get("nf4-checkpointed", "tokens_per_s") / get("nf4", "tokens_per_s"));
         out["ratios"]["peak_rss_checkpointed_over_plain"] =
             json!(get("nf4-checkpointed", "peak_rss_bytes") / get("nf4", "peak_rss_bytes"));
+    }
+    if let Some(r) = reference_dpo_best {
+        if let Some(t) = r["tokens_per_s"].as_f64() {
+            out["ratios"]["tokens_per_s_dpo_over_reference_dpo"] =
+                json!(get("nf4-dpo", "tokens_per_s") / t);
+        }
+        if let Some(p) = r["peak_rss_bytes"].as_f64() {
+            out["ratios"]["peak_rss_dpo_over_reference_dpo"] =
+                json!(get("nf4-dpo", "peak_rss_bytes") / p);
+        }
+        out["reference_dpo"] = r;
     }
     if let Some(r) = reference {
         out["reference"] = r;
@@ -385,6 +469,9 @@ pub struct TrainArgs {
     /// Also train over an LLM.int8 base (see `bench-lora --int8`).
     #[arg(long)]
     int8: bool,
+    /// Also take DPO steps over the same tokens (see `bench-lora --dpo`).
+    #[arg(long)]
+    dpo: bool,
 }
 
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
@@ -400,6 +487,7 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         reference: a.reference,
         gradient_checkpointing: a.gradient_checkpointing,
         int8: a.int8,
+        dpo: a.dpo,
         child: None,
     })
 }
