@@ -19,12 +19,39 @@ pub const REFERENCE_LOGPS_FILE: &str = "reference_logps.json";
 
 /// Summed reference log-probabilities `[chosen, rejected]` of each training and validation
 /// pair, in the order of [`TrainData`](crate::TrainData)'s `pairs` and `validation_pairs`.
+/// In the file each value is a decimal string (Rust's shortest exact form): serde_json's default
+/// number parser may miss the last bit, and a resumed run must read back the very values.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReferenceTable {
     /// One entry per training pair.
+    #[serde(with = "exact")]
     pub train: Vec<[f64; 2]>,
     /// One entry per validation pair.
+    #[serde(with = "exact")]
     pub validation: Vec<[f64; 2]>,
+}
+
+/// `[f64; 2]` entries as decimal strings that parse back to the same bits.
+mod exact {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[[f64; 2]], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|[c, r]| [c.to_string(), r.to_string()]))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<[f64; 2]>, D::Error> {
+        let text: Vec<[String; 2]> = Vec::deserialize(d)?;
+        text.iter()
+            .map(|[c, r]| {
+                let parse = |t: &str| {
+                    t.parse::<f64>()
+                        .map_err(|e| D::Error::custom(format!("{t:?} is not a number: {e}")))
+                };
+                Ok([parse(c)?, parse(r)?])
+            })
+            .collect()
+    }
 }
 
 fn column(
@@ -78,7 +105,7 @@ impl ReferenceTable {
         ReferenceLogps { chosen, rejected }
     }
 
-    /// Writes the table into `dir` (atomically). f64 values round-trip exactly through JSON.
+    /// Writes the table into `dir` (atomically); the values read back bit for bit.
     pub fn write(&self, dir: &Path) -> Result<()> {
         write_json(&dir.join(REFERENCE_LOGPS_FILE), self)
     }
@@ -123,8 +150,25 @@ mod tests {
             train: vec![[-12.345678901234567, -0.1 - 0.2], [-1e-300, -3.0]],
             validation: vec![[-7.0, -f64::MIN_POSITIVE]],
         };
+        // Values whose last bit serde_json's default number parser can miss.
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        let mut table = table;
+        for _ in 0..2000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let v = -(f64::from_bits(0x3FF0_0000_0000_0000 | (rng >> 12)) - 1.0) * 1e3;
+            table.train.push([v, v / 3.0]);
+        }
+        let table = ReferenceTable {
+            train: table.train,
+            validation: table.validation,
+        };
         table.write(&dir).unwrap();
-        assert_eq!(ReferenceTable::read(&dir, 2, 1).unwrap(), table);
+        let back = ReferenceTable::read(&dir, 2002, 1).unwrap();
+        for (a, b) in back.train.iter().zip(&table.train) {
+            assert_eq!(a.map(f64::to_bits), b.map(f64::to_bits));
+        }
         let e = ReferenceTable::read(&dir, 3, 1).unwrap_err().to_string();
         assert!(e.contains(REFERENCE_LOGPS_FILE) && e.contains("3"), "{e}");
         let b = table.train_batch(&[1, 0]);
