@@ -7,9 +7,12 @@ use std::path::{Path, PathBuf};
 use clap::Args as ClapArgs;
 use medify_qlora::DataSource;
 use medify_qlora::data::{
-    ChatEncoder, DatasetConfig, FieldMap, IGNORE, InputFormat, ReadOptions, Truncation,
+    ChatEncoder, DatasetConfig, FieldMap, IGNORE, InputFormat, PairTruncation, ReadOptions,
+    Truncation,
 };
-use medify_qlora::training::{PreparedSources, prepare_sources};
+use medify_qlora::training::{
+    PreparedPairSources, PreparedSources, prepare_pair_sources, prepare_sources,
+};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -54,6 +57,14 @@ pub struct Args {
     /// One JSON line per record: {"input_ids": [...], "labels": [...]}.
     #[arg(long)]
     json: bool,
+    /// Read preference pairs (prompt/chosen/rejected) as a dpo/ipo/orpo/simpo run does: each
+    /// pair's chosen and rejected rows, completions highlighted; with --json, TRL's
+    /// {"prompt_ids", "chosen_ids", "rejected_ids"} per pair.
+    #[arg(long)]
+    pairs: bool,
+    /// With --pairs: which end of an over-long pair survives --max-len (keep_start, keep_end).
+    #[arg(long, requires = "pairs", default_value = "keep_start")]
+    pair_truncation: PairTruncation,
 }
 
 /// A `ChatEncoder` for a tokenizer directory, a model directory or a GGUF file.
@@ -92,6 +103,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         shuffle: false,
         ..DatasetConfig::default()
     };
+    if args.pairs {
+        return preview_pairs(args, &sources, &encoder, config);
+    }
     // Every record is prepared so the counts cover the whole data; only `limit` are shown.
     let PreparedSources {
         records,
@@ -123,7 +137,6 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let color = !args.json && stdout.is_terminal();
-    let tok = encoder.tokenizer();
     for ex in &prepared.train {
         let e = &ex.encoded;
         if args.json {
@@ -138,25 +151,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             e.len(),
             e.trained_tokens()
         )?;
-        // Consecutive tokens with the same trained/ignored state are decoded together.
-        let mut start = 0;
-        while start < e.len() {
-            let trained = e.labels[start] != IGNORE;
-            let mut end = start;
-            while end < e.len() && (e.labels[end] != IGNORE) == trained {
-                end += 1;
-            }
-            let text = tok
-                .decode(&e.input_ids[start..end], false)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let shown = match (trained, color) {
-                (true, true) => format!("\x1b[1;32m{text}\x1b[0m"),
-                (true, false) => format!("[[{text}]]"),
-                (false, _) => text,
-            };
-            write!(out, "{shown}")?;
-            start = end;
-        }
+        highlighted(&mut out, &encoder, &e.input_ids, &e.labels, color)?;
         writeln!(out)?;
     }
     let r = &prepared.report;
@@ -172,6 +167,94 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             report.sources.iter().map(|s| s.skipped).sum::<usize>(),
             r.truncated,
             r.too_long,
+            r.untrained.len(),
+            r.template_errors.len()
+        );
+        for line in report.lines() {
+            eprintln!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Writes `ids` decoded, the trained (labelled) stretches in green (or `[[ ]]`), and a newline.
+fn highlighted(
+    out: &mut impl Write,
+    encoder: &ChatEncoder,
+    ids: &[u32],
+    labels: &[i64],
+    color: bool,
+) -> anyhow::Result<()> {
+    // Consecutive tokens with the same trained/ignored state are decoded together.
+    let mut start = 0;
+    while start < ids.len() {
+        let trained = labels[start] != IGNORE;
+        let mut end = start;
+        while end < ids.len() && (labels[end] != IGNORE) == trained {
+            end += 1;
+        }
+        let text = encoder
+            .tokenizer()
+            .decode(&ids[start..end], false)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let shown = match (trained, color) {
+            (true, true) => format!("\x1b[1;32m{text}\x1b[0m"),
+            (true, false) => format!("[[{text}]]"),
+            (false, _) => text,
+        };
+        write!(out, "{shown}")?;
+        start = end;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+/// `preview --pairs`: the pairs as a preference run tokenizes and cuts them.
+fn preview_pairs(
+    args: &Args,
+    sources: &[DataSource],
+    encoder: &ChatEncoder,
+    config: DatasetConfig,
+) -> anyhow::Result<()> {
+    let max_len = config.max_len;
+    let PreparedPairSources {
+        mut prepared,
+        report,
+        ..
+    } = prepare_pair_sources(sources, encoder, config, args.pair_truncation)?;
+    let total = prepared.train.len();
+    if let Some(n) = args.limit.or((!args.json).then_some(3)) {
+        prepared.train.truncate(n);
+    }
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let color = !args.json && stdout.is_terminal();
+    for pair in &prepared.train {
+        if args.json {
+            let line = serde_json::json!({
+                "prompt_ids": pair.prompt, "chosen_ids": pair.chosen, "rejected_ids": pair.rejected
+            });
+            writeln!(out, "{line}")?;
+            continue;
+        }
+        let [chosen, rejected] = pair.rows(Some(max_len), args.pair_truncation);
+        for (which, row) in [("chosen", &chosen), ("rejected", &rejected)] {
+            let trained = row.labels.iter().filter(|&&l| l != IGNORE).count();
+            writeln!(
+                out,
+                "── {} {which} ({} tokens, {trained} completion)",
+                pair.origin,
+                row.input_ids.len()
+            )?;
+            highlighted(&mut out, encoder, &row.input_ids, &row.labels, color)?;
+        }
+    }
+    if !args.json {
+        let r = &prepared.report;
+        eprintln!(
+            "{} of {total} pairs shown; cut at --max-len: {}; dropped (a completion cut away): {}; template errors: {}",
+            prepared.train.len(),
+            r.truncated,
             r.untrained.len(),
             r.template_errors.len()
         );
