@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 use medify_qlora::lora::{LoraExt, LoraModel};
-use medify_qlora::models::{CausalLm, Label, LoadOptions, TokenBatch};
+use medify_qlora::models::{CausalLm, Checkpointing, Label, LoadOptions, TokenBatch};
 use medify_qlora::training::{
     Method, PairLogps, PreferenceObjective, ReferenceLogps, preference_loss,
 };
@@ -272,9 +272,16 @@ fn precomputed_and_on_the_fly_references_give_trls_step_in_micro_batches() {
     let frozen = reference_model(&model, false).unwrap();
     let table = precompute_reference(&frozen, &micro).unwrap();
     let objective = PreferenceObjective::new(Method::Dpo);
-    let live =
-        preference_step_gradients(&model, &micro, &objective, Reference::Model(&frozen), 7, 1)
-            .unwrap();
+    let live = preference_step_gradients(
+        &model,
+        &micro,
+        &objective,
+        Reference::Model(&frozen),
+        7,
+        1,
+        Checkpointing::Off,
+    )
+    .unwrap();
     let stored = preference_step_gradients(
         &model,
         &micro,
@@ -282,6 +289,7 @@ fn precomputed_and_on_the_fly_references_give_trls_step_in_micro_batches() {
         Reference::Precomputed(&table),
         7,
         1,
+        Checkpointing::Off,
     )
     .unwrap();
     assert_eq!(live.loss, stored.loss);
@@ -326,5 +334,93 @@ fn precomputed_and_on_the_fly_references_give_trls_step_in_micro_batches() {
         }
     }
     // A DPO step without any reference is an error, not a panic.
-    assert!(preference_step_gradients(&model, &micro, &objective, Reference::None, 7, 1).is_err());
+    assert!(
+        preference_step_gradients(
+            &model,
+            &micro,
+            &objective,
+            Reference::None,
+            7,
+            1,
+            Checkpointing::Off
+        )
+        .is_err()
+    );
+}
+
+/// Layer checkpointing recomputes each layer in backward: the same loss, statistics and
+/// gradients as keeping every activation, for a method with a reference (DPO) and for ORPO,
+/// whose NLL term shares the forward pass, over the NF4 base.
+#[test]
+fn checkpointed_preference_steps_equal_plain_ones() {
+    use medify_qlora::data::PairTruncation;
+    use medify_qlora::training::{
+        PairMicroBatch, Reference, preference_step_gradients, reference_model,
+    };
+    let r = reference();
+    let pad = r["pad_id"].as_u64().unwrap() as u32;
+    let micro = vec![PairMicroBatch::new(
+        &encoded_pairs(&r),
+        pad,
+        None,
+        PairTruncation::KeepStart,
+    )];
+    let model = policy("nf4");
+    let frozen = reference_model(&model, false).unwrap();
+    for method in [Method::Dpo, Method::Orpo] {
+        let objective = PreferenceObjective::new(method);
+        let step = |mode| {
+            preference_step_gradients(
+                &model,
+                &micro,
+                &objective,
+                Reference::Model(&frozen),
+                3,
+                2,
+                mode,
+            )
+            .unwrap()
+        };
+        let (plain, layers) = (step(Checkpointing::Off), step(Checkpointing::Layers));
+        close(layers.loss, plain.loss, 1e-5, &format!("{method} loss"));
+        assert_eq!(plain.stats.losses.len(), 2);
+        for (a, b) in layers
+            .stats
+            .logps_chosen
+            .iter()
+            .zip(&plain.stats.logps_chosen)
+        {
+            close(*a, *b, 1e-4, &format!("{method} chosen logps"));
+        }
+        let mut largest = 0f32;
+        let mut worst = 0f32;
+        for (_, proj) in model.linear_layers() {
+            let Some(adapter) = proj.lora() else { continue };
+            for id in [adapter.lora_a.id, adapter.lora_b.id] {
+                let a: Vec<f32> = plain
+                    .grads
+                    .get::<2>(id)
+                    .unwrap()
+                    .into_data()
+                    .try_into_vec()
+                    .unwrap();
+                let b: Vec<f32> = layers
+                    .grads
+                    .get::<2>(id)
+                    .unwrap()
+                    .into_data()
+                    .try_into_vec()
+                    .unwrap();
+                for (x, y) in a.iter().zip(&b) {
+                    largest = largest.max(x.abs());
+                    worst = worst.max((x - y).abs());
+                }
+            }
+        }
+        assert!(largest > 0.0, "{method}: no gradient");
+        assert!(
+            worst <= 1e-5 * largest.max(1.0),
+            "{method}: {worst} of {largest}"
+        );
+    }
 }

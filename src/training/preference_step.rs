@@ -11,7 +11,7 @@ use crate::data::{Batch, PairTruncation, pair_batch};
 use crate::error::{FinetuneError, Result};
 use crate::evaluation::loss::{batch_labels, token_batch};
 use crate::lora::LoraExt;
-use crate::models::{CausalLm, TokenBatch};
+use crate::models::{CausalLm, Checkpointing, TokenBatch};
 use crate::training::preference::{
     Method, PairLogps, PairStats, PreferenceObjective, ReferenceLogps, preference_loss,
 };
@@ -153,13 +153,28 @@ fn micro_batch_loss(
     objective: &PreferenceObjective,
     reference: Option<&ReferenceLogps>,
 ) -> Result<(crate::training::preference::PreferenceLoss, usize)> {
-    let policy = pair_logps(model, mb)?;
+    let hidden = model.forward_hidden(&mb.batch.0, None)?;
+    hidden_loss(model, hidden, mb, objective, reference)
+}
+
+/// [`micro_batch_loss`] from the micro-batch's final hidden states: the policy's sequence
+/// log-probabilities, ORPO's NLL over the chosen rows, and the objective.
+fn hidden_loss(
+    model: &CausalLm,
+    hidden: burn::tensor::Tensor<3>,
+    mb: &PairMicroBatch,
+    objective: &PreferenceObjective,
+    reference: Option<&ReferenceLogps>,
+) -> Result<(crate::training::preference::PreferenceLoss, usize)> {
+    let (batch, labels) = &mb.batch;
     let nll = if objective.method == Method::Orpo {
-        let (batch, labels) = mb.chosen_sequences();
-        Some(model.loss(&batch, &labels)?.loss)
+        let (chosen, chosen_labels) = mb.chosen_sequences();
+        let rows = hidden.clone().narrow(0, 0, mb.pairs);
+        Some(model.hidden_loss(rows, &chosen, &chosen_labels)?.loss)
     } else {
         None
     };
+    let policy = PairLogps::from_concatenated(model.hidden_sequence_logps(hidden, batch, labels)?)?;
     let tokens =
         policy.chosen_tokens.iter().sum::<usize>() + policy.rejected_tokens.iter().sum::<usize>();
     Ok((preference_loss(objective, &policy, reference, nll)?, tokens))
@@ -257,9 +272,11 @@ pub struct PreferenceStepGradients {
     pub tokens: usize,
 }
 
-/// The gradients of one step over `micro_batches` under `objective`. Dropout masks are
-/// numbered by `(seed, step)` as for supervised steps, so resuming is exact; the reference pass
-/// runs without autodiff (and without dropout).
+/// The gradients of one step over `micro_batches` under `objective`, with the activations
+/// `checkpointing` says (layer checkpointing recomputes each decoder layer in backward, as for
+/// supervised steps: the objective is computed from the last layer's output, and its gradient
+/// flows back layer by layer). Dropout masks are numbered by `(seed, step)` as for supervised
+/// steps, so resuming is exact; the reference pass runs without autodiff (and without dropout).
 pub fn preference_step_gradients(
     model: &CausalLm,
     micro_batches: &[PairMicroBatch],
@@ -267,6 +284,7 @@ pub fn preference_step_gradients(
     reference: Reference<'_>,
     seed: u64,
     step: u64,
+    checkpointing: Checkpointing,
 ) -> Result<PreferenceStepGradients> {
     if !model.device().is_autodiff() {
         return Err(FinetuneError::NoData(
@@ -281,14 +299,22 @@ pub fn preference_step_gradients(
     let mut orpo_terms: Vec<(f64, f64, f64)> = Vec::new();
     for (i, mb) in micro_batches.iter().enumerate() {
         let reference = reference.for_micro_batch(i, mb, objective.method)?;
-        let (out, completion_tokens) = micro_batch_loss(model, mb, objective, reference.as_ref())?;
+        let (batch, _) = &mb.batch;
+        let ((value, mb_stats, completion_tokens), grads) =
+            model.gradients_of(batch, checkpointing, |hidden| {
+                let (out, completion_tokens) =
+                    hidden_loss(model, hidden, mb, objective, reference.as_ref())?;
+                let value = out.loss.clone().into_scalar::<f64>();
+                Ok::<_, FinetuneError>((
+                    out.loss.div_scalar(n),
+                    (value, out.stats, completion_tokens),
+                ))
+            })?;
         tokens += completion_tokens;
-        let value = out.loss.clone().into_scalar::<f64>();
-        let grads = GradientsParams::from_grads(out.loss.div_scalar(n).backward(), model);
         accumulator.accumulate(model, grads);
         loss += value / n;
         pairs += mb.pairs;
-        merge_stats(&mut stats, out.stats, &mut orpo_terms);
+        merge_stats(&mut stats, mb_stats, &mut orpo_terms);
     }
     finish_orpo(&mut stats, &orpo_terms);
     Ok(PreferenceStepGradients {

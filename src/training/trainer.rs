@@ -674,6 +674,7 @@ impl Trainer {
                     reference,
                     self.config.seed,
                     step,
+                    self.config.checkpointing(),
                 )?;
                 (g.grads, g.loss, g.tokens, Some(g.stats))
             }

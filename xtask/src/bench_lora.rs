@@ -221,6 +221,7 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
                 Reference::Model(reference),
                 recipe.seed,
                 step as u64 + 1,
+                checkpointing.unwrap_or(Checkpointing::Off),
             )?;
             let (next, _) = optim.step(recipe.learning_rate, model, g.grads)?;
             model = next;

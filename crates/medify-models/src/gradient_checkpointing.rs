@@ -152,22 +152,60 @@ impl CausalLm {
         scale: f32,
         checkpointing: Checkpointing,
     ) -> Result<MicroBatchGradients> {
+        let (_, _, tokens) = self.loss_targets(batch, labels)?;
+        let (loss_sum, grads) = self.gradients_of(batch, checkpointing, |hidden| {
+            let sum = self.hidden_loss(hidden, batch, labels)?.sum;
+            let value = sum.clone().into_scalar::<f64>();
+            Ok::<_, ModelError>((sum.mul_scalar(scale), value))
+        })?;
+        Ok(MicroBatchGradients {
+            loss_sum,
+            tokens,
+            grads,
+        })
+    }
+
+    /// The gradients, in every trainable parameter, of the scalar that `head` computes from the
+    /// batch's final (normed) hidden states `[rows, seq, hidden]`, with the activations
+    /// `checkpointing` says: any objective over the model's outputs (a token loss, sequence
+    /// log-probabilities and a preference loss over them) trains with layer checkpointing
+    /// through here. `head` also hands back whatever else it computed (`T`); it runs once.
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use medify_models::{CausalLm, Checkpointing, LoadOptions, ModelError, TokenBatch};
+    /// use medify_lora::{LoraConfig, LoraExt};
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/tiny_models/llama");
+    /// let (mut model, _) = CausalLm::from_pretrained(dir, &Device::flex().autodiff(), &LoadOptions::default()).unwrap();
+    /// model.add_adapters(&LoraConfig::default()).unwrap();
+    /// let batch = TokenBatch::new(vec![vec![1, 5, 9, 4]]);
+    /// let labels = vec![vec![None, None, Some(9), Some(4)]];
+    /// // Maximise the sequence's log-probability.
+    /// let (logp, grads) = model.gradients_of(&batch, Checkpointing::Layers, |hidden| {
+    ///     let logps = model.hidden_sequence_logps(hidden, &batch, &labels)?.logps;
+    ///     let value = logps.clone().into_scalar::<f64>();
+    ///     Ok::<_, ModelError>((logps.neg().sum(), value))
+    /// }).unwrap();
+    /// assert!(logp < 0.0 && !grads.is_empty());
+    /// ```
+    pub fn gradients_of<T, E: From<ModelError>>(
+        &self,
+        batch: &TokenBatch,
+        checkpointing: Checkpointing,
+        head: impl FnOnce(Tensor<3>) -> std::result::Result<(Tensor<1>, T), E>,
+    ) -> std::result::Result<(T, GradientsParams), E> {
         if !self.device().is_autodiff() {
             return Err(ModelError::InvalidRequest(
                 "training needs an autodiff device (Device::autodiff)".into(),
-            ));
+            )
+            .into());
         }
         if checkpointing == Checkpointing::Off || self.layers.is_empty() {
-            let out = self.loss(batch, labels)?;
-            let loss_sum = out.sum.clone().into_scalar::<f64>();
-            let grads = GradientsParams::from_grads(out.sum.mul_scalar(scale).backward(), self);
-            return Ok(MicroBatchGradients {
-                loss_sum,
-                tokens: out.tokens,
-                grads,
-            });
+            let hidden = self.forward_hidden(batch, None)?;
+            let (scalar, extra) = head(hidden)?;
+            let grads = GradientsParams::from_grads(scalar.backward(), self);
+            return Ok((extra, grads));
         }
-        let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
         let device = self.device();
         let offload =
             checkpointing == Checkpointing::LayersOffloaded && !medify_quant::is_flex(&device);
@@ -180,11 +218,10 @@ impl CausalLm {
             x = layer.clone().no_grad().forward(x, &ctx, None);
         }
 
-        // Head and loss on the graph, from the last layer's output as a leaf.
+        // Head on the graph, from the last layer's output as a leaf.
         let top = x.require_grad();
-        let sum = self.loss_sum(self.norm.forward(top.clone()), targets, weights);
-        let loss_sum = sum.clone().into_scalar::<f64>();
-        let mut grads = sum.mul_scalar(scale).backward();
+        let (scalar, extra) = head(self.norm.forward(top.clone()))?;
+        let mut grads = scalar.backward();
         let mut out = GradientsParams::new();
         collect(self, &mut grads, &mut out);
         let mut upstream = top.grad(&grads).ok_or_else(no_gradient)?;
@@ -213,11 +250,7 @@ impl CausalLm {
                 upstream = input.grad(&grads).ok_or_else(no_gradient)?;
             }
         }
-        Ok(MicroBatchGradients {
-            loss_sum,
-            tokens,
-            grads: out,
-        })
+        Ok((extra, out))
     }
 }
 

@@ -545,8 +545,22 @@ impl CausalLm {
     /// Next-token cross-entropy: position `i` predicts `labels[i + 1]`, as transformers shifts;
     /// `None` labels are skipped.
     pub fn loss(&self, batch: &TokenBatch, labels: &[Vec<Label>]) -> Result<LossOutput> {
-        let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
+        self.loss_targets(batch, labels)?;
         let hidden = self.forward_hidden(batch, None)?;
+        self.hidden_loss(hidden, batch, labels)
+    }
+
+    /// [`loss`](Self::loss) from final hidden states `hidden` (`[rows, seq, hidden]`, as
+    /// [`forward_hidden`](Self::forward_hidden) gives them, or as a head closure of
+    /// [`gradients_of`](Self::gradients_of) receives them); `batch` and `labels` describe its
+    /// rows.
+    pub fn hidden_loss(
+        &self,
+        hidden: Tensor<3>,
+        batch: &TokenBatch,
+        labels: &[Vec<Label>],
+    ) -> Result<LossOutput> {
+        let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
         let sum = self.loss_sum(hidden, targets, weights);
         let loss = sum.clone().div_scalar(tokens.max(1) as f32);
         Ok(LossOutput { loss, sum, tokens })
@@ -576,8 +590,20 @@ impl CausalLm {
         batch: &TokenBatch,
         labels: &[Vec<Label>],
     ) -> Result<SequenceLogps> {
-        let (targets, weights, _) = self.loss_targets(batch, labels)?;
+        self.loss_targets(batch, labels)?;
         let hidden = self.forward_hidden(batch, None)?;
+        self.hidden_sequence_logps(hidden, batch, labels)
+    }
+
+    /// [`sequence_logps`](Self::sequence_logps) from final hidden states (see
+    /// [`hidden_loss`](Self::hidden_loss)).
+    pub fn hidden_sequence_logps(
+        &self,
+        hidden: Tensor<3>,
+        batch: &TokenBatch,
+        labels: &[Vec<Label>],
+    ) -> Result<SequenceLogps> {
+        let (targets, weights, _) = self.loss_targets(batch, labels)?;
         let [b, s, _] = hidden.dims();
         let n = s - 1;
         let mut tokens = Vec::with_capacity(b);
