@@ -164,6 +164,7 @@ fn variant(name: &str) -> anyhow::Result<(Option<LinearQuant>, Option<Checkpoint
         "nf4-checkpointed" => (nf4, Some(Checkpointing::Layers)),
         "nf4-eval" => (nf4, None),
         "nf4-dpo" => (nf4, Some(Checkpointing::Off)),
+        "nf4-dpo-checkpointed" => (nf4, Some(Checkpointing::Layers)),
         other => return Err(anyhow::anyhow!("unknown bench variant {other}")),
     })
 }
@@ -198,7 +199,7 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
     let mut optim = PagedAdamW::new(recipe.adamw_config()?)?;
     let mut losses = Vec::new();
     let mut seconds = 0.0;
-    let dpo = (name == "nf4-dpo").then(|| {
+    let dpo = name.starts_with("nf4-dpo").then(|| {
         let pairs = synthetic_pairs(
             model.config().vocab_size,
             (args.batch_size / 2).max(1),
@@ -317,6 +318,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if args.dpo {
         variants.push("nf4-dpo");
+        if args.gradient_checkpointing {
+            variants.push("nf4-dpo-checkpointed");
+        }
     }
     for round in 0..args.repeats.max(1) {
         for &base in &variants {
@@ -386,6 +390,17 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             json!(get("nf4-dpo", "tokens_per_s") / get("nf4", "tokens_per_s"));
         out["ratios"]["peak_rss_dpo_over_sft"] =
             json!(get("nf4-dpo", "peak_rss_bytes") / get("nf4", "peak_rss_bytes"));
+        if args.gradient_checkpointing {
+            out["qlora_dpo_checkpointed"] = results["nf4-dpo-checkpointed"].clone();
+            out["ratios"]["tokens_per_s_dpo_checkpointed_over_sft_checkpointed"] = json!(
+                get("nf4-dpo-checkpointed", "tokens_per_s")
+                    / get("nf4-checkpointed", "tokens_per_s")
+            );
+            out["ratios"]["peak_rss_dpo_checkpointed_over_sft_checkpointed"] = json!(
+                get("nf4-dpo-checkpointed", "peak_rss_bytes")
+                    / get("nf4-checkpointed", "peak_rss_bytes")
+            );
+        }
     }
     if args.gradient_checkpointing {
         out["qlora_checkpointed"] = results["nf4-checkpointed"].clone();
@@ -396,13 +411,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             json!(get("nf4-checkpointed", "peak_rss_bytes") / get("nf4", "peak_rss_bytes"));
     }
     if let Some(r) = reference_dpo_best {
+        // With --gradient-checkpointing the reference ran with it: compare like with like.
+        let ours = if args.gradient_checkpointing {
+            "nf4-dpo-checkpointed"
+        } else {
+            "nf4-dpo"
+        };
         if let Some(t) = r["tokens_per_s"].as_f64() {
             out["ratios"]["tokens_per_s_dpo_over_reference_dpo"] =
-                json!(get("nf4-dpo", "tokens_per_s") / t);
+                json!(get(ours, "tokens_per_s") / t);
         }
         if let Some(p) = r["peak_rss_bytes"].as_f64() {
             out["ratios"]["peak_rss_dpo_over_reference_dpo"] =
-                json!(get("nf4-dpo", "peak_rss_bytes") / p);
+                json!(get(ours, "peak_rss_bytes") / p);
         }
         out["reference_dpo"] = r;
     }
