@@ -52,12 +52,17 @@ pub enum Architecture {
     /// Gemma-2B (18 layers, 2048 wide, MQA, head dim 256, MLP 16384, vocab 256k, tied).
     #[serde(rename = "gemma-2b")]
     Gemma2B,
+    /// Llama-3.2-1B (16 layers, 2048 wide, GQA 32/8, MLP 8192, vocab 128k, tied, Llama 3.1
+    /// rope scaling).
+    #[serde(rename = "llama-3.2-1b")]
+    Llama32_1B,
 }
 
 impl Architecture {
     /// Every preset.
-    pub const ALL: [Architecture; 5] = [
+    pub const ALL: [Architecture; 6] = [
         Architecture::TinyLlama1_1B,
+        Architecture::Llama32_1B,
         Architecture::Llama2_7B,
         Architecture::Llama3_8B,
         Architecture::Mistral7B,
@@ -72,12 +77,13 @@ impl Architecture {
             Architecture::Llama3_8B => "llama-3-8b",
             Architecture::Mistral7B => "mistral-7b",
             Architecture::Gemma2B => "gemma-2b",
+            Architecture::Llama32_1B => "llama-3.2-1b",
         }
     }
 
-    /// The model's hyper-parameters, from the values of its published `config.json`.
-    pub fn config(self) -> LlamaConfig {
-        let value = match self {
+    /// The values of the model's published `config.json`.
+    pub fn config_json(self) -> serde_json::Value {
+        match self {
             Architecture::TinyLlama1_1B => json!({"architectures": ["LlamaForCausalLM"],
                 "model_type": "llama", "vocab_size": 32000, "hidden_size": 2048,
                 "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
@@ -109,8 +115,22 @@ impl Architecture {
                 "rope_theta": 10000.0, "max_position_embeddings": 8192,
                 "hidden_activation": "gelu_pytorch_tanh", "tie_word_embeddings": true,
                 "bos_token_id": 2, "eos_token_id": 1}),
-        };
-        LlamaConfig::from_json(&value, self.name()).expect("the presets are valid configs")
+            Architecture::Llama32_1B => json!({"architectures": ["LlamaForCausalLM"],
+                "model_type": "llama", "vocab_size": 128256, "hidden_size": 2048,
+                "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                "num_key_value_heads": 8, "head_dim": 64, "rms_norm_eps": 1e-5,
+                "rope_theta": 500000.0, "max_position_embeddings": 131072,
+                "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                    "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                "tie_word_embeddings": true, "bos_token_id": 128000, "eos_token_id": 128001}),
+        }
+    }
+
+    /// The model's hyper-parameters, from [`config_json`](Self::config_json) (which is also what
+    /// transformers builds the same shapes from: `AutoConfig.for_model(**json)`).
+    pub fn config(self) -> LlamaConfig {
+        LlamaConfig::from_json(&self.config_json(), self.name())
+            .expect("the presets are valid configs")
     }
 }
 
@@ -412,12 +432,18 @@ mod tests {
         for a in Architecture::ALL {
             assert_eq!(a.name().parse::<Architecture>().unwrap(), a);
             let c = a.config();
-            assert!(c.num_hidden_layers >= 18 && c.hidden_size >= 2048, "{c:?}");
+            assert!(c.num_hidden_layers >= 16 && c.hidden_size >= 2048, "{c:?}");
         }
         let gemma = Architecture::Gemma2B.config();
         assert!(gemma.tie_word_embeddings);
         assert_eq!((gemma.head_dim, gemma.num_key_value_heads), (256, 1));
         assert_eq!(Architecture::Mistral7B.config().sliding_window, Some(4096));
+        let llama32 = Architecture::Llama32_1B.config();
+        assert!(llama32.tie_word_embeddings);
+        assert!(matches!(
+            llama32.rope_scaling,
+            crate::models::RopeScaling::Llama3 { .. }
+        ));
         let e = "llama-9b".parse::<Architecture>().unwrap_err().to_string();
         assert!(e.contains("llama-3-8b"), "{e}");
     }

@@ -10,10 +10,12 @@ use clap::Args as ClapArgs;
 use medify_qlora::FinetuneConfig;
 use medify_qlora::data::PairTruncation;
 use medify_qlora::lora::{LoraConfig, LoraExt, TargetModules};
-use medify_qlora::models::{Checkpointing, LinearQuant, LoadOptions, load_pretrained};
+use medify_qlora::models::{
+    CausalLm, Checkpointing, LinearQuant, LoadOptions, RandomWeights, load_pretrained,
+};
 use medify_qlora::optim::PagedAdamW;
 use medify_qlora::quant::QuantConfig;
-use medify_qlora::training::memory_model::{synthetic_batch, synthetic_pairs};
+use medify_qlora::training::memory_model::{Architecture, synthetic_batch, synthetic_pairs};
 use medify_qlora::training::{
     Method, PairMicroBatch, PreferenceObjective, Reference, preference_step_gradients,
     reference_model, train_step,
@@ -26,8 +28,13 @@ use crate::device::device_named;
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// Model directory or .gguf file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
+    pub(crate) model: Option<PathBuf>,
+    /// Instead of --model: random weights in a preset's real shapes (tinyllama-1.1b,
+    /// llama-3.2-1b, gemma-2b, llama-2-7b, llama-3-8b, mistral-7b); the reference builds the same
+    /// config with random weights and quantizes it the same way.
     #[arg(long)]
-    pub(crate) model: PathBuf,
+    pub(crate) arch: Option<Architecture>,
     /// Device to train on.
     #[arg(long, default_value = "flex")]
     pub(crate) device: String,
@@ -96,6 +103,19 @@ fn cpu_model() -> String {
 /// Runs the reference stack on the same batch (with `dpo`: TRL's DPOTrainer on the same
 /// pairs), or says why it was skipped.
 fn reference(args: &Args, dpo: bool) -> anyhow::Result<Value> {
+    let config_file;
+    let model_args: Vec<std::ffi::OsString> = match (&args.arch, &args.model) {
+        (Some(arch), _) => {
+            config_file = tempfile::Builder::new()
+                .prefix("medify-bench-arch-")
+                .suffix(".json")
+                .tempfile()?;
+            std::fs::write(config_file.path(), arch.config_json().to_string())?;
+            vec!["--config-json".into(), config_file.path().into()]
+        }
+        (None, Some(model)) => vec!["--model".into(), model.into()],
+        (None, None) => return Err(anyhow::anyhow!("--model or --arch is needed")),
+    };
     let python = std::env::var("MEDIFY_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = std::process::Command::new(&python)
         .args([
@@ -118,8 +138,7 @@ fn reference(args: &Args, dpo: bool) -> anyhow::Result<Value> {
     }
     let out = std::process::Command::new(&python)
         .arg(REFERENCE_SCRIPT)
-        .arg("--model")
-        .arg(&args.model)
+        .args(&model_args)
         .args([
             "--rank",
             &args.rank.to_string(),
@@ -182,7 +201,18 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
         quantize,
         ..LoadOptions::dense()
     };
-    let (mut model, _, report) = load_pretrained(&args.model, &device, &options)?;
+    let (mut model, report) = match (&args.arch, &args.model) {
+        (Some(arch), _) => {
+            let config = arch.config();
+            let source = RandomWeights::new(config.clone(), 17);
+            CausalLm::load(&source, &config, &device, &options)?
+        }
+        (None, Some(path)) => {
+            let (model, _, report) = load_pretrained(path, &device, &options)?;
+            (model, report)
+        }
+        (None, None) => return Err(anyhow::anyhow!("--model or --arch is needed")),
+    };
     let load_peak = peak_rss();
     let config = LoraConfig::new(args.rank, 2.0 * args.rank as f64)
         .with_target_modules(TargetModules::AllLinear)
@@ -278,8 +308,12 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
 }
 
 fn child(args: &Args, base: &str) -> anyhow::Result<Value> {
-    let mut argv: Vec<std::ffi::OsString> = vec!["bench-lora".into(), "--model".into()];
-    argv.push(args.model.clone().into());
+    let mut argv: Vec<std::ffi::OsString> = vec!["bench-lora".into()];
+    match (&args.arch, &args.model) {
+        (Some(arch), _) => argv.extend(["--arch".into(), arch.name().into()]),
+        (None, Some(model)) => argv.extend(["--model".into(), model.clone().into()]),
+        (None, None) => return Err(anyhow::anyhow!("--model or --arch is needed")),
+    }
     for (flag, value) in [
         ("--device", args.device.clone()),
         ("--child", base.to_string()),
@@ -356,7 +390,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let get = |b: &str, k: &str| results[b][k].as_f64().unwrap_or(f64::NAN);
     let ref_tps = reference.as_ref().and_then(|r| r["tokens_per_s"].as_f64());
     let mut out = json!({
-        "model": args.model.display().to_string(),
+        "model": match (&args.arch, &args.model) {
+            (Some(arch), _) => format!("{} (random weights)", arch.name()),
+            (_, Some(model)) => model.display().to_string(),
+            (None, None) => String::new(),
+        },
         "device": args.device,
         "threads": threads(),
         "cpu": cpu_model(),
@@ -458,8 +496,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 #[derive(ClapArgs, Debug)]
 pub struct TrainArgs {
     /// Model directory or .gguf file (e.g. SmolLM2-135M-Instruct.Q4_1.gguf).
+    #[arg(long, required_unless_present = "arch", conflicts_with = "arch")]
+    model: Option<PathBuf>,
+    /// Instead of --model: random weights in a preset's real shapes (see `bench-lora --arch`).
     #[arg(long)]
-    model: PathBuf,
+    arch: Option<Architecture>,
     /// Device to train on.
     #[arg(long, default_value = "flex")]
     device: String,
@@ -499,6 +540,7 @@ pub struct TrainArgs {
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
     run(&Args {
         model: a.model.clone(),
+        arch: a.arch,
         device: a.device.clone(),
         rank: a.rank,
         batch_size: a.batch_size,
