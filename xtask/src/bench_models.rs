@@ -33,6 +33,11 @@ pub struct Args {
     /// Print JSON only.
     #[arg(long)]
     json: bool,
+    /// Also run llama.cpp (llama-cpp-python, through
+    /// fixtures/scripts/bench_models_reference.py) on the same GGUF file, prompt and threads, when
+    /// python can import it. `MEDIFY_PYTHON` names the interpreter (default python3).
+    #[arg(long)]
+    reference: bool,
     /// Internal: load once with this holding ("dense" or "nf4") and print peak memory.
     #[arg(long, hide = true)]
     load_only: Option<String>,
@@ -82,6 +87,59 @@ fn load_child(args: &Args, holding: &str) -> anyhow::Result<Value> {
         ],
         "load",
     )
+}
+
+/// The llama.cpp script, found beside this crate in the source tree.
+const REFERENCE_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../fixtures/scripts/bench_models_reference.py"
+);
+
+/// llama.cpp's prefill and decode on the same file, or why it was skipped.
+fn reference(args: &Args) -> anyhow::Result<Value> {
+    if args.model.extension().is_none_or(|e| e != "gguf") {
+        return Ok(json!({"skipped": "llama.cpp reads GGUF files; --model is not one"}));
+    }
+    let python = std::env::var("MEDIFY_PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import llama_cpp"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        return Ok(json!({
+            "skipped": format!(
+                "{python} cannot import llama_cpp (pip install llama-cpp-python; MEDIFY_PYTHON \
+                 names another interpreter)"
+            )
+        }));
+    }
+    let out = std::process::Command::new(&python)
+        .arg(REFERENCE_SCRIPT)
+        .arg("--model")
+        .arg(&args.model)
+        .args([
+            "--prefill-tokens",
+            &args.prefill_tokens.to_string(),
+            "--decode-tokens",
+            &args.decode_tokens.to_string(),
+            "--repeats",
+            &args.repeats.to_string(),
+            "--threads",
+            &rayon::current_num_threads().to_string(),
+        ])
+        .output()?;
+    if !out.status.success() {
+        return Err(anyhow::anyhow!(
+            "llama.cpp failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    Ok(serde_json::from_str(last)?)
 }
 
 fn best<F: FnMut() -> anyhow::Result<f64>>(repeats: usize, mut f: F) -> anyhow::Result<f64> {
@@ -177,14 +235,29 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "load_peak_rss_nf4_over_dense": mem("nf4", "peak_rss_bytes") / mem("dense", "peak_rss_bytes"),
         "weights_on_device_nf4_over_dense": mem("nf4", "weight_bytes_on_device") / mem("dense", "weight_bytes_on_device"),
     });
-    let out = json!({
+    let mut out = json!({
         "model": args.model.display().to_string(),
         "device": args.device,
+        "threads": rayon::current_num_threads(),
         "prefill_tokens": args.prefill_tokens,
         "decode_tokens": args.decode_tokens,
         "results": results,
         "ratios": summary,
     });
+    if args.reference {
+        let r = reference(args)?;
+        if !args.json {
+            eprintln!("llama.cpp: {r}");
+        }
+        for (ours, key) in [("nf4", "prefill"), ("nf4", "decode"), ("dense", "decode")] {
+            let field = format!("{key}_tokens_per_s");
+            if let (Some(a), Some(b)) = (out["results"][ours][&field].as_f64(), r[&field].as_f64())
+            {
+                out["ratios"][format!("{key}_{ours}_over_llama_cpp")] = json!(a / b);
+            }
+        }
+        out["reference"] = r;
+    }
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
 }
