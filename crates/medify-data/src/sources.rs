@@ -471,12 +471,20 @@ fn add_record(
         InputFormat::Auto => match detect(obj, &options.fields).or(*last) {
             Some(f) => f,
             None => {
+                let pairs = ["chosen", "rejected"]
+                    .iter()
+                    .all(|k| obj.keys().any(|f| f.eq_ignore_ascii_case(k)));
                 return Err(DataError::Record {
                     path: path.to_path_buf(),
                     line,
                     message: format!(
-                        "cannot tell the format from fields {:?}; expected messages, conversations, instruction/output, question/answer or text (or pass a format and a field mapping)",
-                        obj.keys().collect::<Vec<_>>()
+                        "cannot tell the format from fields {:?}; expected messages, conversations, instruction/output, question/answer or text (or pass a format and a field mapping){}",
+                        obj.keys().collect::<Vec<_>>(),
+                        if pairs {
+                            "; these look like preference pairs: train on them with a preference method (--method dpo, ipo, orpo or simpo; preview --pairs)"
+                        } else {
+                            ""
+                        }
                     ),
                 });
             }
@@ -746,6 +754,20 @@ mod tests {
         .to_string();
         assert!(
             err.contains("typo.jsonl:2") && err.contains("\"question\""),
+            "{err}"
+        );
+        // Preference pairs given as records: the error says what they are and what reads them.
+        let pair = "{\"prompt\": \"Q?\", \"chosen\": \"A.\", \"rejected\": \"B.\"}\n";
+        let err = read_records_from(
+            std::io::Cursor::new(pair),
+            Path::new("pairs.jsonl"),
+            FileKind::Jsonl,
+            &ReadOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("pairs.jsonl:1") && err.contains("--method dpo"),
             "{err}"
         );
     }
