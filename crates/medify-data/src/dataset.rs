@@ -157,56 +157,23 @@ pub fn prepare(
     encoder: &ChatEncoder,
     config: &DatasetConfig,
 ) -> Result<PreparedData> {
-    check_config(config)?;
-    let n_sources = records
-        .iter()
-        .map(|r| r.source + 1)
-        .max()
-        .unwrap_or(0)
-        .max(config.source_weights.len());
-    let mut report = PrepareReport {
-        records: records.len(),
-        sources: vec![SourceCounts::default(); n_sources],
-        ..PrepareReport::default()
-    };
-    let mut seen = HashSet::new();
-    let mut kept = Vec::with_capacity(records.len());
-    for r in records {
-        report.sources[r.source].records += 1;
-        if config.dedupe && !seen.insert(r.example.clone()) {
-            report.duplicates += 1;
-            report.sources[r.source].dropped += 1;
-            continue;
-        }
-        if config.min_reply_chars > 0
-            && r.example
-                .replies()
-                .any(|a| a.trim().chars().count() < config.min_reply_chars)
-        {
-            report.short_replies += 1;
-            report.sources[r.source].dropped += 1;
-            continue;
-        }
-        kept.push(r);
-    }
-    if config.shuffle {
-        kept.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
-    }
-    let encoded: Vec<(String, usize, Result<Encoded>)> = kept
-        .par_iter()
-        .map(|r| (r.origin.clone(), r.source, encoder.encode(&r.example)))
-        .collect();
-    let mut out = Vec::with_capacity(encoded.len());
-    for (origin, source, e) in encoded {
-        let mut e = match e {
-            Ok(e) => e,
-            Err(DataError::Template { message, .. }) => {
-                report.template_errors.push((origin, message));
-                report.sources[source].dropped += 1;
-                continue;
+    let (mut report, encoded) = clean_and_encode(
+        records,
+        config,
+        |r, report| {
+            let short = config.min_reply_chars > 0
+                && r.example
+                    .replies()
+                    .any(|a| a.trim().chars().count() < config.min_reply_chars);
+            if short {
+                report.short_replies += 1;
             }
-            Err(other) => return Err(other),
-        };
+            short
+        },
+        |r| encoder.encode(&r.example),
+    )?;
+    let mut out = Vec::with_capacity(encoded.len());
+    for (origin, source, mut e) in encoded {
         if e.len() > config.max_len {
             match config.truncation {
                 Truncation::Drop => {
@@ -240,6 +207,102 @@ pub fn prepare(
             report.untrained[0]
         );
     }
+    let (train, validation) = split(
+        out,
+        config,
+        &mut report,
+        |e| e.source,
+        |e| e.encoded.trained_tokens(),
+    );
+    Ok(PreparedData {
+        train,
+        validation,
+        report,
+    })
+}
+
+/// A record or a pair, as preparation sees it before encoding: where it came from, its data
+/// source, and what makes two of them the same.
+pub(crate) trait SourcedItem: Sync {
+    /// Equal for exact duplicates.
+    type Key: std::hash::Hash + Eq;
+    /// `file:line`.
+    fn origin(&self) -> &str;
+    /// The data source it came from.
+    fn source(&self) -> usize;
+    /// Its content, for dropping exact duplicates.
+    fn key(&self) -> Self::Key;
+}
+
+impl SourcedItem for SourcedExample {
+    type Key = crate::record::Example;
+    fn origin(&self) -> &str {
+        &self.origin
+    }
+    fn source(&self) -> usize {
+        self.source
+    }
+    fn key(&self) -> Self::Key {
+        self.example.clone()
+    }
+}
+
+/// What records and preference pairs go through alike before their own length checks: the
+/// settings checked, each source's items counted, exact duplicates dropped (`dedupe`), `reject`
+/// (which counts its own reason in the report), the seeded shuffle, `encode` in parallel, and
+/// items the chat template refuses skipped, counted and warned about. Returns the report so far
+/// and each encoded item with its origin and source, in the shuffled order.
+pub(crate) fn clean_and_encode<T: SourcedItem, E: Send>(
+    items: Vec<T>,
+    config: &DatasetConfig,
+    mut reject: impl FnMut(&T, &mut PrepareReport) -> bool,
+    encode: impl Fn(&T) -> Result<E> + Sync,
+) -> Result<(PrepareReport, Vec<(String, usize, E)>)> {
+    check_config(config)?;
+    let n_sources = items
+        .iter()
+        .map(|r| r.source() + 1)
+        .max()
+        .unwrap_or(0)
+        .max(config.source_weights.len());
+    let mut report = PrepareReport {
+        records: items.len(),
+        sources: vec![SourceCounts::default(); n_sources],
+        ..PrepareReport::default()
+    };
+    let mut seen = HashSet::new();
+    let mut kept = Vec::with_capacity(items.len());
+    for r in items {
+        report.sources[r.source()].records += 1;
+        if config.dedupe && !seen.insert(r.key()) {
+            report.duplicates += 1;
+            report.sources[r.source()].dropped += 1;
+            continue;
+        }
+        if reject(&r, &mut report) {
+            report.sources[r.source()].dropped += 1;
+            continue;
+        }
+        kept.push(r);
+    }
+    if config.shuffle {
+        kept.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
+    }
+    let encoded: Vec<(String, usize, Result<E>)> = kept
+        .par_iter()
+        .map(|r| (r.origin().to_string(), r.source(), encode(r)))
+        .collect();
+    let mut out = Vec::with_capacity(encoded.len());
+    for (origin, source, e) in encoded {
+        match e {
+            Ok(e) => out.push((origin, source, e)),
+            Err(DataError::Template { message, .. }) => {
+                report.template_errors.push((origin, message));
+                report.sources[source].dropped += 1;
+            }
+            Err(other) => return Err(other),
+        }
+    }
     if !report.template_errors.is_empty() {
         eprintln!(
             "WARNING: the chat template raised on {} record(s), which were skipped, e.g. {}: {}",
@@ -248,35 +311,32 @@ pub fn prepare(
             report.template_errors[0].1
         );
     }
-    let (train, validation) = split(out, config, |e| e.source);
-    for e in &validation {
-        report.sources[e.source].validation_examples += 1;
-    }
-    for e in &train {
-        let counts = &mut report.sources[e.source];
-        counts.train_examples += 1;
-        counts.trained_tokens += e.encoded.trained_tokens();
-    }
-    Ok(PreparedData {
-        train,
-        validation,
-        report,
-    })
+    Ok((report, out))
 }
 
 /// Splits shuffled, encoded `items` into training and validation (the last
-/// `validation_fraction` of them) and applies the sources' weights to the training part.
+/// `validation_fraction` of them), applies the sources' weights to the training part, and
+/// counts each source's training and validation items and the `trained` tokens of its
+/// training items.
 pub(crate) fn split<T: Clone>(
     mut items: Vec<T>,
     config: &DatasetConfig,
+    report: &mut PrepareReport,
     source: impl Fn(&T) -> usize,
+    trained: impl Fn(&T) -> usize,
 ) -> (Vec<T>, Vec<T>) {
     let n_val = (items.len() as f64 * config.validation_fraction).round() as usize;
     let validation = items.split_off(items.len() - n_val.min(items.len()));
-    (
-        weighted(items, &config.source_weights, config.seed, source),
-        validation,
-    )
+    let train = weighted(items, &config.source_weights, config.seed, &source);
+    for v in &validation {
+        report.sources[source(v)].validation_examples += 1;
+    }
+    for t in &train {
+        let counts = &mut report.sources[source(t)];
+        counts.train_examples += 1;
+        counts.trained_tokens += trained(t);
+    }
+    (train, validation)
 }
 
 /// The training items of an epoch under the sources' weights (see

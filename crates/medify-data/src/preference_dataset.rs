@@ -2,17 +2,23 @@
 //! seeded shuffle, split and source weights as supervised data ([`prepare`](crate::prepare)),
 //! with TRL's tokenization ([`ChatEncoder::encode_pair`]) and its `max_length` truncation.
 
-use std::collections::HashSet;
-
-use rand::SeedableRng;
-use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
-
-use crate::dataset::{DatasetConfig, PrepareReport, SourceCounts, check_config, split};
+use crate::dataset::{DatasetConfig, PrepareReport, SourcedItem, clean_and_encode, split};
 use crate::encode::ChatEncoder;
-use crate::error::{DataError, Result};
-use crate::preference::{EncodedPair, PairTruncation, SourcedPair};
+use crate::error::Result;
+use crate::preference::{EncodedPair, PairTruncation, PreferencePair, SourcedPair};
+
+impl SourcedItem for SourcedPair {
+    type Key = PreferencePair;
+    fn origin(&self) -> &str {
+        &self.origin
+    }
+    fn source(&self) -> usize {
+        self.source
+    }
+    fn key(&self) -> Self::Key {
+        self.pair.clone()
+    }
+}
 
 /// Training and validation pairs.
 #[derive(Debug, Clone, Default)]
@@ -57,47 +63,10 @@ pub fn prepare_pairs(
     config: &DatasetConfig,
     truncation: PairTruncation,
 ) -> Result<PreparedPairs> {
-    check_config(config)?;
-    let n_sources = pairs
-        .iter()
-        .map(|p| p.source + 1)
-        .max()
-        .unwrap_or(0)
-        .max(config.source_weights.len());
-    let mut report = PrepareReport {
-        records: pairs.len(),
-        sources: vec![SourceCounts::default(); n_sources],
-        ..PrepareReport::default()
-    };
-    let mut seen = HashSet::new();
-    let mut kept = Vec::with_capacity(pairs.len());
-    for p in pairs {
-        report.sources[p.source].records += 1;
-        if config.dedupe && !seen.insert(p.pair.clone()) {
-            report.duplicates += 1;
-            report.sources[p.source].dropped += 1;
-            continue;
-        }
-        kept.push(p);
-    }
-    if config.shuffle {
-        kept.shuffle(&mut ChaCha8Rng::seed_from_u64(config.seed));
-    }
-    let encoded: Vec<(String, usize, Result<EncodedPair>)> = kept
-        .par_iter()
-        .map(|p| (p.origin.clone(), p.source, encoder.encode_pair(p)))
-        .collect();
+    let (mut report, encoded) =
+        clean_and_encode(pairs, config, |_, _| false, |p| encoder.encode_pair(p))?;
     let mut out = Vec::with_capacity(encoded.len());
     for (origin, source, e) in encoded {
-        let e = match e {
-            Ok(e) => e,
-            Err(DataError::Template { message, .. }) => {
-                report.template_errors.push((origin, message));
-                report.sources[source].dropped += 1;
-                continue;
-            }
-            Err(other) => return Err(other),
-        };
         let whole = e.prompt.len() + e.chosen.len().max(e.rejected.len());
         if whole > config.max_len {
             report.truncated += 1;
@@ -117,17 +86,17 @@ pub fn prepare_pairs(
             report.untrained[0]
         );
     }
-    let (train, validation) = split(out, config, |p| p.source);
-    for p in &validation {
-        report.sources[p.source].validation_examples += 1;
-    }
-    for p in &train {
-        let counts = &mut report.sources[p.source];
-        counts.train_examples += 1;
-        counts.trained_tokens += kept_completion(p, config.max_len, truncation)
-            .iter()
-            .sum::<usize>();
-    }
+    let (train, validation) = split(
+        out,
+        config,
+        &mut report,
+        |p| p.source,
+        |p| {
+            kept_completion(p, config.max_len, truncation)
+                .iter()
+                .sum::<usize>()
+        },
+    );
     Ok(PreparedPairs {
         train,
         validation,
