@@ -479,43 +479,22 @@ impl DataSource {
                 FileKind::Jsonl,
                 &options,
             )?,
-            DataOrigin::File { path } if path.is_dir() => {
-                let mut all = PreferenceReport::default();
-                for file in crate::data::data_files(path)? {
-                    let mut one = crate::data::read_preferences(&file, &options)?;
-                    all.pairs.append(&mut one.pairs);
-                    all.skipped.append(&mut one.skipped);
-                }
-                all
-            }
             DataOrigin::File { path } => crate::data::read_preferences(path, &options)?,
         })
     }
 
     /// Reads every source as preference pairs, each pair marked with its source's index.
     pub fn read_all_pairs(sources: &[DataSource]) -> Result<Vec<PreferenceReport>> {
-        sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut read = s.read_pairs()?;
-                read.set_source(i);
-                Ok(read)
-            })
-            .collect()
+        read_each(
+            sources,
+            DataSource::read_pairs,
+            PreferenceReport::set_source,
+        )
     }
 
     /// Reads every source in order, each record marked with its source's index.
     pub fn read_all(sources: &[DataSource]) -> Result<Vec<ReadReport>> {
-        sources
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut read = s.read()?;
-                read.set_source(i);
-                Ok(read)
-            })
-            .collect()
+        read_each(sources, DataSource::read, ReadReport::set_source)
     }
 
     /// The weights of `sources`, in order, for
@@ -596,6 +575,23 @@ impl DataSource {
             )
         }
     }
+}
+
+/// `read` of every source in order, each result marked with its source's index by `mark`.
+fn read_each<R>(
+    sources: &[DataSource],
+    read: impl Fn(&DataSource) -> Result<R>,
+    mark: impl Fn(&mut R, usize),
+) -> Result<Vec<R>> {
+    sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut one = read(s)?;
+            mark(&mut one, i);
+            Ok(one)
+        })
+        .collect()
 }
 
 /// What the data of a run came to, per source: written to the run directory as

@@ -14,7 +14,7 @@ use crate::dataset::{Batch, Sequence};
 use crate::encode::{ChatEncoder, IGNORE};
 use crate::error::{DataError, Result, io_err};
 use crate::record::{Message, Role};
-use crate::sources::{FieldMap, FileKind, ReadOptions, each_record, field, turns};
+use crate::sources::{FieldMap, FileKind, ReadOptions, each_record, field, files_of, turns};
 
 /// A prompt or a completion: plain text, or chat turns.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -79,7 +79,8 @@ impl PreferenceReport {
 }
 
 /// Reads preference pairs from a JSONL file or a CSV/TSV file with `prompt`, `chosen` and
-/// `rejected` columns (renamed with [`ReadOptions::fields`]).
+/// `rejected` columns (renamed with [`ReadOptions::fields`]), or from every data file of a
+/// directory, in order (as [`read_records`](crate::read_records) reads directories).
 ///
 /// ```
 /// use medify_data::{read_preferences_from, FileKind, ReadOptions, Turns};
@@ -90,8 +91,14 @@ impl PreferenceReport {
 /// assert_eq!(read.pairs[0].origin, "p.jsonl:1");
 /// ```
 pub fn read_preferences(path: &Path, options: &ReadOptions) -> Result<PreferenceReport> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    read_text(&text, path, FileKind::from_path(path), options)
+    let mut all = PreferenceReport::default();
+    for f in files_of(path)? {
+        let text = std::fs::read_to_string(&f).map_err(io_err(&f))?;
+        let mut one = read_text(&text, &f, FileKind::from_path(&f), options)?;
+        all.pairs.append(&mut one.pairs);
+        all.skipped.append(&mut one.skipped);
+    }
+    Ok(all)
 }
 
 /// [`read_preferences`] from any reader; `name` stands for the source in errors and origins.

@@ -241,26 +241,31 @@ impl FileKind {
 /// ```
 pub fn read_records(path: &Path, options: &ReadOptions) -> Result<ReadReport> {
     let mut report = ReadReport::default();
-    if path.is_dir() {
-        let files = data_files(path)?;
-        if files.is_empty() {
-            return Err(DataError::File {
-                path: path.to_path_buf(),
-                message: format!(
-                    "directory holds no data files (.{})",
-                    DATA_FILE_EXTENSIONS.join(", .")
-                ),
-            });
-        }
-        for f in files {
-            let text = std::fs::read_to_string(&f).map_err(io_err(&f))?;
-            read_text(&text, &f, FileKind::from_path(&f), options, &mut report)?;
-        }
-    } else {
-        let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-        read_text(&text, path, FileKind::from_path(path), options, &mut report)?;
+    for f in files_of(path)? {
+        let text = std::fs::read_to_string(&f).map_err(io_err(&f))?;
+        read_text(&text, &f, FileKind::from_path(&f), options, &mut report)?;
     }
     finish(report, path)
+}
+
+/// The files a data path stands for: the file itself, or a directory's data files in order
+/// (see [`data_files`]; a directory without any is an error naming it). Records and preference
+/// pairs are both read from these.
+pub(crate) fn files_of(path: &Path) -> Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let files = data_files(path)?;
+    if files.is_empty() {
+        return Err(DataError::File {
+            path: path.to_path_buf(),
+            message: format!(
+                "directory holds no data files (.{})",
+                DATA_FILE_EXTENSIONS.join(", .")
+            ),
+        });
+    }
+    Ok(files)
 }
 
 /// Reads records from any reader (an embedded string, a network body, stdin); `name` stands
