@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_qlora::FinetuneConfig;
 use medify_qlora::data::PairTruncation;
@@ -22,7 +21,7 @@ use medify_qlora::training::{
 };
 use serde_json::{Value, json};
 
-use crate::bench_models::{json_child, peak_rss};
+use crate::bench_models::{json_child, peak_rss, python_reference};
 use crate::device::device_named;
 
 #[derive(ClapArgs, Debug)]
@@ -116,61 +115,36 @@ fn reference(args: &Args, dpo: bool) -> anyhow::Result<Value> {
         (None, Some(model)) => vec!["--model".into(), model.into()],
         (None, None) => return Err(anyhow::anyhow!("--model or --arch is needed")),
     };
-    let python = std::env::var("MEDIFY_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python)
-        .args([
-            "-c",
-            if dpo {
-                "import torch, peft, bitsandbytes, transformers, trl"
-            } else {
-                "import torch, peft, bitsandbytes, transformers"
-            },
-        ])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        return Ok(json!({
-            "skipped": format!(
-                "{python} cannot import torch, peft, bitsandbytes and transformers \
-                 (pip install torch==2.15.0 transformers==5.23.0 peft==0.21.2 bitsandbytes==0.50.2 gguf; \
-                 MEDIFY_PYTHON names another interpreter)"
-            )
-        }));
+    let mut argv = model_args;
+    for (flag, value) in [
+        ("--rank", args.rank),
+        ("--batch-size", args.batch_size),
+        ("--seq-len", args.seq_len),
+        ("--steps", args.steps),
+        ("--threads", threads()),
+    ] {
+        argv.extend([flag.into(), value.to_string().into()]);
     }
-    let out = std::process::Command::new(&python)
-        .arg(REFERENCE_SCRIPT)
-        .args(&model_args)
-        .args([
-            "--rank",
-            &args.rank.to_string(),
-            "--batch-size",
-            &args.batch_size.to_string(),
-            "--seq-len",
-            &args.seq_len.to_string(),
-            "--steps",
-            &args.steps.to_string(),
-            "--threads",
-            &threads().to_string(),
-        ])
-        .args(
-            args.gradient_checkpointing
-                .then_some("--gradient-checkpointing"),
-        )
-        .args(dpo.then_some("--dpo"))
-        .output()
-        .with_context(|| format!("running {REFERENCE_SCRIPT}"))?;
-    if !out.status.success() {
-        return Err(anyhow::anyhow!(
-            "the reference stack failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    for (on, flag) in [
+        (args.gradient_checkpointing, "--gradient-checkpointing"),
+        (dpo, "--dpo"),
+    ] {
+        if on {
+            argv.push(flag.into());
+        }
     }
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .unwrap_or("");
-    serde_json::from_str(last).with_context(|| format!("reading the reference's JSON: {stdout}"))
+    let mut modules = vec!["torch", "peft", "bitsandbytes", "transformers"];
+    if dpo {
+        modules.push("trl");
+    }
+    python_reference(
+        REFERENCE_SCRIPT,
+        &modules,
+        "pip install torch==2.15.0 transformers==5.23.0 peft==0.21.2 bitsandbytes==0.50.2 gguf \
+         trl==1.16.0",
+        &argv,
+        "the reference stack",
+    )
 }
 
 /// One measured variant: the base's quantization and what the step keeps for backward.

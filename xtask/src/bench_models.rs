@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_qlora::models::{
     CausalLm, GenerationConfig, KvCache, LoadOptions, TokenBatch, load_pretrained,
@@ -100,36 +101,54 @@ fn reference(args: &Args) -> anyhow::Result<Value> {
     if args.model.extension().is_none_or(|e| e != "gguf") {
         return Ok(json!({"skipped": "llama.cpp reads GGUF files; --model is not one"}));
     }
+    let mut argv: Vec<std::ffi::OsString> = vec!["--model".into(), args.model.clone().into()];
+    for (flag, value) in [
+        ("--prefill-tokens", args.prefill_tokens),
+        ("--decode-tokens", args.decode_tokens),
+        ("--repeats", args.repeats),
+        ("--threads", rayon::current_num_threads()),
+    ] {
+        argv.extend([flag.into(), value.to_string().into()]);
+    }
+    python_reference(
+        REFERENCE_SCRIPT,
+        &["llama_cpp"],
+        "pip install llama-cpp-python",
+        &argv,
+        "llama.cpp",
+    )
+}
+
+/// Runs a reference `script` under `MEDIFY_PYTHON` (default python3) with `args` and parses
+/// the last JSON line it prints. When the interpreter cannot import `modules`, the answer is
+/// `{"skipped": ...}` naming them and how to `install` them, so the bench still prints ours.
+pub(crate) fn python_reference(
+    script: &str,
+    modules: &[&str],
+    install: &str,
+    args: &[std::ffi::OsString],
+    what: &str,
+) -> anyhow::Result<Value> {
     let python = std::env::var("MEDIFY_PYTHON").unwrap_or_else(|_| "python3".into());
     let probe = std::process::Command::new(&python)
-        .args(["-c", "import llama_cpp"])
+        .args(["-c", &format!("import {}", modules.join(", "))])
         .output();
     if !probe.as_ref().is_ok_and(|o| o.status.success()) {
         return Ok(json!({
             "skipped": format!(
-                "{python} cannot import llama_cpp (pip install llama-cpp-python; MEDIFY_PYTHON \
-                 names another interpreter)"
+                "{python} cannot import {} ({install}; MEDIFY_PYTHON names another interpreter)",
+                modules.join(", ")
             )
         }));
     }
     let out = std::process::Command::new(&python)
-        .arg(REFERENCE_SCRIPT)
-        .arg("--model")
-        .arg(&args.model)
-        .args([
-            "--prefill-tokens",
-            &args.prefill_tokens.to_string(),
-            "--decode-tokens",
-            &args.decode_tokens.to_string(),
-            "--repeats",
-            &args.repeats.to_string(),
-            "--threads",
-            &rayon::current_num_threads().to_string(),
-        ])
-        .output()?;
+        .arg(script)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {script}"))?;
     if !out.status.success() {
         return Err(anyhow::anyhow!(
-            "llama.cpp failed: {}",
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -139,7 +158,7 @@ fn reference(args: &Args) -> anyhow::Result<Value> {
         .rev()
         .find(|l| l.starts_with('{'))
         .unwrap_or("");
-    Ok(serde_json::from_str(last)?)
+    serde_json::from_str(last).with_context(|| format!("reading {what}'s JSON: {stdout}"))
 }
 
 fn best<F: FnMut() -> anyhow::Result<f64>>(repeats: usize, mut f: F) -> anyhow::Result<f64> {
