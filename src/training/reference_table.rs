@@ -90,18 +90,18 @@ impl ReferenceTable {
         })
     }
 
-    /// The entries of training pairs `indices`, as one micro-batch's reference.
-    pub fn train_batch(&self, indices: &[usize]) -> ReferenceLogps {
-        Self::batch(&self.train, indices.iter().copied())
-    }
-
-    /// The entries of validation pairs `range`, as one micro-batch's reference.
-    pub fn validation_batch(&self, range: std::ops::Range<usize>) -> ReferenceLogps {
-        Self::batch(&self.validation, range)
-    }
-
-    fn batch(column: &[[f64; 2]], indices: impl Iterator<Item = usize>) -> ReferenceLogps {
-        let (chosen, rejected) = indices.map(|i| (column[i][0], column[i][1])).unzip();
+    /// The entries of training pairs `indices` (of validation pairs, with `validation`), as one
+    /// micro-batch's reference.
+    pub(crate) fn batch(&self, indices: &[usize], validation: bool) -> ReferenceLogps {
+        let column = if validation {
+            &self.validation
+        } else {
+            &self.train
+        };
+        let (chosen, rejected) = indices
+            .iter()
+            .map(|&i| (column[i][0], column[i][1]))
+            .unzip();
         ReferenceLogps { chosen, rejected }
     }
 
@@ -171,7 +171,7 @@ mod tests {
         }
         let e = ReferenceTable::read(&dir, 3, 1).unwrap_err().to_string();
         assert!(e.contains(REFERENCE_LOGPS_FILE) && e.contains("3"), "{e}");
-        let b = table.train_batch(&[1, 0]);
+        let b = table.batch(&[1, 0], false);
         assert_eq!(b.chosen, vec![-1e-300, -12.345678901234567]);
         assert_eq!(b.rejected, vec![-3.0, -0.1 - 0.2]);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -26,7 +26,7 @@ use crate::training::metrics::{
     EvalMetrics, EvalPreferenceMetrics, PreferenceMetrics, StepMetrics,
 };
 use crate::training::observers::{RunContext, TrainObserver, default_observers};
-use crate::training::preference::{PairStats, PreferenceObjective};
+use crate::training::preference::{PairStats, PreferenceObjective, ReferenceLogps};
 use crate::training::preference_step::{
     PairMicroBatch, Reference, evaluate_pairs, preference_step_gradients, reference_model,
 };
@@ -205,6 +205,27 @@ enum RunReference {
     Model(Box<CausalLm>),
     /// Computed once before training and stored with the run.
     Table(ReferenceTable),
+}
+
+impl RunReference {
+    /// The reference of micro-batches of training pairs (or, with `validation`, of validation
+    /// pairs) given by their indices; a table's entries are gathered into `table`, which the
+    /// answer borrows.
+    fn for_batches<'a>(
+        &'a self,
+        groups: &[Vec<usize>],
+        validation: bool,
+        table: &'a mut Vec<ReferenceLogps>,
+    ) -> Reference<'a> {
+        match self {
+            RunReference::None => Reference::None,
+            RunReference::Model(m) => Reference::Model(m),
+            RunReference::Table(t) => {
+                *table = groups.iter().map(|idx| t.batch(idx, validation)).collect();
+                Reference::Precomputed(table)
+            }
+        }
+    }
 }
 
 /// What one optimizer step did.
@@ -556,18 +577,13 @@ impl Trainer {
                 Some(self.config.max_len),
                 self.config.pair_truncation,
             );
-            let table: Vec<_>;
-            let reference = match &self.reference {
-                RunReference::None => Reference::None,
-                RunReference::Model(m) => Reference::Model(m),
-                RunReference::Table(t) => {
-                    table = (0..pairs.len())
-                        .step_by(batch)
-                        .map(|start| t.validation_batch(start..(start + batch).min(pairs.len())))
-                        .collect();
-                    Reference::Precomputed(&table)
-                }
-            };
+            let groups: Vec<Vec<usize>> = (0..pairs.len())
+                .collect::<Vec<_>>()
+                .chunks(batch)
+                .map(<[usize]>::to_vec)
+                .collect();
+            let mut table = Vec::new();
+            let reference = self.reference.for_batches(&groups, true, &mut table);
             let e = evaluate_pairs(self.model(), &micro_batches, objective, reference)?;
             let result = EvalResult {
                 loss: e.loss,
@@ -658,15 +674,8 @@ impl Trainer {
                         self.pair_micro_batch(&pairs)
                     })
                     .collect();
-                let table: Vec<_>;
-                let reference = match &self.reference {
-                    RunReference::None => Reference::None,
-                    RunReference::Model(m) => Reference::Model(m),
-                    RunReference::Table(t) => {
-                        table = window.iter().map(|idx| t.train_batch(idx)).collect();
-                        Reference::Precomputed(&table)
-                    }
-                };
+                let mut table = Vec::new();
+                let reference = self.reference.for_batches(&window, false, &mut table);
                 let g = preference_step_gradients(
                     model,
                     &micro_batches,
