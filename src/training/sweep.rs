@@ -413,14 +413,12 @@ fn variant_answers(
             config.dataset_config(),
             config.pair_truncation,
         )?;
-        let by_origin: std::collections::HashMap<&str, &crate::data::SourcedPair> =
-            pairs.iter().map(|p| (p.origin.as_str(), p)).collect();
-        let held_out: Vec<_> = prepared
+        let origins: Vec<&str> = prepared
             .validation
             .iter()
-            .filter_map(|e| by_origin.get(e.origin.as_str()).map(|p| (*p).clone()))
+            .map(|p| p.origin.as_str())
             .collect();
-        AnswerCase::from_pairs(&held_out)
+        AnswerCase::from_pairs(&held_out(&pairs, |p| &p.origin, &origins))
     } else {
         let crate::training::run::PreparedSources {
             records, prepared, ..
@@ -429,14 +427,12 @@ fn variant_answers(
             &encoder,
             config.dataset_config(),
         )?;
-        let by_origin: std::collections::HashMap<&str, &crate::data::SourcedExample> =
-            records.iter().map(|r| (r.origin.as_str(), r)).collect();
-        let held_out: Vec<_> = prepared
+        let origins: Vec<&str> = prepared
             .validation
             .iter()
-            .filter_map(|e| by_origin.get(e.origin.as_str()).map(|r| (*r).clone()))
+            .map(|e| e.origin.as_str())
             .collect();
-        AnswerCase::from_records(&held_out)
+        AnswerCase::from_records(&held_out(&records, |r| &r.origin, &origins))
     };
     cases.truncate(spec.max_records);
     if cases.is_empty() {
@@ -462,6 +458,17 @@ fn variant_answers(
         },
     )?;
     Ok(scores)
+}
+
+/// The items of `read` whose origins `validation` lists, in that order: the held-out records
+/// or pairs as they were read.
+fn held_out<T: Clone>(read: &[T], origin: impl Fn(&T) -> &String, validation: &[&str]) -> Vec<T> {
+    let by_origin: std::collections::HashMap<&str, &T> =
+        read.iter().map(|r| (origin(r).as_str(), r)).collect();
+    validation
+        .iter()
+        .filter_map(|o| by_origin.get(o).map(|r| (*r).clone()))
+        .collect()
 }
 
 fn result_of(

@@ -349,13 +349,18 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
             report.loss, report.perplexity, report.tokens, report.records
         );
         if let Some(s) = scores {
-            println!(
-                "BLEU {:.4}  ROUGE-1 {:.4}  ROUGE-2 {:.4}  ROUGE-L {:.4}  over {} answers",
-                s.bleu, s.rouge1, s.rouge2, s.rouge_l, s.records
-            );
+            print_scores(&s);
         }
     }
     Ok(())
+}
+
+/// The text scores' line of `eval --generate`.
+fn print_scores(s: &medify_qlora::TextScores) {
+    println!(
+        "BLEU {:.4}  ROUGE-1 {:.4}  ROUGE-2 {:.4}  ROUGE-L {:.4}  over {} answers",
+        s.bleu, s.rouge1, s.rouge2, s.rouge_l, s.records
+    );
 }
 
 /// `eval --generate`: answers every case's question greedily, scores the answers against the
@@ -471,10 +476,7 @@ fn preference_pairs(args: &EvalArgs, base: &BaseModel) -> anyhow::Result<()> {
             m.pairs
         );
         if let Some(s) = scores {
-            println!(
-                "BLEU {:.4}  ROUGE-1 {:.4}  ROUGE-2 {:.4}  ROUGE-L {:.4}  over {} answers",
-                s.bleu, s.rouge1, s.rouge2, s.rouge_l, s.records
-            );
+            print_scores(&s);
         }
     }
     Ok(())
