@@ -238,6 +238,28 @@ fn orpo_matches_trl_over_dense_and_nf4() {
     check(Method::Orpo, "nf4");
 }
 
+/// Every adapter factor's gradient in `grads`, under PEFT's key, in the model's layer order.
+fn adapter_grads(
+    model: &CausalLm,
+    grads: &burn::optim::GradientsParams,
+) -> Vec<(String, Vec<f32>)> {
+    let mut out = Vec::new();
+    for (path, proj) in model.linear_layers() {
+        let Some(adapter) = proj.lora() else { continue };
+        for (suffix, id) in [("lora_A", adapter.lora_a.id), ("lora_B", adapter.lora_b.id)] {
+            let key = format!("base_model.model.{path}.{suffix}.weight");
+            let values = grads
+                .get::<2>(id)
+                .unwrap_or_else(|| panic!("no gradient for {key}"))
+                .into_data()
+                .try_into_vec()
+                .unwrap();
+            out.push((key, values));
+        }
+    }
+    out
+}
+
 /// The pairs of the TRL reference as the data pipeline hands them over.
 fn encoded_pairs(r: &Value) -> Vec<medify_qlora::data::EncodedPair> {
     r["pairs"]
@@ -311,27 +333,13 @@ fn precomputed_and_on_the_fly_references_give_trls_step_in_micro_batches() {
     // Accumulated gradients: identical either way, and TRL's for the whole batch.
     let bytes = std::fs::read(fixtures().join("preference/grads_dpo_dense.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    for (path, proj) in model.linear_layers() {
-        let Some(adapter) = proj.lora() else { continue };
-        for (suffix, id) in [("lora_A", adapter.lora_a.id), ("lora_B", adapter.lora_b.id)] {
-            let a: Vec<f32> = live
-                .grads
-                .get::<2>(id)
-                .unwrap()
-                .into_data()
-                .try_into_vec()
-                .unwrap();
-            let b: Vec<f32> = stored
-                .grads
-                .get::<2>(id)
-                .unwrap()
-                .into_data()
-                .try_into_vec()
-                .unwrap();
-            assert_eq!(a, b, "{path}.{suffix}");
-            let key = format!("base_model.model.{path}.{suffix}.weight");
-            common::assert_gradient(&st, &key, &a, 1e-2);
-        }
+    let (live_grads, stored_grads) = (
+        adapter_grads(&model, &live.grads),
+        adapter_grads(&model, &stored.grads),
+    );
+    for ((key, a), (_, b)) in live_grads.iter().zip(&stored_grads) {
+        assert_eq!(a, b, "{key}");
+        common::assert_gradient(&st, key, a, 1e-2);
     }
     // A DPO step without any reference is an error, not a panic.
     assert!(
@@ -394,27 +402,13 @@ fn checkpointed_preference_steps_equal_plain_ones() {
         }
         let mut largest = 0f32;
         let mut worst = 0f32;
-        for (_, proj) in model.linear_layers() {
-            let Some(adapter) = proj.lora() else { continue };
-            for id in [adapter.lora_a.id, adapter.lora_b.id] {
-                let a: Vec<f32> = plain
-                    .grads
-                    .get::<2>(id)
-                    .unwrap()
-                    .into_data()
-                    .try_into_vec()
-                    .unwrap();
-                let b: Vec<f32> = layers
-                    .grads
-                    .get::<2>(id)
-                    .unwrap()
-                    .into_data()
-                    .try_into_vec()
-                    .unwrap();
-                for (x, y) in a.iter().zip(&b) {
-                    largest = largest.max(x.abs());
-                    worst = worst.max((x - y).abs());
-                }
+        let pairs = adapter_grads(&model, &plain.grads)
+            .into_iter()
+            .zip(adapter_grads(&model, &layers.grads));
+        for ((_, a), (_, b)) in pairs {
+            for (x, y) in a.iter().zip(&b) {
+                largest = largest.max(x.abs());
+                worst = worst.max((x - y).abs());
             }
         }
         assert!(largest > 0.0, "{method}: no gradient");
