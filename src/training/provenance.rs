@@ -649,8 +649,9 @@ impl DataReport {
         }
     }
 
-    /// The report of preference `sources` from what reading found and what preparation kept
-    /// (records are pairs; their shape is `pairs`).
+    /// The report of preference `sources` from what reading skipped and what preparation
+    /// counted (records are pairs; their shape is `pairs`; `reads` may have handed their pairs
+    /// over already).
     pub fn of_pairs(
         sources: &[DataSource],
         reads: &[PreferenceReport],
@@ -664,7 +665,10 @@ impl DataReport {
                 .map(|(i, (s, r))| SourceReport {
                     source: s.describe(),
                     weight: s.weight,
-                    formats: vec![("pairs".to_string(), r.pairs.len())],
+                    formats: vec![(
+                        "pairs".to_string(),
+                        prepared.sources.get(i).map_or(0, |c| c.records),
+                    )],
                     skipped: r.skipped.len(),
                     counts: prepared.sources.get(i).cloned().unwrap_or_default(),
                 })

@@ -88,8 +88,11 @@ pub fn prepare_pair_sources(
     dataset: DatasetConfig,
     truncation: PairTruncation,
 ) -> Result<PreparedPairSources> {
-    let reads = DataSource::read_all_pairs(data)?;
-    let pairs: Vec<SourcedPair> = reads.iter().flat_map(|r| r.pairs.clone()).collect();
+    let mut reads = DataSource::read_all_pairs(data)?;
+    let pairs: Vec<SourcedPair> = reads
+        .iter_mut()
+        .flat_map(|r| std::mem::take(&mut r.pairs))
+        .collect();
     let dataset = DatasetConfig {
         source_weights: DataSource::weights(data),
         ..dataset
