@@ -629,24 +629,16 @@ impl DataReport {
         reads: &[ReadReport],
         prepared: &PrepareReport,
     ) -> DataReport {
-        DataReport {
-            sources: sources
-                .iter()
-                .zip(reads)
-                .enumerate()
-                .map(|(i, (s, r))| SourceReport {
-                    source: s.describe(),
-                    weight: s.weight,
-                    formats: r
-                        .formats
-                        .iter()
-                        .map(|(f, n)| (f.name().to_string(), *n))
-                        .collect(),
-                    skipped: r.skipped.len(),
-                    counts: prepared.sources.get(i).cloned().unwrap_or_default(),
-                })
-                .collect(),
-        }
+        DataReport::of(sources, prepared, |i| {
+            reads.get(i).map_or_else(Default::default, |r| {
+                let formats = r
+                    .formats
+                    .iter()
+                    .map(|(f, n)| (f.name().to_string(), *n))
+                    .collect();
+                (formats, r.skipped.len())
+            })
+        })
     }
 
     /// The report of preference `sources` from what reading skipped and what preparation
@@ -657,20 +649,33 @@ impl DataReport {
         reads: &[PreferenceReport],
         prepared: &PrepareReport,
     ) -> DataReport {
+        DataReport::of(sources, prepared, |i| {
+            let pairs = prepared.sources.get(i).map_or(0, |c| c.records);
+            let skipped = reads.get(i).map_or(0, |r| r.skipped.len());
+            (vec![("pairs".to_string(), pairs)], skipped)
+        })
+    }
+
+    /// One entry per source: its name and weight, what `read(i)` says of source `i` (records
+    /// per shape, records skipped) and what preparation counted.
+    fn of(
+        sources: &[DataSource],
+        prepared: &PrepareReport,
+        read: impl Fn(usize) -> (Vec<(String, usize)>, usize),
+    ) -> DataReport {
         DataReport {
             sources: sources
                 .iter()
-                .zip(reads)
                 .enumerate()
-                .map(|(i, (s, r))| SourceReport {
-                    source: s.describe(),
-                    weight: s.weight,
-                    formats: vec![(
-                        "pairs".to_string(),
-                        prepared.sources.get(i).map_or(0, |c| c.records),
-                    )],
-                    skipped: r.skipped.len(),
-                    counts: prepared.sources.get(i).cloned().unwrap_or_default(),
+                .map(|(i, s)| {
+                    let (formats, skipped) = read(i);
+                    SourceReport {
+                        source: s.describe(),
+                        weight: s.weight,
+                        formats,
+                        skipped,
+                        counts: prepared.sources.get(i).cloned().unwrap_or_default(),
+                    }
                 })
                 .collect(),
         }

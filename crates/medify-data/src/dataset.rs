@@ -247,6 +247,9 @@ impl SourcedItem for SourcedExample {
     }
 }
 
+/// An encoded record or pair with its origin and data source.
+pub(crate) type EncodedItem<E> = (String, usize, E);
+
 /// What records and preference pairs go through alike before their own length checks: the
 /// settings checked, each source's items counted, exact duplicates dropped (`dedupe`), `reject`
 /// (which counts its own reason in the report), the seeded shuffle, `encode` in parallel, and
@@ -257,7 +260,7 @@ pub(crate) fn clean_and_encode<T: SourcedItem, E: Send>(
     config: &DatasetConfig,
     mut reject: impl FnMut(&T, &mut PrepareReport) -> bool,
     encode: impl Fn(&T) -> Result<E> + Sync,
-) -> Result<(PrepareReport, Vec<(String, usize, E)>)> {
+) -> Result<(PrepareReport, Vec<EncodedItem<E>>)> {
     check_config(config)?;
     let n_sources = items
         .iter()
