@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_qlora::models::{
-    CausalLm, GenerationConfig, KvCache, LoadOptions, TokenBatch, load_pretrained,
+    CausalLm, DecodeOptions, GenerationConfig, HeadPrecision, HostDecoder, KvCache, LoadOptions,
+    TokenBatch, load_pretrained,
 };
 use medify_qlora::quant::QuantConfig;
 use serde_json::{Value, json};
@@ -31,6 +32,10 @@ pub struct Args {
     /// Repetitions of each measurement (the best is reported).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// The output head the headline decode figure uses (every precision is measured):
+    /// `int8` (what chat and serve use by default), `bf16` or `exact`.
+    #[arg(long, default_value = "int8")]
+    lm_head: HeadPrecision,
     /// Print JSON only.
     #[arg(long)]
     json: bool,
@@ -184,14 +189,51 @@ fn measure(model: &CausalLm, args: &Args) -> anyhow::Result<Value> {
         Ok(t.elapsed().as_secs_f64())
     })?;
     let short = TokenBatch::new(vec![prompt[..16.min(prompt.len())].to_vec()]);
-    let decode = best(args.repeats, || {
+    let step_ids = |i: usize| (i as u32 * 31 + 5) % vocab;
+    // The host decoder (what generate, chat and serve run on the CPU), one token at a time
+    // after a 16-token prefill, with each head precision.
+    let mut host = serde_json::Map::new();
+    // The headline precision last: its compact head is the one the model keeps for generate.
+    let mut heads = vec![
+        HeadPrecision::Exact,
+        HeadPrecision::Bf16,
+        HeadPrecision::Int8,
+    ];
+    heads.retain(|h| *h != args.lm_head);
+    heads.push(args.lm_head);
+    for head in heads {
+        let Some(decoder) = HostDecoder::new(model, &DecodeOptions { head })? else {
+            break;
+        };
+        let rate = best(args.repeats, || {
+            let mut cache = KvCache::new();
+            let _ = model
+                .next_token_logits(&short, Some(&mut cache))?
+                .into_data();
+            let mut seqs = decoder.sequences_from(&cache)?;
+            let mut logits = Vec::new();
+            let t = Instant::now();
+            for i in 0..args.decode_tokens {
+                decoder.step(&mut [&mut seqs[0]], &[step_ids(i)], &mut logits)?;
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })?;
+        host.insert(
+            head.as_str().to_string(),
+            json!({
+                "tokens_per_s": args.decode_tokens as f64 / rate,
+                "weight_bytes_per_token": decoder.weight_bytes_per_step(),
+            }),
+        );
+    }
+    let decode_ops = best(args.repeats, || {
         let mut cache = KvCache::new();
         let _ = model
             .next_token_logits(&short, Some(&mut cache))?
             .into_data();
         let t = Instant::now();
         for i in 0..args.decode_tokens {
-            let step = TokenBatch::new(vec![vec![(i as u32 * 31 + 5) % vocab]]);
+            let step = TokenBatch::new(vec![vec![step_ids(i)]]);
             let _ = model
                 .next_token_logits(&step, Some(&mut cache))?
                 .into_data();
@@ -210,9 +252,17 @@ fn measure(model: &CausalLm, args: &Args) -> anyhow::Result<Value> {
         &mut |_, _| true,
     )?;
     let generate = t.elapsed().as_secs_f64();
+    let head = args.lm_head.as_str();
+    let decode = host
+        .get(head)
+        .and_then(|h| h["tokens_per_s"].as_f64())
+        .unwrap_or(args.decode_tokens as f64 / decode_ops);
     Ok(json!({
         "prefill_tokens_per_s": args.prefill_tokens as f64 / prefill,
-        "decode_tokens_per_s": args.decode_tokens as f64 / decode,
+        "decode_tokens_per_s": decode,
+        "decode_head": if host.contains_key(head) { head } else { "burn ops (no host decoder)" },
+        "decode_host_by_head": host,
+        "decode_burn_ops_tokens_per_s": args.decode_tokens as f64 / decode_ops,
         "generate_tokens_per_s_incl_prefill_16": args.decode_tokens as f64 / generate,
     }))
 }
@@ -236,7 +286,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let mut results = serde_json::Map::new();
     for holding in ["dense", "nf4"] {
         let load = load_child(args, holding)?;
-        let (model, _, _) = load_pretrained(&args.model, &device, &options(holding))?;
+        let (mut model, _, _) = load_pretrained(&args.model, &device, &options(holding))?;
+        model.set_decode_options(DecodeOptions { head: args.lm_head });
         let mut m = measure(&model, args)?;
         m["load"] = load;
         if !args.json {

@@ -9,7 +9,7 @@ use medify_qlora::Chat;
 use medify_qlora::models::GenerationConfig;
 use serde_json::json;
 
-use crate::models::{ModelArgs, SystemArgs};
+use crate::models::{DecodeArgs, ModelArgs, SystemArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -23,6 +23,8 @@ pub struct Args {
     template: Option<String>,
     #[command(flatten)]
     system: SystemArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// Answer this once and exit (no interactive loop).
     #[arg(long)]
     prompt: Option<String>,
@@ -50,7 +52,8 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    let (base, from, _) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
+    let (mut base, from, _) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
+    a.decode.apply(&mut base.model);
     let generation = GenerationConfig {
         max_new_tokens: a.max_new_tokens,
         temperature: a.temperature,

@@ -96,6 +96,22 @@ fn describe(base: &AdapterBase) -> String {
     )
 }
 
+/// How `chat` and `serve` decode on the CPU.
+#[derive(ClapArgs, Debug)]
+pub struct DecodeArgs {
+    /// How the output head is held while decoding on the CPU: int8 (a quarter of f32's bytes
+    /// read per token; each weight within its row's absmax / 254), bf16, or exact.
+    #[arg(long, default_value = "int8")]
+    pub lm_head: medify_qlora::models::HeadPrecision,
+}
+
+impl DecodeArgs {
+    /// Sets the model's decode options.
+    pub fn apply(&self, model: &mut medify_qlora::models::CausalLm) {
+        model.set_decode_options(medify_qlora::models::DecodeOptions { head: self.lm_head });
+    }
+}
+
 /// The system prompt of `chat` and `serve`.
 #[derive(ClapArgs, Debug)]
 pub struct SystemArgs {

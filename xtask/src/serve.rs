@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args as ClapArgs;
 use medify_serve::{EngineConfig, ServeConfig, Server, shutdown_signal};
 
-use crate::models::{ModelArgs, SystemArgs};
+use crate::models::{DecodeArgs, ModelArgs, SystemArgs};
 
 #[derive(ClapArgs, Debug)]
 pub struct Args {
@@ -35,6 +35,8 @@ pub struct Args {
     model_name: Option<String>,
     #[command(flatten)]
     system: SystemArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
     /// Leave out the safety disclaimer after answers.
     #[arg(long)]
     no_disclaimer: bool,
@@ -53,7 +55,8 @@ pub struct Args {
 }
 
 pub fn run(a: &Args) -> anyhow::Result<()> {
-    let (base, from, _) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
+    let (mut base, from, _) = a.base.load(a.adapter.as_deref(), a.template.as_deref())?;
+    a.decode.apply(&mut base.model);
     let named = a.adapter.as_deref().unwrap_or(&from.model);
     let model_name = a.model_name.clone().unwrap_or_else(|| {
         named

@@ -262,7 +262,13 @@ impl LoraAdapter {
     }
 
     fn dropping<const D: usize>(&self, x: &Tensor<D>) -> bool {
-        self.dropout > 0.0 && self.training.is_enabled() && x.device().is_autodiff()
+        self.drops_out_on(&x.device())
+    }
+
+    /// Whether a forward pass on `device` applies dropout to the adapter's input (training mode,
+    /// a positive rate and an autodiff device): what an inference path must refuse to skip.
+    pub fn drops_out_on(&self, device: &burn::tensor::Device) -> bool {
+        self.dropout > 0.0 && self.training.is_enabled() && device.is_autodiff()
     }
 
     /// The plain (not DoRA) adapter's output `s · (drop(x) Aᵀ) Bᵀ`, drawing one dropout mask as

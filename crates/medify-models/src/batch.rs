@@ -57,7 +57,13 @@ struct Row {
 /// ```
 pub struct DecodeBatch<'m> {
     model: &'m CausalLm,
+    /// burn's cache of the running rows (when there is no host decoder).
     cache: KvCache,
+    /// The host decode path, with one cache per running row.
+    #[cfg(feature = "flex")]
+    host: Option<(crate::HostDecoder, Vec<crate::DecodeSequence>)>,
+    /// Logits of the last step, reused.
+    logits: Vec<f32>,
     rows: Vec<Row>,
     /// Admitted, not yet prefilled (their `seen` is still just the prompt).
     waiting: Vec<Row>,
@@ -65,11 +71,24 @@ pub struct DecodeBatch<'m> {
 }
 
 impl<'m> DecodeBatch<'m> {
-    /// An empty batch over `model`.
+    /// An empty batch over `model`. On the CPU (Flex, f32) decode steps run on the host
+    /// decoder ([`crate::HostDecoder`], with the model's [`crate::DecodeOptions`]); elsewhere,
+    /// or with [`crate::KernelPath::Reference`], on burn's forward pass. Prompts are always
+    /// prefilled by burn's forward pass.
     pub fn new(model: &'m CausalLm) -> DecodeBatch<'m> {
+        #[cfg(feature = "flex")]
+        let host = match model.kernel_path() {
+            crate::KernelPath::Fast => {
+                crate::HostDecoder::new(model, &model.decode_options()).unwrap_or(None)
+            }
+            crate::KernelPath::Reference => None,
+        };
         DecodeBatch {
             model,
             cache: KvCache::new(),
+            #[cfg(feature = "flex")]
+            host: host.map(|h| (h, Vec::new())),
+            logits: Vec::new(),
             rows: Vec::new(),
             waiting: Vec::new(),
             next_id: 0,
@@ -122,6 +141,14 @@ impl<'m> DecodeBatch<'m> {
 
     /// Tokens held in the shared cache per sequence (the longest context plus padding).
     pub fn cached_len(&self) -> usize {
+        #[cfg(feature = "flex")]
+        if let Some((_, seqs)) = &self.host {
+            return seqs
+                .iter()
+                .map(crate::DecodeSequence::len)
+                .max()
+                .unwrap_or(0);
+        }
         self.cache.len()
     }
 
@@ -136,8 +163,21 @@ impl<'m> DecodeBatch<'m> {
         };
         let keep: Vec<usize> = (0..self.rows.len()).filter(|&r| r != i).collect();
         self.rows.remove(i);
+        #[cfg(feature = "flex")]
+        if let Some((_, seqs)) = &mut self.host {
+            seqs.remove(i);
+            return true;
+        }
         self.cache.retain_rows(&keep);
         true
+    }
+
+    /// Whether decode steps run on the host decoder ([`crate::HostDecoder`]).
+    pub fn uses_host_decoder(&self) -> bool {
+        #[cfg(feature = "flex")]
+        return self.host.is_some();
+        #[cfg(not(feature = "flex"))]
+        false
     }
 
     /// One token for every running sequence, then the first token of every waiting one.
@@ -148,12 +188,40 @@ impl<'m> DecodeBatch<'m> {
             self.rows.clear();
             self.waiting.clear();
             self.cache = KvCache::new();
+            #[cfg(feature = "flex")]
+            if let Some((_, seqs)) = &mut self.host {
+                seqs.clear();
+            }
         }
         out
     }
 
     fn try_step(&mut self) -> Result<Vec<SequenceToken>> {
         let mut tokens = Vec::with_capacity(self.len());
+        #[cfg(feature = "flex")]
+        if let Some((decoder, seqs)) = &mut self.host {
+            if !self.rows.is_empty() {
+                let ids: Vec<u32> = self.rows.iter().map(|r| last(&r.seen)).collect();
+                let mut refs: Vec<&mut crate::DecodeSequence> = seqs.iter_mut().collect();
+                decoder.step(&mut refs, &ids, &mut self.logits)?;
+                let vocab = self.model.config().vocab_size;
+                let finished = sample_rows(&mut self.rows, &mut self.logits, vocab, &mut tokens);
+                drop_finished(&mut self.rows, &finished);
+                drop_finished(seqs, &finished);
+            }
+            if !self.waiting.is_empty() {
+                let mut rows = std::mem::take(&mut self.waiting);
+                let (mut logits, cache) = prefill(self.model, &rows)?;
+                let mut joined = decoder.sequences_from(&cache)?;
+                let vocab = self.model.config().vocab_size;
+                let finished = sample_rows(&mut rows, &mut logits, vocab, &mut tokens);
+                drop_finished(&mut rows, &finished);
+                drop_finished(&mut joined, &finished);
+                self.rows.extend(rows);
+                seqs.extend(joined);
+            }
+            return Ok(tokens);
+        }
         if !self.rows.is_empty() {
             let batch = TokenBatch {
                 ids: self.rows.iter().map(|r| vec![last(&r.seen)]).collect(),
@@ -170,28 +238,47 @@ impl<'m> DecodeBatch<'m> {
                 .model
                 .next_token_logits(&batch, Some(&mut self.cache))?;
             let rows = std::mem::take(&mut self.rows);
-            let vocab = self.model.config().vocab_size;
-            self.rows = advance(rows, logits, vocab, &mut self.cache, &mut tokens)?;
+            self.rows = advance(rows, host_logits(logits)?, &mut self.cache, &mut tokens)?;
         }
         if !self.waiting.is_empty() {
             let rows = std::mem::take(&mut self.waiting);
-            let prompts: Vec<Vec<u32>> = rows.iter().map(|r| r.seen.clone()).collect();
-            let pad = self
-                .model
-                .config()
-                .pad_token_id
-                .or(self.model.config().bos_token_id)
-                .unwrap_or(0);
-            let batch = TokenBatch::left_padded(&prompts, pad);
-            let mut cache = KvCache::new();
-            let logits = self.model.next_token_logits(&batch, Some(&mut cache))?;
-            let vocab = self.model.config().vocab_size;
-            let joined = advance(rows, logits, vocab, &mut cache, &mut tokens)?;
+            let (logits, mut cache) = prefill(self.model, &rows)?;
+            let joined = advance(rows, logits, &mut cache, &mut tokens)?;
             self.cache.append_rows(cache);
             self.rows.extend(joined);
         }
         Ok(tokens)
     }
+}
+
+/// burn's forward pass over the prompts of `rows` (left-padded together): their next-token
+/// logits `[rows, vocab]` and the cache it filled.
+fn prefill(model: &CausalLm, rows: &[Row]) -> Result<(Vec<f32>, KvCache)> {
+    let prompts: Vec<Vec<u32>> = rows.iter().map(|r| r.seen.clone()).collect();
+    let config = model.config();
+    let pad = config.pad_token_id.or(config.bos_token_id).unwrap_or(0);
+    let batch = TokenBatch::left_padded(&prompts, pad);
+    let mut cache = KvCache::new();
+    let logits = model.next_token_logits(&batch, Some(&mut cache))?;
+    Ok((host_logits(logits)?, cache))
+}
+
+/// Removes the items at the (ascending) indices `finished`.
+fn drop_finished<T>(items: &mut Vec<T>, finished: &[usize]) {
+    let mut i = 0;
+    items.retain(|_| {
+        let keep = !finished.contains(&i);
+        i += 1;
+        keep
+    });
+}
+
+fn host_logits(logits: burn::tensor::Tensor<2>) -> Result<Vec<f32>> {
+    logits
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| ModelError::InvalidRequest(format!("reading logits: {e:?}")))
 }
 
 fn last(ids: &[u32]) -> u32 {
@@ -201,34 +288,25 @@ fn last(ids: &[u32]) -> u32 {
 /// Samples each row's next token, then drops the finished rows from the batch and its cache.
 fn advance(
     mut rows: Vec<Row>,
-    logits: burn::tensor::Tensor<2>,
-    vocab: usize,
+    mut logits: Vec<f32>,
     cache: &mut KvCache,
     tokens: &mut Vec<SequenceToken>,
 ) -> Result<Vec<Row>> {
-    let finished = sample_rows(&mut rows, logits, vocab, tokens)?;
+    let vocab = logits.len() / rows.len().max(1);
+    let finished = sample_rows(&mut rows, &mut logits, vocab, tokens);
     let keep: Vec<usize> = (0..rows.len()).filter(|i| !finished.contains(i)).collect();
     cache.retain_rows(&keep);
-    Ok(rows
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| keep.contains(i))
-        .map(|(_, r)| r)
-        .collect())
+    drop_finished(&mut rows, &finished);
+    Ok(rows)
 }
 
 /// Samples each row's next token from `[rows, vocab]` logits; returns the rows that finished.
 fn sample_rows(
     rows: &mut [Row],
-    logits: burn::tensor::Tensor<2>,
+    values: &mut [f32],
     vocab: usize,
     tokens: &mut Vec<SequenceToken>,
-) -> Result<Vec<usize>> {
-    let mut values = logits
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| ModelError::InvalidRequest(format!("reading logits: {e:?}")))?;
+) -> Vec<usize> {
     let mut finished = Vec::new();
     for (r, row) in rows.iter_mut().enumerate() {
         let logits = &mut values[r * vocab..(r + 1) * vocab];
@@ -251,7 +329,7 @@ fn sample_rows(
             finished: stop,
         });
     }
-    Ok(finished)
+    finished
 }
 
 #[cfg(all(test, feature = "flex"))]

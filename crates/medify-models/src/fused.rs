@@ -82,7 +82,9 @@ pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
     ))
 }
 
-/// Host kernels over row-major slices (shared by the Flex impl and the tests).
+pub(crate) use host::{silu_times, softmax_scaled};
+
+/// Host kernels over row-major slices (shared by the Flex impl, the host decoder and the tests).
 mod host {
     use medify_quant::multiversion;
     use medify_quant::simd::{dot, exp_nonpositive, flush_subnormal, max_of, sum_of};
@@ -137,11 +139,25 @@ mod host {
             for ((o, &x), &mk) in row.iter_mut().zip(x).zip(mask) {
                 *o = x * scale + mk;
             }
-            let max = max_of(row);
-            row.iter_mut().for_each(|o| *o = exp_nonpositive(*o - max));
-            let inv = 1.0 / sum_of(row);
-            row.iter_mut().for_each(|o| *o = flush_subnormal(*o * inv));
+            normalize(row);
         }
+    }
+
+    multiversion! {
+        /// `softmax(row · scale)` in place (unmasked: a decode step's scores).
+        pub fn softmax_scaled(row: &mut [f32], scale: f32) {
+            row.iter_mut().for_each(|o| *o *= scale);
+            normalize(row);
+        }
+    }
+
+    /// `exp(row − max) / Σ`, in place: the softmax of already scaled and masked scores.
+    #[inline(always)]
+    fn normalize(row: &mut [f32]) {
+        let max = max_of(row);
+        row.iter_mut().for_each(|o| *o = exp_nonpositive(*o - max));
+        let inv = 1.0 / sum_of(row);
+        row.iter_mut().for_each(|o| *o = flush_subnormal(*o * inv));
     }
 
     multiversion! {
@@ -156,7 +172,7 @@ mod host {
     multiversion! {
         fn swiglu_chunk(out: &mut [f32], gate: &[f32], up: &[f32]) {
             for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-                *o = flush_subnormal(g * sigmoid(g) * u);
+                *o = silu_times(g, u);
             }
         }
     }
@@ -170,6 +186,12 @@ mod host {
                 *du = flush_subnormal(d * g * s);
             }
         }
+    }
+
+    /// `silu(g) · u` for one element.
+    #[inline(always)]
+    pub fn silu_times(g: f32, u: f32) -> f32 {
+        flush_subnormal(g * sigmoid(g) * u)
     }
 
     #[inline(always)]

@@ -59,6 +59,13 @@ fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.clone().mul_scalar(0.5) * tanh(inner).add_scalar(1.0)
 }
 
+/// [`gelu_tanh`] of one value, with the same operations in the same order.
+pub(crate) fn gelu_tanh_scalar(x: f32) -> f32 {
+    let c = (2.0f64 / std::f64::consts::PI).sqrt() as f32;
+    let inner = (x + x.powi(3) * 0.044715) * c;
+    x * 0.5 * (inner.tanh() + 1.0)
+}
+
 /// Exact GELU.
 fn gelu_erf<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     burn::tensor::activation::gelu(x)

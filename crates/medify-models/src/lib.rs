@@ -24,6 +24,7 @@
 mod adapt;
 mod batch;
 mod config;
+mod decode;
 mod dtype;
 mod error;
 mod fused;
@@ -45,6 +46,9 @@ pub mod weights;
 
 pub use batch::{DecodeBatch, SequenceId, SequenceToken};
 pub use config::{Activation, BnbQuantization, Family, LlamaConfig, RopeScaling};
+pub use decode::{DecodeOptions, HeadPrecision};
+#[cfg(feature = "flex")]
+pub use decode::{DecodeSequence, HostDecoder};
 pub use dtype::ComputeDtype;
 pub use error::{ModelError, Result};
 pub use fused::{FusedOps, KernelPath, masked_softmax, supports_fused, swiglu};

@@ -163,6 +163,16 @@ impl KvCache {
         self.key_segments.extend(other.key_segments);
     }
 
+    /// Each layer's keys and values (`None` before the first pass).
+    pub(crate) fn layer_tensors(&self) -> &[Option<LayerCache>] {
+        &self.layers
+    }
+
+    /// Which cached positions of row `r` hold a real token (the rest are padding).
+    pub(crate) fn valid(&self, r: usize) -> &[bool] {
+        &self.key_valid[r]
+    }
+
     /// Keeps only the rows at `keep` (in that order), then drops the leading key columns that
     /// no remaining row uses. Callers pass row indices they got from this cache.
     pub(crate) fn retain_rows(&mut self, keep: &[usize]) {
@@ -275,6 +285,11 @@ pub struct CausalLm {
     kernels: KernelPath,
     #[module(skip)]
     tile_bytes: usize,
+    #[module(skip)]
+    decode: crate::decode::DecodeOptions,
+    /// The output head made compact for decoding, kept across decode batches.
+    #[module(skip)]
+    compact_head: crate::decode::CompactHeadCache,
 }
 
 /// The default working-set budget of one tile (see [`CausalLm::set_tile_bytes`]).
@@ -299,7 +314,25 @@ impl CausalLm {
             rope,
             kernels: KernelPath::Fast,
             tile_bytes: DEFAULT_TILE_BYTES,
+            decode: Default::default(),
+            compact_head: Default::default(),
         }
+    }
+
+    /// How [`crate::DecodeBatch`] (and so `generate`) decodes on the CPU: see
+    /// [`crate::DecodeOptions`]. The default keeps logits exact.
+    pub fn set_decode_options(&mut self, options: crate::decode::DecodeOptions) {
+        self.decode = options;
+    }
+
+    /// The decode settings in use.
+    pub fn decode_options(&self) -> crate::decode::DecodeOptions {
+        self.decode
+    }
+
+    /// The output head's compact copy, shared by this model's decode batches.
+    pub(crate) fn compact_head(&self) -> &crate::decode::CompactHeadCache {
+        &self.compact_head
     }
 
     /// Bounds the working set of long inputs: attention runs in query tiles whose f32 scores

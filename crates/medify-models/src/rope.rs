@@ -65,25 +65,34 @@ impl Rope {
         }
     }
 
+    /// One position's `cos` and `sin_signed` rows (`head_dim` values each; see
+    /// [`Rope::tables`]).
+    pub(crate) fn cos_sin(&self, position: u32, cos: &mut [f32], sin_signed: &mut [f32]) {
+        let half = self.head_dim / 2;
+        for (k, f) in self.inv_freq.iter().enumerate().take(half) {
+            let angle = f * position as f32;
+            let (s, c) = (angle.sin(), angle.cos());
+            cos[k] = c;
+            cos[k + half] = c;
+            sin_signed[k] = -s;
+            sin_signed[k + half] = s;
+        }
+    }
+
     /// `(cos, sin_signed)` tables `[batch, 1, seq, head_dim]` for the given positions, where
     /// `sin_signed` carries rotate-half's sign so that `rope(x) = x·cos + swap_halves(x)·sin_signed`.
     pub fn tables(&self, positions: &[Vec<u32>], device: &Device) -> (Tensor<4>, Tensor<4>) {
         let b = positions.len();
         let s = positions.first().map_or(0, Vec::len);
         let d = self.head_dim;
-        let half = d / 2;
         let mut cos = Vec::with_capacity(b * s * d);
         let mut sin = Vec::with_capacity(b * s * d);
+        let (mut c, mut sn) = (vec![0f32; d], vec![0f32; d]);
         for row in positions {
             for &p in row {
-                let angles: Vec<f32> = self.inv_freq.iter().map(|f| f * p as f32).collect();
-                for k in 0..d {
-                    cos.push(angles[k % half].cos());
-                }
-                for k in 0..d {
-                    let v = angles[k % half].sin();
-                    sin.push(if k < half { -v } else { v });
-                }
+                self.cos_sin(p, &mut c, &mut sn);
+                cos.extend_from_slice(&c);
+                sin.extend_from_slice(&sn);
             }
         }
         let shape = [b, 1, s, d];

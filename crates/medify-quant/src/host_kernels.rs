@@ -116,6 +116,21 @@ impl<'a> PackedView<'a> {
         self.blocksize
     }
 
+    /// The packed codes as bytes (bitsandbytes order: high nibble first).
+    pub(crate) fn bytes(&self) -> &'a [u8] {
+        bytemuck::cast_slice(self.words)
+    }
+
+    /// The per-block scales.
+    pub(crate) fn scales(&self) -> Scales<'a> {
+        self.absmax
+    }
+
+    /// The 16 code values.
+    pub(crate) fn code(&self) -> &'a [f32; 16] {
+        self.code
+    }
+
     /// The same weight with other scales (e.g. nested instead of decoded), checked again.
     pub fn with_scales(&self, absmax: Scales<'a>) -> Result<PackedView<'a>, crate::QuantError> {
         PackedView::new(
@@ -315,6 +330,57 @@ pub fn matmul_4bit(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     }
 }
 
+/// Rows `rows` of `w` against `m` activation rows, single-threaded, into a feature-major `out`
+/// (`out[(r - rows.start) · m + i]`): the streaming kernels below for callers that split the
+/// rows between threads themselves ([`crate::gemv_rows`]).
+pub(crate) fn stream_rows(
+    x: &[f32],
+    m: usize,
+    w: &PackedView<'_>,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+) {
+    let k = w.in_features;
+    #[cfg(target_arch = "x86_64")]
+    if m == 1 && k.is_multiple_of(64) && w.blocksize.is_multiple_of(64) && avx2_available() {
+        thread_local! {
+            static PERMUTED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+        }
+        let mut xp = PERMUTED.with(std::cell::Cell::take);
+        permute_for_chunks(x, &mut xp);
+        for (o, r) in out.iter_mut().zip(rows) {
+            // SAFETY: as in gemv_chunked: AVX2/FMA present, k and blocksize multiples of 64,
+            // r inside the weight (the caller asserted the range).
+            *o = unsafe { avx2::row_dot_chunked(&xp, w, r) };
+        }
+        PERMUTED.with(|cell| cell.set(xp));
+        return;
+    }
+    let mut acc = [0f32; STREAMING_MAX_ROWS];
+    for (j, r) in rows.enumerate() {
+        let mut i = 0;
+        while i < m {
+            let g = (m - i).min(STREAMING_MAX_ROWS);
+            let xs = &x[i * k..(i + g) * k];
+            if k.is_multiple_of(8) {
+                row_dots(xs, g, w, r, &mut acc[..g]);
+            } else {
+                for (a, xr) in acc[..g].iter_mut().zip(xs.chunks_exact(k)) {
+                    *a = (0..k)
+                        .map(|c| {
+                            xr[c]
+                                * w.code[nibble(w.words, r * k + c)]
+                                * w.absmax.get((r * k + c) / w.blocksize)
+                        })
+                        .sum();
+                }
+            }
+            out[j * m + i..j * m + i + g].copy_from_slice(&acc[..g]);
+            i += g;
+        }
+    }
+}
+
 /// Decode-phase kernel: each task owns a range of output features and streams their codes.
 fn streaming(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     let n = w.out_features;
@@ -341,7 +407,24 @@ fn streaming(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
 /// order; `x` is permuted once per call to match.
 #[cfg(target_arch = "x86_64")]
 fn gemv_chunked(x: &[f32], w: &PackedView<'_>, out: &mut [f32]) {
-    let mut xp = vec![0f32; x.len()];
+    let mut xp = Vec::new();
+    permute_for_chunks(x, &mut xp);
+    out.par_chunks_mut(STREAM_ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(t, out)| {
+            for (i, o) in out.iter_mut().enumerate() {
+                // SAFETY: AVX2/FMA checked by the caller; k % 64 == 0 and blocksize % 64 == 0
+                // keep every 8-word load inside the row and inside one block.
+                *o = unsafe { avx2::row_dot_chunked(&xp, w, t * STREAM_ROWS_PER_TASK + i) };
+            }
+        });
+}
+
+/// `x` (a multiple of 64 long) in the element order of [`avx2::row_dot_chunked`]'s lanes.
+#[cfg(target_arch = "x86_64")]
+fn permute_for_chunks(x: &[f32], xp: &mut Vec<f32>) {
+    xp.clear();
+    xp.resize(x.len(), 0.0);
     for (src, dst) in x.chunks_exact(64).zip(xp.chunks_exact_mut(64)) {
         for (v, lanes) in dst.chunks_exact_mut(8).enumerate() {
             let (odd, f) = (v / 4, v % 4);
@@ -352,15 +435,6 @@ fn gemv_chunked(x: &[f32], w: &PackedView<'_>, out: &mut [f32]) {
             }
         }
     }
-    out.par_chunks_mut(STREAM_ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(t, out)| {
-            for (i, o) in out.iter_mut().enumerate() {
-                // SAFETY: AVX2/FMA checked by the caller; k % 64 == 0 and blocksize % 64 == 0
-                // keep every 8-word load inside the row and inside one block.
-                *o = unsafe { avx2::row_dot_chunked(&xp, w, t * STREAM_ROWS_PER_TASK + i) };
-            }
-        });
 }
 
 /// Dot products of weight row `row` with each of the `m` rows of `x`.

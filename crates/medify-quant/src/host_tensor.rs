@@ -3,8 +3,9 @@
 
 use std::borrow::Cow;
 
-use burn::tensor::{DType, Element, TensorData};
-use burn_flex::FlexTensor;
+use burn::backend::Autodiff;
+use burn::tensor::{DType, Element, Int, Tensor, TensorData};
+use burn_flex::{Flex, FlexTensor};
 
 /// A typed view of a Flex tensor's values in row-major order: borrowed when it is contiguous and
 /// of type `E`, else converted.
@@ -34,4 +35,22 @@ pub fn from_f32(values: Vec<f32>, shape: Vec<usize>, dtype: DType) -> FlexTensor
     } else {
         data.convert_dtype(dtype)
     })
+}
+
+/// The Flex tensor behind a float tensor, sharing its storage (no copy); `None` on another
+/// device. A tensor tracked by autodiff gives its untracked value.
+pub fn flex_float<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    match t.clone().try_into_primitive::<Flex>() {
+        Ok(p) => Some(p),
+        Err(_) => t
+            .clone()
+            .try_into_primitive::<Autodiff<Flex>>()
+            .ok()
+            .map(|p| p.into_primitive()),
+    }
+}
+
+/// [`flex_float`] for an integer tensor (4-bit codes, int8 words).
+pub fn flex_int<const D: usize>(t: &Tensor<D, Int>) -> Option<FlexTensor> {
+    t.clone().try_into_primitive::<Flex>().ok()
 }

@@ -20,6 +20,7 @@
 
 mod codebook;
 mod error;
+mod gemv;
 mod host_kernels;
 mod int8;
 mod packed;
@@ -28,6 +29,8 @@ mod quant_state;
 pub mod atomic;
 pub mod bench;
 pub mod bnb;
+#[cfg(feature = "flex")]
+mod decode_weight;
 pub mod device;
 pub mod dropout;
 pub mod dtype;
@@ -36,9 +39,12 @@ pub mod host_tensor;
 pub mod simd;
 
 pub use codebook::{FP4_CODE, NF4_CODE, QuantType, dynamic_signed_map, dynamic_unsigned_map};
+#[cfg(feature = "flex")]
+pub use decode_weight::DecodeWeight;
 pub use device::{Int8Ops, Int8Tensor, Nf4Tensor, Quant4Ops, is_flex, linear_4bit};
 pub use dropout::{DropoutKey, DropoutOps, dropout, dropout_at};
 pub use error::QuantError;
+pub use gemv::{GemvWeight, HeadPrecision, gemv_rows};
 pub use host_kernels::{PackedView, Rhs, Scales, gemm_f32, matmul_4bit};
 pub use int8::{Int8Weight, SCB_SUFFIX, WEIGHT_FORMAT_SUFFIX, int8_quantization_config};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};

@@ -17,11 +17,28 @@ pub enum CpuLevel {
     Baseline,
 }
 
-/// The CPU's level, detected once. The one place the workspace asks which vector extensions it
-/// may use.
+/// The environment variable that caps [`cpu_level`]: `avx2` runs the AVX2 + FMA kernels on an
+/// AVX-512 CPU (what an AVX2-only laptop or VM would run, for benchmarks), `baseline` the
+/// portable ones. A level above what the CPU has is ignored.
+pub const CPU_LEVEL_ENV: &str = "MEDIFY_CPU_LEVEL";
+
+/// The level this process's kernels use: the CPU's, capped by [`CPU_LEVEL_ENV`]. Detected once.
+/// The one place the workspace asks which vector extensions it may use.
 pub fn cpu_level() -> CpuLevel {
     static LEVEL: std::sync::OnceLock<CpuLevel> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
+        let detected = detected_level();
+        match std::env::var(CPU_LEVEL_ENV).as_deref() {
+            Ok("avx2") if detected == CpuLevel::Avx512 => CpuLevel::Avx2,
+            Ok("baseline") => CpuLevel::Baseline,
+            _ => detected,
+        }
+    })
+}
+
+/// What the CPU supports.
+fn detected_level() -> CpuLevel {
+    {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
@@ -38,7 +55,7 @@ pub fn cpu_level() -> CpuLevel {
             }
         }
         CpuLevel::Baseline
-    })
+    }
 }
 
 /// Defines a function compiled three times (AVX-512, AVX2 + FMA, baseline) that runs the widest

@@ -246,6 +246,30 @@ impl Nf4Tensor {
         }
     }
 
+    /// Handles on the Flex buffers (no copy); `None` on another device.
+    #[cfg(feature = "flex")]
+    pub(crate) fn host_parts(&self) -> Option<HostParts4> {
+        use crate::host_tensor::{flex_float, flex_int};
+        let scales = match &self.scales {
+            DeviceScales::Plain(a) => HostParts4Scales::Plain(flex_float(a)?),
+            DeviceScales::Double {
+                codes,
+                nested_absmax,
+                nested_code,
+                offset,
+            } => HostParts4Scales::Nested {
+                codes: flex_int(codes)?,
+                nested_absmax: flex_float(nested_absmax)?,
+                nested_code: flex_float(nested_code)?,
+                offset: *offset,
+            },
+        };
+        Some(HostParts4 {
+            words: flex_int(&self.packed)?,
+            scales,
+        })
+    }
+
     /// The dense f32 weight `[out, in]`, decoded on the device.
     pub fn dequantize(&self) -> Tensor<2> {
         Tensor::from_dispatch(<Dispatch as Quant4Ops>::q4_dequantize(
@@ -308,6 +332,26 @@ impl Nf4Tensor {
         };
         Tensor::<2>::from_dispatch(y)
     }
+}
+
+/// A 4-bit weight's Flex buffers (see `HostWeight`).
+#[cfg(feature = "flex")]
+pub(crate) struct HostParts4 {
+    pub(crate) words: burn_flex::FlexTensor,
+    pub(crate) scales: HostParts4Scales,
+}
+
+/// Its scales, as stored.
+#[cfg(feature = "flex")]
+#[allow(clippy::large_enum_variant)] // built once per weight and taken apart at once
+pub(crate) enum HostParts4Scales {
+    Plain(burn_flex::FlexTensor),
+    Nested {
+        codes: burn_flex::FlexTensor,
+        nested_absmax: burn_flex::FlexTensor,
+        nested_code: burn_flex::FlexTensor,
+        offset: f32,
+    },
 }
 
 /// `x [.., in] @ W^T` for a frozen weight of `shape` `[out, in]`: `x` flattened to rows,

@@ -88,6 +88,15 @@ impl Int8Tensor {
         4 * (self.shape[0] * self.shape[1]).div_ceil(4) + 4 * self.shape[0]
     }
 
+    /// Handles on the Flex buffers (code words, row scales), no copy; `None` on another device.
+    #[cfg(feature = "flex")]
+    pub(crate) fn host_parts(&self) -> Option<(burn_flex::FlexTensor, burn_flex::FlexTensor)> {
+        Some((
+            crate::host_tensor::flex_int(&self.codes)?,
+            crate::host_tensor::flex_float(&self.scales)?,
+        ))
+    }
+
     /// The dense f32 weight `[out, in]`, decoded on the device.
     pub fn dequantize(&self) -> Tensor<2> {
         Tensor::from_dispatch(<Dispatch as Int8Ops>::i8_dequantize(
