@@ -218,10 +218,31 @@ fn measure(model: &CausalLm, args: &Args) -> anyhow::Result<Value> {
             }
             Ok(t.elapsed().as_secs_f64())
         })?;
+        // 16 sequences stepping together (continuous batching): tokens of all of them per s.
+        let rows = 16;
+        let prompts: Vec<Vec<u32>> = (0..rows)
+            .map(|r| prompt[r..r + 16.min(prompt.len() - r)].to_vec())
+            .collect();
+        let batched = best(args.repeats, || {
+            let mut cache = KvCache::new();
+            let _ = model
+                .next_token_logits(&TokenBatch::left_padded(&prompts, 0), Some(&mut cache))?
+                .into_data();
+            let mut seqs = decoder.sequences_from(&cache)?;
+            let mut logits = Vec::new();
+            let t = Instant::now();
+            for i in 0..args.decode_tokens {
+                let ids: Vec<u32> = (0..rows).map(|r| step_ids(i + r)).collect();
+                let mut refs: Vec<_> = seqs.iter_mut().collect();
+                decoder.step(&mut refs, &ids, &mut logits)?;
+            }
+            Ok(t.elapsed().as_secs_f64())
+        })?;
         host.insert(
             head.as_str().to_string(),
             json!({
                 "tokens_per_s": args.decode_tokens as f64 / rate,
+                "batch16_tokens_per_s": (rows * args.decode_tokens) as f64 / batched,
                 "weight_bytes_per_token": decoder.weight_bytes_per_step(),
             }),
         );

@@ -41,6 +41,8 @@ pub struct Args {
     /// Sequences decoded together at most (the server's --max-batch).
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
+    #[command(flatten)]
+    decode: crate::models::DecodeArgs,
     /// Print JSON only.
     #[arg(long)]
     json: bool,
@@ -134,7 +136,8 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
 pub fn run(a: &Args) -> anyhow::Result<()> {
     let device = device_named(&a.device)?;
     let quant = a.quant.and_then(BaseQuant::linear_quant);
-    let base = load_base(&a.model, &device, quant, None)?;
+    let mut base = load_base(&a.model, &device, quant, None)?;
+    a.decode.apply(&mut base.model);
 
     // Baseline: one sequence through `generate`, same prompt rendering as the server's.
     let chat = medify_qlora::Chat::new(&base.model, &base.tokenizer, &base.encoder);

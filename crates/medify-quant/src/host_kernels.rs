@@ -520,6 +520,52 @@ fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     }
 }
 
+/// `out[j · m + i] = Σ_p x[i, p] · w[j, p]` for `x [m, k]` and `w [n, k]` (a weight's rows), on
+/// this thread only, into a feature-major `out`: the tile product of the decode kernels when
+/// enough sequences step together for a gemm to beat dot products.
+pub(crate) fn gemm_rows_serial(
+    out: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    let fits = |len: usize, a: usize, b: usize| a.checked_mul(b).is_some_and(|need| len >= need);
+    assert!(
+        fits(out.len(), m, n) && fits(x.len(), m, k) && fits(w.len(), n, k),
+        "gemm_rows_serial: slices too short for [{m}, {k}] x [{n}, {k}]ᵀ"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the assertion keeps every addressed element inside the slices: out (i, j) at
+    // j·m + i, x (i, p) at i·k + p, w's transpose (p, j) at j·k + p.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            m as isize,
+            1,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// How [`gemm_f32`] reads its right-hand side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rhs {

@@ -73,50 +73,75 @@ impl HostLinear {
         self.weight.bytes()
     }
 
-    /// This thread's share of `y = x Wᵀ + s (x Aᵀ) Bᵀ + b` for the `m` rows of `x`: calls
-    /// `emit(i, r, y[i, r])` for every row `i` and each output feature `r` in `rows`.
+    /// This thread's share of `y = x Wᵀ + s (x Aᵀ) Bᵀ + b` for the `m` rows of `x`: features
+    /// `rows` of each row of `dst` (`[m, n]`, `n` the layer's outputs), set or added.
     fn share(
         &self,
         x: &[f32],
         m: usize,
         rows: std::ops::Range<usize>,
-        emit: &mut impl FnMut(usize, usize, f32),
+        dst: &mut [f32],
+        combine: Combine,
     ) {
-        let k = self.in_features();
         with_scratch(&TMP, rows.len() * m, |tmp| {
-            gemv_rows(&self.weight.view(), x, m, rows.clone(), tmp);
-            let mut with_lora = |tmp: &mut [f32], u: &[f32]| {
-                for (j, r) in rows.clone().enumerate() {
-                    for i in 0..m {
-                        let mut y = tmp[j * m + i];
-                        if let Some(l) = &self.lora {
-                            let b = &l.b[r * l.rank..(r + 1) * l.rank];
-                            let d: f32 = b.iter().zip(&u[i * l.rank..]).map(|(b, u)| b * u).sum();
-                            y += d * l.scale;
-                        }
-                        if let Some(bias) = &self.bias {
-                            y += bias[r];
-                        }
-                        emit(i, r, y);
-                    }
+            self.share_into(x, m, rows.clone(), tmp);
+            let n = self.weight.dims()[0];
+            for i in 0..m {
+                let out = &mut dst[i * n + rows.start..i * n + rows.end];
+                match (combine, m) {
+                    (Combine::Set, 1) => out.copy_from_slice(tmp),
+                    (Combine::Add, 1) => out.iter_mut().zip(tmp.iter()).for_each(|(o, y)| *o += y),
+                    (Combine::Set, _) => out
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(j, o)| *o = tmp[j * m + i]),
+                    (Combine::Add, _) => out
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(j, o)| *o += tmp[j * m + i]),
                 }
-            };
-            match &self.lora {
-                Some(l) => with_scratch(&LORA, m * l.rank, |u| {
-                    for i in 0..m {
-                        for q in 0..l.rank {
-                            u[i * l.rank + q] = medify_quant::simd::dot(
-                                &x[i * k..(i + 1) * k],
-                                &l.a[q * k..(q + 1) * k],
-                            );
-                        }
-                    }
-                    with_lora(tmp, u)
-                }),
-                None => with_lora(tmp, &[]),
             }
         });
     }
+
+    /// The share itself, feature-major: `tmp[(r − rows.start) · m + i] = y[i, r]`.
+    fn share_into(&self, x: &[f32], m: usize, rows: std::ops::Range<usize>, tmp: &mut [f32]) {
+        let k = self.in_features();
+        gemv_rows(&self.weight.view(), x, m, rows.clone(), tmp);
+        if let Some(l) = &self.lora {
+            with_scratch(&LORA, m * l.rank, |u| {
+                for i in 0..m {
+                    for q in 0..l.rank {
+                        u[i * l.rank + q] = medify_quant::simd::dot(
+                            &x[i * k..(i + 1) * k],
+                            &l.a[q * k..(q + 1) * k],
+                        );
+                    }
+                }
+                for (j, r) in rows.clone().enumerate() {
+                    let b = &l.b[r * l.rank..(r + 1) * l.rank];
+                    for i in 0..m {
+                        let d: f32 = b.iter().zip(&u[i * l.rank..]).map(|(b, u)| b * u).sum();
+                        tmp[j * m + i] += d * l.scale;
+                    }
+                }
+            });
+        }
+        if let Some(bias) = &self.bias {
+            for (j, r) in rows.enumerate() {
+                tmp[j * m..(j + 1) * m]
+                    .iter_mut()
+                    .for_each(|y| *y += bias[r]);
+            }
+        }
+    }
+}
+
+/// Whether a projection's output replaces or adds to (a residual) what its destination holds.
+#[derive(Clone, Copy)]
+enum Combine {
+    Set,
+    Add,
 }
 
 thread_local! {
@@ -127,17 +152,19 @@ thread_local! {
     static ATTN: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's reusable buffer of `len` values (zeroed), allocated once per thread
-/// and size. A nested use of the same buffer gets a fresh one.
+/// Runs `f` on `len` values of this thread's reusable buffer, which only grows: its contents
+/// are whatever the last use left (callers write before they read). A nested use of the same
+/// buffer gets a fresh one.
 fn with_scratch<R>(
     key: &'static std::thread::LocalKey<std::cell::Cell<Vec<f32>>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
     let mut buf = key.with(std::cell::Cell::take);
-    buf.clear();
-    buf.resize(len, 0.0);
-    let out = f(&mut buf);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let out = f(&mut buf[..len]);
     key.with(|cell| cell.set(buf));
     out
 }
@@ -417,37 +444,28 @@ impl HostDecoder {
                     (&layer.k, &b.k, kvd),
                     (&layer.v, &b.v, kvd),
                 ] {
-                    let rows = me.share(n);
                     let dst = unsafe { out.part(0..m * n) };
-                    p.share(xn, m, rows, &mut |i, r, y| dst[i * n + r] = y);
+                    p.share(xn, m, me.share(n), dst, Combine::Set);
                 }
                 me.sync();
                 self.attend(me, b, l);
                 me.sync();
-                let rows = me.share(hd);
                 let attn = unsafe { b.attn.all() };
                 let hidden = unsafe { b.hidden.part(0..m * hd) };
-                layer
-                    .o
-                    .share(attn, m, rows, &mut |i, r, y| hidden[i * hd + r] += y);
+                layer.o.share(attn, m, me.share(hd), hidden, Combine::Add);
                 me.sync();
                 self.norm_rows(unsafe { b.hidden.all() }, &layer.post_norm, xn);
                 self.gated(me, b, layer, xn);
                 me.sync();
-                let rows = me.share(hd);
                 let act = unsafe { b.act.all() };
                 let hidden = unsafe { b.hidden.part(0..m * hd) };
-                layer
-                    .down
-                    .share(act, m, rows, &mut |i, r, y| hidden[i * hd + r] += y);
+                layer.down.share(act, m, me.share(hd), hidden, Combine::Add);
                 me.sync();
             }
             self.norm_rows(unsafe { b.hidden.all() }, &self.norm, xn);
-            let vocab = self.vocab;
-            let logits = unsafe { b.logits.part(0..m * vocab) };
-            self.head.share(xn, m, me.share(vocab), &mut |i, r, y| {
-                logits[i * vocab + r] = y
-            });
+            let logits = unsafe { b.logits.part(0..m * self.vocab) };
+            self.head
+                .share(xn, m, me.share(self.vocab), logits, Combine::Set);
         });
     }
 
@@ -470,19 +488,20 @@ impl HostDecoder {
         let w = rows.len();
         // SAFETY: this thread's features of `act` only (see `run`).
         let act = unsafe { b.act.part(0..m * n) };
-        with_scratch(&GATE, m * w, |gate| {
-            let r0 = rows.start;
-            layer
-                .gate
-                .share(xn, m, rows.clone(), &mut |i, r, y| gate[i * w + r - r0] = y);
-            let act_kind = self.act;
-            layer.up.share(xn, m, rows.clone(), &mut |i, r, u| {
-                let g = gate[i * w + r - r0];
-                act[i * n + r] = match act_kind {
-                    Activation::GeluTanh => crate::layers::gelu_tanh_scalar(g) * u,
-                    _ => crate::fused::silu_times(g, u),
-                };
-            });
+        with_scratch(&GATE, 2 * m * w, |buf| {
+            let (gate, up) = buf.split_at_mut(m * w);
+            layer.gate.share_into(xn, m, rows.clone(), gate);
+            layer.up.share_into(xn, m, rows.clone(), up);
+            for i in 0..m {
+                let out = &mut act[i * n + rows.start..i * n + rows.end];
+                for (j, o) in out.iter_mut().enumerate() {
+                    let (g, u) = (gate[j * m + i], up[j * m + i]);
+                    *o = match self.act {
+                        Activation::GeluTanh => crate::layers::gelu_tanh_scalar(g) * u,
+                        _ => crate::fused::silu_times(g, u),
+                    };
+                }
+            }
         });
     }
 
@@ -772,6 +791,40 @@ mod tests {
                 assert_eq!(f.ids, r.ids, "{name}");
             }
         }
+    }
+
+    /// Decoding on several threads at once, beside burn's own parallel ops on the rayon pool
+    /// (prefills on other threads), finishes with the tokens each thread gets alone: the decode
+    /// threads never wait on rayon's workers or the other way round.
+    #[test]
+    fn decoding_beside_other_pool_work_finishes() {
+        let model = fixture("llama", &LoadOptions::quantized(QuantConfig::default()));
+        let cfg = GenerationConfig {
+            max_new_tokens: 12,
+            ..Default::default()
+        };
+        let alone = model
+            .generate(&[vec![1, 59, 76]], &cfg, &mut |_, _| true)
+            .unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    for _ in 0..5 {
+                        let out = model
+                            .generate(&[vec![1, 59, 76]], &cfg, &mut |_, _| true)
+                            .unwrap();
+                        assert_eq!(out[0].ids, alone[0].ids);
+                    }
+                });
+            }
+            s.spawn(|| {
+                use rayon::prelude::*;
+                (0..16).into_par_iter().for_each(|i| {
+                    let batch = TokenBatch::new(vec![vec![1, 2 + i as u32, 3, 4, 5, 6, 7, 8]]);
+                    model.next_token_logits(&batch, None).unwrap();
+                });
+            });
+        });
     }
 
     /// What the host path cannot reproduce falls back to burn's: DoRA, dropout in training mode

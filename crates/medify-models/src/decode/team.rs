@@ -1,7 +1,7 @@
-//! The threads of one decode step: every thread of the rayon pool runs the whole step, taking
-//! its share of each op and meeting the others at a spin barrier between ops. One wake-up per
-//! step replaces a parallel dispatch per op (hundreds per token), which is what a one-token step
-//! of a small model otherwise spends most of its time on.
+//! The threads of one decode step: each runs the whole step, taking its share of each op and
+//! meeting the others at a spin barrier between ops. One wake-up per step replaces a parallel
+//! dispatch per op (hundreds per token), which is what a one-token step of a small model
+//! otherwise spends most of its time on.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -74,12 +74,17 @@ impl Member<'_> {
     }
 }
 
-/// Runs `work` on every thread of the current rayon pool at once (at most `max_threads` of
-/// them; the rest return at once) and returns when all are done.
+/// Runs `work` on `min(max_threads, rayon's thread count)` threads at once, the calling thread
+/// being member 0, and returns when all are done (a panic in any of them reaches the caller).
+///
+/// The other members are threads of this module's own, started once and parked between
+/// steps. Not rayon's: a rayon worker spinning at a barrier would not run the jobs other users
+/// of the pool (burn's ops on another thread) are waiting for, and could deadlock with them.
+/// One team runs at a time; a second caller waits for the first.
 pub(crate) fn run_team(max_threads: usize, work: impl Fn(Member<'_>) + Sync) {
     let threads = rayon::current_num_threads().min(max_threads).max(1);
+    let barrier = SpinBarrier::new(threads);
     if threads == 1 {
-        let barrier = SpinBarrier::new(1);
         work(Member {
             index: 0,
             count: 1,
@@ -87,37 +92,123 @@ pub(crate) fn run_team(max_threads: usize, work: impl Fn(Member<'_>) + Sync) {
         });
         return;
     }
-    // One team at a time in the pool: two broadcasts queued in different orders on two workers
-    // would leave each worker spinning at a barrier the other never reaches. A rayon worker
-    // waiting its turn runs other jobs meanwhile (one of them may be the holder's broadcast).
-    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _turn = loop {
-        match TURN.try_lock() {
-            Ok(guard) => break guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
-                if !matches!(rayon::yield_now(), Some(rayon::Yield::Executed)) {
-                    std::thread::yield_now();
+    static HELPERS: std::sync::Mutex<Vec<Helper>> = std::sync::Mutex::new(Vec::new());
+    let mut helpers = HELPERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    while helpers.len() < threads - 1 {
+        helpers.push(Helper::start());
+    }
+    let job: &(dyn Fn(Member<'_>) + Sync) = &work;
+    let done = std::sync::Arc::new(Finished::default());
+    for (i, helper) in helpers.iter().take(threads - 1).enumerate() {
+        // SAFETY: the task's pointers are used only until the helper reports it finished, and
+        // this function waits for every helper to finish before it returns or unwinds, so
+        // `work` and `barrier` outlive every use.
+        let task = Task {
+            job: unsafe { std::mem::transmute::<_, &'static (dyn Fn(Member<'_>) + Sync)>(job) },
+            barrier: unsafe { std::mem::transmute::<&SpinBarrier, &'static SpinBarrier>(&barrier) },
+            index: i + 1,
+            count: threads,
+            done: done.clone(),
+        };
+        if helper.tasks.send(task).is_err() {
+            // The helper is gone (it cannot panic: tasks run under catch_unwind); count it
+            // done and let the barrier report the missing member.
+            done.finish(false);
+            barrier.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+    let own = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        work(Member {
+            index: 0,
+            count: threads,
+            barrier: &barrier,
+        })
+    }));
+    if own.is_err() {
+        barrier.poisoned.store(true, Ordering::Relaxed);
+    }
+    let helpers_ok = done.wait(threads - 1);
+    drop(helpers);
+    if let Err(panic) = own {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(helpers_ok, "a thread of the decode step panicked");
+}
+
+/// A parked thread that runs team tasks.
+struct Helper {
+    tasks: std::sync::mpsc::Sender<Task>,
+}
+
+impl Helper {
+    fn start() -> Helper {
+        let (tasks, rx) = std::sync::mpsc::channel::<Task>();
+        std::thread::Builder::new()
+            .name("medify-decode".into())
+            .spawn(move || {
+                for task in rx {
+                    let member = Member {
+                        index: task.index,
+                        count: task.count,
+                        barrier: task.barrier,
+                    };
+                    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        (task.job)(member)
+                    }));
+                    if run.is_err() {
+                        task.barrier.poisoned.store(true, Ordering::Relaxed);
+                    }
+                    task.done.finish(run.is_ok());
                 }
-            }
+            })
+            .expect("starting a decode thread");
+        Helper { tasks }
+    }
+}
+
+/// One helper's share of a team run.
+struct Task {
+    job: &'static (dyn Fn(Member<'_>) + Sync),
+    barrier: &'static SpinBarrier,
+    index: usize,
+    count: usize,
+    done: std::sync::Arc<Finished>,
+}
+
+/// Counts helpers that finished their task, and whether all ran to the end.
+#[derive(Default)]
+struct Finished {
+    state: std::sync::Mutex<(usize, bool)>,
+    changed: std::sync::Condvar,
+}
+
+impl Finished {
+    fn finish(&self, ok: bool) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.0 += 1;
+        s.1 |= !ok;
+        self.changed.notify_all();
+    }
+
+    /// Waits for `n` helpers; `true` when none panicked.
+    fn wait(&self, n: usize) -> bool {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while s.0 < n {
+            s = self
+                .changed
+                .wait(s)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
-    };
-    let barrier = SpinBarrier::new(threads);
-    rayon::broadcast(|ctx| {
-        if ctx.index() < threads {
-            let member = Member {
-                index: ctx.index(),
-                count: threads,
-                barrier: &barrier,
-            };
-            let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(member)));
-            if let Err(panic) = run {
-                // Release the others from the barrier, then let the panic reach the caller.
-                barrier.poisoned.store(true, Ordering::Relaxed);
-                std::panic::resume_unwind(panic);
-            }
-        }
-    });
+        !s.1
+    }
 }
 
 /// An f32 buffer the team's threads write in disjoint parts between barriers.
