@@ -106,7 +106,12 @@ pub(crate) fn run_team(max_threads: usize, work: impl Fn(Member<'_>) + Sync) {
         // this function waits for every helper to finish before it returns or unwinds, so
         // `work` and `barrier` outlive every use.
         let task = Task {
-            job: unsafe { std::mem::transmute::<_, &'static (dyn Fn(Member<'_>) + Sync)>(job) },
+            job: unsafe {
+                std::mem::transmute::<
+                    &(dyn Fn(Member<'_>) + Sync),
+                    &'static (dyn Fn(Member<'_>) + Sync),
+                >(job)
+            },
             barrier: unsafe { std::mem::transmute::<&SpinBarrier, &'static SpinBarrier>(&barrier) },
             index: i + 1,
             count: threads,
