@@ -65,8 +65,8 @@ impl DecodeSequence {
         (&mut self.keys[layer], &mut self.values[layer])
     }
 
-    /// One row of a prefilled burn cache (left-padded rows, keys `[rows, kv_heads, t, head_dim]`
-    /// per layer): its valid positions, in order.
+    /// Every row of a prefilled burn cache (left-padded rows, keys `[rows, kv_heads, t,
+    /// head_dim]` per layer) as a host sequence holding that row's valid positions, in order.
     pub(crate) fn from_cache(cache: &KvCache) -> Result<Vec<DecodeSequence>> {
         let rows = cache.sequences();
         let layers = cache.layer_tensors();
