@@ -89,11 +89,13 @@ impl DecodeWeight {
             }
             _ => return None,
         };
-        Some(DecodeWeight {
+        let host = DecodeWeight {
             kind,
             out_features,
             in_features,
-        })
+        };
+        host.checked_view().ok()?;
+        Some(host)
     }
 
     /// A 4-bit weight on Flex; `None` on another device.
@@ -230,8 +232,8 @@ impl DecodeWeight {
         }
     }
 
-    /// Rows of this weight's row `r` as f32 values (an embedding lookup from a tied head).
-    /// `None` for a 4-bit weight.
+    /// Row `r` of this weight as f32 values (an embedding lookup from a tied head). `None` for
+    /// a 4-bit weight, a row outside the weight or an `out` of another length.
     pub fn row(&self, r: usize, out: &mut [f32]) -> Option<()> {
         let k = self.in_features;
         if r >= self.out_features || out.len() != k {

@@ -195,8 +195,11 @@ pub fn gemv_rows(w: &GemvWeight<'_>, x: &[f32], m: usize, rows: Range<usize>, ou
     if m == 0 || rows.is_empty() {
         return;
     }
-    if m >= GEMM_MIN_ROWS && matches!(w.kind, Kind::F32(_)) {
-        tiled_gemm(w, x, m, rows, out);
+    if m >= GEMM_MIN_ROWS
+        && let Kind::F32(values) = w.kind
+    {
+        let rows_values = &values[rows.start * k..rows.end * k];
+        crate::host_kernels::gemm_rows_serial(out, x, rows_values, m, rows.len(), k);
         return;
     }
     match w.kind {
@@ -210,66 +213,11 @@ pub fn gemv_rows(w: &GemvWeight<'_>, x: &[f32], m: usize, rows: Range<usize>, ou
     }
 }
 
-/// From this many activation rows on, f32 weight tiles are multiplied by a gemm, whose
-/// microkernel keeps a block of both operands in registers where dot products re-read `x` for
-/// every weight row. (Decoding other forms into f32 tiles for a gemm measured slower than their
-/// dot products at 16 rows.)
+/// From this many activation rows on, f32 weights are multiplied by a gemm, whose microkernel
+/// keeps a block of both operands in registers where dot products re-read `x` for every weight
+/// row. (Decoding other forms into f32 tiles for a gemm measured slower than their dot products
+/// at 16 rows.)
 const GEMM_MIN_ROWS: usize = 8;
-/// Weight rows decoded per gemm tile (their f32 values stay in this core's L2).
-const GEMM_TILE: usize = 64;
-
-/// [`gemv_rows`] for many activation rows: tiles of weight rows as f32, one serial gemm each.
-fn tiled_gemm(w: &GemvWeight<'_>, x: &[f32], m: usize, rows: Range<usize>, out: &mut [f32]) {
-    let k = w.in_features;
-    DECODED.with(|cell| {
-        let mut buf = cell.take();
-        let mut r0 = rows.start;
-        while r0 < rows.end {
-            let n = GEMM_TILE.min(rows.end - r0);
-            let dst = &mut out[(r0 - rows.start) * m..(r0 - rows.start + n) * m];
-            if let Kind::F32(values) = w.kind {
-                crate::host_kernels::gemm_rows_serial(
-                    dst,
-                    x,
-                    &values[r0 * k..(r0 + n) * k],
-                    m,
-                    n,
-                    k,
-                );
-            } else {
-                buf.clear();
-                buf.resize(n * k, 0.0);
-                match w.kind {
-                    Kind::Quant4(view) => view.decode_rows(r0, n, &mut buf),
-                    Kind::Bf16(bits) => {
-                        for (o, b) in buf.iter_mut().zip(&bits[r0 * k..(r0 + n) * k]) {
-                            *o = f32::from_bits((*b as u32) << 16);
-                        }
-                    }
-                    Kind::Int8 { codes, scales } => {
-                        for (j, row) in buf.chunks_exact_mut(k).enumerate() {
-                            let s = scales[r0 + j];
-                            let src = &codes[(r0 + j) * k..(r0 + j + 1) * k];
-                            for (o, c) in row.iter_mut().zip(src) {
-                                *o = *c as f32 * s;
-                            }
-                        }
-                    }
-                    Kind::F32(_) => unreachable!("handled above"),
-                }
-                crate::host_kernels::gemm_rows_serial(dst, x, &buf, m, n, k);
-            }
-            r0 += n;
-        }
-        cell.set(buf);
-    });
-}
-
-thread_local! {
-    /// A decoded weight tile, reused across calls.
-    static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-}
-
 /// One weight row, in its stored form.
 #[derive(Clone, Copy)]
 enum Row<'a> {
@@ -332,14 +280,15 @@ fn dense_rows<'w>(
     }
 }
 
-crate::multiversion! {
-    /// `acc[i] = x[i] · w` for the `g ≤ GROUP` rows of `x`.
-    fn dots(w: Row<'_>, x: &[f32], g: usize, acc: &mut [f32; GROUP]) {
-        match w {
-            Row::F32(w) => dots_with(w.len(), x, g, acc, 1.0, |j| w[j]),
-            Row::Bf16(w) => dots_with(w.len(), x, g, acc, 1.0, |j| f32::from_bits((w[j] as u32) << 16)),
-            Row::Int8 { codes, scale } => dots_with(codes.len(), x, g, acc, scale, |j| codes[j] as f32),
-        }
+/// `acc[i] = x[i] · w` for the `g ≤ GROUP` rows of `x`: the portable path, for CPUs without
+/// AVX2 (the x86 SIMD copies are `dense_x86`'s).
+fn dots(w: Row<'_>, x: &[f32], g: usize, acc: &mut [f32; GROUP]) {
+    match w {
+        Row::F32(w) => dots_with(w.len(), x, g, acc, 1.0, |j| w[j]),
+        Row::Bf16(w) => dots_with(w.len(), x, g, acc, 1.0, |j| {
+            f32::from_bits((w[j] as u32) << 16)
+        }),
+        Row::Int8 { codes, scale } => dots_with(codes.len(), x, g, acc, scale, |j| codes[j] as f32),
     }
 }
 

@@ -212,6 +212,18 @@ pub struct HostDecoder {
     act: Activation,
     embed_scale: Option<f32>,
     window: Option<usize>,
+    workspace: std::sync::Mutex<Workspace>,
+}
+
+/// A step's buffers, kept between steps so decoding allocates nothing per token.
+#[derive(Default)]
+struct Workspace {
+    /// Hidden states, q, k, v, attention outputs and MLP activations of every sequence.
+    values: Vec<f32>,
+    /// Per (sequence, layer): keys, values.
+    caches: Vec<[Shared; 2]>,
+    /// Each sequence's position this step.
+    positions: Vec<usize>,
 }
 
 impl HostDecoder {
@@ -305,6 +317,7 @@ impl HostDecoder {
             act: cfg.hidden_act,
             embed_scale: plus_one.then(|| (cfg.hidden_size as f32).sqrt()),
             window: cfg.sliding_window,
+            workspace: Default::default(),
         }))
     }
 
@@ -316,14 +329,17 @@ impl HostDecoder {
     /// The rows of a cache that burn's forward pass filled (a prefill), as host sequences.
     pub fn sequences_from(&self, cache: &KvCache) -> Result<Vec<DecodeSequence>> {
         let seqs = DecodeSequence::from_cache(cache)?;
-        if seqs.first().is_some_and(|s| {
-            s.layers() != self.layers.len() || s.width() != self.kv_heads * self.head_dim
-        }) {
+        if seqs.first().is_some_and(|s| !self.fits(s)) {
             return Err(ModelError::InvalidRequest(
                 "the cache was filled by a model of another shape".into(),
             ));
         }
         Ok(seqs)
+    }
+
+    /// Whether `seq` caches keys of this model's shape (layers, kv heads × head dim).
+    fn fits(&self, seq: &DecodeSequence) -> bool {
+        seq.layers() == self.layers.len() && seq.width() == self.kv_heads * self.head_dim
     }
 
     /// Weight bytes one step reads (every layer and the head), whatever the batch size.
@@ -362,10 +378,7 @@ impl HostDecoder {
                 self.vocab
             )));
         }
-        if let Some(s) = seqs
-            .iter()
-            .find(|s| s.layers() != self.layers.len() || s.width() != self.kv_heads * self.head_dim)
-        {
+        if let Some(s) = seqs.iter().find(|s| !self.fits(s)) {
             return Err(ModelError::InvalidRequest(format!(
                 "a sequence cache of {} layers × {} does not fit this model",
                 s.layers(),
@@ -377,7 +390,19 @@ impl HostDecoder {
         if m == 0 {
             return Ok(());
         }
-        let positions: Vec<usize> = seqs.iter().map(|s| s.len()).collect();
+        // The step's buffers are reused from step to step (every value is written before it
+        // is read, so they need no clearing).
+        let mut workspace = self
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Workspace {
+            values: work,
+            caches,
+            positions,
+        } = &mut *workspace;
+        positions.clear();
+        positions.extend(seqs.iter().map(|s| s.len()));
         for s in seqs.iter_mut() {
             s.push_slot();
         }
@@ -386,8 +411,11 @@ impl HostDecoder {
             self.heads * self.head_dim,
             self.kv_heads * self.head_dim,
         );
-        let mut work = vec![0f32; m * (hd + 2 * qd + 2 * kvd + self.intermediate)];
-        let (hidden, rest) = work.split_at_mut(m * hd);
+        let len = m * (hd + 2 * qd + 2 * kvd + self.intermediate);
+        if work.len() < len {
+            work.resize(len, 0.0);
+        }
+        let (hidden, rest) = work[..len].split_at_mut(m * hd);
         let (q, rest) = rest.split_at_mut(m * qd);
         let (k, rest) = rest.split_at_mut(m * kvd);
         let (v, rest) = rest.split_at_mut(m * kvd);
@@ -401,17 +429,13 @@ impl HostDecoder {
                 row.iter_mut().for_each(|x| *x *= s);
             }
         }
-        let caches: Vec<[Shared; 2]> = seqs
-            .iter_mut()
-            .flat_map(|s| {
-                (0..self.layers.len())
-                    .map(|l| {
-                        let (keys, values) = s.layer_mut(l);
-                        [Shared::new(keys), Shared::new(values)]
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        caches.clear();
+        for s in seqs.iter_mut() {
+            for l in 0..self.layers.len() {
+                let (keys, values) = s.layer_mut(l);
+                caches.push([Shared::new(keys), Shared::new(values)]);
+            }
+        }
         let buffers = Buffers {
             m,
             hidden: Shared::new(hidden),
@@ -421,10 +445,12 @@ impl HostDecoder {
             attn: Shared::new(attn),
             act: Shared::new(act),
             logits: Shared::new(logits),
-            caches: &caches,
-            positions: &positions,
+            caches,
+            positions,
         };
         run_team(usize::MAX, |me| self.run(me, &buffers));
+        // The pointers are into this step's sequences: drop them with the step.
+        caches.clear();
         Ok(())
     }
 
