@@ -256,6 +256,9 @@ pub struct LossOutput {
     pub tokens: usize,
 }
 
+/// Shifted target ids, their weights (0 where a label is `None`) and the count of weighted ones.
+pub(crate) type LossTargets = (Vec<i64>, Vec<f32>, usize);
+
 /// Per-row log-probabilities of the labelled tokens: what preference objectives compare.
 #[derive(Debug, Clone)]
 pub struct SequenceLogps {
@@ -578,9 +581,10 @@ impl CausalLm {
     /// Next-token cross-entropy: position `i` predicts `labels[i + 1]`, as transformers shifts;
     /// `None` labels are skipped.
     pub fn loss(&self, batch: &TokenBatch, labels: &[Vec<Label>]) -> Result<LossOutput> {
-        self.loss_targets(batch, labels)?;
+        // Targets first, so bad labels are refused before the forward pass.
+        let targets = self.loss_targets(batch, labels)?;
         let hidden = self.forward_hidden(batch, None)?;
-        self.hidden_loss(hidden, batch, labels)
+        Ok(self.loss_of(hidden, targets))
     }
 
     /// [`loss`](Self::loss) from final hidden states `hidden` (`[rows, seq, hidden]`, as
@@ -593,10 +597,14 @@ impl CausalLm {
         batch: &TokenBatch,
         labels: &[Vec<Label>],
     ) -> Result<LossOutput> {
-        let (targets, weights, tokens) = self.loss_targets(batch, labels)?;
+        Ok(self.loss_of(hidden, self.loss_targets(batch, labels)?))
+    }
+
+    /// The loss of `hidden` against targets from [`loss_targets`](Self::loss_targets).
+    fn loss_of(&self, hidden: Tensor<3>, (targets, weights, tokens): LossTargets) -> LossOutput {
         let sum = self.loss_sum(hidden, targets, weights);
         let loss = sum.clone().div_scalar(tokens.max(1) as f32);
-        Ok(LossOutput { loss, sum, tokens })
+        LossOutput { loss, sum, tokens }
     }
 
     /// Each row's summed log-probability of its labelled next tokens (`labels` as for
@@ -623,9 +631,9 @@ impl CausalLm {
         batch: &TokenBatch,
         labels: &[Vec<Label>],
     ) -> Result<SequenceLogps> {
-        self.loss_targets(batch, labels)?;
+        let targets = self.loss_targets(batch, labels)?;
         let hidden = self.forward_hidden(batch, None)?;
-        self.hidden_sequence_logps(hidden, batch, labels)
+        Ok(self.sequence_logps_of(hidden, targets))
     }
 
     /// [`sequence_logps`](Self::sequence_logps) from final hidden states (see
@@ -636,7 +644,16 @@ impl CausalLm {
         batch: &TokenBatch,
         labels: &[Vec<Label>],
     ) -> Result<SequenceLogps> {
-        let (targets, weights, _) = self.loss_targets(batch, labels)?;
+        Ok(self.sequence_logps_of(hidden, self.loss_targets(batch, labels)?))
+    }
+
+    /// Per-row log-probabilities of `hidden` against targets from
+    /// [`loss_targets`](Self::loss_targets).
+    fn sequence_logps_of(
+        &self,
+        hidden: Tensor<3>,
+        (targets, weights, _): LossTargets,
+    ) -> SequenceLogps {
         let [b, s, _] = hidden.dims();
         let n = s - 1;
         let mut tokens = Vec::with_capacity(b);
@@ -648,10 +665,10 @@ impl CausalLm {
                 self.loss_sum(hidden.clone().narrow(0, r, 1), t, w).neg()
             })
             .collect();
-        Ok(SequenceLogps {
+        SequenceLogps {
             logps: Tensor::cat(rows, 0),
             tokens,
-        })
+        }
     }
 
     /// The weighted cross-entropy sum from final (normed) hidden states `[batch, seq, hidden]`
@@ -708,7 +725,7 @@ impl CausalLm {
         &self,
         batch: &TokenBatch,
         labels: &[Vec<Label>],
-    ) -> Result<(Vec<i64>, Vec<f32>, usize)> {
+    ) -> Result<LossTargets> {
         let [b, s] = batch.dims();
         if labels.len() != b || labels.iter().any(|l| l.len() != s) {
             return Err(ModelError::InvalidRequest(
