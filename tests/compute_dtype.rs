@@ -4,7 +4,7 @@
 //! 5 % (f16, 11 significant bits) or 10 % (bf16, 8 bits) of the largest f32 gradient of its
 //! tensor. A dtype the device lacks is refused by name.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! (`fixtures/tiny_models`, made by `fixtures/scripts/make_tiny_models.py`) must give
 //! transformers' losses within 1e-4 and its greedy tokens, on flex and on wgpu.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

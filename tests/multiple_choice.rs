@@ -5,7 +5,7 @@
 //! total. The model's 256-token context cuts the 2-shot PubMedQA prompts, so left truncation is
 //! compared too. References: fixtures/scripts/make_multiple_choice_references.py.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

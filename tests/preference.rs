@@ -4,7 +4,7 @@
 //! the loss, TRL's logged rewards and every adapter gradient agree with DPOTrainer (sigmoid and
 //! IPO), CPOTrainer (SimPO) and ORPOTrainer.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

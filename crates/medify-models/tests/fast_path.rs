@@ -6,8 +6,7 @@
 //! untied heads, SwiGLU and GeGLU, with masked (prompt) labels and left padding; the
 //! counter-based dropout must draw the same masks on every backend.
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

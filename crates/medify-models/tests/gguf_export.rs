@@ -2,8 +2,7 @@
 //! tokenizer encoding the same ids, the special tokens and chat template kept; the real
 //! SmolLM2 (tied embeddings, its own BPE and template) round-trips through f16.
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -4,8 +4,7 @@
 //! recorded `rust_saved` losses; QLoRA training must lower the loss and leave the 4-bit base
 //! untouched, on flex and on wgpu.
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

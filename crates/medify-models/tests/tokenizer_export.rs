@@ -9,8 +9,7 @@
 //! test leaves under target/tmp/tokenizer-export/). Equal hashes mean transformers checked
 //! exactly what we write today; a change to the writer fails here until the script is rerun.
 
-#[path = "../../../tests/common/mod.rs"]
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -25,7 +25,7 @@ use medify_qlora::{Chat, DISCLAIMER, load_base};
 use medify_serve::ServeConfig;
 use serde_json::{Value, json};
 
-mod common;
+use crate::common;
 
 /// Chromium with its DevTools protocol on fds 3 (commands in) and 4 (replies out),
 /// NUL-separated JSON messages.

@@ -12,7 +12,7 @@ use medify_qlora::models::GenerationConfig;
 use medify_qlora::{BaseModel, Chat, DISCLAIMER, Reply, load_base};
 use medify_serve::{EngineConfig, ServeConfig};
 
-mod common;
+use crate::common;
 use common::agent;
 use serde_json::{Value, json};
 

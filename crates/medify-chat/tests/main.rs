@@ -1,0 +1,7 @@
+//! medify-chat integration tests.
+//!
+//! One test binary per crate: each file is a module, so the crate's integration tests link once
+//! (a linked test binary is ~100 MB with burn in it).
+
+mod chat_templates;
+mod data;

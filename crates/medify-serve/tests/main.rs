@@ -1,0 +1,9 @@
+//! medify-serve integration tests.
+//!
+//! One test binary per crate: each file is a module, so the crate's integration tests link once
+//! (a linked test binary is ~100 MB with burn in it).
+
+mod common;
+
+mod browser;
+mod http;
