@@ -125,6 +125,14 @@ fn reference(args: &Args, dpo: bool) -> anyhow::Result<Value> {
     ] {
         argv.extend([flag.into(), value.to_string().into()]);
     }
+    // A GPU run compares GPU with GPU: the reference then runs bitsandbytes' CUDA kernels.
+    use medify_qlora::loading::DeviceChoice;
+    if matches!(
+        args.device.parse::<DeviceChoice>(),
+        Ok(DeviceChoice::Wgpu | DeviceChoice::Cuda)
+    ) {
+        argv.extend(["--device".into(), "cuda".into()]);
+    }
     for (on, flag) in [
         (args.gradient_checkpointing, "--gradient-checkpointing"),
         (dpo, "--dpo"),

@@ -443,10 +443,7 @@ fn quant4_rows_at(
         crate::simd::CpuLevel::Avx2 => m > 1,
         crate::simd::CpuLevel::Baseline => false,
     };
-    if simd
-        && k.is_multiple_of(64)
-        && w.blocksize().is_multiple_of(64)
-    {
+    if simd && k.is_multiple_of(64) && w.blocksize().is_multiple_of(64) {
         let wide = level == crate::simd::CpuLevel::Avx512;
         PERMUTED.with(|cell| {
             let mut xp = cell.take();
@@ -564,7 +561,8 @@ mod avx2 {
                     macro_rules! nibble {
                         ($j:literal) => {{
                             let idx = _mm256_srli_epi32::<{ 4 * $j }>(raw);
-                            let top = _mm256_castsi256_ps(_mm256_slli_epi32::<{ 28 - 4 * $j }>(raw));
+                            let top =
+                                _mm256_castsi256_ps(_mm256_slli_epi32::<{ 28 - 4 * $j }>(raw));
                             let wv = _mm256_blendv_ps(
                                 _mm256_permutevar8x32_ps(lo_t, idx),
                                 _mm256_permutevar8x32_ps(hi_t, idx),

@@ -259,10 +259,13 @@ fn decode_pairs(out: &mut [f32], bytes: &[u8], lut: &[f32; 16]) {
     let (out, bytes) = (&mut out[..2 * n], &bytes[..n]);
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::cpu_level() == crate::simd::CpuLevel::Avx512 {
-        // SAFETY: AVX-512F is present; the kernel reads `bytes[..16 * (n / 16)]` and writes
-        // `out[..32 * (n / 16)]`, both within the slices (lengths fixed just above).
-        done = unsafe { avx512_decode::pairs(out, bytes, lut) };
+    match crate::simd::cpu_level() {
+        // SAFETY (both): the level's features are present; the kernels read
+        // `bytes[..16 * (n / 16)]` and write `out[..32 * (n / 16)]`, both within the slices
+        // (lengths fixed just above).
+        crate::simd::CpuLevel::Avx512 => done = unsafe { avx512_decode::pairs(out, bytes, lut) },
+        crate::simd::CpuLevel::Avx2 => done = unsafe { avx512_decode::pairs_avx2(out, bytes, lut) },
+        crate::simd::CpuLevel::Baseline => {}
     }
     for (pair, &b) in out[2 * done..].chunks_exact_mut(2).zip(&bytes[done..]) {
         pair[0] = lut[(b >> 4) as usize];
@@ -295,6 +298,48 @@ mod avx512_decode {
                 let dst = out.as_mut_ptr().add(32 * g);
                 _mm512_storeu_ps(dst, _mm512_permutexvar_ps(first, table));
                 _mm512_storeu_ps(dst.add(16), _mm512_permutexvar_ps(second, table));
+            }
+        }
+        16 * groups
+    }
+
+    /// [`pairs`] with AVX2: no 16-entry float lookup there, so each 8 codes are looked up in
+    /// both halves of the table (`vpermps` reads their low 3 bits) and blended on bit 3. The
+    /// caller guarantees AVX2 and `out.len() >= 2 * bytes.len()`.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn pairs_avx2(out: &mut [f32], bytes: &[u8], lut: &[f32; 16]) -> usize {
+        let groups = bytes.len() / 16;
+        assert!(out.len() >= 32 * groups);
+        // SAFETY: as in `pairs`.
+        unsafe {
+            let low = _mm256_loadu_ps(lut.as_ptr());
+            let high = _mm256_loadu_ps(lut.as_ptr().add(8));
+            let low4 = _mm_set1_epi8(0x0F);
+            for g in 0..groups {
+                let x = _mm_loadu_si128(bytes.as_ptr().add(16 * g) as *const __m128i);
+                let hi = _mm_and_si128(_mm_srli_epi16(x, 4), low4);
+                let lo = _mm_and_si128(x, low4);
+                let first = _mm_unpacklo_epi8(hi, lo);
+                let second = _mm_unpackhi_epi8(hi, lo);
+                let dst = out.as_mut_ptr().add(32 * g);
+                for (q, codes) in [
+                    first,
+                    _mm_srli_si128::<8>(first),
+                    second,
+                    _mm_srli_si128::<8>(second),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let idx = _mm256_cvtepu8_epi32(codes);
+                    let top = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(idx));
+                    let v = _mm256_blendv_ps(
+                        _mm256_permutevar8x32_ps(low, idx),
+                        _mm256_permutevar8x32_ps(high, idx),
+                        top,
+                    );
+                    _mm256_storeu_ps(dst.add(8 * q), v);
+                }
             }
         }
         16 * groups
@@ -498,25 +543,105 @@ fn row_dots_scalar(x: &[f32], m: usize, w: &PackedView<'_>, row: usize, acc: &mu
     }
 }
 
-/// Prefill / training kernel: decode the weight once (in parallel, into a buffer this thread
-/// reuses across calls, so no fresh pages are faulted in), then one multi-threaded gemm. Decoding
-/// is O(n·k) against the gemm's O(m·n·k); one large gemm call packs `x` once, where per-tile
-/// calls re-packed it for every 64 output rows.
+/// Prefill / training kernel: decode a panel of the weight's rows at a time (in parallel, into a
+/// buffer this thread reuses across calls, so no fresh pages are faulted in), then one
+/// multi-threaded gemm per panel into its columns of `out`. Decoding is O(n·k) against the
+/// gemm's O(m·n·k). Panels of [`PANEL_VALUES`] keep the buffer the same size for every shape: a
+/// whole 11008 x 4096 weight decoded at once is 180 MB written, faulted in and read back per call.
+/// Each panel's gemm packs `x` again, which costs `m·k` against its `2·m·k·rows` FLOPs.
 fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
+    decoded_gemm_in_panels(x, m, w, out, panel_rows(w.out_features, w.in_features));
+}
+
+/// [`decoded_gemm`] with `rows` weight rows per panel (tests use small panels).
+fn decoded_gemm_in_panels(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32], rows: usize) {
     let (n, k) = (w.out_features, w.in_features);
+    let rows = rows.max(1);
     thread_local! {
         static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
     // Taken out of the cell, so a reentrant call (rayon work stealing) just allocates its own.
     let mut buf = DECODED.with(std::cell::Cell::take);
-    if buf.len() < n * k {
-        buf.resize(n * k, 0.0);
+    if buf.len() < rows * k {
+        buf.resize(rows * k, 0.0);
     }
-    let dense = &mut buf[..n * k];
-    w.decode_all(dense);
-    gemm_f32(out, x, dense, m, n, k, Rhs::Transposed);
-    if buf.len() <= MAX_KEPT_SCRATCH {
-        DECODED.with(|cell| cell.set(buf));
+    let mut r0 = 0;
+    while r0 < n {
+        let p = rows.min(n - r0);
+        let panel = &mut buf[..p * k];
+        panel
+            .par_chunks_mut(TILE_ROWS * k.max(1))
+            .enumerate()
+            .for_each(|(t, chunk)| {
+                w.decode_rows(r0 + t * TILE_ROWS, chunk.len() / k.max(1), chunk)
+            });
+        gemm_f32_columns(out, n, r0, x, panel, m, p, k);
+        r0 += p;
+    }
+    DECODED.with(|cell| cell.set(buf));
+}
+
+/// Decoded weight values per panel of [`decoded_gemm`] (16 MB of f32).
+const PANEL_VALUES: usize = 4 << 20;
+
+/// Rows per panel: whole tiles of [`TILE_ROWS`], at least one, at most the weight.
+fn panel_rows(n: usize, k: usize) -> usize {
+    let tiles = (PANEL_VALUES / (k.max(1) * TILE_ROWS)).max(1);
+    (tiles * TILE_ROWS).min(n)
+}
+
+/// `out[i, j0 + j] = Σ_p x[i, p] · w[j, p]` for `j < cols`, `out` being `[m, n]` row-major and
+/// `w` `cols` weight rows `[cols, k]`: one panel's columns of the output, multi-threaded.
+#[allow(clippy::too_many_arguments)]
+fn gemm_f32_columns(
+    out: &mut [f32],
+    n: usize,
+    j0: usize,
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    cols: usize,
+    k: usize,
+) {
+    assert!(
+        j0.checked_add(cols).is_some_and(|end| end <= n)
+            && m.checked_mul(n).is_some_and(|len| out.len() >= len)
+            && m.checked_mul(k).is_some_and(|len| x.len() >= len)
+            && cols.checked_mul(k).is_some_and(|len| w.len() >= len),
+        "gemm_f32_columns: columns {j0}+{cols} of [{m}, {n}] from [{m}, {k}] x [{cols}, {k}]ᵀ"
+    );
+    if m == 0 || cols == 0 {
+        return;
+    }
+    let parallelism = if m * cols * k >= 1 << 18 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assertion keeps every addressed element inside the slices: out (i, j) at
+    // i·n + j0 + j < m·n, x (i, p) at i·k + p, w's transpose (p, j) at j·k + p.
+    unsafe {
+        gemm::gemm(
+            m,
+            cols,
+            k,
+            out.as_mut_ptr().add(j0),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 
@@ -640,10 +765,6 @@ pub fn gemm_f32(
         );
     }
 }
-
-/// Largest decoded weight (in f32s, 64 MiB) a thread keeps for the next call; bigger ones
-/// (7B-scale MLPs) are freed after use.
-const MAX_KEPT_SCRATCH: usize = 16 << 20;
 
 /// AVX2 + FMA (or more): what the `avx2` kernels below need.
 #[cfg(target_arch = "x86_64")]
@@ -862,6 +983,20 @@ mod tests {
                 "m={m} n={n} k={k}: {a} vs {b}"
             );
         }
+        if m > STREAMING_MAX_ROWS {
+            // Panels of 64 rows and of 1: a partial last panel, and every column offset.
+            for rows in [TILE_ROWS, 1] {
+                let mut panels = vec![f32::NAN; m * n];
+                decoded_gemm_in_panels(&x, m, &view, &mut panels, rows);
+                // The gemm's edge kernels for narrow panels may round differently.
+                for (a, b) in panels.iter().zip(&out) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "m={m} n={n} k={k}: panels of {rows} rows: {a} vs {b}"
+                    );
+                }
+            }
+        }
         if m <= STREAMING_MAX_ROWS && k.is_multiple_of(8) {
             let mut scalar = vec![0f32; m];
             for r in 0..n {
@@ -933,6 +1068,36 @@ mod tests {
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
                 "n={n} k={k} bs={bs}"
             );
+        }
+    }
+
+    /// Every SIMD decode of byte pairs the CPU can run gives the scalar loop's bits.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn simd_pair_decodes_match_the_scalar_one() {
+        let lut: [f32; 16] = std::array::from_fn(|i| (i as f32 - 7.5) * 0.37);
+        let bytes: Vec<u8> = (0..203u32).map(|i| (i * 97 % 256) as u8).collect();
+        let want: Vec<f32> = bytes
+            .iter()
+            .flat_map(|b| [lut[(b >> 4) as usize], lut[(b & 15) as usize]])
+            .collect();
+        let level = crate::simd::cpu_level();
+        type Kernel = unsafe fn(&mut [f32], &[u8], &[f32; 16]) -> usize;
+        let mut kernels: Vec<(&str, Kernel)> = Vec::new();
+        if level != crate::simd::CpuLevel::Baseline {
+            kernels.push(("avx2", avx512_decode::pairs_avx2));
+        }
+        if level == crate::simd::CpuLevel::Avx512 {
+            kernels.push(("avx512", avx512_decode::pairs));
+        }
+        for (name, kernel) in kernels {
+            let mut out = vec![f32::NAN; 2 * bytes.len()];
+            // SAFETY: the CPU has the kernel's features (cpu_level), `out` holds 2 per byte.
+            let done = unsafe { kernel(&mut out, &bytes, &lut) };
+            assert_eq!(done, 16 * (bytes.len() / 16), "{name}");
+            for (i, (a, b)) in out[..2 * done].iter().zip(&want).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{name}: value {i}");
+            }
         }
     }
 
