@@ -581,6 +581,86 @@ fn decoded_gemm_in_panels(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f3
     DECODED.with(|cell| cell.set(buf));
 }
 
+/// `dx[m, k] = dy[m, n] @ W` for a packed `W [n, k]`: the input gradient of a frozen 4-bit
+/// matmul, `dx` overwritten. Panels of the weight's rows are decoded as in [`matmul_4bit`]'s
+/// gemm path, each adding its share `dy[:, panel] @ W[panel]`, so backward never holds the whole
+/// weight in f32 (180 MB for an 11008 x 4096 MLP, allocated and faulted in on every step).
+///
+/// # Panics
+/// If `dy` is not `[m, out_features]` or `dx` not `[m, in_features]`.
+pub fn matmul_4bit_input_grad(dy: &[f32], m: usize, w: &PackedView<'_>, dx: &mut [f32]) {
+    input_grad_in_panels(dy, m, w, dx, panel_rows(w.out_features, w.in_features));
+}
+
+/// [`matmul_4bit_input_grad`] with `rows` weight rows per panel (tests use small panels).
+fn input_grad_in_panels(dy: &[f32], m: usize, w: &PackedView<'_>, dx: &mut [f32], rows: usize) {
+    let (n, k) = (w.out_features, w.in_features);
+    assert!(
+        m.checked_mul(n) == Some(dy.len()),
+        "dy must be [m, out_features]"
+    );
+    assert!(
+        m.checked_mul(k) == Some(dx.len()),
+        "dx must be [m, in_features]"
+    );
+    if m == 0 || k == 0 {
+        return;
+    }
+    if n == 0 {
+        dx.fill(0.0);
+        return;
+    }
+    thread_local! {
+        static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let rows = rows.max(1);
+    let mut buf = DECODED.with(std::cell::Cell::take);
+    if buf.len() < rows.min(n) * k {
+        buf.resize(rows.min(n) * k, 0.0);
+    }
+    let mut r0 = 0;
+    while r0 < n {
+        let p = rows.min(n - r0);
+        let panel = &mut buf[..p * k];
+        panel
+            .par_chunks_mut(TILE_ROWS * k)
+            .enumerate()
+            .for_each(|(t, chunk)| w.decode_rows(r0 + t * TILE_ROWS, chunk.len() / k, chunk));
+        let parallelism = if m * p * k >= 1 << 18 {
+            gemm::Parallelism::Rayon(0)
+        } else {
+            gemm::Parallelism::None
+        };
+        // SAFETY: dst (i, c) at i·k + c < m·k = dx.len(); lhs (i, j) = dy[i, r0 + j] at
+        // i·n + r0 + j < m·n (j < p ≤ n - r0); rhs (j, c) at j·k + c < p·k = panel.len().
+        unsafe {
+            gemm::gemm(
+                m,
+                k,
+                p,
+                dx.as_mut_ptr(),
+                1,
+                k as isize,
+                r0 > 0,
+                dy.as_ptr().add(r0),
+                1,
+                n as isize,
+                panel.as_ptr(),
+                1,
+                k as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        r0 += p;
+    }
+    DECODED.with(|cell| cell.set(buf));
+}
+
 /// Decoded weight values per panel of [`decoded_gemm`] (16 MB of f32).
 const PANEL_VALUES: usize = 4 << 20;
 
@@ -982,6 +1062,28 @@ mod tests {
                 (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
                 "m={m} n={n} k={k}: {a} vs {b}"
             );
+        }
+        // The input gradient dy @ W, whole and in panels of 64 rows and of 1.
+        let dy: Vec<f32> = (0..m * n)
+            .map(|i| ((i * 7907) % 89) as f32 / 44.0 - 1.0)
+            .collect();
+        let mut want_dx = vec![0f32; m * k];
+        for mi in 0..m {
+            for c in 0..k {
+                want_dx[mi * k + c] = (0..n)
+                    .map(|r| dy[mi * n + r] as f64 * dense[r * k + c] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        for rows in [usize::MAX, TILE_ROWS, 1] {
+            let mut dx = vec![f32::NAN; m * k];
+            input_grad_in_panels(&dy, m, &view, &mut dx, rows);
+            for (a, b) in dx.iter().zip(&want_dx) {
+                assert!(
+                    (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                    "dx, m={m} n={n} k={k}, panels of {rows}: {a} vs {b}"
+                );
+            }
         }
         if m > STREAMING_MAX_ROWS {
             // Panels of 64 rows and of 1: a partial last panel, and every column offset.

@@ -45,7 +45,7 @@ pub use device::{Int8Ops, Int8Tensor, Nf4Tensor, Quant4Ops, is_flex, linear_4bit
 pub use dropout::{DropoutKey, DropoutOps, dropout, dropout_at};
 pub use error::QuantError;
 pub use gemv::{GemvWeight, HeadPrecision, gemv_rows};
-pub use host_kernels::{PackedView, Rhs, Scales, gemm_f32, matmul_4bit};
+pub use host_kernels::{PackedView, Rhs, Scales, gemm_f32, matmul_4bit, matmul_4bit_input_grad};
 pub use int8::{Int8Weight, SCB_SUFFIX, WEIGHT_FORMAT_SUFFIX, int8_quantization_config};
 pub use packed::{Packed4Bit, QuantConfig, bits_per_weight, dequantize_blocks, quantize_blocks};
 pub use quant_state::{

@@ -60,15 +60,8 @@ impl<B: Backend + Quant4Ops> Backward<B, 1> for Q4MatmulBackward {
                 B::q4_decode_absmax(codes, nested_absmax, nested_code, offset, blocks)
             }
         };
-        let dense = B::q4_dequantize(
-            s.packed,
-            absmax,
-            s.code,
-            s.out_features,
-            s.in_features,
-            s.blocksize,
-        );
-        grads.register::<B>(node.id, input_gradient::<B>(grad, dense, s.in_features));
+        let dx = B::q4_input_gradient(grad, s.packed, absmax, s.code, s.in_features, s.blocksize);
+        grads.register::<B>(node.id, dx);
     }
 }
 
@@ -123,6 +116,25 @@ impl<B: Backend + Quant4Ops, C: CheckpointStrategy> Quant4Ops for Autodiff<B, C>
             code.into_primitive(),
             rows,
             cols,
+            blocksize,
+        ))
+    }
+
+    fn q4_input_gradient(
+        dy: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        in_features: usize,
+        blocksize: usize,
+    ) -> FloatTensor<Self> {
+        // Used by backward passes, on the inner backend; not itself differentiated.
+        <Self as AutodiffBackend>::from_inner(B::q4_input_gradient(
+            dy.into_primitive(),
+            packed,
+            absmax.into_primitive(),
+            code.into_primitive(),
+            in_features,
             blocksize,
         ))
     }

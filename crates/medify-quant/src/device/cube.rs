@@ -228,6 +228,28 @@ impl Quant4Ops for CubeBackend {
         out
     }
 
+    fn q4_input_gradient(
+        dy: CubeTensor,
+        packed: CubeTensor,
+        absmax: CubeTensor,
+        code: CubeTensor,
+        in_features: usize,
+        blocksize: usize,
+    ) -> CubeTensor {
+        let dims = dy.meta.shape().to_vec();
+        let out_features = dims[dims.len() - 1];
+        let dense = dequantize_as(
+            packed,
+            absmax,
+            code,
+            out_features,
+            in_features,
+            blocksize,
+            dy.dtype,
+        );
+        crate::device::autodiff::input_gradient::<Self>(dy, dense, in_features)
+    }
+
     fn q4_matmul_dq(
         x: CubeTensor,
         packed: CubeTensor,

@@ -6,7 +6,7 @@ use burn::tensor::TensorData;
 use burn_flex::{Flex, FlexTensor};
 
 use super::ops::Quant4Ops;
-use crate::host_kernels::{PackedView, Scales, matmul_4bit};
+use crate::host_kernels::{PackedView, Scales, matmul_4bit, matmul_4bit_input_grad};
 use crate::host_tensor::{f32s, from_f32, values};
 use crate::quant_state::decode_nested;
 
@@ -87,6 +87,30 @@ impl Quant4Ops for Flex {
             out_features,
             blocksize,
         )
+    }
+
+    fn q4_input_gradient(
+        dy: FlexTensor,
+        packed: FlexTensor,
+        absmax: FlexTensor,
+        code: FlexTensor,
+        in_features: usize,
+        blocksize: usize,
+    ) -> FlexTensor {
+        let words = u32s(&packed);
+        let absmax = f32s(&absmax);
+        let code = code16(&code);
+        frozen_rows_matmul(dy, in_features, |dys, m, out_features, dx| {
+            let view = checked(PackedView::new(
+                &words,
+                Scales::F32(&absmax),
+                &code,
+                out_features,
+                in_features,
+                blocksize,
+            ));
+            matmul_4bit_input_grad(dys, m, &view, dx);
+        })
     }
 
     fn q4_matmul_dq(

@@ -57,6 +57,20 @@ pub trait Quant4Ops: Backend {
         blocksize: usize,
     ) -> FloatTensor<Self>;
 
+    /// `dy @ W` for a 4-bit `W [out_features, in_features]` over the last dim of `dy`
+    /// (`[.., out_features]` → `[.., in_features]`), in `dy`'s dtype: the input gradient of
+    /// [`Quant4Ops::q4_matmul`]. Flex decodes a panel of rows at a time instead of the whole
+    /// weight.
+    #[fusion(dtype = dy, shape = matmul_shape(dy, in_features))]
+    fn q4_input_gradient(
+        dy: FloatTensor<Self>,
+        packed: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        in_features: usize,
+        blocksize: usize,
+    ) -> FloatTensor<Self>;
+
     /// [`Quant4Ops::q4_matmul`] with double-quantized scales, decoded inside the kernel where
     /// the backend can (Flex), so no decoded absmax is allocated per call.
     #[fusion(dtype = x, shape = matmul_shape(x, out_features))]
