@@ -95,11 +95,20 @@ fn training_child() {
     }
 }
 
+/// `training_child`'s name as the test harness lists it: its path below the test binary's
+/// crate root (`faults::training_child` in `tests/main.rs`).
+fn child_test_name() -> String {
+    match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::training_child"),
+        None => "training_child".to_string(),
+    }
+}
+
 fn spawn(run_dir: &Path) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
-            "training_child",
+            &child_test_name(),
             "--ignored",
             "--test-threads",
             "1",
