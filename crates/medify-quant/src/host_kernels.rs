@@ -363,15 +363,44 @@ pub fn matmul_4bit(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     if m == 0 || n == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    if m == 1 && k.is_multiple_of(64) && w.blocksize.is_multiple_of(64) && avx2_available() {
-        gemv_chunked(x, w, out);
-        return;
-    }
-    if m <= STREAMING_MAX_ROWS && k.is_multiple_of(8) {
-        streaming(x, m, w, out);
+    if m <= STREAMING_MAX_ROWS {
+        decode_rows_matmul(x, m, w, out);
     } else {
         decoded_gemm(x, m, w, out);
+    }
+}
+
+/// Decode-phase kernel: the decoder's row kernels ([`crate::gemv_rows`]: the AVX-512 lookup,
+/// AVX2 blend or streaming kernels, each weight byte read once for all `m` rows), each rayon
+/// task taking a range of output features.
+fn decode_rows_matmul(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
+    let n = w.out_features;
+    let weight = crate::GemvWeight::quant4(*w);
+    // A few tasks per thread: enough to balance, few enough that each one's per-call setup
+    // (permuting x for its kernel) stays small beside its rows.
+    let per_task = n
+        .div_ceil(4 * rayon::current_num_threads().max(1))
+        .max(STREAM_ROWS_PER_TASK);
+    let run = |by_feature: &mut [f32]| {
+        by_feature
+            .par_chunks_mut(per_task * m)
+            .enumerate()
+            .for_each(|(task, chunk)| {
+                let r0 = task * per_task;
+                crate::gemv_rows(&weight, x, m, r0..r0 + chunk.len() / m, chunk);
+            });
+    };
+    if m == 1 {
+        // Feature-major and row-major are the same layout.
+        run(out);
+        return;
+    }
+    let mut by_feature = vec![0f32; n * m];
+    run(&mut by_feature);
+    for r in 0..n {
+        for mi in 0..m {
+            out[mi * n + r] = by_feature[r * m + mi];
+        }
     }
 }
 
@@ -424,45 +453,6 @@ pub(crate) fn stream_rows(
             i += g;
         }
     }
-}
-
-/// Decode-phase kernel: each task owns a range of output features and streams their codes.
-fn streaming(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
-    let n = w.out_features;
-    // Results are produced feature-major, then scattered into the row-major output.
-    let mut by_feature = vec![0f32; n * m];
-    by_feature
-        .par_chunks_mut(STREAM_ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            let r0 = task * STREAM_ROWS_PER_TASK;
-            for (i, acc) in chunk.chunks_mut(m).enumerate() {
-                row_dots(x, m, w, r0 + i, acc);
-            }
-        });
-    for r in 0..n {
-        for mi in 0..m {
-            out[mi * n + r] = by_feature[r * m + mi];
-        }
-    }
-}
-
-/// One-token kernel over 64-element chunks (32 packed bytes). Codes are decoded with in-lane
-/// byte shuffles (no lane-crossing permutes), which leaves the values in a fixed scrambled
-/// order; `x` is permuted once per call to match.
-#[cfg(target_arch = "x86_64")]
-fn gemv_chunked(x: &[f32], w: &PackedView<'_>, out: &mut [f32]) {
-    let mut xp = Vec::new();
-    permute_for_chunks(x, &mut xp);
-    out.par_chunks_mut(STREAM_ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(t, out)| {
-            for (i, o) in out.iter_mut().enumerate() {
-                // SAFETY: AVX2/FMA checked by the caller; k % 64 == 0 and blocksize % 64 == 0
-                // keep every 8-word load inside the row and inside one block.
-                *o = unsafe { avx2::row_dot_chunked(&xp, w, t * STREAM_ROWS_PER_TASK + i) };
-            }
-        });
 }
 
 /// `x` (a multiple of 64 long) in the element order of [`avx2::row_dot_chunked`]'s lanes.
@@ -543,12 +533,10 @@ fn row_dots_scalar(x: &[f32], m: usize, w: &PackedView<'_>, row: usize, acc: &mu
     }
 }
 
-/// Prefill / training kernel: decode a panel of the weight's rows at a time (in parallel, into a
-/// buffer this thread reuses across calls, so no fresh pages are faulted in), then one
-/// multi-threaded gemm per panel into its columns of `out`. Decoding is O(n·k) against the
-/// gemm's O(m·n·k). Panels of [`PANEL_VALUES`] keep the buffer the same size for every shape: a
-/// whole 11008 x 4096 weight decoded at once is 180 MB written, faulted in and read back per call.
-/// Each panel's gemm packs `x` again, which costs `m·k` against its `2·m·k·rows` FLOPs.
+/// Prefill / training kernel: decode the weight (in parallel, into a buffer this thread keeps
+/// across calls, so no fresh pages are faulted in), then one multi-threaded gemm. Decoding is
+/// O(n·k) against the gemm's O(m·n·k). Weights above [`PANEL_VALUES`] go in panels of rows,
+/// each multiplied into its columns of `out`.
 fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     decoded_gemm_in_panels(x, m, w, out, panel_rows(w.out_features, w.in_features));
 }
@@ -557,9 +545,6 @@ fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
 fn decoded_gemm_in_panels(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32], rows: usize) {
     let (n, k) = (w.out_features, w.in_features);
     let rows = rows.max(1);
-    thread_local! {
-        static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
-    }
     // Taken out of the cell, so a reentrant call (rayon work stealing) just allocates its own.
     let mut buf = DECODED.with(std::cell::Cell::take);
     if buf.len() < rows * k {
@@ -582,9 +567,10 @@ fn decoded_gemm_in_panels(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f3
 }
 
 /// `dx[m, k] = dy[m, n] @ W` for a packed `W [n, k]`: the input gradient of a frozen 4-bit
-/// matmul, `dx` overwritten. Panels of the weight's rows are decoded as in [`matmul_4bit`]'s
-/// gemm path, each adding its share `dy[:, panel] @ W[panel]`, so backward never holds the whole
-/// weight in f32 (180 MB for an 11008 x 4096 MLP, allocated and faulted in on every step).
+/// matmul, `dx` overwritten. The weight is decoded into the same kept buffer as
+/// [`matmul_4bit`]'s gemm path (in panels above [`PANEL_VALUES`], each adding its share
+/// `dy[:, panel] @ W[panel]`), where backward used to allocate a fresh f32 copy every step
+/// (180 MB for an 11008 x 4096 MLP, zero-filled and faulted in).
 ///
 /// # Panics
 /// If `dy` is not `[m, out_features]` or `dx` not `[m, in_features]`.
@@ -609,9 +595,6 @@ fn input_grad_in_panels(dy: &[f32], m: usize, w: &PackedView<'_>, dx: &mut [f32]
     if n == 0 {
         dx.fill(0.0);
         return;
-    }
-    thread_local! {
-        static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
     }
     let rows = rows.max(1);
     let mut buf = DECODED.with(std::cell::Cell::take);
@@ -661,8 +644,18 @@ fn input_grad_in_panels(dy: &[f32], m: usize, w: &PackedView<'_>, dx: &mut [f32]
     DECODED.with(|cell| cell.set(buf));
 }
 
-/// Decoded weight values per panel of [`decoded_gemm`] (16 MB of f32).
-const PANEL_VALUES: usize = 4 << 20;
+thread_local! {
+    /// Decoded weight rows for [`decoded_gemm`] and [`matmul_4bit_input_grad`], kept across
+    /// calls so no fresh pages are faulted in per matmul.
+    static DECODED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Decoded weight values per panel (256 MB of f32): every Llama-family linear up to 8B decodes
+/// whole, which measured fastest. Smaller panels cost more than they save, since each panel's
+/// gemm packs `x` again and splits its threads over fewer columns: at 256 tokens on 2 Xeon
+/// cores, 4096 x 4096 ran at 0.80x dense whole, 0.64x in 16 MB panels, 0.50x in 4 MB ones.
+/// Panels bound the scratch for larger weights (a 128k-vocabulary head).
+const PANEL_VALUES: usize = 64 << 20;
 
 /// Rows per panel: whole tiles of [`TILE_ROWS`], at least one, at most the weight.
 fn panel_rows(n: usize, k: usize) -> usize {
