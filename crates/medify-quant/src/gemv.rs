@@ -226,8 +226,8 @@ enum Row<'a> {
     Int8 { codes: &'a [i8], scale: f32 },
 }
 
-/// Activation rows handled together per pass over a weight row: their accumulators stay in
-/// registers.
+/// Activation rows the portable kernel handles together per pass over a weight row: their
+/// accumulators stay in registers. (The x86 kernels take groups of up to 8 or 16.)
 const GROUP: usize = 4;
 /// Accumulator lanes: one AVX-512 vector (LLVM keeps `[f32; 16]` partial sums in registers and
 /// does not reorder float adds itself).
@@ -245,20 +245,35 @@ fn dense_rows<'w>(
     {
         let level = crate::simd::cpu_level();
         if level != crate::simd::CpuLevel::Baseline {
+            let wide = level == crate::simd::CpuLevel::Avx512;
             let mut i = 0;
             while i < m {
-                let g = (m - i).min(GROUP);
+                // The widest group that fits (AVX2 has 16 registers, AVX-512 32): each
+                // converted weight vector serves g activation rows.
+                let g = [16, 8, 4, 3, 2, 1]
+                    .into_iter()
+                    .find(|&g| g <= m - i && (wide || g <= 8))
+                    .unwrap_or(1);
                 let xs = &x[i * k..(i + g) * k];
                 for (j, r) in rows.clone().enumerate() {
                     let dst = &mut out[j * m + i..j * m + i + g];
-                    // SAFETY: the level's features are present; `row(r)` holds k values and
-                    // `xs` g rows of k (the caller asserted the shapes).
+                    let w = row(r);
+                    use dense_x86::{row_avx2 as v3, row_avx512 as v4};
+                    // SAFETY: the level's features are present; `row(r)` holds k values,
+                    // `xs` g rows of k (the caller asserted the shapes) and `dst` g slots.
                     unsafe {
-                        match level {
-                            crate::simd::CpuLevel::Avx512 => {
-                                dense_x86::row_avx512(row(r), xs, g, dst)
-                            }
-                            _ => dense_x86::row_avx2(row(r), xs, g, dst),
+                        match (wide, g) {
+                            (true, 16) => v4::<16, 1>(w, xs, dst),
+                            (true, 8) => v4::<8, 2>(w, xs, dst),
+                            (true, 4) => v4::<4, 4>(w, xs, dst),
+                            (true, 3) => v4::<3, 4>(w, xs, dst),
+                            (true, 2) => v4::<2, 4>(w, xs, dst),
+                            (true, _) => v4::<1, 4>(w, xs, dst),
+                            (false, 8) => v3::<8, 1>(w, xs, dst),
+                            (false, 4) => v3::<4, 2>(w, xs, dst),
+                            (false, 3) => v3::<3, 2>(w, xs, dst),
+                            (false, 2) => v3::<2, 4>(w, xs, dst),
+                            (false, _) => v3::<1, 4>(w, xs, dst),
                         }
                     }
                 }
@@ -320,29 +335,35 @@ fn dots_with(
     }
 }
 
-/// Explicit SIMD dot products of one stored row with up to [`GROUP`] activation rows: loops
+/// Explicit SIMD dot products of one stored row with up to 16 activation rows: loops
 /// over closures (the portable `dots`) do not vectorize reliably.
 #[cfg(target_arch = "x86_64")]
 mod dense_x86 {
-    use super::{GROUP, Row};
+    use super::Row;
     use std::arch::x86_64::*;
 
     macro_rules! row_kernel {
         ($name:ident, $features:literal, $vec:ty, $lanes:literal, $zero:ident, $fma:ident,
          $loadx:ident, $add:ident, $store:ident, |$c:ident| [$($load:tt)*]) => {
-            /// `out[i] = x[i] · w` for the `g ≤ GROUP` rows of `x` (`g · k` values).
+            /// `out[i] = x[i] · w` for the `G` rows of `x` (`G · k` values), with `A ≤ 4`
+            /// accumulators per row (fewer for wide groups, so that all stay in registers).
             ///
             /// # Safety
-            /// The CPU has the named features; `x.len() == g · k` with `k` the row's length and
-            /// `out.len() >= g`.
+            /// The CPU has the named features; `x.len() == G · k` with `k` the row's length and
+            /// `out.len() >= G`.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $name(w: Row<'_>, x: &[f32], g: usize, out: &mut [f32]) {
+            pub(super) unsafe fn $name<const G: usize, const A: usize>(
+                w: Row<'_>,
+                x: &[f32],
+                out: &mut [f32],
+            ) {
+                let g = G;
                 let (k, scale) = match w {
                     Row::F32(v) => (v.len(), 1.0),
                     Row::Bf16(v) => (v.len(), 1.0),
                     Row::Int8 { codes, scale } => (codes.len(), scale),
                 };
-                let mut acc = [[$zero(); 4]; GROUP];
+                let mut acc = [[$zero(); A]; G];
                 // A macro, not a closure, so the loads inline into this function's features.
                 macro_rules! load {
                     ($at:expr) => {{
@@ -361,7 +382,7 @@ mod dense_x86 {
                             let wv: $vec = load!(c + $lanes * u);
                             for i in 0..g {
                                 let xv = $loadx(xp.add(i * k + c + $lanes * u));
-                                acc[i][u] = $fma(wv, xv, acc[i][u]);
+                                acc[i][u % A] = $fma(wv, xv, acc[i][u % A]);
                             }
                         }
                         c += 4 * $lanes;
@@ -374,7 +395,10 @@ mod dense_x86 {
                         c += $lanes;
                     }
                     for i in 0..g {
-                        let v = $add($add(acc[i][0], acc[i][1]), $add(acc[i][2], acc[i][3]));
+                        let mut v = acc[i][0];
+                        for a in &acc[i][1..] {
+                            v = $add(v, *a);
+                        }
                         let mut lanes = [0f32; $lanes];
                         $store(lanes.as_mut_ptr(), v);
                         let mut total: f32 = lanes.iter().sum();
