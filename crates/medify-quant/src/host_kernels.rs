@@ -544,7 +544,20 @@ fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
 /// [`decoded_gemm`] with `rows` weight rows per panel (tests use small panels).
 fn decoded_gemm_in_panels(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32], rows: usize) {
     let (n, k) = (w.out_features, w.in_features);
-    let rows = rows.max(1);
+    for_each_decoded_panel(w, rows, |r0, p, panel| {
+        gemm_f32_columns(out, n, r0, x, panel, m, p, k)
+    });
+}
+
+/// Decodes `w` a panel of at most `rows` rows at a time (each panel in parallel, into this
+/// thread's kept [`DECODED`] buffer) and hands each to `f(first_row, rows, values)`.
+fn for_each_decoded_panel(
+    w: &PackedView<'_>,
+    rows: usize,
+    mut f: impl FnMut(usize, usize, &[f32]),
+) {
+    let (n, k) = (w.out_features, w.in_features);
+    let rows = rows.clamp(1, n.max(1));
     // Taken out of the cell, so a reentrant call (rayon work stealing) just allocates its own.
     let mut buf = DECODED.with(std::cell::Cell::take);
     if buf.len() < rows * k {
@@ -560,7 +573,7 @@ fn decoded_gemm_in_panels(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f3
             .for_each(|(t, chunk)| {
                 w.decode_rows(r0 + t * TILE_ROWS, chunk.len() / k.max(1), chunk)
             });
-        gemm_f32_columns(out, n, r0, x, panel, m, p, k);
+        f(r0, p, panel);
         r0 += p;
     }
     DECODED.with(|cell| cell.set(buf));
@@ -596,24 +609,7 @@ fn input_grad_in_panels(dy: &[f32], m: usize, w: &PackedView<'_>, dx: &mut [f32]
         dx.fill(0.0);
         return;
     }
-    let rows = rows.max(1);
-    let mut buf = DECODED.with(std::cell::Cell::take);
-    if buf.len() < rows.min(n) * k {
-        buf.resize(rows.min(n) * k, 0.0);
-    }
-    let mut r0 = 0;
-    while r0 < n {
-        let p = rows.min(n - r0);
-        let panel = &mut buf[..p * k];
-        panel
-            .par_chunks_mut(TILE_ROWS * k)
-            .enumerate()
-            .for_each(|(t, chunk)| w.decode_rows(r0 + t * TILE_ROWS, chunk.len() / k, chunk));
-        let parallelism = if m * p * k >= 1 << 18 {
-            gemm::Parallelism::Rayon(0)
-        } else {
-            gemm::Parallelism::None
-        };
+    for_each_decoded_panel(w, rows, |r0, p, panel| {
         // SAFETY: dst (i, c) at i·k + c < m·k = dx.len(); lhs (i, j) = dy[i, r0 + j] at
         // i·n + r0 + j < m·n (j < p ≤ n - r0); rhs (j, c) at j·k + c < p·k = panel.len().
         unsafe {
@@ -636,12 +632,10 @@ fn input_grad_in_panels(dy: &[f32], m: usize, w: &PackedView<'_>, dx: &mut [f32]
                 false,
                 false,
                 false,
-                parallelism,
+                parallelism(m * p * k),
             );
         }
-        r0 += p;
-    }
-    DECODED.with(|cell| cell.set(buf));
+    });
 }
 
 thread_local! {
@@ -686,11 +680,6 @@ fn gemm_f32_columns(
     if m == 0 || cols == 0 {
         return;
     }
-    let parallelism = if m * cols * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the assertion keeps every addressed element inside the slices: out (i, j) at
     // i·n + j0 + j < m·n, x (i, p) at i·k + p, w's transpose (p, j) at j·k + p.
     unsafe {
@@ -713,7 +702,7 @@ fn gemm_f32_columns(
             false,
             false,
             false,
-            parallelism,
+            parallelism(m * cols * k),
         );
     }
 }
@@ -764,6 +753,15 @@ pub(crate) fn gemm_rows_serial(
     }
 }
 
+/// Multi-threaded gemm from `m·n·k` = 2^18 multiply-adds on; below that threads cost more.
+fn parallelism(work: usize) -> gemm::Parallelism {
+    if work >= 1 << 18 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
 /// How [`gemm_f32`] reads its right-hand side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rhs {
@@ -807,11 +805,6 @@ pub fn gemm_f32(
         Rhs::Plain => (1, n as isize),
         Rhs::Transposed => (k as isize, 1),
     };
-    let parallelism = if m * n * k >= 1 << 18 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
     // SAFETY: the assertion above keeps every element the strides address inside the slices:
     // out (i, j) at i·n + j, lhs (i, p) at i·k + p, rhs (p, j) at p·n + j (Plain) or j·k + p.
     unsafe {
@@ -834,7 +827,7 @@ pub fn gemm_f32(
             false,
             false,
             false,
-            parallelism,
+            parallelism(m * n * k),
         );
     }
 }
