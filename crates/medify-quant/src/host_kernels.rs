@@ -2,9 +2,9 @@
 //!
 //! Small batches (decode) stream the packed weight once and decode 8 codes per `u32` word in
 //! registers (AVX2 + FMA where the CPU has them); they never hold a dense row. Larger batches
-//! (prefill, training) decode the weight into a per-thread scratch buffer that is reused across
-//! calls and hand it to one `gemm`: the decode is cheap next to the m·n·k multiply, and the
-//! scratch is transient working memory, never a second copy of the model.
+//! (prefill, training) run gemm's microkernels on weight panels decoded straight into cache
+//! (`q4_gemm`), at dense gemm's speed. Where gemm has no microkernel for the CPU, the weight is
+//! decoded into a per-thread scratch buffer reused across calls and handed to one `gemm`.
 
 use rayon::prelude::*;
 
@@ -213,10 +213,24 @@ impl PackedView<'_> {
             self.out_features
         );
         let k = self.in_features;
-        let start = r0 * k;
-        let out = &mut out[..rows * k];
-        if !k.is_multiple_of(2) {
-            // Rows start mid-byte: decode element by element.
+        self.decode_span(r0 * k, &mut out[..rows * k]);
+    }
+
+    /// Decodes the `out.len()` values from flat element `start` on (row-major order), whatever
+    /// rows and blocks the span crosses: the one decoder behind [`PackedView::decode_rows`] and
+    /// the panels the 4-bit gemm decodes straight into cache.
+    ///
+    /// # Panics
+    /// If the span reaches past the weight.
+    pub(crate) fn decode_span(&self, start: usize, out: &mut [f32]) {
+        let end = start + out.len();
+        assert!(
+            end <= self.out_features * self.in_features,
+            "decode_span: elements {start}..{end} of a weight with {}",
+            self.out_features * self.in_features
+        );
+        if !start.is_multiple_of(2) || !end.is_multiple_of(2) {
+            // The span starts or ends mid-byte: decode element by element.
             for (i, v) in out.iter_mut().enumerate() {
                 let e = start + i;
                 *v = self.code[nibble(self.words, e)] * self.absmax.get(e / self.blocksize);
@@ -226,7 +240,6 @@ impl PackedView<'_> {
         // Byte by byte, with the 16 codes pre-scaled once per block segment (the same single
         // f32 multiply as decoding each value, so results are bit-identical).
         let bytes: &[u8] = bytemuck::cast_slice(self.words);
-        let end = start + rows * k;
         let mut e = start;
         while e < end {
             let block = e / self.blocksize;
@@ -365,7 +378,7 @@ pub fn matmul_4bit(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
     }
     if m <= STREAMING_MAX_ROWS {
         decode_rows_matmul(x, m, w, out);
-    } else {
+    } else if !crate::q4_gemm::forward(x, m, w, out) {
         decoded_gemm(x, m, w, out);
     }
 }
@@ -533,8 +546,9 @@ fn row_dots_scalar(x: &[f32], m: usize, w: &PackedView<'_>, row: usize, acc: &mu
     }
 }
 
-/// Prefill / training kernel: decode the weight (in parallel, into a buffer this thread keeps
-/// across calls, so no fresh pages are faulted in), then one multi-threaded gemm. Decoding is
+/// Prefill / training kernel where `q4_gemm` has no microkernel (CPUs without AVX2): decode the
+/// weight (in parallel, into a buffer this thread keeps across calls, so no fresh pages are
+/// faulted in), then one multi-threaded gemm. Decoding is
 /// O(n·k) against the gemm's O(m·n·k). Weights above [`PANEL_VALUES`] go in panels of rows,
 /// each multiplied into its columns of `out`.
 fn decoded_gemm(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) {
@@ -607,6 +621,9 @@ fn input_grad_in_panels(dy: &[f32], m: usize, w: &PackedView<'_>, dx: &mut [f32]
     }
     if n == 0 {
         dx.fill(0.0);
+        return;
+    }
+    if crate::q4_gemm::input_grad(dy, m, w, dx) {
         return;
     }
     for_each_decoded_panel(w, rows, |r0, p, panel| {

@@ -24,6 +24,7 @@ mod gemv;
 mod host_kernels;
 mod int8;
 mod packed;
+mod q4_gemm;
 mod quant_state;
 
 pub mod atomic;
