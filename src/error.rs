@@ -25,6 +25,9 @@ pub enum FinetuneError {
     /// The optimizer and its state.
     #[error(transparent)]
     Optim(#[from] crate::optim::OptimError),
+    /// A device's thread of a data-parallel step panicked.
+    #[error("a device's training thread panicked in a data-parallel step")]
+    DeviceThread,
     /// The output exists and overwriting was not asked for.
     #[error("{0} exists and is not empty; set `overwrite` to write over it")]
     WouldOverwrite(PathBuf),

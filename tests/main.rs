@@ -6,6 +6,7 @@
 mod common;
 
 mod compute_dtype;
+mod data_parallel;
 mod faults;
 mod finetune;
 mod int8_training;

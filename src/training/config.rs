@@ -278,6 +278,11 @@ pub struct FinetuneConfig {
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
+    /// Devices for data-parallel training (`--devices wgpu:0,wgpu:1`): each holds the base and
+    /// a replica of the adapters and takes whole micro-batches of every step, so `grad_accum`
+    /// must be at least their number; the gradients are summed before the one optimizer step,
+    /// which equals one device with the whole batch. Empty: the one device the run is given.
+    pub devices: Vec<crate::training::DeviceSpec>,
     /// Keep only each decoder layer's input during forward and recompute the layer in backward
     /// (on by default, as in the QLoRA recipe): far less activation memory for about one extra
     /// forward pass.
@@ -348,6 +353,7 @@ impl Default for FinetuneConfig {
             optimizer_budget_mib: None,
             batch_size: 1,
             grad_accum: 16,
+            devices: Vec::new(),
             gradient_checkpointing: true,
             offload_checkpoints: false,
             compute_dtype: None,
@@ -381,8 +387,8 @@ fn bad(field: &str, reason: impl Into<String>) -> FinetuneError {
 }
 
 /// Settings a resumed run may change: how long it runs, how often it evaluates and saves, and
-/// how memory is spent. The rest define the run's mathematics and data, so they stay.
-pub const RESUMABLE_SETTINGS: [&str; 9] = [
+/// how memory and devices are spent. The rest define the run's mathematics and data, so they stay.
+pub const RESUMABLE_SETTINGS: [&str; 10] = [
     "max_steps",
     "epochs",
     "eval_every",
@@ -392,6 +398,7 @@ pub const RESUMABLE_SETTINGS: [&str; 9] = [
     "offload_checkpoints",
     "optimizer_budget_mib",
     "compute_dtype",
+    "devices",
 ];
 
 impl FinetuneConfig {
@@ -515,6 +522,17 @@ impl FinetuneConfig {
             if v == 0 {
                 return Err(bad(field, "must be at least 1"));
             }
+        }
+        if self.devices.len() > 1 && self.grad_accum < self.devices.len() {
+            return Err(bad(
+                "grad_accum",
+                format!(
+                    "{} micro-batches per step cannot give each of {} devices one: each device \
+                     takes whole micro-batches (set grad_accum to a multiple of the devices)",
+                    self.grad_accum,
+                    self.devices.len()
+                ),
+            ));
         }
         if self.max_len < 8 {
             return Err(bad(

@@ -138,7 +138,8 @@ impl Finetune {
         self
     }
 
-    /// The device to train on (autodiff is added). Default: [`auto_device`].
+    /// The device to train on (autodiff is added). Default: the first of
+    /// [`FinetuneConfig::devices`] when set (data-parallel training), else [`auto_device`].
     pub fn device(mut self, device: Device) -> Finetune {
         self.device = Some(device);
         self
@@ -285,7 +286,18 @@ impl Finetune {
                 (config, sources)
             }
         };
-        let device = device.unwrap_or_else(|| auto_device().device).autodiff();
+        let device = match (device, config.devices.first()) {
+            (Some(_), Some(_)) => {
+                return Err(FinetuneError::Config {
+                    field: "devices".into(),
+                    reason: "give either one device or the list of devices, not both".into(),
+                });
+            }
+            (Some(device), None) => device,
+            (None, Some(first)) => first.open()?,
+            (None, None) => auto_device().device,
+        }
+        .autodiff();
         let options = TrainerOptions {
             out_dir,
             overwrite,

@@ -54,6 +54,10 @@ pub struct StepMetrics {
     /// (`rewards/chosen`, …); absent for supervised steps.
     #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
     pub preference: Option<PreferenceMetrics>,
+    /// Each device's micro-batches, tokens and seconds in a data-parallel step; absent on one
+    /// device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<Vec<crate::training::DeviceShare>>,
 }
 
 /// What TRL logs of a preference batch, under its names: the means over the batch's pairs.
@@ -272,6 +276,7 @@ mod tests {
             peak_rss_bytes: Some(1 << 20),
             device_reserved_bytes: None,
             preference: None,
+            devices: None,
         });
         let line = serde_json::to_string(&step).unwrap();
         assert!(
@@ -317,6 +322,7 @@ mod tests {
             peak_rss_bytes: None,
             device_reserved_bytes: None,
             preference: Some(PreferenceMetrics::of(&stats)),
+            devices: None,
         });
         let line = serde_json::to_string(&step).unwrap();
         for name in [

@@ -5,6 +5,7 @@
 
 pub mod checkpoints;
 pub(crate) mod config;
+pub(crate) mod data_parallel;
 pub(crate) mod finetune;
 pub(crate) mod memory;
 pub mod memory_model;
@@ -23,6 +24,9 @@ pub(crate) mod sweep;
 pub(crate) mod trainer;
 
 pub use config::{BaseQuant, BaseQuantization, FinetuneConfig, Optimizer, RESUMABLE_SETTINGS};
+pub use data_parallel::{
+    DataParallel, DeviceShare, DeviceSpec, GradientReduction, ParallelStepGradients, deal,
+};
 pub use finetune::Finetune;
 pub use memory::{
     StepMemory, peak_rss_bytes, release_freed_memory, reset_peak_memory, retain_freed_memory,
@@ -58,7 +62,8 @@ pub use run::{
     PreparedPairSources, PreparedSources, StartedRun, prepare_pair_sources, prepare_sources,
 };
 pub use step::{
-    DROPOUT_CALLS_PER_STEP_BITS, MicroBatch, StepGradients, step_gradients, train_step,
+    DROPOUT_CALLS_PER_STEP_BITS, MicroBatch, ShareGradients, StepGradients, share_gradients,
+    step_gradients, step_tokens, train_step,
 };
 pub use sweep::{
     ANSWERS_FILE, GenerateSpec, SweepOptions, SweepProgress, SweepReport, SweepSpec, Variant,

@@ -108,7 +108,9 @@ pub fn prepare_pair_sources(
 
 /// Loads `sources.model` on `device` (an autodiff device), prepares `sources.data` with
 /// `config`, and creates the trainer writing to `options.out_dir`, or resumes it from
-/// `resume` (a checkpoint directory). `options.sources` is set to `sources`.
+/// `resume` (a checkpoint directory). `options.sources` is set to `sources`. With several
+/// [`FinetuneConfig::devices`], the base is loaded on each further one as well and the trainer
+/// trains data-parallel.
 pub(crate) fn start_run(
     config: &FinetuneConfig,
     sources: RunSources,
@@ -149,10 +151,28 @@ pub(crate) fn start_run(
         sources: Some(sources.clone()),
         ..options
     };
-    let trainer = match resume {
+    let mut trainer = match resume {
         Some(ckpt) => Trainer::resume_with(ckpt, config, base.model, data, options)?,
         None => Trainer::new(config.clone(), base.model, data, options)?,
     };
+    if config.devices.len() > 1 {
+        // Every further device holds the base too; the trainer gives each the adapters.
+        let replicas = config.devices[1..]
+            .iter()
+            .map(|spec| {
+                let device = spec.open()?.autodiff();
+                let options = config.load_options(&device)?;
+                let replica = load_base_with(
+                    &sources.model.path,
+                    &device,
+                    &options,
+                    config.template.as_deref(),
+                )?;
+                Ok(replica.model)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        trainer = trainer.with_data_parallel(replicas)?;
+    }
     data_report.write(trainer.out_dir())?;
     Ok(StartedRun {
         trainer,

@@ -28,8 +28,9 @@ pub struct StepGradients {
 
 /// The gradients of one step over `micro_batches` (gradient accumulation): each micro-batch's
 /// loss is scaled by one over the predicted tokens of the *whole* step, so accumulating equals
-/// one large batch. Dropout masks are numbered by `(seed, step)`, so a resumed run, or a
-/// benchmark, draws the masks an uninterrupted run draws at that step.
+/// one large batch. Dropout masks are numbered by `(seed, step)` and the micro-batch's place in
+/// the step, so a resumed run, a benchmark, or a data-parallel run that gives the micro-batch to
+/// another device draws the masks an uninterrupted one-device run draws.
 pub fn step_gradients(
     model: &CausalLm,
     micro_batches: &[MicroBatch],
@@ -37,27 +38,71 @@ pub fn step_gradients(
     step: u64,
     checkpointing: Checkpointing,
 ) -> Result<StepGradients> {
-    let tokens: usize = micro_batches
-        .iter()
-        .map(|(_, labels)| predicted(labels))
-        .sum();
-    model.seek_dropout(seed, step << DROPOUT_CALLS_PER_STEP_BITS);
-    let scale = 1.0 / tokens.max(1) as f32;
+    let tokens = step_tokens(micro_batches);
+    let share = share_gradients(
+        model,
+        micro_batches.iter().enumerate(),
+        tokens,
+        seed,
+        step,
+        checkpointing,
+    )?;
+    Ok(StepGradients {
+        grads: share.grads,
+        loss: share.loss_sum / tokens.max(1) as f64,
+        tokens,
+    })
+}
+
+/// The gradients of part of a step's micro-batches (a device's share in data-parallel
+/// training).
+pub struct ShareGradients {
+    /// Summed over the share's micro-batches, each scaled by one over the whole step's tokens.
+    pub grads: GradientsParams,
+    /// Summed loss of the share's predicted tokens.
+    pub loss_sum: f64,
+    /// Predicted tokens in the share.
+    pub tokens: usize,
+}
+
+/// The gradients of the micro-batches `share` lists as `(place in the step, micro-batch)`,
+/// each loss scaled by `1 / step_tokens` (the predicted tokens of the whole step), so the
+/// shares of one step add up to its [`step_gradients`].
+pub fn share_gradients<'a>(
+    model: &CausalLm,
+    share: impl IntoIterator<Item = (usize, &'a MicroBatch)>,
+    step_tokens: usize,
+    seed: u64,
+    step: u64,
+    checkpointing: Checkpointing,
+) -> Result<ShareGradients> {
+    let scale = 1.0 / step_tokens.max(1) as f32;
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-    let mut loss_sum = 0.0;
-    for (batch, labels) in micro_batches {
-        if predicted(labels) == 0 {
+    let (mut loss_sum, mut tokens) = (0.0, 0);
+    for (place, (batch, labels)) in share {
+        let predicted = predicted(labels);
+        if predicted == 0 {
             continue;
         }
+        model.seek_dropout(seed, (step << DROPOUT_CALLS_PER_STEP_BITS) + place as u64);
         let out = model.loss_gradients(batch, labels, scale, checkpointing)?;
         accumulator.accumulate(model, out.grads);
         loss_sum += out.loss_sum;
+        tokens += predicted;
     }
-    Ok(StepGradients {
+    Ok(ShareGradients {
         grads: accumulator.grads(),
-        loss: loss_sum / tokens.max(1) as f64,
+        loss_sum,
         tokens,
     })
+}
+
+/// Predicted tokens of a step's micro-batches.
+pub fn step_tokens(micro_batches: &[MicroBatch]) -> usize {
+    micro_batches
+        .iter()
+        .map(|(_, labels)| predicted(labels))
+        .sum()
 }
 
 /// [`step_gradients`], then the optimizer's update at learning rate `lr` (clipping as the

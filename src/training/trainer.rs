@@ -22,6 +22,7 @@ use crate::training::checkpoints::{
     TrainState,
 };
 use crate::training::config::FinetuneConfig;
+use crate::training::data_parallel::{DataParallel, DeviceShare};
 use crate::training::metrics::{
     EvalMetrics, EvalPreferenceMetrics, PreferenceMetrics, StepMetrics,
 };
@@ -195,6 +196,8 @@ pub struct Trainer {
     objective: Option<PreferenceObjective>,
     /// DPO/IPO's reference: a frozen model sharing the base, or the precomputed table.
     reference: RunReference,
+    /// Replicas on further devices, for data-parallel training.
+    parallel: Option<DataParallel>,
 }
 
 /// Where a preference run takes its reference log-probabilities from.
@@ -234,6 +237,8 @@ struct StepOutcome {
     tokens: usize,
     report: crate::optim::StepReport,
     preference: Option<PairStats>,
+    /// Each device's share of a data-parallel step.
+    devices: Option<Vec<DeviceShare>>,
 }
 
 fn micro_batches_per_epoch(train: usize, batch: usize) -> usize {
@@ -466,7 +471,32 @@ impl Trainer {
             observers,
             objective,
             reference,
+            parallel: None,
         })
+    }
+
+    /// Trains data-parallel over [`FinetuneConfig::devices`]: `replicas` are the base loaded on
+    /// `devices[1..]` (the trainer's own model lives on `devices[0]`); each gets a copy of the
+    /// adapters, and every step deals its micro-batches between the devices and sums their
+    /// gradients ([`DataParallel`]). The optimizer, checkpoints and resume stay on the first
+    /// device, and the result equals training on one device.
+    pub fn with_data_parallel(mut self, replicas: Vec<CausalLm>) -> Result<Trainer> {
+        if self.objective.is_some() {
+            return Err(FinetuneError::Config {
+                field: "devices".into(),
+                reason: format!(
+                    "data-parallel training runs supervised fine-tuning; {} runs on one device \
+                     for now",
+                    self.config.method
+                ),
+            });
+        }
+        self.parallel = Some(DataParallel::new(
+            self.model(),
+            replicas,
+            &self.config.devices,
+        )?);
+        Ok(self)
     }
 
     /// The observers of the training loop, in the order they are called: the
@@ -645,6 +675,7 @@ impl Trainer {
         let step = self.state.step + 1;
         let window = self.next_window();
         let model = self.model();
+        let mut shares = None;
         let (grads, loss, tokens, preference) = match &self.objective {
             None => {
                 let micro_batches: Vec<MicroBatch> = window
@@ -656,13 +687,26 @@ impl Trainer {
                         (token_batch(&batch), batch_labels(&batch))
                     })
                     .collect();
-                let g = step_gradients(
-                    model,
-                    &micro_batches,
-                    self.config.seed,
-                    step,
-                    self.config.checkpointing(),
-                )?;
+                let g = match &self.parallel {
+                    Some(parallel) => {
+                        let p = parallel.step_gradients(
+                            model,
+                            &micro_batches,
+                            self.config.seed,
+                            step,
+                            self.config.checkpointing(),
+                        )?;
+                        shares = Some(p.shares);
+                        p.step
+                    }
+                    None => step_gradients(
+                        model,
+                        &micro_batches,
+                        self.config.seed,
+                        step,
+                        self.config.checkpointing(),
+                    )?,
+                };
                 (g.grads, g.loss, g.tokens, None)
             }
             Some(objective) => {
@@ -704,6 +748,9 @@ impl Trainer {
             .take()
             .expect("the model is only taken for the optimizer step");
         let (model, report) = self.optimizer.step(lr, model, grads)?;
+        if let Some(parallel) = &mut self.parallel {
+            parallel.sync(&model)?;
+        }
         self.model = Some(model);
         self.state.step = step;
         self.state.tokens += tokens as u64;
@@ -712,6 +759,7 @@ impl Trainer {
             tokens,
             report,
             preference,
+            devices: shares,
         })
     }
 
@@ -779,6 +827,7 @@ impl Trainer {
                 tokens,
                 report,
                 preference,
+                devices,
             } = self.step()?;
             let secs = t.elapsed().as_secs_f64();
             last_loss = Some(loss);
@@ -796,6 +845,7 @@ impl Trainer {
                 peak_rss_bytes: None,
                 device_reserved_bytes: None,
                 preference: preference.as_ref().map(PreferenceMetrics::of),
+                devices,
             };
             self.notify(|o, run| o.after_step(run, &mut metrics))?;
             let step = self.state.step;

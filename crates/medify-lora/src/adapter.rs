@@ -137,6 +137,26 @@ impl LoraAdapter {
         self
     }
 
+    /// A copy of this adapter for a replica of its model on `device` (data-parallel training):
+    /// the same parameter ids and values, so the replicas' gradients add up by id into the
+    /// original's; the same dropout stream, so a micro-batch draws the masks it would draw on
+    /// the original; and a position of its own, since replicas run at the same time.
+    pub fn replica(&self, device: &Device) -> LoraAdapter {
+        fn copy<const D: usize>(p: &Param<Tensor<D>>, device: &Device) -> Param<Tensor<D>> {
+            Param::initialized(p.id, p.val().to_device(device).detach().require_grad())
+        }
+        let (seed, _) = self.dropout_position();
+        LoraAdapter {
+            lora_a: copy(&self.lora_a, device),
+            lora_b: copy(&self.lora_b, device),
+            magnitude: self.magnitude.as_ref().map(|m| copy(m, device)),
+            training: self.training.clone(),
+            scaling: self.scaling,
+            dropout: self.dropout,
+            masks: DropoutStream::new(seed, self.masks.stream),
+        }
+    }
+
     /// Positions this adapter's dropout stream: the next forward pass draws mask number
     /// `position` of the run seeded `seed`. A trainer seeks every adapter to a function of the
     /// step before each step, so a resumed run (whose adapters were read back from PEFT files,

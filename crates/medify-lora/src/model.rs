@@ -143,6 +143,42 @@ pub trait LoraExt: LoraModel {
         Ok(self.adapter_summary())
     }
 
+    /// Gives this model (the same architecture, e.g. loaded on another device) copies of
+    /// `source`'s adapters ([`LoraAdapter::replica`], on this model's devices), replacing any it
+    /// has: the replicas of data-parallel training, refreshed after every optimizer step.
+    /// Returns how many adapters were copied. Errors when the two models' layers differ.
+    fn replicate_adapters(&mut self, source: &Self) -> Result<usize>
+    where
+        Self: Sized,
+    {
+        let from = source.linear_layers();
+        let mut to = self.linear_layers_mut();
+        if from.len() != to.len() {
+            return Err(LoraError::InvalidConfig(format!(
+                "replica has {} linear layers, the model {}",
+                to.len(),
+                from.len()
+            )));
+        }
+        for ((a, p), (b, q)) in from.iter().zip(to.iter()) {
+            if a != b || p.dims() != q.dims() {
+                return Err(LoraError::InvalidConfig(format!(
+                    "replica layer {b} {:?} does not match {a} {:?}",
+                    q.dims(),
+                    p.dims()
+                )));
+            }
+        }
+        let mut copied = 0;
+        for ((_, src), (_, dst)) in from.iter().zip(to.iter_mut()) {
+            let device = dst.weight().device();
+            let copy = src.lora().map(|a| a.replica(&device));
+            copied += usize::from(copy.is_some());
+            dst.set_lora(copy)?;
+        }
+        Ok(copied)
+    }
+
     /// Seeks every adapter's dropout stream (see [`LoraAdapter::seek_dropout`]).
     fn seek_dropout(&self, seed: u64, position: u64) {
         for (_, proj) in self.linear_layers() {
