@@ -15,6 +15,7 @@ use medify_qlora::models::{
 use medify_qlora::optim::PagedAdamW;
 use medify_qlora::quant::QuantConfig;
 use medify_qlora::training::memory_model::{Architecture, synthetic_batch, synthetic_pairs};
+use medify_qlora::training::{DataParallel, DeviceSpec};
 use medify_qlora::training::{
     Method, PairMicroBatch, PreferenceObjective, Reference, preference_step_gradients,
     reference_model, train_step,
@@ -71,6 +72,11 @@ pub struct Args {
     /// chosen and rejected rows hold the same tokens as the supervised step's batch.
     #[arg(long)]
     pub(crate) dpo: bool,
+    /// Also train data-parallel over these devices (e.g. wgpu:0,wgpu:1), one micro-batch of
+    /// --batch-size rows per device per step, and the same micro-batches on the first device
+    /// alone: the scaling. `flex,flex` runs two replicas on the one CPU (the overhead only).
+    #[arg(long)]
+    pub(crate) devices: Option<String>,
     /// Internal: run this variant ("dense", "nf4", "int8", "nf4-checkpointed" or "nf4-eval") and print
     /// the measurements.
     #[arg(long, hide = true)]
@@ -166,13 +172,24 @@ fn variant(name: &str) -> anyhow::Result<(Option<LinearQuant>, Option<Checkpoint
         "nf4-eval" => (nf4, None),
         "nf4-dpo" => (nf4, Some(Checkpointing::Off)),
         "nf4-dpo-checkpointed" => (nf4, Some(Checkpointing::Layers)),
+        "nf4-devices" | "nf4-first-device" => (nf4, Some(Checkpointing::Off)),
         other => return Err(anyhow::anyhow!("unknown bench variant {other}")),
     })
 }
 
 fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
     let (quantize, checkpointing) = variant(name)?;
-    let device = device_named(&args.device)?;
+    // The data-parallel variants run on --devices (the first alone, or all of them).
+    let specs = match &args.devices {
+        Some(list) if name.ends_with("device") || name.ends_with("devices") => {
+            DeviceSpec::parse_list(list)?
+        }
+        _ => Vec::new(),
+    };
+    let device = match specs.first() {
+        Some(first) => first.open()?,
+        None => device_named(&args.device)?,
+    };
     // Evaluation runs without autodiff, as `eval` and the trainer's evaluation do.
     let device = if checkpointing.is_some() {
         device.autodiff()
@@ -183,28 +200,43 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
         quantize,
         ..LoadOptions::dense()
     };
-    let (mut model, report) = match (&args.arch, &args.model) {
-        (Some(arch), _) => {
-            let config = arch.config();
-            let source = RandomWeights::new(config.clone(), 17);
-            CausalLm::load(&source, &config, &device, &options)?
-        }
-        (None, Some(path)) => {
-            let (model, _, report) = load_pretrained(path, &device, &options)?;
-            (model, report)
-        }
-        (None, None) => return Err(anyhow::anyhow!("--model or --arch is needed")),
+    let load = |device: &burn::tensor::Device| -> anyhow::Result<_> {
+        Ok(match (&args.arch, &args.model) {
+            (Some(arch), _) => {
+                let config = arch.config();
+                let source = RandomWeights::new(config.clone(), 17);
+                CausalLm::load(&source, &config, device, &options)?
+            }
+            (None, Some(path)) => {
+                let (model, _, report) = load_pretrained(path, device, &options)?;
+                (model, report)
+            }
+            (None, None) => return Err(anyhow::anyhow!("--model or --arch is needed")),
+        })
     };
+    let (mut model, report) = load(&device)?;
     let load_peak = peak_rss();
     let config = LoraConfig::new(args.rank, 2.0 * args.rank as f64)
         .with_target_modules(TargetModules::AllLinear)
         .with_dropout(0.05);
     let summary = model.add_adapters(&config)?;
-    let micro_batches = [synthetic_batch(
-        model.config().vocab_size,
-        args.batch_size,
-        args.seq_len,
-    )];
+    // One micro-batch, or one per device for the data-parallel variants (the same tokens on
+    // one device for "nf4-first-device").
+    let micro_batches =
+        vec![
+            synthetic_batch(model.config().vocab_size, args.batch_size, args.seq_len);
+            specs.len().max(1)
+        ];
+    let mut parallel = match name {
+        "nf4-devices" => {
+            let replicas = specs[1..]
+                .iter()
+                .map(|spec| Ok(load(&spec.open()?.autodiff())?.0))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Some(DataParallel::new(&model, replicas, &specs)?)
+        }
+        _ => None,
+    };
     // The trainer's step, optimizer and learning rate (QLoRA's recipe: FinetuneConfig's
     // defaults): paged AdamW 32-bit, no decay, clip 0.3, lr 2e-4.
     let recipe = FinetuneConfig::default();
@@ -244,8 +276,16 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
             }
             continue;
         }
-        let loss = match checkpointing {
-            Some(mode) => {
+        let loss = match (checkpointing, &mut parallel) {
+            (Some(mode), Some(dp)) => {
+                let g =
+                    dp.step_gradients(&model, &micro_batches, recipe.seed, step as u64 + 1, mode)?;
+                let (next, _) = optim.step(recipe.learning_rate, model, g.step.grads)?;
+                dp.sync(&next)?;
+                model = next;
+                g.step.loss
+            }
+            (Some(mode), None) => {
                 let (next, loss, _) = train_step(
                     model,
                     &mut optim,
@@ -258,7 +298,7 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
                 model = next;
                 loss
             }
-            None => {
+            (None, _) => {
                 let (batch, labels) = &micro_batches[0];
                 let out = model.loss(batch, labels)?;
                 out.sum.into_scalar::<f64>() / out.tokens.max(1) as f64
@@ -272,7 +312,7 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
     // Tokens through the policy: a DPO step's pairs hold as many as the supervised batch.
     let rows = match &dpo {
         Some(mb) => 2 * mb.pairs,
-        None => args.batch_size,
+        None => args.batch_size * micro_batches.len(),
     };
     let tokens = (rows * args.seq_len * args.steps) as f64;
     Ok(json!({
@@ -307,6 +347,9 @@ fn child(args: &Args, base: &str) -> anyhow::Result<Value> {
         argv.push(flag.into());
         argv.push(value.into());
     }
+    if let Some(devices) = &args.devices {
+        argv.extend(["--devices".into(), devices.into()]);
+    }
     json_child(&argv, &format!("{base} training"))
 }
 
@@ -337,6 +380,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         if args.gradient_checkpointing {
             variants.push("nf4-dpo-checkpointed");
         }
+    }
+    if args.devices.is_some() {
+        variants.extend(["nf4-first-device", "nf4-devices"]);
     }
     for round in 0..args.repeats.max(1) {
         for &base in &variants {
@@ -430,6 +476,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         out["ratios"]["peak_rss_checkpointed_over_plain"] =
             json!(get("nf4-checkpointed", "peak_rss_bytes") / get("nf4", "peak_rss_bytes"));
     }
+    if let Some(devices) = &args.devices {
+        out["data_parallel"] = json!({
+            "devices": devices,
+            "all_devices": results["nf4-devices"],
+            "first_device_alone": results["nf4-first-device"],
+            "scaling": get("nf4-devices", "tokens_per_s") / get("nf4-first-device", "tokens_per_s"),
+        });
+    }
     if let Some(r) = reference_dpo_best {
         // With --gradient-checkpointing the reference ran with it: compare like with like.
         let ours = if args.gradient_checkpointing {
@@ -517,6 +571,10 @@ pub struct TrainArgs {
     /// Also take DPO steps over the same tokens (see `bench-lora --dpo`).
     #[arg(long)]
     dpo: bool,
+    /// Also train data-parallel over these devices and report the scaling against the first
+    /// alone (see `bench-lora --devices`).
+    #[arg(long)]
+    devices: Option<String>,
 }
 
 pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
@@ -534,6 +592,7 @@ pub fn run_train(a: &TrainArgs) -> anyhow::Result<()> {
         gradient_checkpointing: a.gradient_checkpointing,
         int8: a.int8,
         dpo: a.dpo,
+        devices: a.devices.clone(),
         child: None,
     })
 }

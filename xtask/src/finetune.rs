@@ -71,6 +71,11 @@ pub struct Args {
     /// flex, wgpu, cuda or auto.
     #[arg(long, default_value = "auto")]
     device: String,
+    /// Train data-parallel over several devices, e.g. wgpu:0,wgpu:1 or cuda:0,cuda:1: each
+    /// holds the base and takes whole micro-batches of every step (--grad-accum at least the
+    /// number of devices); gradients are summed before each optimizer step.
+    #[arg(long, conflicts_with = "device")]
+    devices: Option<String>,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
@@ -217,6 +222,10 @@ fn flag_settings(a: &Args) -> anyhow::Result<Map<String, Value>> {
         pair_truncation => "pair_truncation");
     if let Some(v) = &a.memory.compute_dtype {
         m.insert("compute_dtype".into(), serde_json::to_value(v)?);
+    }
+    if let Some(list) = &a.devices {
+        let devices = medify_qlora::training::DeviceSpec::parse_list(list)?;
+        m.insert("devices".into(), serde_json::to_value(devices)?);
     }
     for (on, name, value) in [
         (a.no_double_quant, "double_quant", false),
@@ -378,11 +387,24 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
             "--out is required (the checkpoint is not inside a run's checkpoints/ directory)"
         )
     })?;
-    let device = device_named(&a.device)?;
+    // Several devices come from the settings (--devices, or the checkpoint's); else --device.
+    let devices = run.config().devices.clone();
+    let on = if devices.is_empty() {
+        let device = device_named(&a.device)?;
+        let on = format!("{device:?}");
+        run = run.device(device);
+        on
+    } else {
+        let names: Vec<String> = devices.iter().map(ToString::to_string).collect();
+        format!(
+            "{} devices ({}), data-parallel",
+            names.len(),
+            names.join(", ")
+        )
+    };
     let quant = run.config().quantization.quant;
     let method = run.config().method;
     let started = run
-        .device(device.clone())
         .overwrite(a.overwrite)
         .progress(!a.quiet)
         .interrupt(interrupt_flag())
@@ -420,7 +442,7 @@ pub fn run(a: &Args) -> anyhow::Result<()> {
     if let Some(s) = trainer.adapter_summary() {
         eprintln!("{s}");
     }
-    eprintln!("training {} steps on {device:?}", trainer.total_steps());
+    eprintln!("training {} steps on {on}", trainer.total_steps());
     let summary = trainer.train()?;
     if method.is_preference() {
         for (when, loss, p) in [
