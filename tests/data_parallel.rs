@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use medify_qlora::training::{DeviceSpec, MetricsRecord, read_metrics};
+use medify_qlora::training::{DeviceSpec, Method, MetricsRecord, read_metrics};
 use medify_qlora::{Finetune, FinetuneConfig, ModelSource};
 
 fn tiny() -> PathBuf {
@@ -75,18 +75,8 @@ fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
 fn two_devices_train_the_adapter_one_device_trains_on_the_whole_batch() {
     let one = train("one", config(Vec::new()));
     let two = train("two", config(vec![DeviceSpec::Flex, DeviceSpec::Flex]));
-    let (a, b) = (adapter(&one), adapter(&two));
-    assert_eq!(a.len(), b.len());
-    let mut moved = 0f32;
-    for ((name, x), (name_b, y)) in a.iter().zip(&b) {
-        assert_eq!(name, name_b);
-        for (p, q) in x.iter().zip(y) {
-            assert!((p - q).abs() <= 1e-5, "{name}: {p} vs {q}");
-            moved = moved.max(p.abs());
-        }
-    }
-    // The adapters trained (lora_B starts at zero), so the comparison is not of two blank files.
-    assert!(moved > 1e-3);
+    // lora_B starts at zero: assert_same_adapter also checks the adapters trained.
+    assert_same_adapter(&one, &two);
 
     // Each step's metrics say what each device did; together they are the step's tokens.
     let records = read_metrics(&two.join("metrics.jsonl")).unwrap();
@@ -127,6 +117,63 @@ fn two_devices_train_the_adapter_one_device_trains_on_the_whole_batch() {
     let _ = std::fs::remove_dir_all(two);
 }
 
+/// Asserts two run directories hold the same adapter (to 1e-5) and that it trained.
+fn assert_same_adapter(one: &Path, two: &Path) {
+    let (a, b) = (adapter(one), adapter(two));
+    assert_eq!(a.len(), b.len());
+    let mut moved = 0f32;
+    for ((name, x), (name_b, y)) in a.iter().zip(&b) {
+        assert_eq!(name, name_b);
+        for (p, q) in x.iter().zip(y) {
+            assert!((p - q).abs() <= 1e-5, "{name}: {p} vs {q}");
+            moved = moved.max(p.abs());
+        }
+    }
+    assert!(moved > 1e-3);
+}
+
+#[test]
+fn preference_methods_train_the_same_adapter_on_two_devices() {
+    // DPO with the reference model (copied to every device) and with the precomputed table,
+    // and ORPO (no reference).
+    for (name, method, precompute) in [
+        ("dpo", Method::Dpo, false),
+        ("dpo-table", Method::Dpo, true),
+        ("orpo", Method::Orpo, false),
+    ] {
+        let config = |devices| FinetuneConfig {
+            method,
+            precompute_ref_logps: precompute,
+            batch_size: 2,
+            grad_accum: 2,
+            max_len: 128,
+            max_steps: Some(2),
+            ..config(devices)
+        };
+        let one = train(&format!("{name}-one"), config(Vec::new()));
+        let two = train(
+            &format!("{name}-two"),
+            config(vec![DeviceSpec::Flex, DeviceSpec::Flex]),
+        );
+        assert_same_adapter(&one, &two);
+        let records = read_metrics(&two.join("metrics.jsonl")).unwrap();
+        let steps: Vec<_> = records
+            .iter()
+            .filter_map(|r| match r {
+                MetricsRecord::Step(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            steps
+                .iter()
+                .all(|s| s.devices.as_ref().map(Vec::len) == Some(2) && s.preference.is_some())
+        );
+        let _ = std::fs::remove_dir_all(one);
+        let _ = std::fs::remove_dir_all(two);
+    }
+}
+
 #[test]
 fn more_devices_than_micro_batches_is_refused_naming_the_setting() {
     let mut c = config(vec![DeviceSpec::Flex, DeviceSpec::Flex]);
@@ -141,4 +188,51 @@ fn more_devices_than_micro_batches_is_refused_naming_the_setting() {
         err.contains("grad_accum") && err.contains("2 devices"),
         "{err}"
     );
+}
+
+/// What burn 0.22.1's collectives do on the devices CI has (flex, and wgpu on Mesa's software
+/// Vulkan driver): they refuse, which is why the data-parallel path sums through the first
+/// device there. When a burn upgrade brings collectives to either, this fails, and
+/// `DeviceSpec::has_collectives` should say so.
+#[test]
+fn burn_collectives_refuse_flex_and_wgpu() {
+    use burn::tensor::distributed::{
+        DistributedConfig, DistributedContext, ReduceOperation, all_reduce,
+    };
+    use burn::tensor::{Device, DeviceKind, Tensor};
+    for (device, expected) in [
+        (
+            Device::flex(),
+            "Distributed operations are not supported for device Flex",
+        ),
+        (
+            Device::wgpu(DeviceKind::DefaultDevice),
+            "which has no transport between its devices",
+        ),
+    ] {
+        let result = std::panic::catch_unwind(|| {
+            let devices = vec![device.clone(), device.clone()];
+            let _context = DistributedContext::init(
+                devices.clone(),
+                DistributedConfig {
+                    all_reduce_op: ReduceOperation::Sum,
+                },
+            );
+            let t = Tensor::<1>::ones([4], &device);
+            all_reduce(t, ReduceOperation::Sum, devices)
+                .resolve()
+                .try_into_data()
+                .map_err(|e| e.to_string())
+        });
+        let message = match result {
+            Ok(Ok(data)) => panic!("{device:?}: all_reduce returned {data:?}"),
+            Ok(Err(error)) => error,
+            Err(panic) => panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default(),
+        };
+        assert!(message.contains(expected), "{device:?}: {message}");
+    }
 }

@@ -10,9 +10,10 @@
 //!
 //! The sum runs on burn's collectives ([`burn::tensor::distributed::all_reduce`]) where the
 //! backend has a transport between its devices; in burn 0.22.1 (cubecl 0.11.3) that is CUDA,
-//! through NCCL. wgpu and flex have none: cubecl answers "Can't use `all_reduce` on wgpu, which
-//! has no transport between its devices", and flex "does not support collective operations".
-//! There the gradients are copied to the first device and added ([`GradientReduction`]).
+//! through NCCL. wgpu and flex have none: cubecl answers "Can't use `all_reduce` on wgpu<wgsl>,
+//! which has no transport between its devices", and burn "Distributed operations are not
+//! supported for device Flex(Cpu)" (`tests/data_parallel.rs` checks both). There the gradients
+//! are copied to the first device and added ([`GradientReduction`]).
 //! burn 0.22.1's collectives are single-node (device ids within one process); see
 //! `docs/training.md` for what several machines would take.
 
@@ -30,6 +31,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{FinetuneError, Result};
 use crate::lora::{LoraExt, LoraModel};
 use crate::models::{CausalLm, Checkpointing};
+use crate::training::preference::PreferenceObjective;
+use crate::training::preference_step::{
+    PairMicroBatch, PreferenceShare, PreferenceStepGradients, Reference,
+    preference_share_gradients, reference_model,
+};
 use crate::training::step::{MicroBatch, StepGradients, share_gradients, step_tokens};
 
 /// One device of a data-parallel run, as `--devices` names it: `flex` (the CPU), `wgpu`
@@ -195,6 +201,8 @@ pub struct ParallelStepGradients {
 pub struct DataParallel {
     specs: Vec<DeviceSpec>,
     replicas: Vec<CausalLm>,
+    /// DPO/IPO's frozen reference model on each further device ([`DataParallel::set_reference`]).
+    references: Vec<CausalLm>,
     reduction: GradientReduction,
     /// Keeps burn's communication server up while collectives are in use.
     _context: Option<DistributedContext>,
@@ -232,6 +240,7 @@ impl DataParallel {
         let mut dp = DataParallel {
             specs: specs.to_vec(),
             replicas,
+            references: Vec::new(),
             reduction: if collective {
                 GradientReduction::Collective
             } else {
@@ -262,9 +271,74 @@ impl DataParallel {
         Ok(())
     }
 
-    /// The gradients of one step: [`deal`]s the micro-batches to the devices, runs each
-    /// device's share on its own thread, and sums the gradients on the first device. A step
-    /// with fewer micro-batches than devices (the end of an epoch) leaves the last devices idle.
+    /// Gives every further device a copy of DPO/IPO's frozen `reference` model (the first
+    /// device's), over its own base: the reference pass of each micro-batch runs where the
+    /// micro-batch does.
+    pub fn set_reference(&mut self, reference: &CausalLm) -> Result<()> {
+        self.references = self
+            .replicas
+            .iter()
+            .map(|replica| {
+                let mut copy = replica.clone();
+                copy.replicate_adapters(reference)?;
+                reference_model(&copy, true)
+            })
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
+    /// Runs `work(device, model, micro-batch range)` for every device on its own thread, the
+    /// step's micro-batches [`deal`]t between them; returns each result with its range and
+    /// seconds. A step with fewer micro-batches than devices leaves the last devices idle.
+    fn on_devices<T: Send>(
+        &self,
+        primary: &CausalLm,
+        micro_batches: usize,
+        work: impl Fn(usize, &CausalLm, Range<usize>) -> Result<T> + Sync,
+    ) -> Result<Vec<(T, DeviceShare)>> {
+        let models: Vec<&CausalLm> = std::iter::once(primary).chain(&self.replicas).collect();
+        let ranges = deal(micro_batches, self.specs.len());
+        let work = &work;
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = models
+                .iter()
+                .zip(&ranges)
+                .enumerate()
+                .map(|(device, (model, range))| {
+                    let range = range.clone();
+                    scope.spawn(move || {
+                        let start = Instant::now();
+                        let out = work(device, model, range);
+                        (out, start.elapsed().as_secs_f64())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().map_err(|_| FinetuneError::DeviceThread))
+                .collect()
+        });
+        results
+            .into_iter()
+            .zip(ranges)
+            .zip(&self.specs)
+            .map(|((result, range), spec)| {
+                let (out, seconds) = result?;
+                Ok((
+                    out?,
+                    DeviceShare {
+                        device: spec.to_string(),
+                        micro_batches: range.len(),
+                        tokens: 0,
+                        seconds,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The gradients of one supervised step: [`deal`]s the micro-batches to the devices, runs
+    /// each device's share on its own thread, and sums the gradients on the first device.
     pub fn step_gradients(
         &self,
         primary: &CausalLm,
@@ -273,50 +347,25 @@ impl DataParallel {
         step: u64,
         checkpointing: Checkpointing,
     ) -> Result<ParallelStepGradients> {
-        let devices = self.specs.len();
         let tokens = step_tokens(micro_batches);
-        let models: Vec<&CausalLm> = std::iter::once(primary).chain(&self.replicas).collect();
-        let ranges = deal(micro_batches.len(), devices);
-        let run = |model: &CausalLm, range: Range<usize>| {
-            let start = Instant::now();
-            let share = share_gradients(
+        let done = self.on_devices(primary, micro_batches.len(), |_, model, range| {
+            share_gradients(
                 model,
-                range.clone().map(|i| (i, &micro_batches[i])),
+                range.map(|i| (i, &micro_batches[i])),
                 tokens,
                 seed,
                 step,
                 checkpointing,
-            );
-            (share, start.elapsed().as_secs_f64())
-        };
-        let results: Vec<_> = std::thread::scope(|scope| {
-            let handles: Vec<_> = models
-                .iter()
-                .zip(&ranges)
-                .map(|(model, range)| {
-                    let range = range.clone();
-                    scope.spawn(move || run(model, range))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().map_err(|_| FinetuneError::DeviceThread))
-                .collect()
-        });
-        let mut grads = Vec::with_capacity(devices);
-        let mut shares = Vec::with_capacity(devices);
+            )
+        })?;
+        let mut grads = Vec::with_capacity(done.len());
+        let mut shares = Vec::with_capacity(done.len());
         let mut loss_sum = 0.0;
-        for ((result, range), spec) in results.into_iter().zip(&ranges).zip(&self.specs) {
-            let (share, seconds) = result?;
-            let share = share?;
+        for (share, mut device) in done {
             loss_sum += share.loss_sum;
-            shares.push(DeviceShare {
-                device: spec.to_string(),
-                micro_batches: range.len(),
-                tokens: share.tokens,
-                seconds,
-            });
+            device.tokens = share.tokens;
             grads.push(share.grads);
+            shares.push(device);
         }
         let grads = self.reduce(primary, grads)?;
         Ok(ParallelStepGradients {
@@ -327,6 +376,65 @@ impl DataParallel {
             },
             shares,
         })
+    }
+
+    /// The gradients of one preference step, as [`DataParallel::step_gradients`] for
+    /// [`preference_step_gradients`](crate::training::preference_step_gradients): each device
+    /// runs its micro-batches (with its copy of the reference model, or the precomputed table),
+    /// the gradients are summed and the micro-batches' losses and statistics merged in step
+    /// order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn preference_step_gradients(
+        &self,
+        primary: &CausalLm,
+        micro_batches: &[PairMicroBatch],
+        objective: &PreferenceObjective,
+        reference: Reference<'_>,
+        seed: u64,
+        step: u64,
+        checkpointing: Checkpointing,
+    ) -> Result<(PreferenceStepGradients, Vec<DeviceShare>)> {
+        let reference_on = |device: usize| -> Result<Reference<'_>> {
+            match (device, reference) {
+                (0, r) | (_, r @ (Reference::None | Reference::Precomputed(_))) => Ok(r),
+                (d, Reference::Model(_)) => self
+                    .references
+                    .get(d - 1)
+                    .map(Reference::Model)
+                    .ok_or_else(|| FinetuneError::Config {
+                        field: "devices".into(),
+                        reason: "the reference model was not copied to every device \
+                                 (DataParallel::set_reference)"
+                            .into(),
+                    }),
+            }
+        };
+        let done = self.on_devices(primary, micro_batches.len(), |device, model, range| {
+            preference_share_gradients(
+                model,
+                range.map(|i| (i, &micro_batches[i])),
+                micro_batches.len(),
+                objective,
+                reference_on(device)?,
+                seed,
+                step,
+                checkpointing,
+            )
+        })?;
+        let mut grads = Vec::with_capacity(done.len());
+        let mut outcomes = Vec::new();
+        let mut shares = Vec::with_capacity(done.len());
+        for (share, mut device) in done {
+            device.tokens = share.micro_batches.iter().map(|m| m.tokens).sum();
+            outcomes.extend(share.micro_batches);
+            grads.push(share.grads);
+            shares.push(device);
+        }
+        let merged = PreferenceShare {
+            grads: self.reduce(primary, grads)?,
+            micro_batches: outcomes,
+        };
+        Ok((merged.finish(micro_batches.len()), shares))
     }
 
     /// Sums every adapter parameter's gradient over the devices, onto the first device.
@@ -375,11 +483,14 @@ impl DataParallel {
                         all_reduce(t, ReduceOperation::Sum, devices.clone())
                     })
                     .collect();
-                let mut resolved = handles.into_iter().map(|h| h.resolve());
-                resolved
-                    .next()
-                    .map(|t| t.to_device(first))
-                    .unwrap_or(template)
+                // Every device waits for its copy of the sum; the first device's is kept.
+                let mut resolved: Vec<Tensor<D>> =
+                    handles.into_iter().map(|h| h.resolve()).collect();
+                if resolved.is_empty() {
+                    template
+                } else {
+                    resolved.swap_remove(0).to_device(first)
+                }
             }
             GradientReduction::ThroughFirstDevice => parts
                 .into_iter()

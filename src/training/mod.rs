@@ -49,8 +49,9 @@ pub use preference::{
     preference_loss,
 };
 pub use preference_step::{
-    PairEvaluation, PairMicroBatch, PreferenceStepGradients, Reference, evaluate_pairs, pair_logps,
-    precompute_reference, preference_step_gradients, reference_logps, reference_model,
+    MicroBatchOutcome, PairEvaluation, PairMicroBatch, PreferenceShare, PreferenceStepGradients,
+    Reference, evaluate_pairs, pair_logps, precompute_reference, preference_share_gradients,
+    preference_step_gradients, reference_logps, reference_model,
 };
 pub use provenance::{
     AdapterBase, AdapterSource, DATA_REPORT_FILE, DataOrigin, DataReport, DataSource,

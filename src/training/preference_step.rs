@@ -275,8 +275,9 @@ pub struct PreferenceStepGradients {
 /// The gradients of one step over `micro_batches` under `objective`, with the activations
 /// `checkpointing` says (layer checkpointing recomputes each decoder layer in backward, as for
 /// supervised steps: the objective is computed from the last layer's output, and its gradient
-/// flows back layer by layer). Dropout masks are numbered by `(seed, step)` as for supervised
-/// steps, so resuming is exact; the reference pass runs without autodiff (and without dropout).
+/// flows back layer by layer). Dropout masks are numbered by `(seed, step)` and the micro-batch's
+/// place in the step, as for supervised steps, so resuming is exact and a data-parallel run draws
+/// the same masks; the reference pass runs without autodiff (and without dropout).
 pub fn preference_step_gradients(
     model: &CausalLm,
     micro_batches: &[PairMicroBatch],
@@ -286,19 +287,95 @@ pub fn preference_step_gradients(
     step: u64,
     checkpointing: Checkpointing,
 ) -> Result<PreferenceStepGradients> {
+    let share = preference_share_gradients(
+        model,
+        micro_batches.iter().enumerate(),
+        micro_batches.len(),
+        objective,
+        reference,
+        seed,
+        step,
+        checkpointing,
+    )?;
+    Ok(share.finish(micro_batches.len()))
+}
+
+/// Part of a preference step's micro-batches (a device's share in data-parallel training):
+/// their gradients, and what each micro-batch measured, to be merged in step order.
+pub struct PreferenceShare {
+    /// Summed over the share's micro-batches, each loss divided by the step's micro-batches.
+    pub grads: GradientsParams,
+    /// Per micro-batch, in the order run.
+    pub micro_batches: Vec<MicroBatchOutcome>,
+}
+
+/// What one micro-batch of a preference step measured.
+pub struct MicroBatchOutcome {
+    /// Its place in the step.
+    pub place: usize,
+    /// Its loss (the mean over its pairs).
+    pub loss: f64,
+    /// Its pairs' statistics.
+    pub stats: PairStats,
+    /// Its pairs.
+    pub pairs: usize,
+    /// Its completion tokens (chosen and rejected).
+    pub tokens: usize,
+}
+
+impl PreferenceShare {
+    /// The step's gradients from the shares of all its `micro_batches` (`self` holding the
+    /// summed gradients and every micro-batch's outcome): loss and statistics merged in step
+    /// order, as one device computes them.
+    pub fn finish(mut self, micro_batches: usize) -> PreferenceStepGradients {
+        let n = micro_batches.max(1) as f64;
+        self.micro_batches.sort_by_key(|m| m.place);
+        let mut stats = PairStats::default();
+        let (mut loss, mut pairs, mut tokens) = (0.0, 0, 0);
+        let mut orpo_terms: Vec<(f64, f64, f64)> = Vec::new();
+        for m in self.micro_batches {
+            tokens += m.tokens;
+            loss += m.loss / n;
+            pairs += m.pairs;
+            merge_stats(&mut stats, m.stats, &mut orpo_terms);
+        }
+        finish_orpo(&mut stats, &orpo_terms);
+        PreferenceStepGradients {
+            grads: self.grads,
+            loss,
+            stats,
+            pairs,
+            tokens,
+        }
+    }
+}
+
+/// The gradients of the micro-batches `share` lists as `(place in the step, micro-batch)`, each
+/// loss divided by `step_micro_batches` (TRL's average over gradient accumulation), so the
+/// shares of one step add up to its [`preference_step_gradients`]. `reference` is indexed by
+/// place.
+#[allow(clippy::too_many_arguments)]
+pub fn preference_share_gradients<'a>(
+    model: &CausalLm,
+    share: impl IntoIterator<Item = (usize, &'a PairMicroBatch)>,
+    step_micro_batches: usize,
+    objective: &PreferenceObjective,
+    reference: Reference<'_>,
+    seed: u64,
+    step: u64,
+    checkpointing: Checkpointing,
+) -> Result<PreferenceShare> {
     if !model.device().is_autodiff() {
         return Err(FinetuneError::NoData(
             "training needs an autodiff device (Device::autodiff)".into(),
         ));
     }
-    model.seek_dropout(seed, step << DROPOUT_CALLS_PER_STEP_BITS);
-    let n = micro_batches.len().max(1) as f64;
+    let n = step_micro_batches.max(1) as f64;
     let mut accumulator = GradientsAccumulator::<CausalLm>::new();
-    let mut stats = PairStats::default();
-    let (mut loss, mut pairs, mut tokens) = (0.0, 0, 0);
-    let mut orpo_terms: Vec<(f64, f64, f64)> = Vec::new();
-    for (i, mb) in micro_batches.iter().enumerate() {
-        let reference = reference.for_micro_batch(i, mb, objective.method)?;
+    let mut outcomes = Vec::new();
+    for (place, mb) in share {
+        model.seek_dropout(seed, (step << DROPOUT_CALLS_PER_STEP_BITS) + place as u64);
+        let reference = reference.for_micro_batch(place, mb, objective.method)?;
         let (batch, _) = &mb.batch;
         let ((value, mb_stats, completion_tokens), grads) =
             model.gradients_of(batch, checkpointing, |hidden| {
@@ -310,18 +387,17 @@ pub fn preference_step_gradients(
                     (value, out.stats, completion_tokens),
                 ))
             })?;
-        tokens += completion_tokens;
         accumulator.accumulate(model, grads);
-        loss += value / n;
-        pairs += mb.pairs;
-        merge_stats(&mut stats, mb_stats, &mut orpo_terms);
+        outcomes.push(MicroBatchOutcome {
+            place,
+            loss: value,
+            stats: mb_stats,
+            pairs: mb.pairs,
+            tokens: completion_tokens,
+        });
     }
-    finish_orpo(&mut stats, &orpo_terms);
-    Ok(PreferenceStepGradients {
+    Ok(PreferenceShare {
         grads: accumulator.grads(),
-        loss,
-        stats,
-        pairs,
-        tokens,
+        micro_batches: outcomes,
     })
 }

@@ -481,21 +481,11 @@ impl Trainer {
     /// gradients ([`DataParallel`]). The optimizer, checkpoints and resume stay on the first
     /// device, and the result equals training on one device.
     pub fn with_data_parallel(mut self, replicas: Vec<CausalLm>) -> Result<Trainer> {
-        if self.objective.is_some() {
-            return Err(FinetuneError::Config {
-                field: "devices".into(),
-                reason: format!(
-                    "data-parallel training runs supervised fine-tuning; {} runs on one device \
-                     for now",
-                    self.config.method
-                ),
-            });
+        let mut parallel = DataParallel::new(self.model(), replicas, &self.config.devices)?;
+        if let RunReference::Model(reference) = &self.reference {
+            parallel.set_reference(reference)?;
         }
-        self.parallel = Some(DataParallel::new(
-            self.model(),
-            replicas,
-            &self.config.devices,
-        )?);
+        self.parallel = Some(parallel);
         Ok(self)
     }
 
@@ -720,15 +710,30 @@ impl Trainer {
                     .collect();
                 let mut table = Vec::new();
                 let reference = self.reference.for_batches(&window, false, &mut table);
-                let g = preference_step_gradients(
-                    model,
-                    &micro_batches,
-                    objective,
-                    reference,
-                    self.config.seed,
-                    step,
-                    self.config.checkpointing(),
-                )?;
+                let g = match &self.parallel {
+                    Some(parallel) => {
+                        let (g, devices) = parallel.preference_step_gradients(
+                            model,
+                            &micro_batches,
+                            objective,
+                            reference,
+                            self.config.seed,
+                            step,
+                            self.config.checkpointing(),
+                        )?;
+                        shares = Some(devices);
+                        g
+                    }
+                    None => preference_step_gradients(
+                        model,
+                        &micro_batches,
+                        objective,
+                        reference,
+                        self.config.seed,
+                        step,
+                        self.config.checkpointing(),
+                    )?,
+                };
                 (g.grads, g.loss, g.tokens, Some(g.stats))
             }
         };
