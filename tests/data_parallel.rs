@@ -21,6 +21,20 @@ fn out_dir(name: &str) -> PathBuf {
     d
 }
 
+/// The two devices the tests train on: `MEDIFY_DP_DEVICES` (e.g. `wgpu:0,wgpu:1` or
+/// `cuda:0,cuda:1` on a machine with two GPUs), else flex named twice.
+fn two_devices() -> Vec<DeviceSpec> {
+    match std::env::var("MEDIFY_DP_DEVICES") {
+        Ok(list) => DeviceSpec::parse_list(&list).expect("MEDIFY_DP_DEVICES"),
+        Err(_) => vec![DeviceSpec::Flex, DeviceSpec::Flex],
+    }
+}
+
+/// The first of [`two_devices`] alone.
+fn one_device() -> Vec<DeviceSpec> {
+    two_devices()[..1].to_vec()
+}
+
 fn config(devices: Vec<DeviceSpec>) -> FinetuneConfig {
     FinetuneConfig {
         lora_r: 8,
@@ -73,8 +87,8 @@ fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn two_devices_train_the_adapter_one_device_trains_on_the_whole_batch() {
-    let one = train("one", config(Vec::new()));
-    let two = train("two", config(vec![DeviceSpec::Flex, DeviceSpec::Flex]));
+    let one = train("one", config(one_device()));
+    let two = train("two", config(two_devices()));
     // lora_B starts at zero: assert_same_adapter also checks the adapters trained.
     assert_same_adapter(&one, &two);
 
@@ -109,6 +123,7 @@ fn two_devices_train_the_adapter_one_device_trains_on_the_whole_batch() {
         );
     }
     let single = read_metrics(&one.join("metrics.jsonl")).unwrap();
+    // One device listed is a one-device run: no per-device shares.
     assert!(single.iter().all(|r| match r {
         MetricsRecord::Step(s) => s.devices.is_none(),
         _ => true,
@@ -150,11 +165,8 @@ fn preference_methods_train_the_same_adapter_on_two_devices() {
             max_steps: Some(2),
             ..config(devices)
         };
-        let one = train(&format!("{name}-one"), config(Vec::new()));
-        let two = train(
-            &format!("{name}-two"),
-            config(vec![DeviceSpec::Flex, DeviceSpec::Flex]),
-        );
+        let one = train(&format!("{name}-one"), config(one_device()));
+        let two = train(&format!("{name}-two"), config(two_devices()));
         assert_same_adapter(&one, &two);
         let records = read_metrics(&two.join("metrics.jsonl")).unwrap();
         let steps: Vec<_> = records
@@ -171,6 +183,49 @@ fn preference_methods_train_the_same_adapter_on_two_devices() {
         );
         let _ = std::fs::remove_dir_all(one);
         let _ = std::fs::remove_dir_all(two);
+    }
+}
+
+#[test]
+fn a_data_parallel_run_resumes_exactly_and_may_change_its_devices() {
+    let config = |steps| FinetuneConfig {
+        max_steps: Some(steps),
+        save_every: 2,
+        ..config(two_devices())
+    };
+    let whole = train("whole", config(4));
+    // Stopped after its step-2 checkpoint, then resumed on two devices, and on one.
+    let cut = train("cut", config(2));
+    let checkpoint = cut.join("checkpoints/step-000002");
+    for devices in [two_devices(), one_device()] {
+        let resumed = out_dir("resumed");
+        copy_dir(&cut, &resumed);
+        Finetune::resume(resumed.join("checkpoints/step-000002"))
+            .unwrap()
+            .settings(|c| {
+                c.max_steps = Some(4);
+                c.devices = devices.clone();
+            })
+            .run()
+            .unwrap();
+        assert_same_adapter(&whole, &resumed);
+        let _ = std::fs::remove_dir_all(resumed);
+    }
+    assert!(checkpoint.is_dir());
+    let _ = std::fs::remove_dir_all(whole);
+    let _ = std::fs::remove_dir_all(cut);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }
 
