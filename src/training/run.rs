@@ -156,10 +156,15 @@ pub(crate) fn start_run(
         None => Trainer::new(config.clone(), base.model, data, options)?,
     };
     if config.devices.len() > 1 {
-        // Every further device holds the base too; the trainer gives each the adapters.
+        // Every further device holds the base too; the trainer gives each the adapters. A
+        // device named again (flex twice: micro-batches in parallel on one CPU) shares the
+        // first one's base instead of loading a second copy.
         let replicas = config.devices[1..]
             .iter()
             .map(|spec| {
+                if *spec == config.devices[0] {
+                    return Ok(trainer.model().clone());
+                }
                 let device = spec.open()?.autodiff();
                 let options = config.load_options(&device)?;
                 let replica = load_base_with(

@@ -72,9 +72,10 @@ pub struct Args {
     /// chosen and rejected rows hold the same tokens as the supervised step's batch.
     #[arg(long)]
     pub(crate) dpo: bool,
-    /// Also train data-parallel over these devices (e.g. wgpu:0,wgpu:1), one micro-batch of
-    /// --batch-size rows per device per step, and the same micro-batches on the first device
-    /// alone: the scaling. `flex,flex` runs two replicas on the one CPU (the overhead only).
+    /// Also train data-parallel over these devices (e.g. wgpu:0,wgpu:1): each step's
+    /// --batch-size rows split into one micro-batch per device, trained on all of them and on
+    /// the first device alone (the scaling). `flex,flex` runs two micro-batches at once on the
+    /// one CPU, sharing its base.
     #[arg(long)]
     pub(crate) devices: Option<String>,
     /// Internal: run this variant ("dense", "nf4", "int8", "nf4-checkpointed" or "nf4-eval") and print
@@ -220,18 +221,32 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
         .with_target_modules(TargetModules::AllLinear)
         .with_dropout(0.05);
     let summary = model.add_adapters(&config)?;
-    // One micro-batch, or one per device for the data-parallel variants (the same tokens on
-    // one device for "nf4-first-device").
-    let micro_batches =
-        vec![
-            synthetic_batch(model.config().vocab_size, args.batch_size, args.seq_len);
-            specs.len().max(1)
-        ];
+    // One micro-batch, or the same rows split into one per device for the data-parallel
+    // variants (all of them on the first device for "nf4-first-device").
+    let parts = specs.len().max(1);
+    if !args.batch_size.is_multiple_of(parts) {
+        return Err(anyhow::anyhow!(
+            "--batch-size {} does not split into {parts} micro-batches, one per device",
+            args.batch_size
+        ));
+    }
+    let micro_batches = vec![
+        synthetic_batch(
+            model.config().vocab_size,
+            args.batch_size / parts,
+            args.seq_len
+        );
+        parts
+    ];
     let mut parallel = match name {
         "nf4-devices" => {
+            // A device named again shares the first one's base, as the trainer does.
             let replicas = specs[1..]
                 .iter()
-                .map(|spec| Ok(load(&spec.open()?.autodiff())?.0))
+                .map(|spec| match *spec == specs[0] {
+                    true => Ok(model.clone()),
+                    false => Ok(load(&spec.open()?.autodiff())?.0),
+                })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             Some(DataParallel::new(&model, replicas, &specs)?)
         }
@@ -312,7 +327,7 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
     // Tokens through the policy: a DPO step's pairs hold as many as the supervised batch.
     let rows = match &dpo {
         Some(mb) => 2 * mb.pairs,
-        None => args.batch_size * micro_batches.len(),
+        None => args.batch_size,
     };
     let tokens = (rows * args.seq_len * args.steps) as f64;
     Ok(json!({
@@ -482,7 +497,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "all_devices": results["nf4-devices"],
             "first_device_alone": results["nf4-first-device"],
             "scaling": get("nf4-devices", "tokens_per_s") / get("nf4-first-device", "tokens_per_s"),
+            "over_one_micro_batch": get("nf4-devices", "tokens_per_s") / get("nf4", "tokens_per_s"),
         });
+        if let Some(t) = ref_tps {
+            out["ratios"]["tokens_per_s_devices_over_reference"] =
+                json!(get("nf4-devices", "tokens_per_s") / t);
+        }
     }
     if let Some(r) = reference_dpo_best {
         // With --gradient-checkpointing the reference ran with it: compare like with like.
