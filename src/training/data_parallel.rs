@@ -226,7 +226,12 @@ impl DataParallel {
                 ),
             });
         }
-        let collective = specs.iter().all(|s| s.has_collectives());
+        // NCCL joins distinct GPUs; a device named twice sums through itself.
+        let distinct = specs
+            .iter()
+            .enumerate()
+            .all(|(i, s)| !specs[..i].contains(s));
+        let collective = distinct && specs.iter().all(|s| s.has_collectives());
         let context = collective.then(|| {
             let mut devices = vec![primary.embed_tokens.device()];
             devices.extend(replicas.iter().map(|r| r.embed_tokens.device()));
