@@ -42,8 +42,16 @@ impl TrainObserver for ProgressDisplay {
                     p.rewards_accuracies, p.rewards_margins
                 )
             });
+            // Data-parallel: each device's own rate, in device order.
+            let devices = step.devices.as_ref().map_or_else(String::new, |d| {
+                let rates: Vec<String> = d
+                    .iter()
+                    .map(|s| format!("{:.0}", s.tokens_per_s()))
+                    .collect();
+                format!(" ({} per device)", rates.join(" + "))
+            });
             bar.set_message(format!(
-                "loss {:.4}{rewards}  lr {:.2e}  {:.0} tok/s",
+                "loss {:.4}{rewards}  lr {:.2e}  {:.0} tok/s{devices}",
                 step.loss, step.lr, step.tokens_per_s
             ));
             bar.set_position(step.step);
