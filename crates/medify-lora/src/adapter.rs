@@ -467,6 +467,33 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_shares_ids_values_and_masks_but_not_its_position() {
+        let device = Device::flex().autodiff();
+        let w = base(&device);
+        let original = LoraAdapter::init(&w, 4, 2.0, 0.5, &LoraInit::Random, true, 7, 3).unwrap();
+        let copy = original.replica(&device);
+        assert_eq!(copy.lora_a.id, original.lora_a.id);
+        assert_eq!(copy.lora_b.id, original.lora_b.id);
+        assert_eq!(
+            copy.magnitude.as_ref().map(|m| m.id),
+            original.magnitude.as_ref().map(|m| m.id)
+        );
+        assert_eq!(values(copy.lora_b.val()), values(original.lora_b.val()));
+        // The same mask number draws the same mask, so the same output.
+        let x = Tensor::<2>::ones([5, 16], &device);
+        let forward = |a: &LoraAdapter| {
+            a.seek_dropout(7, 11);
+            values(a.apply(x.clone(), w.matmul(x.clone()), &w))
+        };
+        assert_eq!(forward(&copy), forward(&original));
+        // Each keeps its own position: the copy drawing a mask does not move the original's.
+        original.seek_dropout(7, 20);
+        copy.seek_dropout(7, 30);
+        assert_eq!(original.dropout_position(), (7, 20));
+        assert_eq!(copy.dropout_position(), (7, 30));
+    }
+
+    #[test]
     fn dropout_only_while_training_on_an_autodiff_device() {
         for device in [Device::flex(), Device::flex().autodiff()] {
             let w = base(&device);
