@@ -150,11 +150,13 @@ fn assert_same_adapter(one: &Path, two: &Path) {
 #[test]
 fn preference_methods_train_the_same_adapter_on_two_devices() {
     // DPO with the reference model (copied to every device) and with the precomputed table,
-    // and ORPO (no reference).
+    // IPO, and the reference-free ORPO and SimPO.
     for (name, method, precompute) in [
         ("dpo", Method::Dpo, false),
         ("dpo-table", Method::Dpo, true),
+        ("ipo", Method::Ipo, false),
         ("orpo", Method::Orpo, false),
+        ("simpo", Method::Simpo, false),
     ] {
         let config = |devices| FinetuneConfig {
             method,
