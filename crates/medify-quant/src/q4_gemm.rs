@@ -147,13 +147,13 @@ impl Split {
 }
 
 /// Runs the microkernel over one packed block: `panels` holds `rows.div_ceil(mr)` panels of
-/// `depth` steps × `mr` values; `rhs(token)` points at that token's first reduction value (read
-/// with stride `rhs_step`), `dst(row, token)` at its output. Accumulates into `dst` unless
+/// `depth` steps × `mr` values; `rhs(token)` points at that token's first reduction value (the
+/// following ones contiguous), `dst(row, token)` at its output. Accumulates into `dst` unless
 /// `first`, which overwrites.
 ///
 /// # Safety
-/// `panels` must hold the panels; every `rhs(t) + s·rhs_step` for `s < depth` and every
-/// `dst(r, t)` for the rows and tokens given must be valid, and the CPU must have `k`'s level.
+/// `panels` must hold the panels; every `rhs(t) + s` for `s < depth` and every `dst(r, t)` for
+/// the rows and tokens given must be valid, and the CPU must have `k`'s level.
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_block(
     k: Kernels,
@@ -162,7 +162,6 @@ unsafe fn run_block(
     depth: usize,
     tokens: std::ops::Range<usize>,
     rhs: impl Fn(usize) -> *const f32,
-    rhs_step: isize,
     rhs_token_stride: isize,
     dst: impl Fn(usize, usize) -> *mut f32,
     dst_token_stride: isize,
@@ -193,7 +192,7 @@ unsafe fn run_block(
                     dst_token_stride,
                     1,
                     mr as isize,
-                    rhs_step,
+                    1,
                     rhs_token_stride,
                     1.0,
                     1.0,
@@ -207,6 +206,65 @@ unsafe fn run_block(
         }
         t += cols;
     }
+}
+
+/// One product in gemm's column-major form, shared by both directions: `rows` microkernel rows
+/// (weight rows forward, input features for the input gradient) times `tokens`, reduced over
+/// `depth` in gemm's `kc` blocks. The rows (and, where they cannot balance, the tokens) are
+/// split into parallel tasks; each task packs its panels with `pack(first_row, rows,
+/// first_step, steps, panels)` into this thread's kept buffer and runs the microkernel on them.
+/// `rhs(t, s)` points at token `t`'s reduction value `s` (the following ones contiguous), and
+/// `dst(r, t)` at the output of row `r`, token `t`; the next token's are `rhs_stride` and
+/// `dst_stride` further. `dst` is overwritten.
+///
+/// # Safety
+/// Every `rhs(t, s)` for `t < tokens`, `s < depth` and every `dst(r, t)` for `r < rows`,
+/// `t < tokens` must be valid, with no two `dst` the same; `kern` must be the detected level's.
+#[allow(clippy::too_many_arguments)]
+unsafe fn blocked_product(
+    kern: Kernels,
+    rows: usize,
+    tokens: usize,
+    depth: usize,
+    pack: impl Fn(usize, usize, usize, usize, &mut [f32]) + Sync,
+    rhs: impl Fn(usize, usize) -> usize + Sync,
+    rhs_stride: isize,
+    dst: impl Fn(usize, usize) -> usize + Sync,
+    dst_stride: isize,
+) {
+    let mr = kern.mr();
+    let params = gemm_common::cache::kernel_params(rows, tokens, depth, mr, NR, 4);
+    let kc = params.kc.max(1);
+    let split = Split::new(rows, tokens, mr, params.mc);
+    split
+        .tasks(rows, tokens)
+        .into_par_iter()
+        .for_each(|(r0, task_rows, t0, task_tokens)| {
+            with_panels(task_rows.div_ceil(mr) * mr * kc, |panels| {
+                let mut s0 = 0;
+                while s0 < depth {
+                    let steps = kc.min(depth - s0);
+                    pack(r0, task_rows, s0, steps, panels);
+                    // SAFETY: the caller's contract, for this task's rows and tokens and the
+                    // reduction steps s0..s0 + steps; tasks write disjoint (row, token) ranges.
+                    unsafe {
+                        run_block(
+                            kern,
+                            panels,
+                            task_rows,
+                            steps,
+                            t0..t0 + task_tokens,
+                            |t| rhs(t, s0) as *const f32,
+                            rhs_stride,
+                            |r, t| dst(r0 + r, t) as *mut f32,
+                            dst_stride,
+                            s0 == 0,
+                        )
+                    };
+                    s0 += steps;
+                }
+            })
+        });
 }
 
 /// `out[m, n] = x[m, k] · Wᵀ`, `out` overwritten. Returns `false` (and touches nothing) when
@@ -227,44 +285,23 @@ pub(crate) fn forward(x: &[f32], m: usize, w: &PackedView<'_>, out: &mut [f32]) 
         out[..m * n].fill(0.0);
         return true;
     }
-    let mr = kern.mr();
-    // gemm's blocking for its column-major form of this product (weight rows × tokens).
-    let params = gemm_common::cache::kernel_params(n, m, k, mr, NR, 4);
-    let kc = params.kc.max(1);
-    let split = Split::new(n, m, mr, params.mc);
     let (x_addr, out_addr) = (x.as_ptr() as usize, out.as_mut_ptr() as usize);
-    split
-        .tasks(n, m)
-        .into_par_iter()
-        .for_each(|(r0, rows, t0, tokens)| {
-            let panels_len = rows.div_ceil(mr) * mr * kc;
-            with_panels(panels_len, |panels| {
-                let mut k0 = 0;
-                while k0 < k {
-                    let depth = kc.min(k - k0);
-                    pack_transposed(kern, w, r0, rows, k0, depth, panels);
-                    // SAFETY: token t's `x` row from column k0 holds `depth` values (t < m,
-                    // k0 + depth ≤ k); out (r0 + r, t) for r < rows, t < m lies in [m, n].
-                    // Tasks write disjoint (row, token) ranges. The level was detected.
-                    unsafe {
-                        run_block(
-                            kern,
-                            panels,
-                            rows,
-                            depth,
-                            t0..t0 + tokens,
-                            |t| (x_addr as *const f32).add(t * k + k0),
-                            1,
-                            k as isize,
-                            |r, t| (out_addr as *mut f32).add(t * n + r0 + r),
-                            n as isize,
-                            k0 == 0,
-                        )
-                    };
-                    k0 += depth;
-                }
-            })
-        });
+    // Rows are weight rows (output features, contiguous in `out`), reduced over `k`.
+    // SAFETY: token t's `x` row holds k values from t·k (t < m); out (r, t) at t·n + r lies in
+    // [m, n] for r < n. The level was detected.
+    unsafe {
+        blocked_product(
+            kern,
+            n,
+            m,
+            k,
+            |r0, rows, k0, depth, panels| pack_transposed(kern, w, r0, rows, k0, depth, panels),
+            |t, k0| x_addr + 4 * (t * k + k0),
+            k as isize,
+            |r, t| out_addr + 4 * (t * n + r),
+            n as isize,
+        )
+    };
     true
 }
 
@@ -286,44 +323,23 @@ pub(crate) fn input_grad(dy: &[f32], m: usize, w: &PackedView<'_>, dx: &mut [f32
         dx[..m * k].fill(0.0);
         return true;
     }
-    let mr = kern.mr();
-    // Column-major form: input features × tokens, reduced over the weight's rows.
-    let params = gemm_common::cache::kernel_params(k, m, n, mr, NR, 4);
-    let kc = params.kc.max(1);
-    let split = Split::new(k, m, mr, params.mc);
     let (dy_addr, dx_addr) = (dy.as_ptr() as usize, dx.as_mut_ptr() as usize);
-    split
-        .tasks(k, m)
-        .into_par_iter()
-        .for_each(|(c0, cols, t0, tokens)| {
-            let panels_len = cols.div_ceil(mr) * mr * kc;
-            with_panels(panels_len, |panels| {
-                let mut p0 = 0;
-                while p0 < n {
-                    let depth = kc.min(n - p0);
-                    pack_rows(kern, w, c0, cols, p0, depth, panels);
-                    // SAFETY: token t's `dy` row from column p0 holds `depth` values (p0 +
-                    // depth ≤ n); dx (c0 + c, t) for c < cols, t < m lies in [m, k]. Tasks
-                    // write disjoint ranges. The level was detected.
-                    unsafe {
-                        run_block(
-                            kern,
-                            panels,
-                            cols,
-                            depth,
-                            t0..t0 + tokens,
-                            |t| (dy_addr as *const f32).add(t * n + p0),
-                            1,
-                            n as isize,
-                            |c, t| (dx_addr as *mut f32).add(t * k + c0 + c),
-                            k as isize,
-                            p0 == 0,
-                        )
-                    };
-                    p0 += depth;
-                }
-            })
-        });
+    // Rows are input features (contiguous in `dx`), reduced over the weight's rows.
+    // SAFETY: token t's `dy` row holds n values from t·n (t < m); dx (c, t) at t·k + c lies in
+    // [m, k] for c < k. The level was detected.
+    unsafe {
+        blocked_product(
+            kern,
+            k,
+            m,
+            n,
+            |c0, cols, p0, depth, panels| pack_rows(kern, w, c0, cols, p0, depth, panels),
+            |t, p0| dy_addr + 4 * (t * n + p0),
+            n as isize,
+            |c, t| dx_addr + 4 * (t * k + c),
+            k as isize,
+        )
+    };
     true
 }
 
