@@ -233,10 +233,8 @@ impl DataParallel {
             .all(|(i, s)| !specs[..i].contains(s));
         let collective = distinct && specs.iter().all(|s| s.has_collectives());
         let context = collective.then(|| {
-            let mut devices = vec![primary.embed_tokens.device()];
-            devices.extend(replicas.iter().map(|r| r.embed_tokens.device()));
             DistributedContext::init(
-                devices,
+                model_devices(primary, &replicas),
                 DistributedConfig {
                     all_reduce_op: ReduceOperation::Sum,
                 },
@@ -372,7 +370,7 @@ impl DataParallel {
             grads.push(share.grads);
             shares.push(device);
         }
-        let grads = self.reduce(primary, grads)?;
+        let grads = self.reduce(primary, grads);
         Ok(ParallelStepGradients {
             step: StepGradients {
                 grads,
@@ -436,66 +434,60 @@ impl DataParallel {
             shares.push(device);
         }
         let merged = PreferenceShare {
-            grads: self.reduce(primary, grads)?,
+            grads: self.reduce(primary, grads),
             micro_batches: outcomes,
         };
         Ok((merged.finish(micro_batches.len()), shares))
     }
 
     /// Sums every adapter parameter's gradient over the devices, onto the first device.
-    fn reduce(
-        &self,
-        primary: &CausalLm,
-        mut shares: Vec<GradientsParams>,
-    ) -> Result<GradientsParams> {
-        let first = primary.embed_tokens.device().without_autodiff();
+    fn reduce(&self, primary: &CausalLm, mut shares: Vec<GradientsParams>) -> GradientsParams {
+        let devices = model_devices(primary, &self.replicas);
         let mut out = GradientsParams::new();
         for (_, proj) in primary.linear_layers() {
             let Some(adapter) = proj.lora() else {
                 continue;
             };
-            self.reduce_param::<2>(adapter.lora_a.id, &mut shares, &first, &mut out);
-            self.reduce_param::<2>(adapter.lora_b.id, &mut shares, &first, &mut out);
+            self.reduce_param::<2>(adapter.lora_a.id, &mut shares, &devices, &mut out);
+            self.reduce_param::<2>(adapter.lora_b.id, &mut shares, &devices, &mut out);
             if let Some(m) = &adapter.magnitude {
-                self.reduce_param::<1>(m.id, &mut shares, &first, &mut out);
+                self.reduce_param::<1>(m.id, &mut shares, &devices, &mut out);
             }
         }
-        Ok(out)
+        out
     }
 
+    /// Sums one parameter's gradient, `shares[i]` being device `devices[i]`'s.
     fn reduce_param<const D: usize>(
         &self,
         id: ParamId,
         shares: &mut [GradientsParams],
-        first: &Device,
+        devices: &[Device],
         out: &mut GradientsParams,
     ) {
+        let first = &devices[0];
         let parts: Vec<Option<Tensor<D>>> = shares.iter_mut().map(|g| g.remove::<D>(id)).collect();
         let Some(template) = parts.iter().flatten().next().cloned() else {
             return; // no device trained a token through this parameter
         };
         let sum = match self.reduction {
             GradientReduction::Collective => {
-                // Every device takes part in the collective, with zeros where it had no token.
-                let devices: Vec<Device> = shares_devices(&parts, &template);
+                // Every device takes part in the collective, with zeros on its own device
+                // where it had no token.
                 let handles: Vec<_> = parts
                     .into_iter()
-                    .zip(&devices)
+                    .zip(devices)
                     .map(|(part, device)| {
                         let t = part.unwrap_or_else(|| {
                             Tensor::<D>::zeros(template.shape(), device).cast(template.dtype())
                         });
-                        all_reduce(t, ReduceOperation::Sum, devices.clone())
+                        all_reduce(t, ReduceOperation::Sum, devices.to_vec())
                     })
                     .collect();
                 // Every device waits for its copy of the sum; the first device's is kept.
                 let mut resolved: Vec<Tensor<D>> =
                     handles.into_iter().map(|h| h.resolve()).collect();
-                if resolved.is_empty() {
-                    template
-                } else {
-                    resolved.swap_remove(0).to_device(first)
-                }
+                resolved.swap_remove(0)
             }
             GradientReduction::ThroughFirstDevice => parts
                 .into_iter()
@@ -508,14 +500,12 @@ impl DataParallel {
     }
 }
 
-/// The device of each part (the template's where a part is missing).
-fn shares_devices<const D: usize>(
-    parts: &[Option<Tensor<D>>],
-    template: &Tensor<D>,
-) -> Vec<Device> {
-    parts
-        .iter()
-        .map(|p| p.as_ref().unwrap_or(template).device())
+/// The devices of the first model and its replicas, in order, without autodiff (where their
+/// gradients live).
+fn model_devices(primary: &CausalLm, replicas: &[CausalLm]) -> Vec<Device> {
+    std::iter::once(primary)
+        .chain(replicas)
+        .map(|m| m.embed_tokens.device().without_autodiff())
         .collect()
 }
 
