@@ -8,7 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use medify_qlora::training::{DeviceSpec, Method, MetricsRecord, read_metrics};
+use medify_qlora::training::{DeviceSpec, Method};
+
+use crate::common::{f32_tensor, step_metrics};
 use medify_qlora::{Finetune, FinetuneConfig, ModelSource};
 
 fn tiny() -> PathBuf {
@@ -69,20 +71,12 @@ fn train(name: &str, config: FinetuneConfig) -> PathBuf {
 fn adapter(dir: &Path) -> Vec<(String, Vec<f32>)> {
     let bytes = std::fs::read(dir.join("adapter_model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f32>)> = st
-        .tensors()
+    let mut names = st.names();
+    names.sort();
+    names
         .into_iter()
-        .map(|(name, view)| {
-            let values = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            (name, values)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+        .map(|name| (name.to_string(), f32_tensor(&st, name)))
+        .collect()
 }
 
 #[test]
@@ -93,14 +87,7 @@ fn two_devices_train_the_adapter_one_device_trains_on_the_whole_batch() {
     assert_same_adapter(&one, &two);
 
     // Each step's metrics say what each device did; together they are the step's tokens.
-    let records = read_metrics(&two.join("metrics.jsonl")).unwrap();
-    let steps: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r {
-            MetricsRecord::Step(s) => Some(s),
-            _ => None,
-        })
-        .collect();
+    let steps = step_metrics(&two);
     assert_eq!(steps.len(), 3);
     for s in steps {
         let devices = s
@@ -116,18 +103,15 @@ fn two_devices_train_the_adapter_one_device_trains_on_the_whole_batch() {
             devices.iter().map(|d| d.tokens as u64).sum::<u64>(),
             s.tokens
         );
-        assert!(
-            devices
-                .iter()
-                .all(|d| d.seconds > 0.0 && d.device == "flex")
+        let names: Vec<String> = two_devices().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            devices.iter().map(|d| d.device.clone()).collect::<Vec<_>>(),
+            names
         );
+        assert!(devices.iter().all(|d| d.seconds > 0.0));
     }
-    let single = read_metrics(&one.join("metrics.jsonl")).unwrap();
     // One device listed is a one-device run: no per-device shares.
-    assert!(single.iter().all(|r| match r {
-        MetricsRecord::Step(s) => s.devices.is_none(),
-        _ => true,
-    }));
+    assert!(step_metrics(&one).iter().all(|s| s.devices.is_none()));
     let _ = std::fs::remove_dir_all(one);
     let _ = std::fs::remove_dir_all(two);
 }
@@ -170,16 +154,8 @@ fn preference_methods_train_the_same_adapter_on_two_devices() {
         let one = train(&format!("{name}-one"), config(one_device()));
         let two = train(&format!("{name}-two"), config(two_devices()));
         assert_same_adapter(&one, &two);
-        let records = read_metrics(&two.join("metrics.jsonl")).unwrap();
-        let steps: Vec<_> = records
-            .iter()
-            .filter_map(|r| match r {
-                MetricsRecord::Step(s) => Some(s),
-                _ => None,
-            })
-            .collect();
         assert!(
-            steps
+            step_metrics(&two)
                 .iter()
                 .all(|s| s.devices.as_ref().map(Vec::len) == Some(2) && s.preference.is_some())
         );

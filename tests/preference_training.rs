@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
-use medify_qlora::training::{Method, MetricsRecord, StepMetrics, read_metrics};
+use medify_qlora::training::Method;
+
+use crate::common::step_metrics;
 use medify_qlora::{
     AdapterSource, DataSource, Finetune, FinetuneConfig, ModelSource, REFERENCE_LOGPS_FILE,
     TrainSummary,
@@ -63,17 +65,6 @@ fn run(config: FinetuneConfig, out: &Path, adapter: Option<&Path>) -> TrainSumma
     f.run().unwrap()
 }
 
-fn steps(dir: &Path) -> Vec<StepMetrics> {
-    read_metrics(&dir.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r {
-            MetricsRecord::Step(s) => Some(s),
-            MetricsRecord::Eval(_) => None,
-        })
-        .collect()
-}
-
 fn adapter_bytes(dir: &Path) -> Vec<u8> {
     std::fs::read(dir.join("adapter_model.safetensors")).unwrap()
 }
@@ -100,7 +91,7 @@ fn assert_resume_is_exact(config: FinetuneConfig, adapter: Option<&Path>, name: 
         .unwrap();
     assert_eq!(resumed.steps, 6);
     assert_eq!(adapter_bytes(&whole), adapter_bytes(&part), "{name}");
-    let (a, b) = (steps(&whole), steps(&part));
+    let (a, b) = (step_metrics(&whole), step_metrics(&part));
     assert_eq!(a.len(), 6);
     for (x, y) in a.iter().zip(&b).skip(3) {
         assert_eq!((x.step, x.loss, x.grad_norm), (y.step, y.loss, y.grad_norm));
@@ -125,7 +116,7 @@ fn dpo_trains_logs_trl_metrics_and_resumes_bit_exactly() {
     assert!((summary.eval_before.unwrap().loss - 2f64.ln()).abs() < 1e-6);
     assert!(after.rewards_margins > 0.0, "{after:?}");
     assert!(summary.eval_after.unwrap().loss < 2f64.ln());
-    let s = steps(&out);
+    let s = step_metrics(&out);
     assert!((s[0].loss - 2f64.ln()).abs() < 1e-6);
     let p = s.last().unwrap().preference.unwrap();
     assert!(p.logps_chosen < 0.0 && p.rewards_accuracies >= 0.0);
@@ -154,7 +145,7 @@ fn precomputed_reference_gives_the_on_the_fly_losses_and_resumes_from_the_stored
             .is_file()
     );
     // The same steps; the reference's values differ only by the batching they were computed in.
-    for (a, b) in steps(&fly).iter().zip(&steps(&table)) {
+    for (a, b) in step_metrics(&fly).iter().zip(&step_metrics(&table)) {
         assert!(
             (a.loss - b.loss).abs() < 1e-5,
             "step {}: {} vs {}",
@@ -189,7 +180,7 @@ fn dpo_from_an_sft_adapter_uses_the_sft_model_as_reference_and_resumes_exactly()
     let dpo = out_dir("dpo-from-sft");
     run(config(Method::Dpo), &dpo, Some(&sft));
     // The policy starts as the SFT adapter and the reference is the SFT model: rewards 0.
-    let s = steps(&dpo);
+    let s = step_metrics(&dpo);
     assert!((s[0].loss - 2f64.ln()).abs() < 1e-6, "{}", s[0].loss);
     assert_eq!(s[0].preference.unwrap().rewards_chosen, 0.0);
     // The adapter's settings replace the run's.
@@ -217,7 +208,7 @@ fn simpo_and_orpo_train_without_a_reference() {
         };
         let summary = run(config, &out, None);
         assert!(!out.join(REFERENCE_LOGPS_FILE).exists());
-        let s = steps(&out);
+        let s = step_metrics(&out);
         assert_eq!(s.len(), 4);
         let p = s[0].preference.unwrap();
         assert_eq!(p.nll_loss.is_some(), method == Method::Orpo, "{method}");
