@@ -182,7 +182,7 @@ fn train(args: &Args, name: &str) -> anyhow::Result<Value> {
     let (quantize, checkpointing) = variant(name)?;
     // The data-parallel variants run on --devices (the first alone, or all of them).
     let specs = match &args.devices {
-        Some(list) if name.ends_with("device") || name.ends_with("devices") => {
+        Some(list) if matches!(name, "nf4-devices" | "nf4-first-device") => {
             DeviceSpec::parse_list(list)?
         }
         _ => Vec::new(),
