@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use medify_qlora::training::{DeviceSpec, Method};
 
-use crate::common::{f32_tensor, step_metrics};
+use crate::common::f32_tensor;
+use crate::runs::step_metrics;
 use medify_qlora::{Finetune, FinetuneConfig, ModelSource};
 
 fn tiny() -> PathBuf {

@@ -4,6 +4,7 @@
 //! (a linked test binary is ~100 MB with burn in it).
 
 mod common;
+mod runs;
 
 mod compute_dtype;
 mod data_parallel;

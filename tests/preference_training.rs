@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use medify_qlora::training::Method;
 
-use crate::common::step_metrics;
+use crate::runs::step_metrics;
 use medify_qlora::{
     AdapterSource, DataSource, Finetune, FinetuneConfig, ModelSource, REFERENCE_LOGPS_FILE,
     TrainSummary,

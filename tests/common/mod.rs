@@ -1,7 +1,7 @@
 //! Helpers the cross-crate tests share (each test binary uses some of them).
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use medify_models::{Label, TokenBatch};
 
@@ -61,19 +61,6 @@ pub fn smollm2_gguf_or_skip() -> Option<PathBuf> {
         eprintln!("skipped: SmolLM2 GGUF not cached (set MEDIFY_SMOLLM2_GGUF)");
     }
     path
-}
-
-/// The step records of a run's `metrics.jsonl`, in order.
-pub fn step_metrics(run_dir: &Path) -> Vec<medify_qlora::training::StepMetrics> {
-    use medify_qlora::training::{MetricsRecord, read_metrics};
-    read_metrics(&run_dir.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| match r {
-            MetricsRecord::Step(s) => Some(s),
-            MetricsRecord::Eval(_) => None,
-        })
-        .collect()
 }
 
 /// The f32 tensor `key` of a safetensors file (a reference's gradients, say).
